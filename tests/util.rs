@@ -1,0 +1,25 @@
+//! Shared helpers of the integration tests.
+
+use std::path::PathBuf;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Fashion-MNIST as fetched by `scripts/fetch-datasets.sh`; a test that needs it fails (never
+/// skips) when it is missing.
+pub fn fashion_mnist_dir() -> PathBuf {
+    let dir = std::env::var_os("SGDWALK_DATA_DIR")
+        .map_or_else(|| workspace_root().join("data"), PathBuf::from)
+        .join("fashion-mnist");
+    assert!(
+        dir.join("train-images-idx3-ubyte.gz").exists() || dir.join("train-images-idx3-ubyte").exists(),
+        "Fashion-MNIST is missing from {}: run scripts/setup (or scripts/fetch-datasets.sh)",
+        dir.display()
+    );
+    dir
+}

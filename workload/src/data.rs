@@ -1,0 +1,572 @@
+//! Datasets: MNIST and Fashion-MNIST idx files (plain or .gz), CIFAR-10 binary batches (any
+//! record count), and a seeded synthetic set; index-based splits; normalization as the paper's
+//! code; a dataset identity (file checksums) that recordings store and analyses check.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tch::{Device, Kind, Tensor};
+
+use crate::augment::AugChoice;
+use crate::error::WorkloadError;
+
+/// The datasets the workload knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetName {
+    Mnist,
+    FashionMnist,
+    Cifar10,
+    Synthetic,
+}
+
+impl DatasetName {
+    /// Parses a command-line name.
+    pub fn parse(name: &str) -> Result<Self, WorkloadError> {
+        match name {
+            "mnist" => Ok(DatasetName::Mnist),
+            "fashion-mnist" => Ok(DatasetName::FashionMnist),
+            "cifar10" => Ok(DatasetName::Cifar10),
+            "synthetic" => Ok(DatasetName::Synthetic),
+            other => Err(WorkloadError::UnknownDataset {
+                name: other.to_string(),
+            }),
+        }
+    }
+
+    /// The command-line name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatasetName::Mnist => "mnist",
+            DatasetName::FashionMnist => "fashion-mnist",
+            DatasetName::Cifar10 => "cifar10",
+            DatasetName::Synthetic => "synthetic",
+        }
+    }
+}
+
+/// Shape and seed of a synthetic dataset (class prototypes plus seeded noise).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyntheticSpec {
+    pub channels: i64,
+    pub image_size: i64,
+    pub classes: i64,
+    pub train_samples: u32,
+    pub test_samples: u32,
+    pub seed: u64,
+}
+
+/// Which dataset, and which samples of its training file form the train and validation splits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DatasetSpec {
+    pub name: DatasetName,
+    /// Training split: indices `[start, end)` of the training file.
+    pub train_range: (u32, u32),
+    /// Validation split: indices `[start, end)` of the training file.
+    pub val_range: (u32, u32),
+    /// Random crop (padding 4) and horizontal flip on training batches.
+    pub augment: bool,
+    /// Only for [`DatasetName::Synthetic`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<SyntheticSpec>,
+}
+
+impl DatasetSpec {
+    /// The paper's splits: MNIST-like train 0..45000, val 50000..60000, no augmentation;
+    /// CIFAR-10 train 0..45000, val 45000..50000, crop + flip.
+    pub fn paper(name: DatasetName) -> Self {
+        match name {
+            DatasetName::Mnist | DatasetName::FashionMnist => DatasetSpec {
+                name,
+                train_range: (0, 45_000),
+                val_range: (50_000, 60_000),
+                augment: false,
+                synthetic: None,
+            },
+            DatasetName::Cifar10 => DatasetSpec {
+                name,
+                train_range: (0, 45_000),
+                val_range: (45_000, 50_000),
+                augment: true,
+                synthetic: None,
+            },
+            DatasetName::Synthetic => Self::synthetic(SyntheticSpec {
+                channels: 1,
+                image_size: 28,
+                classes: 10,
+                train_samples: 2_000,
+                test_samples: 500,
+                seed: 0,
+            }),
+        }
+    }
+
+    /// A synthetic set with 90% of its training file for training and 10% for validation.
+    pub fn synthetic(s: SyntheticSpec) -> Self {
+        let val = s.train_samples / 10;
+        DatasetSpec {
+            name: DatasetName::Synthetic,
+            train_range: (0, s.train_samples - val),
+            val_range: (s.train_samples - val, s.train_samples),
+            augment: false,
+            synthetic: Some(s),
+        }
+    }
+}
+
+/// Which part of the data a sample id refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Split {
+    /// Ids are indices of the training file, inside `train_range`.
+    Train,
+    /// Ids are indices of the training file, inside `val_range`.
+    Val,
+    /// Ids are indices of the test file.
+    Test,
+}
+
+impl Split {
+    /// Name used in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Test => "test",
+        }
+    }
+}
+
+/// Checksum of one file as loaded (of its uncompressed bytes, so `.gz` and plain files agree).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    pub file: String,
+    pub sha256: String,
+    pub len_bytes: u64,
+}
+
+/// What a recording stores so an analysis can check it has the same data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetIdentity {
+    pub name: DatasetName,
+    pub files: Vec<FileDigest>,
+    pub train_samples: u32,
+    pub test_samples: u32,
+}
+
+/// Images as u8 `[N, C, H, W]` on the CPU and labels as i64 `[N]`.
+#[derive(Debug)]
+pub struct ImageSet {
+    pub images: Tensor,
+    pub labels: Tensor,
+}
+
+impl ImageSet {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.labels.size()[0] as usize
+    }
+
+    /// True when there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A loaded dataset.
+#[derive(Debug)]
+pub struct Dataset {
+    pub spec: DatasetSpec,
+    /// The training file (train and val splits index into it).
+    pub pool: ImageSet,
+    /// The test file.
+    pub test: ImageSet,
+    pub identity: DatasetIdentity,
+    /// Per-channel mean and std applied after scaling to [0, 1].
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+    pub classes: i64,
+}
+
+impl Dataset {
+    /// Loads `spec` from `dir` (ignored for synthetic data) and checks the splits.
+    pub fn load(spec: &DatasetSpec, dir: &Path) -> Result<Self, WorkloadError> {
+        let (pool, test, files, mean, std, classes) = match spec.name {
+            DatasetName::Mnist | DatasetName::FashionMnist => {
+                let (pool, f1) = load_idx_pair(dir, "train")?;
+                let (test, f2) = load_idx_pair(dir, "t10k")?;
+                // The paper's code: Normalize(0.5, 1.0), i.e. x - 0.5.
+                (pool, test, [f1, f2].concat(), vec![0.5], vec![1.0], 10)
+            }
+            DatasetName::Cifar10 => {
+                let (pool, f1) = load_cifar_train(dir)?;
+                let (test, f2) = load_cifar_file(&dir.join("test_batch.bin"))?;
+                (
+                    pool,
+                    test,
+                    [f1, vec![f2]].concat(),
+                    vec![0.4914, 0.4822, 0.4465],
+                    vec![0.2023, 0.1994, 0.2010],
+                    10,
+                )
+            }
+            DatasetName::Synthetic => {
+                let s = spec.synthetic.as_ref().ok_or_else(|| {
+                    WorkloadError::DatasetInconsistent {
+                        name: "synthetic".into(),
+                        reason: "no synthetic settings in the dataset description".into(),
+                    }
+                })?;
+                let (pool, test) = synthetic(s)?;
+                let files = vec![FileDigest {
+                    file: format!("synthetic-seed-{}", s.seed),
+                    sha256: digest_tensor(&pool.images)?,
+                    len_bytes: 0,
+                }];
+                let c = s.channels as usize;
+                (pool, test, files, vec![0.5; c], vec![0.25; c], s.classes)
+            }
+        };
+        let pool_images = pool.images.size();
+        let test_images = test.images.size();
+        if pool_images[1..] != test_images[1..] {
+            return Err(WorkloadError::DatasetInconsistent {
+                name: spec.name.as_str().into(),
+                reason: format!(
+                    "train images are {:?}, test images are {:?}",
+                    &pool_images[1..],
+                    &test_images[1..]
+                ),
+            });
+        }
+        for (split, (start, end)) in [("train", spec.train_range), ("val", spec.val_range)] {
+            if start > end || end as usize > pool.len() {
+                return Err(WorkloadError::SampleOutOfRange {
+                    split,
+                    sample: u64::from(end.max(start)),
+                    len: pool.len(),
+                });
+            }
+        }
+        let identity = DatasetIdentity {
+            name: spec.name,
+            files,
+            train_samples: pool.len() as u32,
+            test_samples: test.len() as u32,
+        };
+        Ok(Dataset {
+            spec: spec.clone(),
+            pool,
+            test,
+            identity,
+            mean,
+            std,
+            classes,
+        })
+    }
+
+    /// Channels, height, width of one image.
+    pub fn image_shape(&self) -> (i64, i64, i64) {
+        let s = self.pool.images.size();
+        (s[1], s[2], s[3])
+    }
+
+    /// Ids of a whole split, in order.
+    pub fn split_ids(&self, split: Split) -> Vec<u32> {
+        match split {
+            Split::Train => (self.spec.train_range.0..self.spec.train_range.1).collect(),
+            Split::Val => (self.spec.val_range.0..self.spec.val_range.1).collect(),
+            Split::Test => (0..self.test.len() as u32).collect(),
+        }
+    }
+
+    fn source(&self, split: Split) -> &ImageSet {
+        match split {
+            Split::Train | Split::Val => &self.pool,
+            Split::Test => &self.test,
+        }
+    }
+
+    /// Builds a normalized f32 batch `[B, C, H, W]` and its labels on `device`. With `aug`
+    /// (one choice per id), each image is padded by 4, cropped at the recorded offset and
+    /// optionally flipped, exactly as during training.
+    pub fn batch(
+        &self,
+        split: Split,
+        ids: &[u32],
+        aug: Option<&[AugChoice]>,
+        device: Device,
+    ) -> Result<(Tensor, Tensor), WorkloadError> {
+        let src = self.source(split);
+        let len = src.len();
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= len) {
+            return Err(WorkloadError::SampleOutOfRange {
+                split: split.as_str(),
+                sample: u64::from(*bad),
+                len,
+            });
+        }
+        let index = Tensor::f_from_slice(&ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>())?;
+        let mut images = src
+            .images
+            .f_index_select(0, &index)?
+            .f_to_kind(Kind::Float)?
+            .f_div_scalar(255.0)?;
+        let labels = src.labels.f_index_select(0, &index)?;
+        if let Some(choices) = aug {
+            images = crate::augment::apply(&images, choices)?;
+        }
+        let c = images.size()[1];
+        let mean = Tensor::f_from_slice(&self.mean)?
+            .f_to_kind(Kind::Float)?
+            .f_view([1, c, 1, 1])?;
+        let std = Tensor::f_from_slice(&self.std)?
+            .f_to_kind(Kind::Float)?
+            .f_view([1, c, 1, 1])?;
+        let images = images.f_sub(&mean)?.f_div(&std)?;
+        Ok((images.f_to_device(device)?, labels.f_to_device(device)?))
+    }
+}
+
+fn read_file_maybe_gz(path: &Path) -> Result<(Vec<u8>, PathBuf), WorkloadError> {
+    let gz = PathBuf::from(format!("{}.gz", path.display()));
+    let (chosen, compressed) = if path.exists() {
+        (path.to_path_buf(), false)
+    } else if gz.exists() {
+        (gz, true)
+    } else {
+        return Err(WorkloadError::DatasetFileMissing {
+            path: path.to_path_buf(),
+        });
+    };
+    let io = |source| WorkloadError::DatasetIo {
+        path: chosen.clone(),
+        source,
+    };
+    let raw = std::fs::read(&chosen).map_err(io)?;
+    let bytes = if compressed {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .map_err(io)?;
+        out
+    } else {
+        raw
+    };
+    Ok((bytes, chosen))
+}
+
+fn digest(file: &Path, bytes: &[u8]) -> FileDigest {
+    let name = file
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    // Identity does not depend on compression: name without .gz, hash of the content.
+    let name = name.strip_suffix(".gz").unwrap_or(&name).to_string();
+    FileDigest {
+        file: name,
+        sha256: hex::encode(Sha256::digest(bytes)),
+        len_bytes: bytes.len() as u64,
+    }
+}
+
+fn digest_tensor(t: &Tensor) -> Result<String, WorkloadError> {
+    let n = t.numel();
+    let mut bytes = vec![0u8; n];
+    t.f_copy_data(&mut bytes, n)?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+fn be_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_be_bytes(b)
+}
+
+/// Parses an idx file: `magic` is 0x0803 for images (3 dims), 0x0801 for labels (1 dim).
+fn parse_idx(bytes: &[u8], path: &Path, dims: usize) -> Result<(Vec<usize>, usize), WorkloadError> {
+    let format_err = |field: &'static str, expected: String, found: String| {
+        WorkloadError::DatasetFormat {
+            path: path.to_path_buf(),
+            field,
+            expected,
+            found,
+        }
+    };
+    let header_len = 4 + 4 * dims;
+    if bytes.len() < header_len {
+        return Err(format_err(
+            "header length",
+            format!("{header_len} bytes"),
+            format!("{} bytes", bytes.len()),
+        ));
+    }
+    let magic = be_u32(bytes, 0);
+    let expected_magic = 0x0800 | dims as u32;
+    if magic != expected_magic {
+        return Err(format_err(
+            "magic",
+            format!("{expected_magic:#010x}"),
+            format!("{magic:#010x}"),
+        ));
+    }
+    let shape: Vec<usize> = (0..dims).map(|d| be_u32(bytes, 4 + 4 * d) as usize).collect();
+    let body = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| format_err("shape", "a product that fits".into(), format!("{shape:?}")))?;
+    let expected_len = header_len.checked_add(body).unwrap_or(usize::MAX);
+    if bytes.len() != expected_len {
+        return Err(format_err(
+            "file length",
+            format!("{expected_len} bytes for shape {shape:?}"),
+            format!("{} bytes", bytes.len()),
+        ));
+    }
+    Ok((shape, header_len))
+}
+
+/// Loads `<prefix>-images-idx3-ubyte[.gz]` and `<prefix>-labels-idx1-ubyte[.gz]` from `dir`.
+pub fn load_idx_pair(dir: &Path, prefix: &str) -> Result<(ImageSet, Vec<FileDigest>), WorkloadError> {
+    let img_path = dir.join(format!("{prefix}-images-idx3-ubyte"));
+    let lbl_path = dir.join(format!("{prefix}-labels-idx1-ubyte"));
+    let (img_bytes, img_file) = read_file_maybe_gz(&img_path)?;
+    let (lbl_bytes, lbl_file) = read_file_maybe_gz(&lbl_path)?;
+    let (ishape, ioff) = parse_idx(&img_bytes, &img_file, 3)?;
+    let (lshape, loff) = parse_idx(&lbl_bytes, &lbl_file, 1)?;
+    if ishape[0] != lshape[0] {
+        return Err(WorkloadError::DatasetFormat {
+            path: lbl_file,
+            field: "label count",
+            expected: format!("{} (the image count of {})", ishape[0], img_file.display()),
+            found: lshape[0].to_string(),
+        });
+    }
+    let labels_u8 = &lbl_bytes[loff..];
+    if let Some(bad) = labels_u8.iter().find(|&&l| l > 9) {
+        return Err(WorkloadError::DatasetFormat {
+            path: lbl_file,
+            field: "label value",
+            expected: "0..=9".into(),
+            found: bad.to_string(),
+        });
+    }
+    let n = ishape[0] as i64;
+    let images = Tensor::f_from_slice(&img_bytes[ioff..])?.f_view([
+        n,
+        1,
+        ishape[1] as i64,
+        ishape[2] as i64,
+    ])?;
+    let labels = Tensor::f_from_slice(labels_u8)?.f_to_kind(Kind::Int64)?;
+    let digests = vec![digest(&img_file, &img_bytes), digest(&lbl_file, &lbl_bytes)];
+    Ok((ImageSet { images, labels }, digests))
+}
+
+const CIFAR_RECORD_BYTES: usize = 1 + 3 * 32 * 32;
+
+/// Loads one CIFAR-10 binary batch file with any number of records.
+pub fn load_cifar_file(path: &Path) -> Result<(ImageSet, FileDigest), WorkloadError> {
+    if !path.exists() {
+        return Err(WorkloadError::DatasetFileMissing {
+            path: path.to_path_buf(),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(|source| WorkloadError::DatasetIo {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if bytes.is_empty() || bytes.len() % CIFAR_RECORD_BYTES != 0 {
+        return Err(WorkloadError::DatasetFormat {
+            path: path.to_path_buf(),
+            field: "file length",
+            expected: format!("a positive multiple of {CIFAR_RECORD_BYTES} bytes (records)"),
+            found: format!("{} bytes", bytes.len()),
+        });
+    }
+    let n = bytes.len() / CIFAR_RECORD_BYTES;
+    let mut labels = Vec::with_capacity(n);
+    let mut pixels = Vec::with_capacity(n * (CIFAR_RECORD_BYTES - 1));
+    for (i, rec) in bytes.chunks_exact(CIFAR_RECORD_BYTES).enumerate() {
+        if rec[0] > 9 {
+            return Err(WorkloadError::DatasetFormat {
+                path: path.to_path_buf(),
+                field: "label value",
+                expected: "0..=9".into(),
+                found: format!("{} in record {i}", rec[0]),
+            });
+        }
+        labels.push(i64::from(rec[0]));
+        pixels.extend_from_slice(&rec[1..]);
+    }
+    let images = Tensor::f_from_slice(&pixels)?.f_view([n as i64, 3, 32, 32])?;
+    let labels = Tensor::f_from_slice(&labels)?;
+    Ok((ImageSet { images, labels }, digest(path, &bytes)))
+}
+
+/// Loads `data_batch_1.bin` ... `data_batch_5.bin` (at least the first must exist; the others
+/// are taken in order while present).
+fn load_cifar_train(dir: &Path) -> Result<(ImageSet, Vec<FileDigest>), WorkloadError> {
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    let mut digests = Vec::new();
+    for i in 1..=5 {
+        let path = dir.join(format!("data_batch_{i}.bin"));
+        if i > 1 && !path.exists() {
+            break;
+        }
+        let (set, d) = load_cifar_file(&path)?;
+        images.push(set.images);
+        labels.push(set.labels);
+        digests.push(d);
+    }
+    Ok((
+        ImageSet {
+            images: Tensor::f_cat(&images, 0)?,
+            labels: Tensor::f_cat(&labels, 0)?,
+        },
+        digests,
+    ))
+}
+
+/// Class prototypes plus seeded noise: learnable, deterministic, no files.
+fn synthetic(s: &SyntheticSpec) -> Result<(ImageSet, ImageSet), WorkloadError> {
+    if s.channels <= 0 || s.image_size <= 0 || s.classes <= 0 || s.train_samples == 0 {
+        return Err(WorkloadError::DatasetInconsistent {
+            name: "synthetic".into(),
+            reason: format!("impossible settings {s:?}"),
+        });
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
+    let pixels = (s.channels * s.image_size * s.image_size) as usize;
+    let prototypes: Vec<Vec<u8>> = (0..s.classes)
+        .map(|_| (0..pixels).map(|_| rng.random::<u8>()).collect())
+        .collect();
+    let mut make = |n: u32| -> Result<ImageSet, WorkloadError> {
+        let mut images = Vec::with_capacity(n as usize * pixels);
+        let mut labels = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let class = rng.random_range(0..s.classes);
+            labels.push(class);
+            for &p in &prototypes[class as usize] {
+                let noisy = i32::from(p) + rng.random_range(-96..=96);
+                images.push(noisy.clamp(0, 255) as u8);
+            }
+        }
+        Ok(ImageSet {
+            images: Tensor::f_from_slice(&images)?.f_view([
+                i64::from(n),
+                s.channels,
+                s.image_size,
+                s.image_size,
+            ])?,
+            labels: Tensor::f_from_slice(&labels)?,
+        })
+    };
+    let train = make(s.train_samples)?;
+    let test = make(s.test_samples)?;
+    Ok((train, test))
+}
