@@ -1,4 +1,5 @@
 //! Integration tests: one binary, so libtorch is linked once.
 
+mod recorder;
 mod util;
 mod workload;

@@ -176,17 +176,34 @@ pub fn evaluate(
         });
     }
     let batch_size = batch_size.max(1);
+    let mut batches = Vec::with_capacity(ids.len().div_ceil(batch_size));
+    for (i, chunk) in ids.chunks(batch_size).enumerate() {
+        let a = aug.map(|a| &a[i * batch_size..i * batch_size + chunk.len()]);
+        batches.push(data.batch(split, chunk, a, model.device())?);
+    }
+    evaluate_batches(model, &batches, policy)
+}
+
+/// Evaluates the model's current state on prepared batches `(images, labels)`; each batch is
+/// one train-mode BatchNorm batch. Preparing batches once and evaluating many states on them is
+/// what interpolation does.
+pub fn evaluate_batches(
+    model: &Model,
+    batches: &[(Tensor, Tensor)],
+    policy: BnPolicy,
+) -> Result<EvalSums, WorkloadError> {
+    if batches.is_empty() {
+        return Err(WorkloadError::EmptyEvaluation);
+    }
     let guard = match policy {
         BnPolicy::TrainMode => Some(BnGuard::save(model)?),
         BnPolicy::EvalMode => None,
     };
     let result = tch::no_grad(|| -> Result<EvalSums, WorkloadError> {
         let mut total = EvalSums::default();
-        for (i, chunk) in ids.chunks(batch_size).enumerate() {
-            let a = aug.map(|a| &a[i * batch_size..i * batch_size + chunk.len()]);
-            let (x, y) = data.batch(split, chunk, a, model.device())?;
-            let logits = model.forward_t(&x, policy == BnPolicy::TrainMode);
-            total.add(&sums_of(&logits, &y)?);
+        for (x, y) in batches {
+            let logits = model.forward_t(x, policy == BnPolicy::TrainMode);
+            total.add(&sums_of(&logits, y)?);
         }
         Ok(total)
     });

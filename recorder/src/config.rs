@@ -1,0 +1,370 @@
+//! Command-line arguments (clap) and their validated form.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use sgdwalk_format::FsyncPolicy;
+use sgdwalk_workload::run::{FullBatchSpec, OptimizerSpec, ScheduleKind, ScheduleSpec, Seeds};
+use sgdwalk_workload::{DatasetName, DatasetSpec, ModelSpec, SyntheticSpec};
+
+use crate::error::RecordError;
+use crate::policy::RecordPolicy;
+
+/// Optimizer names on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OptimizerName {
+    Sgd,
+    Momentum,
+    Nesterov,
+    Adam,
+    Adamw,
+}
+
+/// When the recording is flushed to stable storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FsyncName {
+    Never,
+    Keyframe,
+    Record,
+}
+
+/// `sgdwalk-record`: train a network and record every step.
+#[derive(Clone, Debug, Args)]
+pub struct RecordArgs {
+    /// Output recording (.walk).
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    /// Model: mlp, small-cnn, vgg11, resnet20, resnet56.
+    #[arg(long, default_value = "small-cnn")]
+    pub model: String,
+    /// Dataset: fashion-mnist, mnist, cifar10, synthetic.
+    #[arg(long, default_value = "fashion-mnist")]
+    pub dataset: String,
+    /// Folder with the dataset files (default: data/<dataset>).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Training split as START..END indices of the training file (default: the paper's).
+    #[arg(long, value_parser = parse_range)]
+    pub train_samples: Option<(u32, u32)>,
+    /// Validation split as START..END indices of the training file.
+    #[arg(long, value_parser = parse_range)]
+    pub val_samples: Option<(u32, u32)>,
+    /// Augment training batches (crop with padding 4 + flip); default: on for CIFAR-10 only.
+    #[arg(long)]
+    pub augment: Option<bool>,
+    /// Synthetic data: training-file samples (test file: a quarter of it).
+    #[arg(long, default_value_t = 2000)]
+    pub synthetic_samples: u32,
+    /// Synthetic data: image side and channels (28x28x1 or 32x32x3, say).
+    #[arg(long, default_value_t = 28)]
+    pub synthetic_size: i64,
+    #[arg(long, default_value_t = 1)]
+    pub synthetic_channels: i64,
+    /// Epochs to train.
+    #[arg(long, default_value_t = 1)]
+    pub epochs: u32,
+    /// Stop after this many updates (default: all epochs).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Minibatch size (with --full-batch: the gradient-accumulation chunk size).
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: u32,
+    /// Optimizer.
+    #[arg(long, value_enum, default_value = "sgd")]
+    pub optimizer: OptimizerName,
+    /// Learning rate.
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f64,
+    /// Momentum (momentum and nesterov optimizers).
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Weight decay; coupled (added to the gradient, as the paper) unless --decoupled-wd.
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f64,
+    #[arg(long)]
+    pub decoupled_wd: bool,
+    /// Adam betas and epsilon.
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    pub beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    pub adam_eps: f64,
+    /// Learning-rate schedule: constant, step:EVERY_EPOCHS,GAMMA, or cosine.
+    #[arg(long, default_value = "constant")]
+    pub schedule: String,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: u64,
+    /// Full-batch gradient descent over the training split (gradient accumulated over chunks of
+    /// --batch-size); one update per epoch.
+    #[arg(long)]
+    pub full_batch: bool,
+    /// With --full-batch: sum the chunk-mean gradients (as the paper's gd.py) instead of taking
+    /// the mean over the whole set.
+    #[arg(long)]
+    pub sum_of_chunk_means: bool,
+    /// Std of isotropic Gaussian noise added to every gradient (GD + noise experiment).
+    #[arg(long, default_value_t = 0.0)]
+    pub noise_std: f64,
+    /// Seed of everything; the init, data-order, augmentation and noise seeds derive from it.
+    #[arg(long, default_value_t = 1111)]
+    pub seed: u64,
+    /// Device: auto, cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// libtorch intra-op threads (0 = libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: u32,
+    /// Which steps to record: every, epochs:1,10,25,100, every:K, window:W,K.
+    #[arg(long, default_value = "every")]
+    pub record: String,
+    /// Keyframe interval K of the recording.
+    #[arg(long, default_value_t = 32)]
+    pub keyframe_interval: u32,
+    /// zstd level of the recording.
+    #[arg(long, default_value_t = 1)]
+    pub zstd_level: i32,
+    /// When to fsync the recording.
+    #[arg(long, value_enum, default_value = "keyframe")]
+    pub fsync: FsyncName,
+    /// Splits evaluated after every epoch (comma-separated: train,val,test; empty = none).
+    #[arg(long, default_value = "train,val,test")]
+    pub eval_splits: String,
+    /// Batch size of the per-epoch evaluation.
+    #[arg(long, default_value_t = 1000)]
+    pub eval_batch_size: u32,
+    /// Replace an existing output.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// Continue the killed or stopped run in --out from its last resume point; the settings
+    /// come from the recording.
+    #[arg(long)]
+    pub resume: bool,
+    /// Queue length between training and the writer thread (records).
+    #[arg(long, default_value_t = 8)]
+    pub queue: usize,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Print the final summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_range(s: &str) -> Result<(u32, u32), String> {
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| format!("{s:?} is not START..END"))?;
+    let a = a.parse::<u32>().map_err(|e| format!("{a:?}: {e}"))?;
+    let b = b.parse::<u32>().map_err(|e| format!("{b:?}: {e}"))?;
+    if a >= b {
+        return Err(format!("empty range {s}"));
+    }
+    Ok((a, b))
+}
+
+/// Validated settings of a recording run.
+#[derive(Clone, Debug)]
+pub struct RecordConfig {
+    pub out: PathBuf,
+    pub model: ModelSpec,
+    pub dataset: DatasetSpec,
+    pub data_dir: PathBuf,
+    pub epochs: u32,
+    pub max_steps: Option<u64>,
+    pub batch_size: u32,
+    pub optimizer: OptimizerSpec,
+    pub schedule: ScheduleSpec,
+    pub full_batch: Option<FullBatchSpec>,
+    pub noise_std: f64,
+    pub seeds: Seeds,
+    pub device: tch::Device,
+    pub threads: u32,
+    pub policy: RecordPolicy,
+    pub keyframe_interval: u32,
+    pub zstd_level: i32,
+    pub fsync: FsyncPolicy,
+    pub eval_splits: Vec<sgdwalk_workload::Split>,
+    pub eval_batch_size: u32,
+    pub overwrite: bool,
+    pub resume: bool,
+    pub queue: usize,
+    pub progress: bool,
+}
+
+fn invalid(flag: &'static str, reason: impl Into<String>) -> RecordError {
+    RecordError::InvalidSetting {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+/// Derives an independent seed for one purpose from the run seed (SplitMix64 finalizer).
+pub fn derive_seed(seed: u64, purpose: u64) -> u64 {
+    let mut z = seed ^ purpose.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl RecordArgs {
+    /// Checks every setting before anything is trained or written.
+    pub fn validate(&self) -> Result<RecordConfig, RecordError> {
+        let name = DatasetName::parse(&self.dataset)?;
+        let mut dataset = match name {
+            DatasetName::Synthetic => {
+                if self.synthetic_samples < 20 {
+                    return Err(invalid("synthetic-samples", "need at least 20"));
+                }
+                DatasetSpec::synthetic(SyntheticSpec {
+                    channels: self.synthetic_channels,
+                    image_size: self.synthetic_size,
+                    classes: 10,
+                    train_samples: self.synthetic_samples,
+                    test_samples: (self.synthetic_samples / 4).max(10),
+                    seed: derive_seed(self.seed, 5),
+                })
+            }
+            other => DatasetSpec::paper(other),
+        };
+        if let Some(r) = self.train_samples {
+            dataset.train_range = r;
+        }
+        if let Some(r) = self.val_samples {
+            dataset.val_range = r;
+        }
+        if let Some(a) = self.augment {
+            dataset.augment = a;
+        }
+        let (channels, size) = match name {
+            DatasetName::Cifar10 => (3, 32),
+            DatasetName::Mnist | DatasetName::FashionMnist => (1, 28),
+            DatasetName::Synthetic => (self.synthetic_channels, self.synthetic_size),
+        };
+        let model = ModelSpec::from_name(&self.model, channels, size)?;
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("data").join(name.as_str()));
+        if self.epochs == 0 {
+            return Err(invalid("epochs", "must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(invalid("batch-size", "must be at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(invalid("lr", format!("{} is not a positive number", self.lr)));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(invalid("weight-decay", "must be >= 0"));
+        }
+        if !(self.noise_std.is_finite() && self.noise_std >= 0.0) {
+            return Err(invalid("noise-std", "must be >= 0"));
+        }
+        if self.sum_of_chunk_means && !self.full_batch {
+            return Err(invalid("sum-of-chunk-means", "needs --full-batch"));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(invalid("momentum", "must be in [0, 1)"));
+        }
+        let sgd = |momentum: f64, nesterov: bool| OptimizerSpec::Sgd {
+            momentum,
+            nesterov,
+            weight_decay: self.weight_decay,
+            decoupled_weight_decay: self.decoupled_wd,
+        };
+        let adam = |decoupled: bool| OptimizerSpec::Adam {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.adam_eps,
+            weight_decay: self.weight_decay,
+            decoupled_weight_decay: decoupled,
+        };
+        let optimizer = match self.optimizer {
+            OptimizerName::Sgd => sgd(0.0, false),
+            OptimizerName::Momentum => sgd(self.momentum, false),
+            OptimizerName::Nesterov => sgd(self.momentum, true),
+            OptimizerName::Adam => adam(self.decoupled_wd),
+            OptimizerName::Adamw => adam(true),
+        };
+        let kind = match self.schedule.as_str() {
+            "constant" => ScheduleKind::Constant,
+            "cosine" => ScheduleKind::Cosine,
+            s => match s.strip_prefix("step:").and_then(|r| r.split_once(',')) {
+                Some((e, g)) => ScheduleKind::Step {
+                    every_epochs: e
+                        .parse()
+                        .map_err(|_| invalid("schedule", format!("{e:?} is not a number of epochs")))?,
+                    gamma: g
+                        .parse()
+                        .map_err(|_| invalid("schedule", format!("{g:?} is not a factor")))?,
+                },
+                None => {
+                    return Err(invalid(
+                        "schedule",
+                        format!("{s:?} (expected constant, cosine or step:EVERY_EPOCHS,GAMMA)"),
+                    ));
+                }
+            },
+        };
+        let device = sgdwalk_workload::parse_device(&self.device)
+            .map_err(|reason| invalid("device", reason))?;
+        let policy: RecordPolicy = self.record.parse()?;
+        if !self.keyframe_interval.is_power_of_two() {
+            return Err(invalid("keyframe-interval", "must be a power of two"));
+        }
+        let eval_splits = self
+            .eval_splits
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| match s {
+                "train" => Ok(sgdwalk_workload::Split::Train),
+                "val" => Ok(sgdwalk_workload::Split::Val),
+                "test" => Ok(sgdwalk_workload::Split::Test),
+                other => Err(invalid("eval-splits", format!("unknown split {other:?}"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RecordConfig {
+            out: self.out.clone(),
+            model,
+            dataset,
+            data_dir,
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            batch_size: self.batch_size,
+            optimizer,
+            schedule: ScheduleSpec {
+                base_lr: self.lr,
+                kind,
+                warmup_steps: self.warmup_steps,
+            },
+            full_batch: self.full_batch.then_some(FullBatchSpec {
+                sum_of_chunk_means: self.sum_of_chunk_means,
+            }),
+            noise_std: self.noise_std,
+            seeds: Seeds {
+                init: derive_seed(self.seed, 1),
+                data_order: derive_seed(self.seed, 2),
+                augmentation: derive_seed(self.seed, 3),
+                noise: derive_seed(self.seed, 4),
+            },
+            device,
+            threads: self.threads,
+            policy,
+            keyframe_interval: self.keyframe_interval,
+            zstd_level: self.zstd_level,
+            fsync: match self.fsync {
+                FsyncName::Never => FsyncPolicy::Never,
+                FsyncName::Keyframe => FsyncPolicy::EveryKeyframe,
+                FsyncName::Record => FsyncPolicy::EveryRecord,
+            },
+            eval_splits,
+            eval_batch_size: self.eval_batch_size.max(1),
+            overwrite: self.overwrite,
+            resume: self.resume,
+            queue: self.queue.max(1),
+            progress: !self.quiet,
+        })
+    }
+}

@@ -1,0 +1,48 @@
+//! Errors of the recorder library.
+
+use std::path::PathBuf;
+
+/// Everything that stops a recording.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// A setting that cannot work, found before any training.
+    #[error("invalid setting --{flag}: {reason}")]
+    InvalidSetting { flag: &'static str, reason: String },
+    /// The output exists and neither --overwrite nor --resume was given.
+    #[error("output exists (pass --overwrite to replace it or --resume to continue it): {}", path.display())]
+    OutputExists { path: PathBuf },
+    /// The output cannot be created.
+    #[error("cannot write the output: {source}: {}", path.display())]
+    OutputUnwritable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// --resume on a recording that has no resume point, or whose settings differ.
+    #[error("cannot resume {}: {reason}", path.display())]
+    CannotResume { path: PathBuf, reason: String },
+    /// A resume-state record that does not fit the optimizer.
+    #[error("bad resume state: {reason}")]
+    BadResumeState { reason: String },
+    /// Model, data or evaluation failed.
+    #[error(transparent)]
+    Workload(#[from] sgdwalk_workload::WorkloadError),
+    /// Writing the recording failed (disk full, I/O error); every complete step so far is
+    /// readable.
+    #[error("writing the recording failed at step {step}: {source}")]
+    Write {
+        step: u64,
+        #[source]
+        source: sgdwalk_format::FormatError,
+    },
+    /// The recording could not be opened or finished.
+    #[error(transparent)]
+    Format(#[from] sgdwalk_format::FormatError),
+    /// The writer thread stopped unexpectedly.
+    #[error("the writer thread stopped: {reason}")]
+    WriterGone { reason: String },
+    /// An error reported by libtorch.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}

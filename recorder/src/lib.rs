@@ -1,0 +1,579 @@
+//! `sgdwalk-record`: trains a workload model with tch on CUDA or CPU and streams every step —
+//! full state, minibatch ids, augmentation choices, scalars — into one recording
+//! (`sgdwalk-format`), off the training thread.
+//!
+//! Step `t` of a recording holds θ_t (the state *before* update t: parameters and BatchNorm
+//! running statistics), the samples and augmentation of update t, and its scalars (learning
+//! rate, minibatch loss at θ_t, gradient norm, update norm, wall time). The last state of a run
+//! has no samples. So d_t = θ_{t+1} − θ_t is exactly the update applied, by construction.
+
+pub mod config;
+pub mod error;
+pub mod optim;
+pub mod policy;
+pub mod sink;
+pub mod train;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use sgdwalk_format::{
+    CodecSettings, DType, EpochRecord, EvalRecord, Header, Reader, StepScalars, TensorSpec, Writer,
+    WriterOptions,
+};
+use sgdwalk_workload::run::{AugmentationSpec, Provenance, RUN_DESCRIPTION_VERSION, RunDescription};
+use sgdwalk_workload::{AUG_BYTES_PER_SAMPLE, BnPolicy, Dataset, Split, evaluate};
+
+pub use config::{RecordArgs, RecordConfig};
+pub use error::RecordError;
+use optim::Optimizer;
+use sink::{Record, Sink, Snapshot};
+use train::Trainer;
+
+/// Asks a run to stop at the next step boundary, with a complete recording.
+#[derive(Debug, Default, Clone)]
+pub struct StopFlag {
+    /// Set by a caller (a test, an embedding program).
+    pub requested: Arc<AtomicBool>,
+    sigint: Arc<AtomicBool>,
+    sigterm: Arc<AtomicBool>,
+}
+
+impl StopFlag {
+    /// Makes SIGINT and SIGTERM stop the run at the next step boundary; a second signal of the
+    /// same kind ends the process at once (exit 130 / 143).
+    pub fn install_signal_handlers(&self) -> std::io::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        for (sig, flag, code) in [(SIGINT, &self.sigint, 130), (SIGTERM, &self.sigterm, 143)] {
+            // Registered first, so it sees the flag as the previous signal left it.
+            signal_hook::flag::register_conditional_shutdown(sig, code, Arc::clone(flag))?;
+            signal_hook::flag::register(sig, Arc::clone(flag))?;
+        }
+        Ok(())
+    }
+
+    /// Has anyone asked to stop?
+    pub fn is_set(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+            || self.sigint.load(Ordering::SeqCst)
+            || self.sigterm.load(Ordering::SeqCst)
+    }
+
+    /// The signal that asked to stop, if one did (0 when a caller asked).
+    pub fn signal(&self) -> Option<i32> {
+        if self.sigint.load(Ordering::SeqCst) {
+            Some(signal_hook::consts::SIGINT)
+        } else if self.sigterm.load(Ordering::SeqCst) {
+            Some(signal_hook::consts::SIGTERM)
+        } else if self.requested.load(Ordering::SeqCst) {
+            Some(0)
+        } else {
+            None
+        }
+    }
+}
+
+/// One per-epoch evaluation.
+#[derive(Clone, Debug, Serialize)]
+pub struct EpochSummary {
+    pub epoch: u32,
+    pub step: u64,
+    pub split: String,
+    pub loss: f64,
+    pub accuracy: f64,
+}
+
+/// What a run did, for people (Display) and machines (`--json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct RecordSummary {
+    pub out: String,
+    pub device: String,
+    /// Updates applied by this process.
+    pub updates: u64,
+    /// First and last step this process recorded.
+    pub first_step: Option<u64>,
+    pub last_step: u64,
+    pub steps_recorded: u64,
+    pub keyframes: u64,
+    /// Set when a signal (0: a caller) stopped the run early; the recording is complete up
+    /// to `last_step`.
+    pub interrupted_by_signal: Option<i32>,
+    /// Step this process resumed from, if --resume.
+    pub resumed_from_step: Option<u64>,
+    pub raw_state_bytes: u64,
+    pub stored_state_bytes: u64,
+    pub file_bytes: u64,
+    /// raw state bytes / stored state bytes.
+    pub compression_ratio: f64,
+    pub wall_secs: f64,
+    pub updates_per_sec: f64,
+    pub epochs: Vec<EpochSummary>,
+}
+
+impl std::fmt::Display for RecordSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "recording: {}", self.out)?;
+        if let Some(r) = self.resumed_from_step {
+            writeln!(f, "resumed from step {r}")?;
+        }
+        writeln!(
+            f,
+            "{} updates on {} in {:.1} s ({:.1} updates/s); {} steps recorded ({} keyframes), last step {}",
+            self.updates,
+            self.device,
+            self.wall_secs,
+            self.updates_per_sec,
+            self.steps_recorded,
+            self.keyframes,
+            self.last_step
+        )?;
+        writeln!(
+            f,
+            "state bytes {:.1} MB raw, {:.1} MB stored (ratio {:.2}x); file {:.1} MB",
+            self.raw_state_bytes as f64 / 1e6,
+            self.stored_state_bytes as f64 / 1e6,
+            self.compression_ratio,
+            self.file_bytes as f64 / 1e6
+        )?;
+        for e in &self.epochs {
+            writeln!(
+                f,
+                "epoch {:3} (step {}): {:5} loss {:.4} accuracy {:.2}%",
+                e.epoch,
+                e.step,
+                e.split,
+                e.loss,
+                100.0 * e.accuracy
+            )?;
+        }
+        if let Some(sig) = self.interrupted_by_signal {
+            writeln!(
+                f,
+                "interrupted by signal {sig}: the recording is complete up to step {} (continue with --resume)",
+                self.last_step
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn now_unix() -> std::time::Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+fn device_name(d: tch::Device) -> String {
+    match d {
+        tch::Device::Cpu => "cpu".into(),
+        tch::Device::Cuda(n) => format!("cuda:{n}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// The header of a new recording for `desc`.
+fn header_for(desc: &RunDescription, cfg: &RecordConfig) -> Result<Header, RecordError> {
+    let layout = desc
+        .layout
+        .entries
+        .iter()
+        .map(|e| TensorSpec {
+            name: e.name.clone(),
+            dtype: DType::F32,
+            shape: e.shape.iter().map(|&d| d as u64).collect(),
+            offset_elements: e.offset_elements as u64,
+        })
+        .collect();
+    let metadata_json = serde_json::to_string(desc).map_err(|e| RecordError::InvalidSetting {
+        flag: "model",
+        reason: format!("cannot describe the run as JSON: {e}"),
+    })?;
+    let now = now_unix();
+    // The run id only has to be unique: time, process and run description mixed.
+    let mix = config::derive_seed(
+        now.as_nanos() as u64 ^ u64::from(std::process::id()),
+        desc.seeds.init,
+    );
+    let mix2 = config::derive_seed(mix, 7);
+    let mut run_id = [0u8; 16];
+    run_id[..8].copy_from_slice(&mix.to_le_bytes());
+    run_id[8..].copy_from_slice(&mix2.to_le_bytes());
+    Ok(Header {
+        run_id,
+        created_unix_ms: now.as_millis() as u64,
+        layout,
+        state_len_elements: desc.layout.len_elements() as u64,
+        augmentation_bytes_per_sample: desc
+            .augmentation
+            .as_ref()
+            .map_or(0, |a| a.bytes_per_sample),
+        metadata_json,
+        codec: CodecSettings {
+            keyframe_interval: cfg.keyframe_interval,
+            zstd_level: cfg.zstd_level,
+            ..CodecSettings::default()
+        },
+    })
+}
+
+/// Reads the run description a recording stores.
+pub fn run_description(header: &Header, path: &Path) -> Result<RunDescription, RecordError> {
+    serde_json::from_str(&header.metadata_json).map_err(|e| RecordError::CannotResume {
+        path: path.to_path_buf(),
+        reason: format!("its metadata is not an sgdwalk-record run description: {e}"),
+    })
+}
+
+/// Trains and records as `cfg` says. Stops early, with a complete recording, when `stop` is
+/// set. Every setting is checked and the output created before the first update.
+pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, RecordError> {
+    if cfg.threads > 0 {
+        tch::set_num_threads(cfg.threads as i32);
+    }
+    let started = Instant::now();
+    let writer_options = WriterOptions {
+        fsync: cfg.fsync,
+        threads: cfg.threads as usize,
+    };
+
+    // Settings, data and output, all before training.
+    let (desc, data, resume) = if cfg.resume {
+        prepare_resume(cfg)?
+    } else {
+        if cfg.out.exists() && !cfg.overwrite {
+            return Err(RecordError::OutputExists {
+                path: cfg.out.clone(),
+            });
+        }
+        let data = Dataset::load(&cfg.dataset, &cfg.data_dir)?;
+        let desc = describe(cfg, &data)?;
+        (desc, data, None)
+    };
+
+    let mut trainer = Trainer::new(desc.clone(), data, cfg.device)?;
+    let (writer, start_step, wall_offset) = match &resume {
+        Some(r) => {
+            trainer.model.load_flat(&r.state)?;
+            trainer.set_optimizer(Optimizer::import(
+                desc.optimizer.clone(),
+                trainer.params(),
+                &r.buffers,
+                &r.descriptor,
+            )?);
+            let (writer, _report) = Writer::reopen(&cfg.out, writer_options, Some(r.step))?;
+            (writer, r.step, r.wall_secs)
+        }
+        None => {
+            let header = header_for(&desc, cfg)?;
+            if cfg.overwrite && cfg.out.exists() {
+                std::fs::remove_file(&cfg.out).map_err(|source| RecordError::OutputUnwritable {
+                    path: cfg.out.clone(),
+                    source,
+                })?;
+            }
+            let writer = Writer::create(&cfg.out, header, writer_options).map_err(|e| match e {
+                sgdwalk_format::FormatError::Io { source, .. } => RecordError::OutputUnwritable {
+                    path: cfg.out.clone(),
+                    source,
+                },
+                other => RecordError::Format(other),
+            })?;
+            (writer, 0, 0.0)
+        }
+    };
+    let mut sink = Sink::start(writer, cfg.queue, cfg.out.clone())?;
+
+    let total = desc.total_steps;
+    let spe = desc.steps_per_epoch.max(1);
+    let policy = &cfg.policy;
+    let k = u64::from(cfg.keyframe_interval.max(1));
+    let bar = progress_bar(cfg.progress, total, start_step);
+    let mut epochs = Vec::new();
+    let mut first_step = None;
+    let mut t = start_step;
+    let loop_started = Instant::now();
+    while t < total {
+        if stop.is_set() {
+            break;
+        }
+        let plan = trainer.plan(t);
+        let recorded = policy.records(t, spe);
+        let already_in_file = resume.as_ref().is_some_and(|r| r.step == t);
+        let snapshot = if recorded && !already_in_file {
+            // A device-side copy; the writer thread moves it to the host.
+            Some(Snapshot::Device(trainer.snapshot_on_device()?))
+        } else {
+            None
+        };
+        let resume_point = recorded && (t % k == 0 || !policy.records(t.wrapping_sub(1), spe) || t == 0);
+        let optimizer_state = if resume_point && !already_in_file {
+            Some(trainer.export_optimizer()?)
+        } else {
+            None
+        };
+        let outcome = trainer.apply(&plan)?;
+        if let Some(state) = snapshot {
+            first_step.get_or_insert(t);
+            sink.send(Record::Step {
+                step: t,
+                state,
+                augmentation: plan.augmentation_bytes(),
+                sample_ids: plan.sample_ids,
+                scalars: StepScalars {
+                    learning_rate: plan.lr,
+                    minibatch_loss: outcome.minibatch_loss,
+                    grad_norm: outcome.grad_norm,
+                    update_norm: outcome.update_norm,
+                    wall_time_secs: wall_offset + loop_started.elapsed().as_secs_f64(),
+                },
+            })?;
+        }
+        if let Some((buffers, descriptor)) = optimizer_state {
+            sink.send(Record::Resume {
+                step: t,
+                buffers,
+                descriptor,
+            })?;
+        }
+        t += 1;
+        if t % spe == 0 && !cfg.eval_splits.is_empty() {
+            let epoch = (t / spe) as u32;
+            let evals = evaluate_epoch(&trainer, cfg)?;
+            for e in &evals {
+                epochs.push(EpochSummary {
+                    epoch,
+                    step: t,
+                    split: e.split.clone(),
+                    loss: e.loss,
+                    accuracy: e.accuracy,
+                });
+            }
+            sink.send(Record::Epoch(EpochRecord {
+                epoch,
+                step: t,
+                evals,
+            }))?;
+        }
+        update_bar(&bar, &sink, t);
+    }
+    // The state after the last update: it closes the last pair.
+    let interrupted = t < total;
+    if policy.records(t, spe) || (t > 0 && policy.records(t - 1, spe)) {
+        first_step.get_or_insert(t);
+        sink.send(Record::Step {
+            step: t,
+            state: Snapshot::Device(trainer.snapshot_on_device()?),
+            sample_ids: Vec::new(),
+            augmentation: Vec::new(),
+            scalars: StepScalars {
+                learning_rate: f64::NAN,
+                minibatch_loss: f64::NAN,
+                grad_norm: f64::NAN,
+                update_norm: f64::NAN,
+                wall_time_secs: wall_offset + loop_started.elapsed().as_secs_f64(),
+            },
+        })?;
+    }
+    let counters = Arc::clone(&sink.counters);
+    let written = sink.finish()?;
+    bar.finish_and_clear();
+    let raw = counters.raw_bytes.load(Ordering::Relaxed);
+    let stored = counters.stored_bytes.load(Ordering::Relaxed);
+    let wall = started.elapsed().as_secs_f64();
+    let updates = t - start_step;
+    Ok(RecordSummary {
+        out: cfg.out.display().to_string(),
+        device: device_name(cfg.device),
+        updates,
+        first_step,
+        last_step: t,
+        steps_recorded: counters.steps_written.load(Ordering::Relaxed),
+        keyframes: counters.keyframes.load(Ordering::Relaxed),
+        interrupted_by_signal: if interrupted { stop.signal() } else { None },
+        resumed_from_step: resume.as_ref().map(|r| r.step),
+        raw_state_bytes: raw,
+        stored_state_bytes: stored,
+        file_bytes: written.file_bytes,
+        compression_ratio: if stored > 0 {
+            raw as f64 / stored as f64
+        } else {
+            f64::NAN
+        },
+        wall_secs: wall,
+        updates_per_sec: updates as f64 / loop_started.elapsed().as_secs_f64().max(1e-9),
+        epochs,
+    })
+}
+
+fn describe(cfg: &RecordConfig, data: &Dataset) -> Result<RunDescription, RecordError> {
+    let model = sgdwalk_workload::Model::new(&cfg.model, tch::Device::Cpu, 0)?;
+    let train_len = u64::from(cfg.dataset.train_range.1 - cfg.dataset.train_range.0);
+    let steps_per_epoch = if cfg.full_batch.is_some() {
+        1
+    } else {
+        train_len.div_ceil(u64::from(cfg.batch_size))
+    };
+    let all = steps_per_epoch * u64::from(cfg.epochs);
+    let total_steps = cfg.max_steps.map_or(all, |m| m.min(all));
+    Ok(RunDescription {
+        schema_version: RUN_DESCRIPTION_VERSION,
+        model: cfg.model.clone(),
+        dataset: cfg.dataset.clone(),
+        dataset_identity: data.identity.clone(),
+        layout: model.layout().clone(),
+        batch_size: cfg.batch_size,
+        steps_per_epoch,
+        epochs: cfg.epochs,
+        total_steps,
+        optimizer: cfg.optimizer.clone(),
+        schedule: cfg.schedule.clone(),
+        full_batch: cfg.full_batch.clone(),
+        noise_std: cfg.noise_std,
+        seeds: cfg.seeds.clone(),
+        augmentation: cfg.dataset.augment.then(|| AugmentationSpec {
+            kind: "crop-pad4-flip".into(),
+            bytes_per_sample: AUG_BYTES_PER_SAMPLE as u32,
+        }),
+        record_policy: cfg.policy.to_string(),
+        eval_batch_size: cfg.eval_batch_size,
+        provenance: Provenance {
+            tool: "sgdwalk-record".into(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            hostname: hostname(),
+            device: device_name(cfg.device),
+            threads: if cfg.threads > 0 {
+                cfg.threads
+            } else {
+                tch::get_num_threads() as u32
+            },
+            started_unix_secs: now_unix().as_secs(),
+            resumed_at_steps: Vec::new(),
+        },
+    })
+}
+
+struct ResumePoint {
+    step: u64,
+    state: Vec<f32>,
+    buffers: Vec<f32>,
+    descriptor: String,
+    wall_secs: f64,
+}
+
+fn prepare_resume(
+    cfg: &RecordConfig,
+) -> Result<(RunDescription, Dataset, Option<ResumePoint>), RecordError> {
+    let cannot = |reason: String| RecordError::CannotResume {
+        path: cfg.out.clone(),
+        reason,
+    };
+    if !cfg.out.exists() {
+        return Err(cannot("the file does not exist".into()));
+    }
+    let mut reader = Reader::open(&cfg.out)?;
+    let desc = run_description(reader.header(), &cfg.out)?;
+    let step = reader
+        .last_resume_step()
+        .ok_or_else(|| cannot("it holds no resume point (optimizer state)".into()))?;
+    let state = reader.state(step)?.as_ref().clone();
+    let (buffers, descriptor) = reader
+        .resume_state(step)?
+        .ok_or_else(|| cannot(format!("the resume state of step {step} is missing")))?;
+    let wall_secs = reader.step_info(step)?.scalars.wall_time_secs;
+    drop(reader);
+    let data_dir = cfg.data_dir.clone();
+    let data = Dataset::load(&desc.dataset, &data_dir)?;
+    if data.identity != desc.dataset_identity {
+        return Err(cannot(format!(
+            "the dataset in {} is not the one the run was recorded with",
+            data_dir.display()
+        )));
+    }
+    Ok((
+        desc,
+        data,
+        Some(ResumePoint {
+            step,
+            state,
+            buffers,
+            descriptor,
+            wall_secs: if wall_secs.is_finite() { wall_secs } else { 0.0 },
+        }),
+    ))
+}
+
+fn evaluate_epoch(trainer: &Trainer, cfg: &RecordConfig) -> Result<Vec<EvalRecord>, RecordError> {
+    let mut out = Vec::new();
+    for &split in &cfg.eval_splits {
+        let ids = trainer.data.split_ids(split);
+        if ids.is_empty() {
+            continue;
+        }
+        let s = evaluate(
+            &trainer.model,
+            &trainer.data,
+            split,
+            &ids,
+            None,
+            cfg.eval_batch_size as usize,
+            BnPolicy::EvalMode,
+        )?;
+        out.push(EvalRecord {
+            split: match split {
+                Split::Train => "train",
+                Split::Val => "val",
+                Split::Test => "test",
+            }
+            .into(),
+            loss: s.mean_loss(),
+            accuracy: s.accuracy(),
+            samples: s.samples,
+        });
+    }
+    Ok(out)
+}
+
+fn progress_bar(show: bool, total: u64, start: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(total),
+        if show {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    if let Ok(style) = ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:30}] {pos}/{len} steps ({per_sec}, eta {eta}) {msg}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_position(start);
+    bar
+}
+
+fn update_bar(bar: &ProgressBar, sink: &Sink, t: u64) {
+    bar.set_position(t);
+    if t % 16 == 0 {
+        let raw = sink.counters.raw_bytes.load(Ordering::Relaxed);
+        let stored = sink.counters.stored_bytes.load(Ordering::Relaxed);
+        let secs = bar.elapsed().as_secs_f64().max(1e-9);
+        if stored > 0 {
+            bar.set_message(format!(
+                "{:.1} MB/s recorded, ratio {:.2}x",
+                stored as f64 / 1e6 / secs,
+                raw as f64 / stored as f64
+            ));
+        }
+    }
+}
