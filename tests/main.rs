@@ -1,5 +1,7 @@
 //! Integration tests: one binary, so libtorch is linked once.
 
+mod format_golden;
 mod recorder;
+mod spec_reader;
 mod util;
 mod workload;

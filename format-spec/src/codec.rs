@@ -1,0 +1,695 @@
+//! Chunk codecs (SPEC.md "Codecs"): pure functions on f32 slices, plus the side-by-side
+//! benchmark harness used by `benches/codec.rs`.
+//!
+//! All transforms work on the IEEE-754 bit patterns as `u32`, so encode∘decode is the identity
+//! on bits (NaN payloads, -0.0 and subnormals included); there is no float arithmetic on the
+//! path.
+
+use std::cell::RefCell;
+use std::time::Instant;
+
+use crate::error::FormatError;
+use crate::types::CodecId;
+
+/// Bytes of the μ·256 prefix of a pred2 chunk.
+pub const PRED2_PREFIX_BYTES: usize = 2;
+
+/// Per-thread zstd contexts and scratch buffers, reused across chunks: creating a zstd context
+/// per chunk costs about as much as compressing a small chunk.
+struct Scratch {
+    compressor: Option<(i32, zstd::bulk::Compressor<'static>)>,
+    decompressor: Option<zstd::bulk::Decompressor<'static>>,
+    planes: Vec<u8>,
+    compressed: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch { compressor: None, decompressor: None, planes: Vec::new(), compressed: Vec::new() })
+    };
+}
+
+fn zstd_err(what: &str, e: std::io::Error) -> FormatError {
+    FormatError::invalid_input(format!("zstd {what} failed: {e}"))
+}
+
+/// zigzag: small signed values → small unsigned values (0,-1,1,-2 → 0,1,2,3).
+#[inline(always)]
+pub fn zigzag(v: i32) -> u32 {
+    ((v << 1) ^ (v >> 31)) as u32
+}
+
+/// Inverse of [`zigzag`].
+#[inline(always)]
+pub fn unzigzag(z: u32) -> i32 {
+    ((z >> 1) as i32) ^ -((z & 1) as i32)
+}
+
+/// The order-2 prediction of SPEC.md: `b1 + floor((b1 − b2) · q / 256)`, all in wrapping
+/// 32-bit arithmetic on bit patterns (`b1 − b2` read as i32, the product in i64).
+#[inline(always)]
+pub fn pred2_predict(b1: u32, b2: u32, mu_q8: u16) -> u32 {
+    let d1 = b1.wrapping_sub(b2) as i32;
+    let p = (i64::from(d1) * i64::from(mu_q8)) >> 8;
+    b1.wrapping_add(p as u32)
+}
+
+/// xxh3-64 of the little-endian bytes of `values` (the chunk hash of SPEC.md).
+pub fn chunk_hash(values: &[f32]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = [0u8; 16384];
+    for block in values.chunks(buf.len() / 4) {
+        for (dst, v) in buf.chunks_exact_mut(4).zip(block) {
+            dst.copy_from_slice(&v.to_bits().to_le_bytes());
+        }
+        h.update(&buf[..block.len() * 4]);
+    }
+    h.digest()
+}
+
+/// Estimates the pred2 coefficient q = round(256·μ) in 0..=256 by least squares of
+/// `d0 = b0 − b1` on `d1 = b1 − b2` over every 4th element (bit patterns as i32 differences).
+pub fn estimate_mu_q8(cur: &[f32], prev: &[f32], prev2: &[f32]) -> u16 {
+    let (mut num, mut den) = (0f64, 0f64);
+    // Differences of 2^22 or more are sign flips or exponent jumps, which no momentum
+    // predicts; left in, they would dominate the squares.
+    const OUTLIER: i32 = 1 << 22;
+    for ((c, p), p2) in cur.iter().zip(prev).zip(prev2).step_by(4) {
+        let d0 = c.to_bits().wrapping_sub(p.to_bits()) as i32;
+        let d1 = p.to_bits().wrapping_sub(p2.to_bits()) as i32;
+        if d0.unsigned_abs() >= OUTLIER as u32 || d1.unsigned_abs() >= OUTLIER as u32 {
+            continue;
+        }
+        let (d0, d1) = (f64::from(d0), f64::from(d1));
+        num += d0 * d1;
+        den += d1 * d1;
+    }
+    if den <= 0.0 || !num.is_finite() || !den.is_finite() {
+        return 0;
+    }
+    let mu = (num / den).clamp(0.0, 1.0);
+    (mu * 256.0).round() as u16
+}
+
+/// Splits `words` into 4 byte planes (plane k = byte k of every word, little-endian order).
+fn shuffle_into(planes: &mut [u8], n: usize, words: impl Iterator<Item = u32>) {
+    let (p0, rest) = planes.split_at_mut(n);
+    let (p1, rest) = rest.split_at_mut(n);
+    let (p2, p3) = rest.split_at_mut(n);
+    for ((((a, b), c), d), w) in p0
+        .iter_mut()
+        .zip(p1.iter_mut())
+        .zip(p2.iter_mut())
+        .zip(p3.iter_mut())
+        .zip(words)
+    {
+        let [w0, w1, w2, w3] = w.to_le_bytes();
+        *a = w0;
+        *b = w1;
+        *c = w2;
+        *d = w3;
+    }
+}
+
+/// Iterator over the words of 4 byte planes.
+fn unshuffled(planes: &[u8], n: usize) -> impl Iterator<Item = u32> + '_ {
+    let (p0, rest) = planes.split_at(n);
+    let (p1, rest) = rest.split_at(n);
+    let (p2, p3) = rest.split_at(n);
+    p0.iter()
+        .zip(p1)
+        .zip(p2)
+        .zip(p3)
+        .map(|(((a, b), c), d)| u32::from_le_bytes([*a, *b, *c, *d]))
+}
+
+fn check_len(what: &str, got: usize, want: usize) -> Result<(), FormatError> {
+    if got != want {
+        return Err(FormatError::invalid_input(format!(
+            "{what} has {got} elements, expected {want}"
+        )));
+    }
+    Ok(())
+}
+
+fn need_base(codec: CodecId, base: Option<&[f32]>, n: usize) -> Result<&[f32], FormatError> {
+    let b = base.ok_or(FormatError::MissingBase {
+        codec: codec.name(),
+        needed: codec.bases_needed(),
+    })?;
+    check_len("base state chunk", b.len(), n)?;
+    Ok(b)
+}
+
+/// Encodes one chunk with `codec` and appends the stored bytes to `out`; returns the number of
+/// bytes appended. `prev` (state t−1) is needed by the delta codecs, `prev2` (state t−2) by
+/// pred2. Raw needs nothing; Key ignores the bases.
+pub fn encode_chunk(
+    codec: CodecId,
+    cur: &[f32],
+    prev: Option<&[f32]>,
+    prev2: Option<&[f32]>,
+    level: i32,
+    out: &mut Vec<u8>,
+) -> Result<usize, FormatError> {
+    let n = cur.len();
+    let start = out.len();
+    if codec == CodecId::Raw {
+        out.reserve(n * 4);
+        out.extend(cur.iter().flat_map(|v| v.to_bits().to_le_bytes()));
+        return Ok(out.len() - start);
+    }
+    SCRATCH.with(|s| -> Result<(), FormatError> {
+        let mut s = s.borrow_mut();
+        let Scratch {
+            compressor,
+            planes,
+            compressed,
+            ..
+        } = &mut *s;
+        planes.resize(n * 4, 0);
+        match codec {
+            CodecId::Raw => {}
+            CodecId::Key => shuffle_into(planes, n, cur.iter().map(|v| v.to_bits())),
+            CodecId::XorPrev => {
+                let p = need_base(codec, prev, n)?;
+                shuffle_into(
+                    planes,
+                    n,
+                    cur.iter().zip(p).map(|(c, p)| c.to_bits() ^ p.to_bits()),
+                );
+            }
+            CodecId::ZigzagDeltaPrev => {
+                let p = need_base(codec, prev, n)?;
+                shuffle_into(
+                    planes,
+                    n,
+                    cur.iter()
+                        .zip(p)
+                        .map(|(c, p)| zigzag(c.to_bits().wrapping_sub(p.to_bits()) as i32)),
+                );
+            }
+            CodecId::Pred2 => {
+                let p = need_base(codec, prev, n)?;
+                let p2 = need_base(codec, prev2, n)?;
+                let q = estimate_mu_q8(cur, p, p2);
+                out.extend_from_slice(&q.to_le_bytes());
+                shuffle_into(
+                    planes,
+                    n,
+                    cur.iter().zip(p).zip(p2).map(|((c, p), p2)| {
+                        let pred = pred2_predict(p.to_bits(), p2.to_bits(), q);
+                        zigzag(c.to_bits().wrapping_sub(pred) as i32)
+                    }),
+                );
+            }
+        }
+        let ctx = match compressor {
+            Some((l, c)) if *l == level => c,
+            _ => {
+                let c = zstd::bulk::Compressor::new(level).map_err(|e| zstd_err("init", e))?;
+                &mut compressor.insert((level, c)).1
+            }
+        };
+        compressed.clear();
+        compressed.reserve(zstd::zstd_safe::compress_bound(planes.len()));
+        ctx.compress_to_buffer(&planes[..], compressed)
+            .map_err(|e| zstd_err("compress", e))?;
+        out.extend_from_slice(compressed);
+        Ok(())
+    })?;
+    Ok(out.len() - start)
+}
+
+/// Decodes one chunk's stored bytes into `out` (whose length is the chunk's element count).
+/// Every malformed input is an error, never a panic: a wrong raw length, a zstd frame that is
+/// not exactly one frame of exactly `4 · out.len()` bytes, a missing base.
+pub fn decode_chunk(
+    codec: CodecId,
+    encoded: &[u8],
+    prev: Option<&[f32]>,
+    prev2: Option<&[f32]>,
+    out: &mut [f32],
+) -> Result<(), FormatError> {
+    let n = out.len();
+    if codec == CodecId::Raw {
+        if encoded.len() != n * 4 {
+            return Err(FormatError::invalid_input(format!(
+                "raw chunk has {} bytes, expected {}",
+                encoded.len(),
+                n * 4
+            )));
+        }
+        for (o, b) in out.iter_mut().zip(encoded.chunks_exact(4)) {
+            *o = f32::from_bits(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        }
+        return Ok(());
+    }
+    let (q, frame) = if codec == CodecId::Pred2 {
+        if encoded.len() < PRED2_PREFIX_BYTES {
+            return Err(FormatError::invalid_input(
+                "pred2 chunk shorter than its μ prefix",
+            ));
+        }
+        (
+            u16::from_le_bytes([encoded[0], encoded[1]]),
+            &encoded[PRED2_PREFIX_BYTES..],
+        )
+    } else {
+        (0, encoded)
+    };
+    let p = if codec.bases_needed() >= 1 {
+        Some(need_base(codec, prev, n)?)
+    } else {
+        None
+    };
+    let p2 = if codec.bases_needed() >= 2 {
+        Some(need_base(codec, prev2, n)?)
+    } else {
+        None
+    };
+    match zstd::zstd_safe::find_frame_compressed_size(frame) {
+        Ok(len) if len == frame.len() => {}
+        _ => {
+            return Err(FormatError::invalid_input(
+                "stored chunk is not exactly one zstd frame",
+            ));
+        }
+    }
+    SCRATCH.with(|s| -> Result<(), FormatError> {
+        let mut s = s.borrow_mut();
+        let Scratch {
+            decompressor,
+            planes,
+            ..
+        } = &mut *s;
+        planes.resize(n * 4, 0);
+        let ctx = match decompressor {
+            Some(d) => d,
+            None => decompressor
+                .insert(zstd::bulk::Decompressor::new().map_err(|e| zstd_err("init", e))?),
+        };
+        let got = ctx
+            .decompress_to_buffer(frame, &mut planes[..])
+            .map_err(|e| FormatError::invalid_input(format!("zstd frame does not decode: {e}")))?;
+        if got != n * 4 {
+            return Err(FormatError::invalid_input(format!(
+                "zstd frame decodes to {got} bytes, expected {}",
+                n * 4
+            )));
+        }
+        let words = unshuffled(planes, n);
+        match (codec, p, p2) {
+            (CodecId::Key, _, _) => {
+                for (o, w) in out.iter_mut().zip(words) {
+                    *o = f32::from_bits(w);
+                }
+            }
+            (CodecId::XorPrev, Some(p), _) => {
+                for ((o, w), p) in out.iter_mut().zip(words).zip(p) {
+                    *o = f32::from_bits(w ^ p.to_bits());
+                }
+            }
+            (CodecId::ZigzagDeltaPrev, Some(p), _) => {
+                for ((o, w), p) in out.iter_mut().zip(words).zip(p) {
+                    *o = f32::from_bits(p.to_bits().wrapping_add(unzigzag(w) as u32));
+                }
+            }
+            (CodecId::Pred2, Some(p), Some(p2)) => {
+                for (((o, w), p), p2) in out.iter_mut().zip(words).zip(p).zip(p2) {
+                    let pred = pred2_predict(p.to_bits(), p2.to_bits(), q);
+                    *o = f32::from_bits(pred.wrapping_add(unzigzag(w) as u32));
+                }
+            }
+            _ => return Err(FormatError::invalid_input("codec and bases do not match")),
+        }
+        Ok(())
+    })
+}
+
+/// Compresses `bytes` with zstd at `level` (sample ids, augmentation).
+pub(crate) fn zstd_bytes(bytes: &[u8], level: i32) -> Result<Vec<u8>, FormatError> {
+    zstd::bulk::compress(bytes, level).map_err(|e| zstd_err("compress", e))
+}
+
+/// Decompresses a single zstd frame of exactly `expected_len` bytes.
+pub(crate) fn unzstd_bytes(frame: &[u8], expected_len: usize) -> Result<Vec<u8>, FormatError> {
+    match zstd::zstd_safe::find_frame_compressed_size(frame) {
+        Ok(len) if len == frame.len() => {}
+        _ => {
+            return Err(FormatError::invalid_input(
+                "stored blob is not exactly one zstd frame",
+            ));
+        }
+    }
+    if !crate::consts::plausible_expansion(frame.len() as u64, expected_len as u64) {
+        return Err(FormatError::invalid_input(
+            "zstd blob too small for its declared length",
+        ));
+    }
+    let mut out = vec![0u8; expected_len];
+    let got = zstd::bulk::Decompressor::new()
+        .and_then(|mut d| d.decompress_to_buffer(frame, &mut out[..]))
+        .map_err(|e| FormatError::invalid_input(format!("zstd blob does not decode: {e}")))?;
+    if got != expected_len {
+        return Err(FormatError::invalid_input(format!(
+            "zstd blob decodes to {got} bytes, expected {expected_len}"
+        )));
+    }
+    Ok(out)
+}
+
+/// Byte-shuffles u32 words into 4 planes (sample ids).
+pub(crate) fn shuffle_u32(words: &[u32]) -> Vec<u8> {
+    let mut planes = vec![0u8; words.len() * 4];
+    shuffle_into(&mut planes, words.len(), words.iter().copied());
+    planes
+}
+
+/// Inverse of [`shuffle_u32`]; `planes.len()` must be `4n`.
+pub(crate) fn unshuffle_u32(planes: &[u8], n: usize) -> Vec<u32> {
+    unshuffled(planes, n).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Benchmark harness
+
+/// One row of [`bench_trajectory`]'s table.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CodecBenchRow {
+    /// Method name.
+    pub method: String,
+    /// Raw bytes processed (one encode pass).
+    pub raw_bytes: u64,
+    /// Bytes stored.
+    pub stored_bytes: u64,
+    /// raw / stored.
+    pub ratio: f64,
+    /// Raw MB/s of encoding on one thread (10^6 bytes).
+    pub encode_mb_per_s: f64,
+    /// Raw MB/s of decoding on one thread.
+    pub decode_mb_per_s: f64,
+}
+
+const BENCH_CHUNK: usize = 262_144;
+
+fn row(method: &str, raw: u64, stored: u64, enc_secs: f64, dec_secs: f64) -> CodecBenchRow {
+    CodecBenchRow {
+        method: method.to_owned(),
+        raw_bytes: raw,
+        stored_bytes: stored,
+        ratio: raw as f64 / stored.max(1) as f64,
+        encode_mb_per_s: raw as f64 / 1e6 / enc_secs.max(1e-9),
+        decode_mb_per_s: raw as f64 / 1e6 / dec_secs.max(1e-9),
+    }
+}
+
+/// Side-by-side benchmark over a trajectory (states of consecutive steps), on the calling
+/// thread, in 262 144-element chunks: plain zstd on the raw bytes, byte-shuffle + zstd (the key
+/// codec), each delta codec on every transition (pred2 falls back to zigzag for the first one,
+/// which has no t−2), and the writer's scheme "key every 32 + delta" for each delta codec.
+/// Every decode is checked bit-exact; a mismatch panics (this is a benchmark, not a library
+/// path). Returns an empty vector for fewer than 2 states.
+pub fn bench_trajectory(states: &[Vec<f32>], level: i32) -> Vec<CodecBenchRow> {
+    let mut rows = Vec::new();
+    if states.len() < 2 {
+        return rows;
+    }
+    let n = states[0].len();
+    if states.iter().any(|s| s.len() != n) || n == 0 {
+        return rows;
+    }
+    let raw_per_state = (n * 4) as u64;
+
+    // Plain zstd on the raw little-endian bytes.
+    {
+        let raw: Vec<Vec<u8>> = states
+            .iter()
+            .map(|s| s.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect())
+            .collect();
+        let mut enc = Vec::new();
+        let t = Instant::now();
+        for r in &raw {
+            for c in r.chunks(BENCH_CHUNK * 4) {
+                enc.push(zstd::bulk::compress(c, level).unwrap_or_default());
+            }
+        }
+        let enc_secs = t.elapsed().as_secs_f64();
+        let stored: u64 = enc.iter().map(|e| e.len() as u64).sum();
+        let t = Instant::now();
+        let mut dec = Vec::new();
+        for e in &enc {
+            dec.push(zstd::bulk::decompress(e, BENCH_CHUNK * 4).unwrap_or_default());
+        }
+        let dec_secs = t.elapsed().as_secs_f64();
+        let ok = dec.concat() == raw.concat();
+        assert!(ok, "plain zstd round trip failed");
+        rows.push(row(
+            &format!("zstd{level} raw bytes"),
+            raw_per_state * states.len() as u64,
+            stored,
+            enc_secs,
+            dec_secs,
+        ));
+    }
+
+    // Per-state sizes of each codec, for the K=32 mix.
+    let key_sizes = bench_codec(states, CodecId::Key, level, &mut rows);
+    for codec in [CodecId::XorPrev, CodecId::ZigzagDeltaPrev, CodecId::Pred2] {
+        let delta_sizes = bench_codec(states, codec, level, &mut rows);
+        let stored: u64 = (0..states.len())
+            .map(|t| {
+                if t % 32 == 0 {
+                    key_sizes[t]
+                } else {
+                    delta_sizes[t]
+                }
+            })
+            .sum();
+        let raw = raw_per_state * states.len() as u64;
+        rows.push(CodecBenchRow {
+            method: format!("key/32 + {}", codec.name()),
+            raw_bytes: raw,
+            stored_bytes: stored,
+            ratio: raw as f64 / stored.max(1) as f64,
+            encode_mb_per_s: f64::NAN,
+            decode_mb_per_s: f64::NAN,
+        });
+    }
+    rows
+}
+
+/// Benchmarks one codec over all states (Key) or all transitions (deltas); pushes a row and
+/// returns the stored size per state index (index 0 is the key size for deltas).
+fn bench_codec(
+    states: &[Vec<f32>],
+    codec: CodecId,
+    level: i32,
+    rows: &mut Vec<CodecBenchRow>,
+) -> Vec<u64> {
+    let n = states[0].len();
+    let first = if codec.is_standalone() { 0 } else { 1 };
+    let mut sizes = vec![0u64; states.len()];
+    let mut encoded: Vec<(CodecId, Vec<u8>)> = Vec::new();
+    let t = Instant::now();
+    for (ti, s) in states.iter().enumerate().skip(first) {
+        let prev = ti.checked_sub(1).map(|i| &states[i]);
+        let prev2 = ti.checked_sub(2).map(|i| &states[i]);
+        for c0 in (0..n).step_by(BENCH_CHUNK) {
+            let c1 = (c0 + BENCH_CHUNK).min(n);
+            let use_codec = if codec == CodecId::Pred2 && prev2.is_none() {
+                CodecId::ZigzagDeltaPrev
+            } else {
+                codec
+            };
+            let mut out = Vec::new();
+            let len = encode_chunk(
+                use_codec,
+                &s[c0..c1],
+                prev.map(|p| &p[c0..c1]),
+                prev2.map(|p| &p[c0..c1]),
+                level,
+                &mut out,
+            )
+            .unwrap_or(0);
+            sizes[ti] += len as u64;
+            encoded.push((use_codec, out));
+        }
+    }
+    let enc_secs = t.elapsed().as_secs_f64();
+    let mut out = vec![0f32; n];
+    let mut it = encoded.iter();
+    let t = Instant::now();
+    let mut ok = true;
+    for (ti, s) in states.iter().enumerate().skip(first) {
+        let prev = ti.checked_sub(1).map(|i| &states[i]);
+        let prev2 = ti.checked_sub(2).map(|i| &states[i]);
+        for c0 in (0..n).step_by(BENCH_CHUNK) {
+            let c1 = (c0 + BENCH_CHUNK).min(n);
+            let Some((use_codec, bytes)) = it.next() else {
+                break;
+            };
+            ok &= decode_chunk(
+                *use_codec,
+                bytes,
+                prev.map(|p| &p[c0..c1]),
+                prev2.map(|p| &p[c0..c1]),
+                &mut out[c0..c1],
+            )
+            .is_ok();
+        }
+        ok &= out.iter().zip(s).all(|(a, b)| a.to_bits() == b.to_bits());
+    }
+    let dec_secs = t.elapsed().as_secs_f64();
+    assert!(ok, "{codec} round trip failed");
+    let raw = ((states.len() - first) * n * 4) as u64;
+    let name = match codec {
+        CodecId::Key => "shuffle+zstd (key)".to_owned(),
+        c => format!("{} (+shuffle+zstd)", c.name()),
+    };
+    rows.push(row(&name, raw, sizes.iter().sum(), enc_secs, dec_secs));
+    if !codec.is_standalone() {
+        // The first state has no delta; the K-mix uses the key size there.
+        sizes[0] = 0;
+    }
+    sizes
+}
+
+/// Formats bench rows as a fixed-width table.
+pub fn format_bench_table(rows: &[CodecBenchRow]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<34} {:>12} {:>12} {:>7} {:>10} {:>10}",
+        "method", "raw MB", "stored MB", "ratio", "enc MB/s", "dec MB/s"
+    );
+    for r in rows {
+        let f = |v: f64| {
+            if v.is_finite() {
+                format!("{v:.0}")
+            } else {
+                "-".to_owned()
+            }
+        };
+        let _ = writeln!(
+            s,
+            "{:<34} {:>12.2} {:>12.2} {:>7.3} {:>10} {:>10}",
+            r.method,
+            r.raw_bytes as f64 / 1e6,
+            r.stored_bytes as f64 / 1e6,
+            r.ratio,
+            f(r.encode_mb_per_s),
+            f(r.decode_mb_per_s)
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zigzag_round_trips_extremes() {
+        for v in [0, 1, -1, 2, -2, i32::MAX, i32::MIN, 12345, -12345] {
+            assert_eq!(unzigzag(zigzag(v)), v);
+        }
+        assert_eq!(zigzag(0), 0);
+        assert_eq!(zigzag(-1), 1);
+        assert_eq!(zigzag(1), 2);
+        assert_eq!(zigzag(i32::MIN), u32::MAX);
+    }
+
+    #[test]
+    fn pred2_formula_floors_and_wraps() {
+        // d1 = 10, q = 128 -> +5
+        assert_eq!(pred2_predict(110, 100, 128), 115);
+        // d1 = -3, q = 128 -> floor(-1.5) = -2
+        assert_eq!(pred2_predict(100, 103, 128), 98);
+        // wrapping at the u32 boundary
+        assert_eq!(pred2_predict(u32::MAX, u32::MAX - 2, 256), 1);
+    }
+
+    #[test]
+    fn every_codec_round_trips_special_values() {
+        let cur = [
+            0.0f32,
+            -0.0,
+            f32::NAN,
+            f32::from_bits(0x7fc0_1234),
+            f32::INFINITY,
+            1e-40,
+            -3.5,
+            7.0,
+        ];
+        let prev = [1.0f32, -0.0, 0.5, f32::NEG_INFINITY, 2.0, 1e-41, -3.25, 7.5];
+        let prev2 = [2.0f32, 1.0, 0.25, 3.0, 1.0, 0.0, -3.0, 8.0];
+        for codec in CodecId::ALL {
+            let mut enc = Vec::new();
+            let len = encode_chunk(codec, &cur, Some(&prev), Some(&prev2), 1, &mut enc).unwrap();
+            assert_eq!(len, enc.len());
+            let mut out = [0f32; 8];
+            decode_chunk(codec, &enc, Some(&prev), Some(&prev2), &mut out).unwrap();
+            assert_eq!(out.map(f32::to_bits), cur.map(f32::to_bits), "{codec}");
+        }
+    }
+
+    #[test]
+    fn decode_rejects_malformed_inputs() {
+        let mut out = [0f32; 4];
+        assert!(decode_chunk(CodecId::Raw, &[0; 15], None, None, &mut out).is_err());
+        assert!(decode_chunk(CodecId::Key, &[1, 2, 3], None, None, &mut out).is_err());
+        let mut enc = Vec::new();
+        encode_chunk(CodecId::Key, &[1.0, 2.0, 3.0, 4.0], None, None, 1, &mut enc).unwrap();
+        let mut longer = enc.clone();
+        longer.push(0);
+        assert!(decode_chunk(CodecId::Key, &longer, None, None, &mut out).is_err());
+        let mut out5 = [0f32; 5];
+        assert!(decode_chunk(CodecId::Key, &enc, None, None, &mut out5).is_err());
+        assert!(matches!(
+            decode_chunk(CodecId::XorPrev, &enc, None, None, &mut out),
+            Err(FormatError::MissingBase { .. })
+        ));
+        assert!(
+            decode_chunk(
+                CodecId::Pred2,
+                &[1],
+                Some(&[0.0; 4]),
+                Some(&[0.0; 4]),
+                &mut out
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn mu_estimate_recovers_momentum() {
+        // b0 - b1 = 0.5 (b1 - b2) exactly in the integer domain.
+        let prev2: Vec<f32> = (0..4096)
+            .map(|i| f32::from_bits(0x3f80_0000 + i * 7))
+            .collect();
+        let prev: Vec<f32> = prev2
+            .iter()
+            .map(|v| f32::from_bits(v.to_bits() + 400))
+            .collect();
+        let cur: Vec<f32> = prev
+            .iter()
+            .map(|v| f32::from_bits(v.to_bits() + 200))
+            .collect();
+        assert_eq!(estimate_mu_q8(&cur, &prev, &prev2), 128);
+    }
+
+    #[test]
+    fn chunk_hash_is_xxh3_of_le_bytes() {
+        let v = [1.0f32, -2.0, 3.5];
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect();
+        assert_eq!(chunk_hash(&v), xxhash_rust::xxh3::xxh3_64(&bytes));
+        let long: Vec<f32> = (0..10_000).map(|i| i as f32).collect();
+        let bytes: Vec<u8> = long
+            .iter()
+            .flat_map(|x| x.to_bits().to_le_bytes())
+            .collect();
+        assert_eq!(chunk_hash(&long), xxhash_rust::xxh3::xxh3_64(&bytes));
+    }
+}

@@ -1,0 +1,552 @@
+//! Opening a recording from its bytes: prologue, header, the trailer fast path, and the forward
+//! scan that recovers a file without footer (SPEC.md "Reading strategy"). Pure functions over a
+//! byte slice; the reader and `Writer::reopen` run them on a memory map.
+
+use crate::consts::*;
+use crate::error::{FormatError, no_path};
+use crate::records::*;
+use crate::types::Header;
+
+/// Outcome of looking at the bytes at one record offset.
+pub(crate) enum Probe<'a> {
+    /// A complete record with valid checksums and zero padding.
+    Complete {
+        header: RecordHeader,
+        payload: &'a [u8],
+        total_len_bytes: u64,
+    },
+    /// A valid record header whose record extends beyond the end of the bytes, or fewer than 32
+    /// bytes left: what a writer killed mid-record leaves.
+    Torn,
+    /// Anything else.
+    Bad(FormatError),
+}
+
+/// Looks at the record starting at `offset`.
+pub(crate) fn probe_record(bytes: &[u8], offset: u64) -> Probe<'_> {
+    let len = bytes.len() as u64;
+    let Some(remaining) = len.checked_sub(offset) else {
+        return Probe::Bad(FormatError::corrupt(
+            offset,
+            "record",
+            "offset beyond end of file",
+        ));
+    };
+    if remaining < RECORD_HEADER_ENCODED_SIZE_BYTES as u64 {
+        return Probe::Torn;
+    }
+    let start = offset as usize;
+    let header = match RecordHeader::decode(
+        &bytes[start..start + RECORD_HEADER_ENCODED_SIZE_BYTES],
+        offset,
+    ) {
+        Ok(h) => h,
+        Err(e) => return Probe::Bad(e),
+    };
+    let Some(total) = header.total_len_bytes() else {
+        return Probe::Bad(FormatError::corrupt(
+            offset,
+            "record header",
+            "record length overflows",
+        ));
+    };
+    if total > remaining {
+        return Probe::Torn;
+    }
+    let payload_start = start + RECORD_HEADER_ENCODED_SIZE_BYTES;
+    let payload_end = payload_start + header.payload_len_bytes as usize;
+    let payload = &bytes[payload_start..payload_end];
+    let found = crc32c::crc32c(payload);
+    if found != header.payload_crc32c {
+        return Probe::Bad(FormatError::ChecksumMismatch {
+            path: no_path(),
+            what: "record payload",
+            offset_from_file_start: offset,
+            expected: header.payload_crc32c,
+            found,
+        });
+    }
+    let record_end = start + total as usize;
+    if bytes[payload_end..record_end].iter().any(|&b| b != 0) {
+        return Probe::Bad(FormatError::corrupt(
+            offset,
+            "record",
+            "padding bytes are not zero",
+        ));
+    }
+    Probe::Complete {
+        header,
+        payload,
+        total_len_bytes: total,
+    }
+}
+
+/// Reads a complete record that the index says is at `entry`; any mismatch is corruption.
+pub(crate) fn read_indexed_record<'a>(
+    bytes: &'a [u8],
+    entry: &IndexEntry,
+) -> Result<(RecordHeader, &'a [u8]), FormatError> {
+    match probe_record(bytes, entry.record_offset) {
+        Probe::Complete {
+            header,
+            payload,
+            total_len_bytes,
+        } => {
+            if total_len_bytes != entry.record_len_bytes
+                || header.kind != entry.kind
+                || header.step != entry.step
+            {
+                return Err(FormatError::corrupt(
+                    entry.record_offset,
+                    "record",
+                    "record header does not match its index entry",
+                ));
+            }
+            Ok((header, payload))
+        }
+        Probe::Torn => Err(FormatError::corrupt(
+            entry.record_offset,
+            "record",
+            "indexed record is incomplete",
+        )),
+        Probe::Bad(e) => Err(e),
+    }
+}
+
+/// Whether the unreadable bytes from `pos` on can be what a crash leaves: all zero (blocks
+/// allocated but never written), or the last record with a bad payload followed only by zeros
+/// (its tail was never written).
+fn is_torn_tail(bytes: &[u8], pos: u64, err: &FormatError) -> bool {
+    let rest = &bytes[pos as usize..];
+    if rest.iter().all(|&b| b == 0) {
+        return true;
+    }
+    if !matches!(
+        err,
+        FormatError::ChecksumMismatch {
+            what: "record payload",
+            ..
+        }
+    ) {
+        return false;
+    }
+    let Ok(h) = RecordHeader::decode(rest, pos) else {
+        return false;
+    };
+    let Some(end) = h.total_len_bytes().and_then(|t| usize::try_from(t).ok()) else {
+        return false;
+    };
+    rest.get(end..)
+        .is_some_and(|after| after.iter().all(|&b| b == 0))
+}
+
+/// Chain bookkeeping carried across scans (and across `refresh` calls).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ChainState {
+    pub last_step: Option<u64>,
+    pub last_chain_start: u64,
+}
+
+impl ChainState {
+    /// Applies SPEC.md's step ordering and chain rules to one step record.
+    pub(crate) fn accept(
+        &mut self,
+        step: u64,
+        chain_start_step: u64,
+        keyframe: bool,
+        offset: u64,
+    ) -> Result<(), FormatError> {
+        let bad = |reason: String| FormatError::corrupt(offset, "step record", reason);
+        if step == NO_STEP {
+            return Err(bad("step number u64::MAX is reserved".into()));
+        }
+        if let Some(last) = self.last_step
+            && step <= last
+        {
+            return Err(bad(format!(
+                "step {step} follows step {last}; steps must strictly increase"
+            )));
+        }
+        if keyframe != (chain_start_step == step) {
+            return Err(bad(format!(
+                "keyframe flag {keyframe} but chain start {chain_start_step} for step {step}"
+            )));
+        }
+        if !keyframe {
+            let consecutive = self.last_step == step.checked_sub(1);
+            if !consecutive || self.last_chain_start != chain_start_step {
+                return Err(bad(format!(
+                    "delta step {step} does not continue the chain of the previous step"
+                )));
+            }
+        }
+        self.last_step = Some(step);
+        self.last_chain_start = chain_start_step;
+        Ok(())
+    }
+}
+
+/// What the scan found from some start offset.
+#[derive(Debug, Default)]
+pub(crate) struct ScanResult {
+    pub entries: Vec<IndexEntry>,
+    /// End of the last data record seen (unchanged if none).
+    pub data_end: u64,
+    /// End of the last valid record.
+    pub scan_end: u64,
+    /// Bytes after `scan_end`.
+    pub torn_tail_bytes: u64,
+    /// Whether a footer record was seen.
+    pub saw_footer: bool,
+}
+
+/// Scans records forward from `start`. In strict mode an unreadable tail that a killed writer
+/// cannot have produced (a full-size record header with a bad checksum and non-zero bytes, a
+/// complete record with a bad payload) is an error; otherwise the scan stops there.
+pub(crate) fn scan_records(
+    bytes: &[u8],
+    start: u64,
+    header: &Header,
+    chain: &mut ChainState,
+    strict: bool,
+) -> Result<ScanResult, FormatError> {
+    let len = bytes.len() as u64;
+    let mut res = ScanResult {
+        data_end: start,
+        scan_end: start,
+        ..ScanResult::default()
+    };
+    let mut pos = start;
+    let chunk_count = header.chunk_count();
+    while pos < len {
+        match probe_record(bytes, pos) {
+            Probe::Torn => break,
+            Probe::Bad(e) => {
+                if strict && !is_torn_tail(bytes, pos, &e) {
+                    return Err(e);
+                }
+                break;
+            }
+            Probe::Complete {
+                header: rh,
+                payload,
+                total_len_bytes,
+            } => {
+                let kind = RecordKind::from_u8(rh.kind);
+                let mut entry = IndexEntry {
+                    record_offset: pos,
+                    record_len_bytes: total_len_bytes,
+                    step: rh.step,
+                    chain_start_step: rh.step,
+                    kind: rh.kind,
+                    flags: 0,
+                };
+                match kind {
+                    Some(RecordKind::Step) => {
+                        let fixed = decode_step_fixed(payload, pos)?;
+                        if u64::from(fixed.chunk_count) != chunk_count {
+                            return Err(FormatError::corrupt(
+                                pos,
+                                "step record",
+                                "chunk count does not match the header",
+                            ));
+                        }
+                        if !plausible_expansion(
+                            total_len_bytes,
+                            header.state_len_elements.saturating_mul(4),
+                        ) {
+                            return Err(FormatError::corrupt(
+                                pos,
+                                "step record",
+                                "too small to hold the state",
+                            ));
+                        }
+                        chain.accept(rh.step, fixed.chain_start_step, fixed.is_keyframe(), pos)?;
+                        entry.chain_start_step = fixed.chain_start_step;
+                        entry.flags = if fixed.is_keyframe() {
+                            INDEX_FLAG_KEYFRAME
+                        } else {
+                            0
+                        };
+                        res.entries.push(entry);
+                        res.data_end = pos + total_len_bytes;
+                    }
+                    Some(RecordKind::Epoch | RecordKind::Resume) => {
+                        res.entries.push(entry);
+                        res.data_end = pos + total_len_bytes;
+                    }
+                    Some(RecordKind::Index) => {}
+                    Some(RecordKind::Footer) => res.saw_footer = true,
+                    Some(RecordKind::Header) => {
+                        return Err(FormatError::corrupt(
+                            pos,
+                            "header record",
+                            "a second header record",
+                        ));
+                    }
+                    None if rh.flags & RECORD_FLAG_SKIPPABLE != 0 => {
+                        res.entries.push(entry);
+                        res.data_end = pos + total_len_bytes;
+                    }
+                    None => {
+                        return Err(FormatError::corrupt(
+                            pos,
+                            "record",
+                            format!("unknown record kind {}", rh.kind),
+                        ));
+                    }
+                }
+                pos += total_len_bytes;
+                res.scan_end = pos;
+            }
+        }
+    }
+    res.torn_tail_bytes = len - res.scan_end;
+    Ok(res)
+}
+
+/// Everything known after opening.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    pub prologue: Prologue,
+    pub header: Header,
+    pub header_end: u64,
+    pub footer: Option<Footer>,
+    pub entries: Vec<IndexEntry>,
+    pub data_end: u64,
+    pub scan_end: u64,
+    pub torn_tail_bytes: u64,
+    pub chain: ChainState,
+}
+
+/// Opens a recording held in `bytes` (the whole file as observed).
+pub(crate) fn open_bytes(bytes: &[u8]) -> Result<Opened, FormatError> {
+    let len = bytes.len() as u64;
+    let prologue = Prologue::decode(bytes, len)?;
+    let header_offset = PROLOGUE_ENCODED_SIZE_BYTES as u64;
+    let (header, header_end) = match probe_record(bytes, header_offset) {
+        Probe::Complete {
+            header: rh,
+            payload,
+            total_len_bytes,
+        } => {
+            if rh.kind != RecordKind::Header as u8 {
+                return Err(FormatError::corrupt(
+                    header_offset,
+                    "header record",
+                    "first record is not a header record",
+                ));
+            }
+            (
+                decode_header_payload(payload, header_offset)?,
+                header_offset + total_len_bytes,
+            )
+        }
+        Probe::Torn => {
+            let needed = match RecordHeader::decode(&bytes[header_offset as usize..], header_offset)
+            {
+                Ok(h) => h.total_len_bytes().unwrap_or(u64::MAX),
+                Err(_) => RECORD_HEADER_ENCODED_SIZE_BYTES as u64,
+            };
+            return Err(FormatError::Truncated {
+                path: no_path(),
+                offset_from_file_start: header_offset,
+                needed_bytes: needed,
+                file_len_bytes: len,
+            });
+        }
+        Probe::Bad(e) => return Err(e),
+    };
+    let trailer_len = TRAILER_ENCODED_SIZE_BYTES as u64;
+    if len >= header_end + trailer_len && Trailer::has_magic(&bytes[(len - trailer_len) as usize..])
+    {
+        return open_finished(bytes, prologue, header, header_end);
+    }
+    let mut chain = ChainState::default();
+    let scan = scan_records(bytes, header_end, &header, &mut chain, true)?;
+    Ok(Opened {
+        prologue,
+        header,
+        header_end,
+        footer: None,
+        entries: scan.entries,
+        data_end: scan.data_end,
+        scan_end: scan.scan_end,
+        torn_tail_bytes: scan.torn_tail_bytes,
+        chain,
+    })
+}
+
+fn open_finished(
+    bytes: &[u8],
+    prologue: Prologue,
+    header: Header,
+    header_end: u64,
+) -> Result<Opened, FormatError> {
+    let len = bytes.len() as u64;
+    let trailer_offset = len - TRAILER_ENCODED_SIZE_BYTES as u64;
+    let trailer = Trailer::decode(&bytes[trailer_offset as usize..], trailer_offset)?;
+    let bad =
+        |offset: u64, kind: &'static str, reason: &str| FormatError::corrupt(offset, kind, reason);
+    if trailer.major != prologue.major || trailer.minor != prologue.minor {
+        return Err(bad(
+            trailer_offset,
+            "trailer",
+            "version differs from the prologue",
+        ));
+    }
+    let footer_end = trailer
+        .footer_record_offset
+        .checked_add(trailer.footer_record_len_bytes);
+    if footer_end != Some(trailer_offset) || trailer.footer_record_offset < header_end {
+        return Err(bad(
+            trailer_offset,
+            "trailer",
+            "footer location is outside the file body",
+        ));
+    }
+    let footer_offset = trailer.footer_record_offset;
+    let footer = match probe_record(bytes, footer_offset) {
+        Probe::Complete {
+            header: rh,
+            payload,
+            total_len_bytes,
+        } if rh.kind == RecordKind::Footer as u8
+            && total_len_bytes == trailer.footer_record_len_bytes =>
+        {
+            Footer::decode(payload, footer_offset)?
+        }
+        Probe::Bad(e) => return Err(e),
+        _ => {
+            return Err(bad(
+                footer_offset,
+                "footer record",
+                "trailer does not point at a footer record",
+            ));
+        }
+    };
+    let index_offset = footer.index_record_offset;
+    if footer
+        .index_record_offset
+        .checked_add(footer.index_record_len_bytes)
+        != Some(footer_offset)
+        || index_offset < header_end
+    {
+        return Err(bad(
+            footer_offset,
+            "footer record",
+            "index location is outside the file body",
+        ));
+    }
+    let entries = match probe_record(bytes, index_offset) {
+        Probe::Complete {
+            header: rh,
+            payload,
+            total_len_bytes,
+        } if rh.kind == RecordKind::Index as u8
+            && total_len_bytes == footer.index_record_len_bytes =>
+        {
+            decode_index_payload(payload, index_offset)?
+        }
+        Probe::Bad(e) => return Err(e),
+        _ => {
+            return Err(bad(
+                index_offset,
+                "index record",
+                "footer does not point at an index record",
+            ));
+        }
+    };
+    // The data records must tile [header_end, index_offset) exactly, in file order.
+    let mut chain = ChainState::default();
+    let mut expected_offset = header_end;
+    let mut steps = 0u64;
+    for e in &entries {
+        if e.record_offset != expected_offset
+            || e.record_len_bytes < RECORD_HEADER_ENCODED_SIZE_BYTES as u64
+            || !e.record_len_bytes.is_multiple_of(RECORD_ALIGNMENT_BYTES)
+        {
+            return Err(bad(
+                index_offset,
+                "index record",
+                "entries do not tile the data region",
+            ));
+        }
+        expected_offset = e
+            .record_offset
+            .checked_add(e.record_len_bytes)
+            .filter(|&end| end <= index_offset)
+            .ok_or_else(|| {
+                bad(
+                    index_offset,
+                    "index record",
+                    "entry extends beyond the data region",
+                )
+            })?;
+        match e.record_kind() {
+            Some(RecordKind::Step) => {
+                let keyframe = e.flags & INDEX_FLAG_KEYFRAME != 0;
+                if !plausible_expansion(
+                    e.record_len_bytes,
+                    header.state_len_elements.saturating_mul(4),
+                ) {
+                    return Err(bad(
+                        e.record_offset,
+                        "step record",
+                        "too small to hold the state",
+                    ));
+                }
+                chain.accept(e.step, e.chain_start_step, keyframe, e.record_offset)?;
+                steps += 1;
+            }
+            Some(RecordKind::Epoch | RecordKind::Resume) | None => {
+                if e.flags != 0 || e.chain_start_step != e.step {
+                    return Err(bad(
+                        index_offset,
+                        "index record",
+                        "non-step entry with step fields",
+                    ));
+                }
+            }
+            Some(_) => {
+                return Err(bad(
+                    index_offset,
+                    "index record",
+                    "index lists a non-data record",
+                ));
+            }
+        }
+    }
+    if expected_offset != index_offset {
+        return Err(bad(
+            index_offset,
+            "index record",
+            "entries do not cover the data region",
+        ));
+    }
+    let mut step_list = entries.iter().filter(|e| e.is_step()).map(|e| e.step);
+    let first = step_list.clone().next().unwrap_or(NO_STEP);
+    let last = step_list.next_back().unwrap_or(NO_STEP);
+    if footer.data_record_count != entries.len() as u64
+        || footer.step_count != steps
+        || footer.first_step != first
+        || footer.last_step != last
+    {
+        return Err(bad(
+            footer_offset,
+            "footer record",
+            "counts do not match the index",
+        ));
+    }
+    Ok(Opened {
+        prologue,
+        header,
+        header_end,
+        footer: Some(footer),
+        entries,
+        data_end: index_offset,
+        scan_end: len,
+        torn_tail_bytes: 0,
+        chain,
+    })
+}

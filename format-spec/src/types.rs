@@ -1,0 +1,480 @@
+//! Public data types of the API (what the writer is given and the reader returns).
+
+use serde::{Deserialize, Serialize};
+
+use crate::consts::{
+    MAX_AUGMENTATION_BYTES_PER_SAMPLE, MAX_CHUNK_LEN_ELEMENTS, MAX_KEYFRAME_INTERVAL,
+    MAX_LAYOUT_TENSORS, MAX_STATE_LEN_ELEMENTS, MAX_TENSOR_NAME_BYTES,
+};
+use crate::error::FormatError;
+
+/// Element type of a tensor in the layout. v1 recordings hold only `f32`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum DType {
+    /// IEEE-754 binary32, little endian.
+    F32,
+}
+
+/// One tensor of the canonical state: a contiguous range of the flat state vector.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    /// Tensor name (e.g. `layers.0.weight`), UTF-8, unique.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape (row-major). The element count is the product (1 for a scalar).
+    pub shape: Vec<u64>,
+    /// Offset of the first element in the flat state vector, in elements.
+    pub offset_elements: u64,
+}
+
+/// Codec of one stored chunk (the `codec` byte of a chunk table entry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum CodecId {
+    /// Little-endian bytes, uncompressed.
+    Raw = 0,
+    /// Byte-shuffle (4 planes) + zstd.
+    Key = 1,
+    /// XOR with the previous step's bit pattern, byte-shuffle + zstd.
+    XorPrev = 2,
+    /// Zigzag of the wrapping i32 difference to the previous step, byte-shuffle + zstd.
+    ZigzagDeltaPrev = 3,
+    /// Order-2 integer predictor with a stored momentum coefficient, zigzag, shuffle + zstd.
+    Pred2 = 4,
+}
+
+impl CodecId {
+    /// All codecs, in id order.
+    pub const ALL: [CodecId; 5] = [
+        CodecId::Raw,
+        CodecId::Key,
+        CodecId::XorPrev,
+        CodecId::ZigzagDeltaPrev,
+        CodecId::Pred2,
+    ];
+
+    /// Parses a stored codec id; `None` for ids this version does not know.
+    pub fn from_u8(id: u8) -> Option<CodecId> {
+        CodecId::ALL.get(usize::from(id)).copied()
+    }
+
+    /// The stored id.
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// Stable lowercase name (as in `--json` output).
+    pub fn name(self) -> &'static str {
+        match self {
+            CodecId::Raw => "raw",
+            CodecId::Key => "key",
+            CodecId::XorPrev => "xor_prev",
+            CodecId::ZigzagDeltaPrev => "zigzag_delta_prev",
+            CodecId::Pred2 => "pred2",
+        }
+    }
+
+    /// Whether a chunk in this codec decodes without any previous state.
+    pub fn is_standalone(self) -> bool {
+        matches!(self, CodecId::Raw | CodecId::Key)
+    }
+
+    /// How many previous states the decoder needs (0, 1 or 2).
+    pub fn bases_needed(self) -> u8 {
+        match self {
+            CodecId::Raw | CodecId::Key => 0,
+            CodecId::XorPrev | CodecId::ZigzagDeltaPrev => 1,
+            CodecId::Pred2 => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for CodecId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How states are cut into chunks and encoded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CodecSettings {
+    /// Elements per chunk (the last chunk may be shorter). Default 262 144 (1 MiB of f32).
+    pub chunk_len_elements: u32,
+    /// A keyframe is stored at every step that is a multiple of this (K). Default 32.
+    pub keyframe_interval: u32,
+    /// zstd compression level. Default 1.
+    pub zstd_level: i32,
+    /// Codec for chunks of non-keyframe steps. Default [`CodecId::Pred2`] (measured best, see
+    /// `benches/codec.rs`).
+    pub delta_codec: CodecId,
+}
+
+impl Default for CodecSettings {
+    fn default() -> Self {
+        CodecSettings {
+            chunk_len_elements: 262_144,
+            keyframe_interval: 32,
+            zstd_level: 1,
+            delta_codec: CodecId::Pred2,
+        }
+    }
+}
+
+impl CodecSettings {
+    pub(crate) fn validate(&self) -> Result<(), FormatError> {
+        if self.chunk_len_elements == 0 || self.chunk_len_elements > MAX_CHUNK_LEN_ELEMENTS {
+            return Err(FormatError::SizeCap {
+                what: "chunk_len_elements",
+                value: u64::from(self.chunk_len_elements),
+                cap: u64::from(MAX_CHUNK_LEN_ELEMENTS),
+            });
+        }
+        if self.keyframe_interval == 0 || self.keyframe_interval > MAX_KEYFRAME_INTERVAL {
+            return Err(FormatError::SizeCap {
+                what: "keyframe_interval",
+                value: u64::from(self.keyframe_interval),
+                cap: u64::from(MAX_KEYFRAME_INTERVAL),
+            });
+        }
+        // zstd accepts negative levels down to -131072 and up to 22.
+        if !(-131_072..=22).contains(&self.zstd_level) {
+            return Err(FormatError::invalid_input(format!(
+                "zstd_level {} outside -131072..=22",
+                self.zstd_level
+            )));
+        }
+        if self.delta_codec.is_standalone() {
+            return Err(FormatError::invalid_input(format!(
+                "delta_codec must be a delta codec, got {}",
+                self.delta_codec
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Everything recorded once per file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    /// Random run identifier (e.g. a UUID v4).
+    pub run_id: [u8; 16],
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// Tensors of the canonical state, in the given order: contiguous, no holes, no overlap.
+    pub layout: Vec<TensorSpec>,
+    /// Total elements of the state; must equal the sum of the layout's element counts.
+    pub state_len_elements: u64,
+    /// Bytes of opaque augmentation choice per sample id.
+    pub augmentation_bytes_per_sample: u32,
+    /// Opaque JSON object (model, dataset, optimizer, seeds, host...).
+    pub metadata_json: String,
+    /// Chunking and codec settings.
+    pub codec: CodecSettings,
+}
+
+impl Header {
+    /// A header whose `state_len_elements` is derived from `layout`.
+    pub fn new(
+        run_id: [u8; 16],
+        created_unix_ms: u64,
+        layout: Vec<TensorSpec>,
+        augmentation_bytes_per_sample: u32,
+        metadata_json: String,
+        codec: CodecSettings,
+    ) -> Result<Header, FormatError> {
+        let state_len_elements = layout_len_elements(&layout)?;
+        let header = Header {
+            run_id,
+            created_unix_ms,
+            layout,
+            state_len_elements,
+            augmentation_bytes_per_sample,
+            metadata_json,
+            codec,
+        };
+        header.validate()?;
+        Ok(header)
+    }
+
+    /// Builds a contiguous layout from `(name, shape)` pairs in the given order.
+    pub fn contiguous_layout(tensors: &[(&str, &[u64])]) -> Result<Vec<TensorSpec>, FormatError> {
+        let mut offset_elements = 0u64;
+        let mut layout = Vec::with_capacity(tensors.len());
+        for (name, shape) in tensors {
+            let n = shape_elements(shape)
+                .ok_or_else(|| FormatError::invalid_layout(format!("shape of {name} overflows")))?;
+            layout.push(TensorSpec {
+                name: (*name).to_owned(),
+                dtype: DType::F32,
+                shape: shape.to_vec(),
+                offset_elements,
+            });
+            offset_elements = offset_elements
+                .checked_add(n)
+                .ok_or_else(|| FormatError::invalid_layout("total size overflows"))?;
+        }
+        Ok(layout)
+    }
+
+    /// Checks every rule of SPEC.md "Header record" (the writer runs this before writing, the
+    /// reader after reading).
+    pub fn validate(&self) -> Result<(), FormatError> {
+        self.codec.validate()?;
+        let total = layout_len_elements(&self.layout)?;
+        if total != self.state_len_elements {
+            return Err(FormatError::invalid_layout(format!(
+                "state_len_elements {} but layout covers {total}",
+                self.state_len_elements
+            )));
+        }
+        if self.augmentation_bytes_per_sample > MAX_AUGMENTATION_BYTES_PER_SAMPLE {
+            return Err(FormatError::SizeCap {
+                what: "augmentation_bytes_per_sample",
+                value: u64::from(self.augmentation_bytes_per_sample),
+                cap: u64::from(MAX_AUGMENTATION_BYTES_PER_SAMPLE),
+            });
+        }
+        match serde_json::from_str::<serde_json::Value>(&self.metadata_json) {
+            Ok(serde_json::Value::Object(_)) => Ok(()),
+            _ => Err(FormatError::invalid_input(
+                "metadata_json must be a JSON object",
+            )),
+        }
+    }
+
+    /// Number of chunks each state is cut into.
+    pub fn chunk_count(&self) -> u64 {
+        self.state_len_elements
+            .div_ceil(u64::from(self.codec.chunk_len_elements.max(1)))
+    }
+}
+
+fn shape_elements(shape: &[u64]) -> Option<u64> {
+    shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
+}
+
+/// Validates the layout (contiguous from 0, in order, unique non-empty names) and returns the
+/// total element count.
+fn layout_len_elements(layout: &[TensorSpec]) -> Result<u64, FormatError> {
+    if layout.len() > MAX_LAYOUT_TENSORS {
+        return Err(FormatError::SizeCap {
+            what: "layout tensors",
+            value: layout.len() as u64,
+            cap: MAX_LAYOUT_TENSORS as u64,
+        });
+    }
+    let mut names = std::collections::BTreeSet::new();
+    let mut next_offset = 0u64;
+    for t in layout {
+        if t.name.is_empty() || t.name.len() > MAX_TENSOR_NAME_BYTES {
+            return Err(FormatError::invalid_layout(format!(
+                "tensor name must be 1..={MAX_TENSOR_NAME_BYTES} bytes: {:?}",
+                t.name
+            )));
+        }
+        if !names.insert(t.name.as_str()) {
+            return Err(FormatError::invalid_layout(format!(
+                "duplicate tensor name {:?}",
+                t.name
+            )));
+        }
+        if t.offset_elements != next_offset {
+            return Err(FormatError::invalid_layout(format!(
+                "tensor {:?} starts at element {} but the previous tensor ends at {next_offset} \
+                 (holes and overlaps are not allowed)",
+                t.name, t.offset_elements
+            )));
+        }
+        let n = shape_elements(&t.shape).ok_or_else(|| {
+            FormatError::invalid_layout(format!("shape of {:?} overflows", t.name))
+        })?;
+        next_offset = next_offset
+            .checked_add(n)
+            .ok_or_else(|| FormatError::invalid_layout("total size overflows"))?;
+    }
+    if next_offset > MAX_STATE_LEN_ELEMENTS {
+        return Err(FormatError::SizeCap {
+            what: "state_len_elements",
+            value: next_offset,
+            cap: MAX_STATE_LEN_ELEMENTS,
+        });
+    }
+    Ok(next_offset)
+}
+
+/// Per-step scalars. NaN means "not available".
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepScalars {
+    /// Learning rate used by update t.
+    pub learning_rate: f64,
+    /// Loss of minibatch B_t at θ_t.
+    pub minibatch_loss: f64,
+    /// Norm of the minibatch gradient.
+    pub grad_norm: f64,
+    /// Norm of θ_{t+1} − θ_t.
+    pub update_norm: f64,
+    /// Seconds since the start of the run.
+    pub wall_time_secs: f64,
+}
+
+impl StepScalars {
+    /// All scalars unavailable (NaN).
+    pub fn unavailable() -> StepScalars {
+        StepScalars {
+            learning_rate: f64::NAN,
+            minibatch_loss: f64::NAN,
+            grad_norm: f64::NAN,
+            update_norm: f64::NAN,
+            wall_time_secs: f64::NAN,
+        }
+    }
+
+    /// Bitwise equality (NaN == NaN with the same payload).
+    pub fn bits_eq(&self, other: &StepScalars) -> bool {
+        self.to_array().map(f64::to_bits) == other.to_array().map(f64::to_bits)
+    }
+
+    pub(crate) fn to_array(self) -> [f64; 5] {
+        [
+            self.learning_rate,
+            self.minibatch_loss,
+            self.grad_norm,
+            self.update_norm,
+            self.wall_time_secs,
+        ]
+    }
+
+    pub(crate) fn from_array(a: [f64; 5]) -> StepScalars {
+        StepScalars {
+            learning_rate: a[0],
+            minibatch_loss: a[1],
+            grad_norm: a[2],
+            update_norm: a[3],
+            wall_time_secs: a[4],
+        }
+    }
+}
+
+impl Default for StepScalars {
+    fn default() -> Self {
+        StepScalars::unavailable()
+    }
+}
+
+/// What the writer is given for one step t: θ_t (the state BEFORE update t), and the minibatch
+/// B_t, its augmentation choices and the scalars of update t. The last state of a run has empty
+/// ids.
+#[derive(Clone, Copy, Debug)]
+pub struct StepInput<'a> {
+    /// Step number t.
+    pub step: u64,
+    /// θ_t, `state_len_elements` long.
+    pub state: &'a [f32],
+    /// Sample ids of B_t.
+    pub sample_ids: &'a [u32],
+    /// `sample_ids.len() * augmentation_bytes_per_sample` bytes.
+    pub augmentation: &'a [u8],
+    /// Scalars of update t.
+    pub scalars: StepScalars,
+}
+
+/// One evaluation result of an epoch record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    /// Split name ("train", "val", "test", ...).
+    pub split: String,
+    /// Mean loss.
+    pub loss: f64,
+    /// Accuracy in 0..=1.
+    pub accuracy: f64,
+    /// Number of samples evaluated.
+    pub samples: u64,
+}
+
+/// Evaluation results of one epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Epoch number.
+    pub epoch: u32,
+    /// The step whose state the evaluation was run on.
+    pub step: u64,
+    /// One entry per split.
+    pub evals: Vec<EvalRecord>,
+}
+
+/// When the writer calls `fdatasync`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsyncPolicy {
+    /// Never (only the OS decides); `finish` still syncs nothing. For tests and scratch files.
+    Never,
+    /// After every keyframe step record, at `flush` and at `finish`.
+    #[default]
+    EveryKeyframe,
+    /// After every record.
+    EveryRecord,
+}
+
+/// Writer options that do not affect the bytes written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriterOptions {
+    /// Durability policy.
+    pub fsync: FsyncPolicy,
+    /// Encoder threads; 0 = rayon's global pool.
+    pub threads: usize,
+}
+
+/// What one `write_step` stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepWriteStats {
+    /// Bytes of the raw state.
+    pub raw_bytes: u64,
+    /// Bytes of the whole step record on disk.
+    pub stored_bytes: u64,
+    /// Whether the step was stored as a keyframe.
+    pub keyframe: bool,
+}
+
+/// What `finish` produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteSummary {
+    /// Step records in the file.
+    pub steps: u64,
+    /// Raw bytes of all states in the file.
+    pub raw_bytes: u64,
+    /// Final file length.
+    pub file_bytes: u64,
+}
+
+/// What `Writer::reopen` found and did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryReport {
+    /// Step records kept.
+    pub complete_steps: u64,
+    /// Bytes cut from the end of the file (torn tail, index, footer, dropped records).
+    pub truncated_bytes: u64,
+    /// Whether the file had a valid footer.
+    pub had_footer: bool,
+    /// Last step kept.
+    pub last_step: Option<u64>,
+}
+
+/// Everything of one step except its state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepInfo {
+    /// Step number.
+    pub step: u64,
+    /// Sample ids of B_t.
+    pub sample_ids: Vec<u32>,
+    /// Augmentation bytes.
+    pub augmentation: Vec<u8>,
+    /// Scalars of update t.
+    pub scalars: StepScalars,
+    /// Whether the state is stored as a keyframe.
+    pub keyframe: bool,
+    /// Bytes of the step record on disk.
+    pub stored_bytes: u64,
+}

@@ -1,0 +1,681 @@
+//! The append-only writer: one record per `write_*` call, index + footer on `finish`, and
+//! recovery of a file whose writer died (`reopen`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::codec::{chunk_hash, encode_chunk, shuffle_u32, zstd_bytes};
+use crate::consts::*;
+use crate::error::FormatError;
+use crate::reader::Reader;
+use crate::records::*;
+use crate::types::*;
+
+/// Appends records to a recording. Not finishing (drop, crash) leaves a valid file without
+/// footer that [`Reader::open`] reads and [`Writer::reopen`] continues.
+pub struct Writer {
+    path: PathBuf,
+    file: File,
+    header: Header,
+    options: WriterOptions,
+    pool: Option<rayon::ThreadPool>,
+    /// Length of the file as written so far (every byte before it is a complete record).
+    end_offset: u64,
+    entries: Vec<IndexEntry>,
+    last_step: Option<u64>,
+    chain_start: u64,
+    /// State of `last_step`, and of `last_step − 1` when that is in the same chain.
+    prev: Option<Vec<f32>>,
+    prev2: Option<Vec<f32>>,
+    /// Per chunk, the stored size of its latest standalone encoding in the current chain.
+    standalone_len: Vec<u64>,
+    raw_bytes_total: u64,
+    poisoned: bool,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("path", &self.path)
+            .field("last_step", &self.last_step)
+            .finish()
+    }
+}
+
+/// A chunk decision made by the encoder.
+struct EncodedChunk {
+    entry: ChunkEntry,
+    bytes: Vec<u8>,
+    /// Fresh standalone size, if a standalone encoding was computed.
+    standalone_len: Option<u64>,
+}
+
+fn encode_standalone(cur: &[f32], level: i32) -> Result<(CodecId, Vec<u8>), FormatError> {
+    let mut key = Vec::new();
+    encode_chunk(CodecId::Key, cur, None, None, level, &mut key)?;
+    // Raw fallback when compression saves less than 5 %.
+    if (key.len() as u64) * 20 >= (cur.len() as u64 * 4) * 19 {
+        let mut raw = Vec::new();
+        encode_chunk(CodecId::Raw, cur, None, None, level, &mut raw)?;
+        return Ok((CodecId::Raw, raw));
+    }
+    Ok((CodecId::Key, key))
+}
+
+fn finish_chunk(
+    codec: CodecId,
+    bytes: Vec<u8>,
+    cur: &[f32],
+    standalone_len: Option<u64>,
+) -> EncodedChunk {
+    EncodedChunk {
+        entry: ChunkEntry {
+            codec,
+            stored_len_bytes: bytes.len() as u32,
+            stored_crc32c: crc32c::crc32c(&bytes),
+            reconstructed_xxh3: chunk_hash(cur),
+        },
+        bytes,
+        standalone_len,
+    }
+}
+
+fn check_chunk_len(len: usize) -> Result<(), FormatError> {
+    // A chunk is at most 2^24 elements, so its stored bytes fit u32 even uncompressed.
+    if len as u64 > u64::from(u32::MAX) {
+        return Err(FormatError::SizeCap {
+            what: "stored chunk bytes",
+            value: len as u64,
+            cap: u64::from(u32::MAX),
+        });
+    }
+    Ok(())
+}
+
+impl Writer {
+    /// Creates a new recording; fails if `path` exists.
+    pub fn create(
+        path: &Path,
+        header: Header,
+        options: WriterOptions,
+    ) -> Result<Writer, FormatError> {
+        header.validate()?;
+        let header_payload = encode_header_payload(&header)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| FormatError::io(path, e))?;
+        let mut bytes = Prologue::current().encode().to_vec();
+        encode_record(RecordKind::Header, 0, NO_STEP, &header_payload, &mut bytes);
+        file.write_all(&bytes)
+            .map_err(|e| FormatError::io(path, e))?;
+        if options.fsync != FsyncPolicy::Never {
+            file.sync_all().map_err(|e| FormatError::io(path, e))?;
+        }
+        let chunk_count = header.chunk_count() as usize;
+        let pool = Self::make_pool(&options)?;
+        Ok(Writer {
+            path: path.to_path_buf(),
+            file,
+            header,
+            options,
+            pool,
+            end_offset: bytes.len() as u64,
+            entries: Vec::new(),
+            last_step: None,
+            chain_start: 0,
+            prev: None,
+            prev2: None,
+            standalone_len: vec![0; chunk_count],
+            raw_bytes_total: 0,
+            poisoned: false,
+        })
+    }
+
+    fn make_pool(options: &WriterOptions) -> Result<Option<rayon::ThreadPool>, FormatError> {
+        if options.threads == 0 {
+            return Ok(None);
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(options.threads)
+            .thread_name(|i| format!("sgdwalk-enc-{i}"))
+            .build()
+            .map(Some)
+            .map_err(|e| FormatError::invalid_input(format!("cannot build encoder pool: {e}")))
+    }
+
+    /// Reopens a file whose writer died or finished: validates it, truncates the torn tail (and
+    /// index, footer, trailer), and with `keep_through_step = Some(t)` also drops every record
+    /// after the last record that belongs to step t, so a resumed run appends exactly what an
+    /// uninterrupted run would have. Rebuilds the index and the delta bases from the file.
+    pub fn reopen(
+        path: &Path,
+        options: WriterOptions,
+        keep_through_step: Option<u64>,
+    ) -> Result<(Writer, RecoveryReport), FormatError> {
+        let reader = Reader::open(path)?;
+        let unknown_ro = reader.prologue().ro_compat_flags & !KNOWN_RO_COMPAT_FLAGS;
+        if unknown_ro != 0 {
+            return Err(FormatError::UnsupportedFeature {
+                path: path.into(),
+                which: "ro_compat",
+                flags: unknown_ro,
+            });
+        }
+        let had_footer = reader.is_finished();
+        let mut entries = reader.entries().to_vec();
+        let mut cut = reader.data_end();
+        if let Some(t) = keep_through_step {
+            if !reader.has_step(t) {
+                return Err(FormatError::StepNotFound { step: t });
+            }
+            // The last record belonging to t (step, resume or epoch record).
+            let last = entries
+                .iter()
+                .rposition(|e| e.step == t)
+                .ok_or(FormatError::StepNotFound { step: t })?;
+            entries.truncate(last + 1);
+            cut = entries[last].end_offset();
+        }
+        let header = reader.header().clone();
+        let chunk_count = header.chunk_count() as usize;
+        let last_step = entries.iter().rev().find(|e| e.is_step()).map(|e| e.step);
+        let mut state = Writer::rebuild_bases(&reader, last_step, chunk_count)?;
+        let observed_len = reader.committed_len_bytes() + reader.torn_tail_bytes();
+        drop(reader);
+
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| FormatError::io(path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(FormatError::Locked { path: path.into() });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(FormatError::io(path, e)),
+        }
+        let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
+        if len != observed_len {
+            return Err(FormatError::Locked { path: path.into() });
+        }
+        file.set_len(cut).map_err(|e| FormatError::io(path, e))?;
+        file.sync_all().map_err(|e| FormatError::io(path, e))?;
+        file.unlock().map_err(|e| FormatError::io(path, e))?;
+        let mut file = file;
+        file.seek(SeekFrom::Start(cut))
+            .map_err(|e| FormatError::io(path, e))?;
+
+        let raw_per_state = header.state_len_elements.saturating_mul(4);
+        let complete_steps = entries.iter().filter(|e| e.is_step()).count() as u64;
+        let report = RecoveryReport {
+            complete_steps,
+            truncated_bytes: len - cut,
+            had_footer,
+            last_step,
+        };
+        let pool = Self::make_pool(&options)?;
+        let writer = Writer {
+            path: path.to_path_buf(),
+            file,
+            header,
+            options,
+            pool,
+            end_offset: cut,
+            entries,
+            last_step,
+            chain_start: state.chain_start,
+            prev: state.prev.take(),
+            prev2: state.prev2.take(),
+            standalone_len: std::mem::take(&mut state.standalone_len),
+            raw_bytes_total: complete_steps.saturating_mul(raw_per_state),
+            poisoned: false,
+        };
+        Ok((writer, report))
+    }
+
+    /// Decodes the bases the encoder needs to continue after `last_step`.
+    fn rebuild_bases(
+        reader: &Reader,
+        last_step: Option<u64>,
+        chunk_count: usize,
+    ) -> Result<Bases, FormatError> {
+        let mut bases = Bases {
+            chain_start: 0,
+            prev: None,
+            prev2: None,
+            standalone_len: vec![0; chunk_count],
+        };
+        let Some(last) = last_step else {
+            return Ok(bases);
+        };
+        let chain_start = reader.step_index_entry(last)?.chain_start_step;
+        bases.chain_start = chain_start;
+        let n = usize::try_from(reader.header().state_len_elements)
+            .map_err(|_| FormatError::invalid_input("state too large for this platform"))?;
+        let mut prev: Option<Vec<f32>> = None;
+        let mut prev2: Option<Vec<f32>> = None;
+        // Walk the chain forward, as the reader does, tracking the standalone sizes the
+        // uninterrupted writer would have tracked.
+        for u in chain_start..=last {
+            for (slot, e) in bases.standalone_len.iter_mut().zip(reader.chunk_table(u)?) {
+                if e.codec.is_standalone() {
+                    *slot = u64::from(e.stored_len_bytes);
+                }
+            }
+            let mut out = vec![0f32; n];
+            reader.decode_step_into(u, prev.as_deref(), prev2.as_deref(), &mut out)?;
+            prev2 = prev;
+            prev = Some(out);
+        }
+        bases.prev = prev;
+        bases.prev2 = if last > chain_start { prev2 } else { None };
+        Ok(bases)
+    }
+
+    /// The header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Path of the file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Last step written.
+    pub fn last_step(&self) -> Option<u64> {
+        self.last_step
+    }
+
+    /// Whether `write_step(step)` would be forced to store a keyframe (first step, after a gap,
+    /// or step a multiple of K). The encoder may also promote other steps to keyframes when no
+    /// delta pays.
+    pub fn is_keyframe_next(&self, step: u64) -> bool {
+        match self.last_step {
+            None => true,
+            Some(last) => {
+                last.checked_add(1) != Some(step)
+                    || step.is_multiple_of(u64::from(self.header.codec.keyframe_interval))
+                    || self.prev.is_none()
+            }
+        }
+    }
+
+    fn check_usable(&self) -> Result<(), FormatError> {
+        if self.poisoned {
+            return Err(FormatError::WriterPoisoned {
+                path: self.path.as_path().into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes one record; on an I/O error the writer is poisoned (a partial record may be on
+    /// disk; `reopen` cuts it).
+    fn write_record(
+        &mut self,
+        kind: RecordKind,
+        flags: u8,
+        step: u64,
+        payload: &[u8],
+    ) -> Result<(u64, u64), FormatError> {
+        self.check_usable()?;
+        let h = RecordHeader::for_payload(kind, flags, step, payload);
+        let total = h.total_len_bytes().ok_or(FormatError::SizeCap {
+            what: "record payload_len_bytes",
+            value: payload.len() as u64,
+            cap: MAX_PAYLOAD_BYTES,
+        })?;
+        cap(
+            "record payload_len_bytes",
+            payload.len() as u64,
+            MAX_PAYLOAD_BYTES,
+        )?;
+        let pad = (total - RECORD_HEADER_ENCODED_SIZE_BYTES as u64 - payload.len() as u64) as usize;
+        let offset = self.end_offset;
+        let res = self
+            .file
+            .write_all(&h.encode())
+            .and_then(|()| self.file.write_all(payload))
+            .and_then(|()| self.file.write_all(&[0u8; 8][..pad]));
+        if let Err(e) = res {
+            self.poisoned = true;
+            return Err(FormatError::io(&self.path, e));
+        }
+        self.end_offset += total;
+        Ok((offset, total))
+    }
+
+    fn sync(&mut self) -> Result<(), FormatError> {
+        self.file.sync_data().map_err(|e| {
+            self.poisoned = true;
+            FormatError::io(&self.path, e)
+        })
+    }
+
+    /// Encodes and appends step `input.step`. Steps must strictly increase; gaps are allowed
+    /// (the step after a gap is a keyframe).
+    pub fn write_step(&mut self, input: &StepInput<'_>) -> Result<StepWriteStats, FormatError> {
+        self.check_usable()?;
+        let step = input.step;
+        if step == NO_STEP {
+            return Err(FormatError::invalid_input("step u64::MAX is reserved"));
+        }
+        if let Some(last) = self.last_step
+            && step <= last
+        {
+            return Err(FormatError::NotIncreasing {
+                step,
+                last_step: last,
+            });
+        }
+        if input.state.len() as u64 != self.header.state_len_elements {
+            return Err(FormatError::invalid_input(format!(
+                "step {step}: state has {} elements, the layout {}",
+                input.state.len(),
+                self.header.state_len_elements
+            )));
+        }
+        cap(
+            "sample ids per step",
+            input.sample_ids.len() as u64,
+            MAX_SAMPLE_IDS,
+        )?;
+        let aug_len = (input.sample_ids.len() as u64)
+            .checked_mul(u64::from(self.header.augmentation_bytes_per_sample))
+            .ok_or_else(|| FormatError::invalid_input("augmentation length overflows"))?;
+        if input.augmentation.len() as u64 != aug_len {
+            return Err(FormatError::invalid_input(format!(
+                "step {step}: {} augmentation bytes, expected {aug_len} ({} ids × {})",
+                input.augmentation.len(),
+                input.sample_ids.len(),
+                self.header.augmentation_bytes_per_sample
+            )));
+        }
+        let forced = self.is_keyframe_next(step);
+        let chunks = self.encode_state(input.state, forced)?;
+        let keyframe = forced || chunks.iter().all(|c| c.entry.codec.is_standalone());
+        let chain_start = if keyframe { step } else { self.chain_start };
+
+        let level = self.header.codec.zstd_level;
+        let (ids_codec, ids) = if input.sample_ids.is_empty() {
+            (BLOB_RAW, Vec::new())
+        } else {
+            let z = zstd_bytes(&shuffle_u32(input.sample_ids), level)?;
+            if z.len() < input.sample_ids.len() * 4 {
+                (BLOB_SHUFFLE4_ZSTD, z)
+            } else {
+                (
+                    BLOB_RAW,
+                    input
+                        .sample_ids
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect(),
+                )
+            }
+        };
+        let (aug_codec, aug) = if input.augmentation.is_empty() {
+            (BLOB_RAW, Vec::new())
+        } else {
+            let z = zstd_bytes(input.augmentation, level)?;
+            if z.len() < input.augmentation.len() {
+                (BLOB_ZSTD, z)
+            } else {
+                (BLOB_RAW, input.augmentation.to_vec())
+            }
+        };
+        let fixed = StepFixed {
+            flags: if keyframe { STEP_FLAG_KEYFRAME } else { 0 },
+            chunk_count: chunks.len() as u32,
+            chain_start_step: chain_start,
+            scalars: input.scalars,
+            sample_count: input.sample_ids.len() as u32,
+            ids_codec,
+            aug_codec,
+            ids_stored_len_bytes: ids.len() as u32,
+            aug_stored_len_bytes: aug.len() as u32,
+        };
+        let parts: Vec<(ChunkEntry, Vec<u8>)> =
+            chunks.iter().map(|c| (c.entry, Vec::new())).collect();
+        // Assemble without copying chunk bytes twice: table first, then the data.
+        let mut payload = encode_step_payload(&fixed, &parts, &ids, &aug);
+        payload.reserve(chunks.iter().map(|c| c.bytes.len()).sum());
+        for c in &chunks {
+            payload.extend_from_slice(&c.bytes);
+        }
+        let (offset, total) = self.write_record(RecordKind::Step, 0, step, &payload)?;
+        self.entries.push(IndexEntry {
+            record_offset: offset,
+            record_len_bytes: total,
+            step,
+            chain_start_step: chain_start,
+            kind: RecordKind::Step as u8,
+            flags: if keyframe { INDEX_FLAG_KEYFRAME } else { 0 },
+        });
+        match self.options.fsync {
+            FsyncPolicy::EveryRecord => self.sync()?,
+            FsyncPolicy::EveryKeyframe if keyframe => self.sync()?,
+            _ => {}
+        }
+
+        // Advance the bases (reusing the oldest buffer).
+        for (slot, c) in self.standalone_len.iter_mut().zip(&chunks) {
+            if let Some(len) = c.standalone_len {
+                *slot = len;
+            }
+        }
+        let mut buf = self.prev2.take().unwrap_or_default();
+        if keyframe {
+            // t−1 is outside the new chain: pred2 must not reach back across a keyframe.
+            self.prev = None;
+        } else {
+            self.prev2 = self.prev.take();
+        }
+        buf.clear();
+        buf.extend_from_slice(input.state);
+        self.prev = Some(buf);
+        self.last_step = Some(step);
+        self.chain_start = chain_start;
+        let raw_bytes = self.header.state_len_elements.saturating_mul(4);
+        self.raw_bytes_total = self.raw_bytes_total.saturating_add(raw_bytes);
+        Ok(StepWriteStats {
+            raw_bytes,
+            stored_bytes: total,
+            keyframe,
+        })
+    }
+
+    /// Encodes all chunks of a state in parallel.
+    fn encode_state(&self, state: &[f32], forced: bool) -> Result<Vec<EncodedChunk>, FormatError> {
+        let cl = self.header.codec.chunk_len_elements as usize;
+        let level = self.header.codec.zstd_level;
+        let delta_codec = self.header.codec.delta_codec;
+        let prev = if forced { None } else { self.prev.as_deref() };
+        let prev2 = if forced { None } else { self.prev2.as_deref() };
+        let standalone_len = &self.standalone_len;
+        let work = || {
+            state
+                .par_chunks(cl)
+                .enumerate()
+                .map(|(i, cur)| -> Result<EncodedChunk, FormatError> {
+                    let range = i * cl..i * cl + cur.len();
+                    let Some(p) = prev.map(|p| &p[range.clone()]) else {
+                        let (codec, bytes) = encode_standalone(cur, level)?;
+                        let len = bytes.len() as u64;
+                        return Ok(finish_chunk(codec, bytes, cur, Some(len)));
+                    };
+                    let p2 = prev2.map(|p| &p[range]);
+                    let codec = match (delta_codec, p2) {
+                        (CodecId::Pred2, None) => CodecId::ZigzagDeltaPrev,
+                        (c, _) => c,
+                    };
+                    let mut delta = Vec::new();
+                    encode_chunk(codec, cur, Some(p), p2, level, &mut delta)?;
+                    check_chunk_len(delta.len())?;
+                    // A delta that is not clearly smaller than the chunk's last standalone size
+                    // may not pay: encode standalone too and keep it if the delta exceeds 0.9 × it.
+                    let last_key = standalone_len.get(i).copied().unwrap_or(0);
+                    if (delta.len() as u64) * 10 > last_key * 9 {
+                        let (scodec, sbytes) = encode_standalone(cur, level)?;
+                        let slen = sbytes.len() as u64;
+                        if (delta.len() as u64) * 10 > slen * 9 {
+                            return Ok(finish_chunk(scodec, sbytes, cur, Some(slen)));
+                        }
+                        return Ok(finish_chunk(codec, delta, cur, Some(slen)));
+                    }
+                    Ok(finish_chunk(codec, delta, cur, None))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        match &self.pool {
+            Some(pool) => pool.install(work),
+            None => work(),
+        }
+    }
+
+    /// Appends an epoch record.
+    pub fn write_epoch(&mut self, record: &EpochRecord) -> Result<(), FormatError> {
+        self.check_usable()?;
+        if record.step == NO_STEP {
+            return Err(FormatError::invalid_input("step u64::MAX is reserved"));
+        }
+        let payload = encode_epoch_payload(record)?;
+        let (offset, total) = self.write_record(RecordKind::Epoch, 0, record.step, &payload)?;
+        self.push_plain_entry(RecordKind::Epoch, offset, total, record.step);
+        if self.options.fsync == FsyncPolicy::EveryRecord {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    fn push_plain_entry(&mut self, kind: RecordKind, offset: u64, total: u64, step: u64) {
+        self.entries.push(IndexEntry {
+            record_offset: offset,
+            record_len_bytes: total,
+            step,
+            chain_start_step: step,
+            kind: kind as u8,
+            flags: 0,
+        });
+    }
+
+    /// Appends optimizer state for resuming at `step` (a step already written): buffers as f32
+    /// (chunked like states, standalone codecs) plus a JSON descriptor.
+    pub fn write_resume_state(
+        &mut self,
+        step: u64,
+        buffers: &[f32],
+        descriptor_json: &str,
+    ) -> Result<(), FormatError> {
+        self.check_usable()?;
+        if !self.entries.iter().any(|e| e.is_step() && e.step == step) {
+            return Err(FormatError::StepNotFound { step });
+        }
+        cap(
+            "resume buffer elements",
+            buffers.len() as u64,
+            MAX_RESUME_LEN_ELEMENTS,
+        )?;
+        cap(
+            "resume descriptor bytes",
+            descriptor_json.len() as u64,
+            MAX_JSON_BYTES,
+        )?;
+        let cl = self.header.codec.chunk_len_elements as usize;
+        let level = self.header.codec.zstd_level;
+        let work = || {
+            buffers
+                .par_chunks(cl)
+                .map(|cur| {
+                    let (codec, bytes) = encode_standalone(cur, level)?;
+                    Ok(finish_chunk(codec, bytes, cur, None))
+                })
+                .collect::<Result<Vec<_>, FormatError>>()
+        };
+        let chunks = match &self.pool {
+            Some(pool) => pool.install(work)?,
+            None => work()?,
+        };
+        let parts: Vec<(ChunkEntry, Vec<u8>)> =
+            chunks.into_iter().map(|c| (c.entry, c.bytes)).collect();
+        let payload = encode_resume_payload(buffers.len() as u64, &parts, descriptor_json);
+        let (offset, total) = self.write_record(RecordKind::Resume, 0, step, &payload)?;
+        self.push_plain_entry(RecordKind::Resume, offset, total, step);
+        if self.options.fsync != FsyncPolicy::Never {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (a no-op under [`FsyncPolicy::Never`]).
+    pub fn flush(&mut self) -> Result<(), FormatError> {
+        self.check_usable()?;
+        self.file
+            .flush()
+            .map_err(|e| FormatError::io(&self.path, e))?;
+        if self.options.fsync != FsyncPolicy::Never {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the index record, then (after the index is durable) the footer and trailer.
+    pub fn finish(mut self) -> Result<WriteSummary, FormatError> {
+        self.check_usable()?;
+        let index_payload = encode_index_payload(&self.entries);
+        let (index_offset, index_len) =
+            self.write_record(RecordKind::Index, 0, NO_STEP, &index_payload)?;
+        if self.options.fsync != FsyncPolicy::Never {
+            self.sync()?;
+        }
+        let steps: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|e| e.is_step())
+            .map(|e| e.step)
+            .collect();
+        let footer = Footer {
+            index_record_offset: index_offset,
+            index_record_len_bytes: index_len,
+            data_record_count: self.entries.len() as u64,
+            step_count: steps.len() as u64,
+            first_step: steps.first().copied().unwrap_or(NO_STEP),
+            last_step: steps.last().copied().unwrap_or(NO_STEP),
+        };
+        let (footer_offset, footer_len) =
+            self.write_record(RecordKind::Footer, 0, NO_STEP, &footer.encode())?;
+        let trailer = Trailer {
+            footer_record_offset: footer_offset,
+            footer_record_len_bytes: footer_len,
+            major: FORMAT_MAJOR,
+            minor: FORMAT_MINOR,
+        };
+        self.file
+            .write_all(&trailer.encode())
+            .map_err(|e| FormatError::io(&self.path, e))?;
+        self.end_offset += TRAILER_ENCODED_SIZE_BYTES as u64;
+        if self.options.fsync != FsyncPolicy::Never {
+            self.sync()?;
+        }
+        Ok(WriteSummary {
+            steps: footer.step_count,
+            raw_bytes: self.raw_bytes_total,
+            file_bytes: self.end_offset,
+        })
+    }
+}
+
+struct Bases {
+    chain_start: u64,
+    prev: Option<Vec<f32>>,
+    prev2: Option<Vec<f32>>,
+    standalone_len: Vec<u64>,
+}

@@ -1,0 +1,94 @@
+//! Recording overhead: the same model trained for the same steps with recording off (policy
+//! `none`: header only) and on (every step), alternating, in one process. Prints the median
+//! ratio of wall times, steps/s and bytes/step.
+//!
+//! CPU (default): small CNN on Fashion-MNIST (data/fashion-mnist).
+//!   cargo bench -p sgdwalk-recorder --bench overhead
+//! GPU: cargo bench -p sgdwalk-recorder --bench overhead -- --device cuda --model vgg11 \
+//!        --dataset synthetic --synthetic-size 32 --synthetic-channels 3 --steps 200 --batch-size 128
+//! Extra arguments are passed to sgdwalk-record (later ones win); `--repeats N` sets the number
+//! of off/on pairs (default 5).
+
+use std::time::Instant;
+
+use clap::Parser;
+use sgdwalk_recorder::{RecordArgs, StopFlag, record};
+
+#[derive(Parser)]
+#[command(args_override_self = true)]
+struct Cli {
+    #[command(flatten)]
+    args: RecordArgs,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut user: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let mut repeats = 5usize;
+    if let Some(i) = user.iter().position(|a| a == "--repeats") {
+        repeats = user.get(i + 1).and_then(|r| r.parse().ok()).unwrap_or(5);
+        user.drain(i..(i + 2).min(user.len()));
+    }
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("bench.walk");
+    let mut argv: Vec<String> = [
+        "overhead", "--quiet", "--overwrite", "--model", "small-cnn", "--dataset", "fashion-mnist",
+        "--data-dir", "data/fashion-mnist", "--batch-size", "100", "--max-steps", "300",
+        "--epochs", "100", "--eval-splits", "", "--fsync", "keyframe",
+    ]
+    .map(String::from)
+    .to_vec();
+    argv.extend(["--out".into(), out.display().to_string()]);
+    // Benches run from the package folder; the data lives at the workspace root.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::env::set_current_dir(&root)?;
+    argv.extend(user);
+    let mut off_args = Cli::parse_from(&argv).args;
+    off_args.record = "none".into();
+    let mut on_args = off_args.clone();
+    on_args.record = "every".into();
+    let off_cfg = off_args.validate()?;
+    let on_cfg = on_args.validate()?;
+    println!(
+        "recorder overhead: model {:?} on {:?}, device {:?}, {} threads, {} steps per run, {repeats} off/on pairs",
+        off_cfg.model.short_name(),
+        off_cfg.dataset.name,
+        off_cfg.device,
+        tch::get_num_threads(),
+        off_cfg.max_steps.unwrap_or(0)
+    );
+    // One warm-up run of each (allocator, caches, CUDA context).
+    record(&off_cfg, &StopFlag::default())?;
+    record(&on_cfg, &StopFlag::default())?;
+    let (mut off_t, mut on_t, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last = None;
+    for _ in 0..repeats {
+        let t0 = Instant::now();
+        let a = record(&off_cfg, &StopFlag::default())?;
+        let t_off = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let b = record(&on_cfg, &StopFlag::default())?;
+        let t_on = t1.elapsed().as_secs_f64();
+        off_t.push(a.updates as f64 / t_off);
+        on_t.push(b.updates as f64 / t_on);
+        ratios.push(t_on / t_off);
+        last = Some(b);
+    }
+    let b = last.ok_or_else(|| anyhow::anyhow!("no repeats"))?;
+    let steps = b.steps_recorded.max(1) as f64;
+    println!("steps/s recording off  (median): {:.1}", median(off_t));
+    println!("steps/s recording on   (median): {:.1}", median(on_t));
+    println!("overhead ratio on/off  (median of {repeats} pairs): {:.3}   all: {ratios:.3?}", median(ratios.clone()));
+    println!(
+        "bytes/step: raw state {:.0}, stored state {:.0} (ratio {:.2}x), file {:.0}",
+        b.raw_state_bytes as f64 / steps,
+        b.stored_state_bytes as f64 / steps,
+        b.compression_ratio,
+        b.file_bytes as f64 / steps
+    );
+    Ok(())
+}
