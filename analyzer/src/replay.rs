@@ -1,0 +1,232 @@
+//! Replay of a recording: the run description, the identical model and data, evaluation sets
+//! prepared once, and losses at any point θ_t + α·d_t.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sgdwalk_format::Reader;
+use sgdwalk_workload::augment::decode_choices;
+use sgdwalk_workload::eval::{evaluate_batches, hessian_vector_products, trainable_tensors};
+use sgdwalk_workload::run::RunDescription;
+use sgdwalk_workload::sampling::probe_subset;
+use sgdwalk_workload::{BnPolicy, Dataset, EvalSums, Model, Split};
+use tch::Tensor;
+
+use crate::config::{AnalyzeConfig, EvalSet, RunSettings};
+use crate::error::AnalyzeError;
+
+/// A recording opened for analysis, with its model and data.
+pub struct Session {
+    pub reader: Reader,
+    pub desc: RunDescription,
+    pub data: Dataset,
+    pub model: Model,
+    /// Hex of the recording's run id.
+    pub run_id: String,
+    /// A checksum identifying the recording's header (run, layout, settings).
+    pub recording_checksum: String,
+    pub path: PathBuf,
+    eval_batch_size: usize,
+    seed: u64,
+    prepared: HashMap<String, Arc<Vec<(Tensor, Tensor)>>>,
+}
+
+/// Reads the run description that `sgdwalk-record` stores in a recording.
+pub fn run_description(reader: &Reader, path: &Path) -> Result<RunDescription, AnalyzeError> {
+    serde_json::from_str(&reader.header().metadata_json).map_err(|e| {
+        AnalyzeError::NoRunDescription {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }
+    })
+}
+
+impl Session {
+    /// Opens the recording, loads the recorded dataset (checking its identity) and builds the
+    /// recorded model on the requested device.
+    pub fn open(settings: &RunSettings, cfg: &AnalyzeConfig) -> Result<Self, AnalyzeError> {
+        let path = settings.recording.clone();
+        let reader = Reader::open(&path)?;
+        let desc = run_description(&reader, &path)?;
+        let data_dir = settings
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("data").join(desc.dataset.name.as_str()));
+        let data = Dataset::load(&desc.dataset, &data_dir)?;
+        if data.identity != desc.dataset_identity {
+            let describe = |i: &sgdwalk_workload::DatasetIdentity| {
+                let files: Vec<String> = i
+                    .files
+                    .iter()
+                    .map(|f| format!("{} sha256 {}", f.file, &f.sha256[..f.sha256.len().min(12)]))
+                    .collect();
+                format!("{} [{}]", i.name.as_str(), files.join(", "))
+            };
+            return Err(AnalyzeError::DatasetMismatch {
+                data_dir,
+                expected: describe(&desc.dataset_identity),
+                found: describe(&data.identity),
+            });
+        }
+        let model = Model::new(&desc.model, settings.device, desc.seeds.init)?;
+        if model.layout() != &desc.layout {
+            return Err(AnalyzeError::NoRunDescription {
+                path,
+                reason: "the recorded state layout does not match the model this version builds"
+                    .into(),
+            });
+        }
+        let header = reader.header();
+        let run_id = hex::encode(header.run_id);
+        let recording_checksum = format!(
+            "{:08x}",
+            crc32c::crc32c(header.metadata_json.as_bytes()) ^ crc32c::crc32c(&header.run_id)
+        );
+        Ok(Session {
+            reader,
+            desc,
+            data,
+            model,
+            run_id,
+            recording_checksum,
+            path,
+            eval_batch_size: cfg.eval_batch_size as usize,
+            seed: cfg.seed,
+            prepared: HashMap::new(),
+        })
+    }
+
+    /// The samples (and augmentation) of an evaluation set for step `step`.
+    pub fn eval_samples(
+        &self,
+        set: &EvalSet,
+        step: u64,
+    ) -> Result<(Split, Vec<u32>, Option<Vec<sgdwalk_workload::AugChoice>>), AnalyzeError> {
+        Ok(match set {
+            EvalSet::Train => (Split::Train, self.data.split_ids(Split::Train), None),
+            EvalSet::Val => (Split::Val, self.data.split_ids(Split::Val), None),
+            EvalSet::Test => (Split::Test, self.data.split_ids(Split::Test), None),
+            EvalSet::Probe(n) => (
+                Split::Train,
+                probe_subset(self.seed, &self.data.split_ids(Split::Train), *n as usize),
+                None,
+            ),
+            EvalSet::Batch => {
+                let info = self.reader.step_info(step)?;
+                let aug = if info.augmentation.is_empty() {
+                    None
+                } else {
+                    Some(decode_choices(&info.augmentation)?)
+                };
+                (Split::Train, info.sample_ids, aug)
+            }
+        })
+    }
+
+    /// The evaluation batches of `set` at `step`, prepared once (per step for `batch`).
+    pub fn prepared(
+        &mut self,
+        set: &EvalSet,
+        step: u64,
+    ) -> Result<Arc<Vec<(Tensor, Tensor)>>, AnalyzeError> {
+        let key = match set {
+            EvalSet::Batch => format!("batch@{step}"),
+            other => other.name(),
+        };
+        if let Some(p) = self.prepared.get(&key) {
+            return Ok(Arc::clone(p));
+        }
+        let (split, ids, aug) = self.eval_samples(set, step)?;
+        if ids.is_empty() {
+            return Err(sgdwalk_workload::WorkloadError::EmptyEvaluation.into());
+        }
+        // A full-batch step uses its recorded chunk size as the BatchNorm partition.
+        let bs = if matches!(set, EvalSet::Batch) {
+            self.desc.batch_size as usize
+        } else {
+            self.eval_batch_size
+        };
+        let mut batches = Vec::new();
+        for (i, chunk) in ids.chunks(bs.max(1)).enumerate() {
+            let a = aug.as_deref().map(|a| &a[i * bs..i * bs + chunk.len()]);
+            batches.push(self.data.batch(split, chunk, a, self.model.device())?);
+        }
+        let batches = Arc::new(batches);
+        // Per-step sets are used once per step: keep only the latest.
+        self.prepared.retain(|k, _| !k.starts_with("batch@"));
+        self.prepared.insert(key, Arc::clone(&batches));
+        Ok(batches)
+    }
+
+    /// Loss and accuracy sums at `state` on prepared batches.
+    pub fn evaluate_state(
+        &self,
+        state: &[f32],
+        batches: &[(Tensor, Tensor)],
+        bn: BnPolicy,
+    ) -> Result<EvalSums, AnalyzeError> {
+        self.model.load_flat(state)?;
+        Ok(evaluate_batches(&self.model, batches, bn)?)
+    }
+
+    /// Hessian-vector products of the mean loss over `batches` at `state` for flat vectors over
+    /// the trainable parameters (canonical order).
+    pub fn hvp(
+        &self,
+        state: &[f32],
+        batches: &[(Tensor, Tensor)],
+        vectors: &[Vec<f32>],
+    ) -> Result<(f64, Vec<Vec<f32>>), AnalyzeError> {
+        self.model.load_flat(state)?;
+        let params = trainable_tensors(&self.model)?;
+        let shaped: Vec<Vec<Tensor>> = vectors
+            .iter()
+            .map(|v| split_like(v, &params))
+            .collect::<Result<_, _>>()?;
+        let (loss, products) = hessian_vector_products(&self.model, batches, &shaped)?;
+        let flat = products
+            .iter()
+            .map(|p| self.model.layout().flatten_tensors(p))
+            .collect::<Result<_, _>>()?;
+        Ok((loss, flat))
+    }
+
+    /// Number of trainable parameters.
+    pub fn parameter_count(&self) -> usize {
+        self.model.parameter_count()
+    }
+
+    /// Element ranges of the trainable parameters inside the flat state, in canonical order.
+    pub fn trainable_ranges(&self) -> Vec<std::ops::Range<usize>> {
+        self.desc
+            .layout
+            .entries
+            .iter()
+            .filter(|e| e.trainable)
+            .map(|e| e.offset_elements..e.offset_elements + e.len_elements)
+            .collect()
+    }
+}
+
+fn split_like(v: &[f32], params: &[Tensor]) -> Result<Vec<Tensor>, AnalyzeError> {
+    let mut out = Vec::with_capacity(params.len());
+    let mut offset = 0;
+    for p in params {
+        let n = p.numel();
+        let t = Tensor::f_from_slice(&v[offset..offset + n])?
+            .f_view(p.size().as_slice())?
+            .f_to_device(p.device())?;
+        out.push(t);
+        offset += n;
+    }
+    Ok(out)
+}
+
+/// θ_t + α·d_t with d_t = θ_{t+1} − θ_t into a growable buffer (see
+/// [`crate::barrier::interpolate_into`]: f64 arithmetic, one rounding, exact at α = 0 and 1).
+pub fn interpolate(a: &[f32], b: &[f32], alpha: f64, out: &mut Vec<f32>) {
+    out.resize(a.len(), 0.0);
+    // Equal lengths by construction (two states of one recording), so this cannot fail.
+    let _same_len = crate::barrier::interpolate_into(a, &b[..a.len()], alpha, out);
+}
