@@ -1,5 +1,6 @@
 //! Integration tests: one binary, so libtorch is linked once.
 
+mod analyzer;
 mod format_golden;
 mod recorder;
 mod spec_reader;

@@ -20,7 +20,12 @@ struct Cli {
 
 /// Recorder arguments for `out` plus extra flags.
 pub fn args(out: &Path, extra: &[&str]) -> RecordArgs {
-    let mut argv = vec!["sgdwalk-record".to_string(), "--quiet".into(), "--threads".into(), "1".into()];
+    let mut argv = vec![
+        "sgdwalk-record".to_string(),
+        "--quiet".into(),
+        "--threads".into(),
+        "1".into(),
+    ];
     argv.push("--out".into());
     argv.push(out.display().to_string());
     argv.extend(extra.iter().map(|s| s.to_string()));
@@ -31,9 +36,23 @@ pub fn args(out: &Path, extra: &[&str]) -> RecordArgs {
 pub fn fashion_args(out: &Path, extra: &[&str]) -> RecordArgs {
     let dir = fashion_mnist_dir().display().to_string();
     let mut all = vec![
-        "--dataset", "fashion-mnist", "--model", "small-cnn", "--train-samples", "0..640",
-        "--val-samples", "59000..59200", "--batch-size", "64", "--lr", "0.05", "--keyframe-interval", "8",
-        "--eval-batch-size", "500", "--data-dir",
+        "--dataset",
+        "fashion-mnist",
+        "--model",
+        "small-cnn",
+        "--train-samples",
+        "0..640",
+        "--val-samples",
+        "59000..59200",
+        "--batch-size",
+        "64",
+        "--lr",
+        "0.05",
+        "--keyframe-interval",
+        "8",
+        "--eval-batch-size",
+        "500",
+        "--data-dir",
     ];
     all.push(&dir);
     all.extend_from_slice(extra);
@@ -43,9 +62,24 @@ pub fn fashion_args(out: &Path, extra: &[&str]) -> RecordArgs {
 /// Synthetic data with augmentation, so augmentation replay is exercised too.
 pub fn synthetic_args(out: &Path, extra: &[&str]) -> RecordArgs {
     let mut all = vec![
-        "--dataset", "synthetic", "--synthetic-samples", "400", "--synthetic-size", "16",
-        "--model", "small-cnn", "--batch-size", "32", "--augment", "true", "--lr", "0.05",
-        "--keyframe-interval", "8", "--eval-splits", "val,test",
+        "--dataset",
+        "synthetic",
+        "--synthetic-samples",
+        "400",
+        "--synthetic-size",
+        "16",
+        "--model",
+        "small-cnn",
+        "--batch-size",
+        "32",
+        "--augment",
+        "true",
+        "--lr",
+        "0.05",
+        "--keyframe-interval",
+        "8",
+        "--eval-splits",
+        "val,test",
     ];
     all.extend_from_slice(extra);
     args(out, &all)
@@ -75,7 +109,10 @@ fn tiny_fashion_mnist_run_verifies_and_records_everything() {
     assert_eq!(reader.consecutive_pairs(), (0..20).collect::<Vec<u64>>());
     let desc = run_description(reader.header(), &out).unwrap();
     assert_eq!(desc.steps_per_epoch, 10);
-    assert_eq!(desc.layout.len_elements() as u64, reader.header().state_len_elements);
+    assert_eq!(
+        desc.layout.len_elements() as u64,
+        reader.header().state_len_elements
+    );
     // Every step has its 64 distinct training ids; the last state has none.
     for t in 0..20 {
         let info = reader.step_info(t).unwrap();
@@ -91,12 +128,17 @@ fn tiny_fashion_mnist_run_verifies_and_records_everything() {
     let last = reader.step_info(20).unwrap();
     assert!(last.sample_ids.is_empty() && last.scalars.minibatch_loss.is_nan());
     // One epoch = a permutation of the training split.
-    let mut epoch0: Vec<u32> = (0..10).flat_map(|t| reader.step_info(t).unwrap().sample_ids).collect();
+    let mut epoch0: Vec<u32> = (0..10)
+        .flat_map(|t| reader.step_info(t).unwrap().sample_ids)
+        .collect();
     epoch0.sort_unstable();
     assert_eq!(epoch0, (0..640).collect::<Vec<u32>>());
     // Per-epoch evaluations, train/val/test, after steps 10 and 20.
     let epochs = reader.epochs().unwrap();
-    assert_eq!(epochs.iter().map(|e| (e.epoch, e.step)).collect::<Vec<_>>(), vec![(1, 10), (2, 20)]);
+    assert_eq!(
+        epochs.iter().map(|e| (e.epoch, e.step)).collect::<Vec<_>>(),
+        vec![(1, 10), (2, 20)]
+    );
     let splits: Vec<&str> = epochs[1].evals.iter().map(|e| e.split.as_str()).collect();
     assert_eq!(splits, ["train", "val", "test"]);
     assert_eq!(epochs[1].evals[2].samples, 10_000);
@@ -112,7 +154,11 @@ fn tiny_fashion_mnist_run_verifies_and_records_everything() {
         }
     }
     let recorded = reader.step_info(3).unwrap().scalars.update_norm;
-    assert!((sq.sqrt() - recorded).abs() <= 1e-4 * recorded, "{} vs {recorded}", sq.sqrt());
+    assert!(
+        (sq.sqrt() - recorded).abs() <= 1e-4 * recorded,
+        "{} vs {recorded}",
+        sq.sqrt()
+    );
 }
 
 /// Re-running step t from θ_t on the recorded batch gives θ_{t+1} bit-exactly (plain SGD with
@@ -128,16 +174,29 @@ fn replaying_a_recorded_step_reproduces_the_next_state_bit_exactly() {
     let cfg = a.validate().unwrap();
     let data = Dataset::load(&desc.dataset, &cfg.data_dir).unwrap();
     let mut trainer = Trainer::new(desc, data, tch::Device::Cpu).unwrap();
-    assert_eq!(bits(&trainer.model.flatten().unwrap()), bits(&reader.state(0).unwrap()), "θ_0 from the init seed");
+    assert_eq!(
+        bits(&trainer.model.flatten().unwrap()),
+        bits(&reader.state(0).unwrap()),
+        "θ_0 from the init seed"
+    );
     for t in reader.consecutive_pairs() {
         let info = reader.step_info(t).unwrap();
         let plan = trainer.plan(t);
         assert_eq!(plan.sample_ids, info.sample_ids, "ids of step {t}");
-        assert_eq!(plan.augmentation_bytes(), info.augmentation, "augmentation of step {t}");
+        assert_eq!(
+            plan.augmentation_bytes(),
+            info.augmentation,
+            "augmentation of step {t}"
+        );
         assert!(!info.augmentation.is_empty());
         trainer.model.load_flat(&reader.state(t).unwrap()).unwrap();
         trainer.apply(&plan).unwrap();
-        assert_eq!(bits(&trainer.model.flatten().unwrap()), bits(&reader.state(t + 1).unwrap()), "θ_{} from θ_{t}", t + 1);
+        assert_eq!(
+            bits(&trainer.model.flatten().unwrap()),
+            bits(&reader.state(t + 1).unwrap()),
+            "θ_{} from θ_{t}",
+            t + 1
+        );
     }
 }
 
@@ -148,14 +207,25 @@ fn contents(path: &Path) -> Vec<String> {
     let mut desc = run_description(r.header(), path).unwrap();
     desc.provenance.started_unix_secs = 0;
     desc.provenance.hostname.clear();
-    let mut out = vec![format!("{desc:?}"), format!("{:?}", r.header().layout), format!("{:?}", r.epochs().unwrap())];
+    let mut out = vec![
+        format!("{desc:?}"),
+        format!("{:?}", r.header().layout),
+        format!("{:?}", r.epochs().unwrap()),
+    ];
     for t in r.steps().to_vec() {
         let mut info = r.step_info(t).unwrap();
         info.scalars.wall_time_secs = 0.0;
-        out.push(format!("{t} {:?} {:?} {:?}", info.sample_ids, info.augmentation, bits(&[
-            info.scalars.learning_rate as f32, info.scalars.minibatch_loss as f32,
-            info.scalars.grad_norm as f32, info.scalars.update_norm as f32,
-        ])));
+        out.push(format!(
+            "{t} {:?} {:?} {:?}",
+            info.sample_ids,
+            info.augmentation,
+            bits(&[
+                info.scalars.learning_rate as f32,
+                info.scalars.minibatch_loss as f32,
+                info.scalars.grad_norm as f32,
+                info.scalars.update_norm as f32,
+            ])
+        ));
         out.push(format!("{:?}", bits(&r.state(t).unwrap())));
         if let Some((buf, d)) = r.resume_state(t).unwrap() {
             out.push(format!("resume {t} {d} {:?}", bits(&buf)));
@@ -167,10 +237,17 @@ fn contents(path: &Path) -> Vec<String> {
 #[test]
 fn same_seed_gives_identical_recordings() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, c) = (dir.path().join("a.walk"), dir.path().join("b.walk"), dir.path().join("c.walk"));
+    let (a, b, c) = (
+        dir.path().join("a.walk"),
+        dir.path().join("b.walk"),
+        dir.path().join("c.walk"),
+    );
     run(&synthetic_args(&a, &["--optimizer", "momentum"]));
     run(&synthetic_args(&b, &["--optimizer", "momentum"]));
-    run(&synthetic_args(&c, &["--optimizer", "momentum", "--seed", "7"]));
+    run(&synthetic_args(
+        &c,
+        &["--optimizer", "momentum", "--seed", "7"],
+    ));
     assert_eq!(contents(&a), contents(&b));
     assert_ne!(contents(&a), contents(&c));
 }
@@ -179,7 +256,14 @@ fn same_seed_gives_identical_recordings() {
 fn resume_after_a_kill_equals_the_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let full = dir.path().join("full.walk");
-    let extra = ["--optimizer", "nesterov", "--epochs", "3", "--weight-decay", "5e-4"];
+    let extra = [
+        "--optimizer",
+        "nesterov",
+        "--epochs",
+        "3",
+        "--weight-decay",
+        "5e-4",
+    ];
     run(&synthetic_args(&full, &extra));
     let len = std::fs::metadata(&full).unwrap().len();
     let bytes = std::fs::read(&full).unwrap();
@@ -201,7 +285,8 @@ fn stop_flag_leaves_a_finished_recording() {
     let out = dir.path().join("run.walk");
     let cfg = synthetic_args(&out, &["--epochs", "2"]).validate().unwrap();
     let stop = StopFlag::default();
-    stop.requested.store(true, std::sync::atomic::Ordering::SeqCst);
+    stop.requested
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let s = record(&cfg, &stop).unwrap();
     assert_eq!(s.interrupted_by_signal, Some(0));
     assert_eq!(s.updates, 0);
@@ -214,13 +299,19 @@ fn stop_flag_leaves_a_finished_recording() {
 fn sparse_policies_keep_consecutive_windows() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("w.walk");
-    run(&synthetic_args(&out, &["--epochs", "2", "--record", "window:2,7"]));
+    run(&synthetic_args(
+        &out,
+        &["--epochs", "2", "--record", "window:2,7"],
+    ));
     let r = Reader::open(&out).unwrap();
     // 360 training samples / 32 = 12 steps per epoch, 24 updates.
     assert_eq!(r.steps(), &[0, 1, 2, 7, 8, 9, 14, 15, 16, 21, 22, 23, 24]);
     assert_eq!(r.consecutive_pairs(), vec![0, 1, 7, 8, 14, 15, 21, 22, 23]);
     let out2 = dir.path().join("e.walk");
-    run(&synthetic_args(&out2, &["--epochs", "3", "--record", "epochs:2"]));
+    run(&synthetic_args(
+        &out2,
+        &["--epochs", "3", "--record", "epochs:2"],
+    ));
     let r = Reader::open(&out2).unwrap();
     let expected: Vec<u64> = std::iter::once(0).chain(12..=24).collect();
     assert_eq!(r.steps(), expected.as_slice());
@@ -230,7 +321,18 @@ fn sparse_policies_keep_consecutive_windows() {
 fn full_batch_gd_and_noise_runs_record_one_step_per_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let gd = dir.path().join("gd.walk");
-    run(&synthetic_args(&gd, &["--epochs", "3", "--full-batch", "--batch-size", "100", "--augment", "false"]));
+    run(&synthetic_args(
+        &gd,
+        &[
+            "--epochs",
+            "3",
+            "--full-batch",
+            "--batch-size",
+            "100",
+            "--augment",
+            "false",
+        ],
+    ));
     let mut r = Reader::open(&gd).unwrap();
     assert_eq!(r.steps(), &[0, 1, 2, 3]);
     assert_eq!(r.step_info(0).unwrap().sample_ids.len(), 360);
@@ -241,14 +343,41 @@ fn full_batch_gd_and_noise_runs_record_one_step_per_epoch() {
     t.model.load_flat(&r.state(1).unwrap()).unwrap();
     let plan = t.plan(1);
     t.apply(&plan).unwrap();
-    assert_eq!(bits(&t.model.flatten().unwrap()), bits(&r.state(2).unwrap()));
+    assert_eq!(
+        bits(&t.model.flatten().unwrap()),
+        bits(&r.state(2).unwrap())
+    );
 
     let noisy = dir.path().join("noise.walk");
-    run(&synthetic_args(&noisy, &["--epochs", "3", "--full-batch", "--batch-size", "100", "--augment", "false", "--noise-std", "0.01"]));
+    run(&synthetic_args(
+        &noisy,
+        &[
+            "--epochs",
+            "3",
+            "--full-batch",
+            "--batch-size",
+            "100",
+            "--augment",
+            "false",
+            "--noise-std",
+            "0.01",
+        ],
+    ));
     let mut n = Reader::open(&noisy).unwrap();
-    assert_eq!(bits(&n.state(0).unwrap()), bits(&r.state(0).unwrap()), "same θ_0");
-    assert_ne!(bits(&n.state(1).unwrap()), bits(&r.state(1).unwrap()), "noise changes the update");
-    assert_eq!(n.step_info(0).unwrap().scalars.grad_norm, r.step_info(0).unwrap().scalars.grad_norm);
+    assert_eq!(
+        bits(&n.state(0).unwrap()),
+        bits(&r.state(0).unwrap()),
+        "same θ_0"
+    );
+    assert_ne!(
+        bits(&n.state(1).unwrap()),
+        bits(&r.state(1).unwrap()),
+        "noise changes the update"
+    );
+    assert_eq!(
+        n.step_info(0).unwrap().scalars.grad_norm,
+        r.step_info(0).unwrap().scalars.grad_norm
+    );
 }
 
 #[test]
@@ -256,27 +385,59 @@ fn every_optimizer_and_schedule_trains() {
     let dir = tempfile::tempdir().unwrap();
     for (i, extra) in [
         &["--optimizer", "adam", "--lr", "0.001"][..],
-        &["--optimizer", "adamw", "--lr", "0.001", "--weight-decay", "0.01"],
-        &["--optimizer", "momentum", "--decoupled-wd", "--schedule", "step:1,0.5"],
-        &["--optimizer", "nesterov", "--schedule", "cosine", "--warmup-steps", "5"],
+        &[
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "0.001",
+            "--weight-decay",
+            "0.01",
+        ],
+        &[
+            "--optimizer",
+            "momentum",
+            "--decoupled-wd",
+            "--schedule",
+            "step:1,0.5",
+        ],
+        &[
+            "--optimizer",
+            "nesterov",
+            "--schedule",
+            "cosine",
+            "--warmup-steps",
+            "5",
+        ],
     ]
     .into_iter()
     .enumerate()
     {
         let out = dir.path().join(format!("o{i}.walk"));
-        let s = run(&synthetic_args(&out, &[extra, &["--epochs", "2"][..]].concat()));
+        let s = run(&synthetic_args(
+            &out,
+            &[extra, &["--epochs", "2"][..]].concat(),
+        ));
         assert_eq!(s.updates, 24);
         let r = Reader::open(&out).unwrap();
-        let lrs: Vec<f64> = (0..24).map(|t| r.step_info(t).unwrap().scalars.learning_rate).collect();
+        let lrs: Vec<f64> = (0..24)
+            .map(|t| r.step_info(t).unwrap().scalars.learning_rate)
+            .collect();
         if extra.contains(&"step:1,0.5") {
             assert_eq!((lrs[0], lrs[11], lrs[12]), (0.05, 0.05, 0.025));
         }
         if extra.contains(&"cosine") {
-            assert!((lrs[0] - 0.05 / 5.0).abs() < 1e-12, "warm-up starts at lr/5: {}", lrs[0]);
+            assert!(
+                (lrs[0] - 0.05 / 5.0).abs() < 1e-12,
+                "warm-up starts at lr/5: {}",
+                lrs[0]
+            );
             assert!(lrs[23] < lrs[10]);
         }
         let ep = r.epochs().unwrap();
-        assert!(ep.last().unwrap().evals.iter().all(|e| e.loss.is_finite()), "{extra:?}");
+        assert!(
+            ep.last().unwrap().evals.iter().all(|e| e.loss.is_finite()),
+            "{extra:?}"
+        );
     }
 }
 
@@ -285,27 +446,61 @@ fn bad_settings_fail_before_training_with_named_errors() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.walk");
     std::fs::write(&out, b"precious").unwrap();
-    let err = record(&synthetic_args(&out, &[]).validate().unwrap(), &StopFlag::default()).unwrap_err();
+    let err = record(
+        &synthetic_args(&out, &[]).validate().unwrap(),
+        &StopFlag::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, RecordError::OutputExists { .. }), "{err}");
     assert_eq!(std::fs::read(&out).unwrap(), b"precious", "nothing lost");
 
-    let err = synthetic_args(&out, &["--model", "alexnet"]).validate().unwrap_err();
-    assert!(matches!(err, RecordError::Workload(WorkloadError::UnknownModel { .. })), "{err}");
+    let err = synthetic_args(&out, &["--model", "alexnet"])
+        .validate()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RecordError::Workload(WorkloadError::UnknownModel { .. })
+        ),
+        "{err}"
+    );
 
-    let err = synthetic_args(&out, &["--device", "cuda:99"]).validate().unwrap_err();
+    let err = synthetic_args(&out, &["--device", "cuda:99"])
+        .validate()
+        .unwrap_err();
     assert!(err.to_string().contains("cuda:99"), "{err}");
 
     let missing = dir.path().join("nodata");
-    let a = args(&dir.path().join("y.walk"), &["--dataset", "fashion-mnist", "--data-dir", missing.to_str().unwrap()]);
+    let a = args(
+        &dir.path().join("y.walk"),
+        &[
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            missing.to_str().unwrap(),
+        ],
+    );
     let err = record(&a.validate().unwrap(), &StopFlag::default()).unwrap_err();
-    assert!(matches!(err, RecordError::Workload(WorkloadError::DatasetFileMissing { .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            RecordError::Workload(WorkloadError::DatasetFileMissing { .. })
+        ),
+        "{err}"
+    );
     assert!(!dir.path().join("y.walk").exists());
 
     let unwritable = out.join("inside-a-file.walk");
-    let err = record(&synthetic_args(&unwritable, &[]).validate().unwrap(), &StopFlag::default()).unwrap_err();
+    let err = record(
+        &synthetic_args(&unwritable, &[]).validate().unwrap(),
+        &StopFlag::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, RecordError::OutputUnwritable { .. }), "{err}");
 
-    let err = synthetic_args(&out, &["--record", "window:9,3"]).validate().unwrap_err();
+    let err = synthetic_args(&out, &["--record", "window:9,3"])
+        .validate()
+        .unwrap_err();
     assert!(err.to_string().contains("--record"), "{err}");
 
     let mut a = synthetic_args(&dir.path().join("nothing.walk"), &[]);

@@ -17,7 +17,8 @@ pub fn fashion_mnist_dir() -> PathBuf {
         .map_or_else(|| workspace_root().join("data"), PathBuf::from)
         .join("fashion-mnist");
     assert!(
-        dir.join("train-images-idx3-ubyte.gz").exists() || dir.join("train-images-idx3-ubyte").exists(),
+        dir.join("train-images-idx3-ubyte.gz").exists()
+            || dir.join("train-images-idx3-ubyte").exists(),
         "Fashion-MNIST is missing from {}: run scripts/setup (or scripts/fetch-datasets.sh)",
         dir.display()
     );

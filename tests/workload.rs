@@ -54,8 +54,15 @@ fn model_spec_round_trips_through_json_and_names() {
         ModelSpec::from_name("alexnet", 3, 32),
         Err(WorkloadError::UnknownModel { .. })
     ));
-    let bad = ModelSpec::PreactResnet { depth: 21, in_channels: 3, classes: 10 };
-    assert!(matches!(Model::new(&bad, Device::Cpu, 0), Err(WorkloadError::InvalidModel { .. })));
+    let bad = ModelSpec::PreactResnet {
+        depth: 21,
+        in_channels: 3,
+        classes: 10,
+    };
+    assert!(matches!(
+        Model::new(&bad, Device::Cpu, 0),
+        Err(WorkloadError::InvalidModel { .. })
+    ));
 }
 
 #[test]
@@ -69,7 +76,11 @@ fn state_order_is_sorted_and_contiguous() {
         assert_eq!(e.len_elements as i64, e.shape.iter().product::<i64>());
         offset += e.len_elements;
     }
-    assert!(entries.iter().any(|e| e.name.ends_with("running_mean") && !e.trainable));
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.name.ends_with("running_mean") && !e.trainable)
+    );
 }
 
 #[test]
@@ -77,7 +88,11 @@ fn flatten_unflatten_round_trip_is_bit_exact() {
     let a = Model::new(&ModelSpec::small_cnn(), Device::Cpu, 1).unwrap();
     let b = Model::new(&ModelSpec::small_cnn(), Device::Cpu, 2).unwrap();
     let state_a = a.flatten().unwrap();
-    assert_ne!(state_a, b.flatten().unwrap(), "different seeds give different θ_0");
+    assert_ne!(
+        state_a,
+        b.flatten().unwrap(),
+        "different seeds give different θ_0"
+    );
     b.load_flat(&state_a).unwrap();
     let back = b.flatten().unwrap();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -92,7 +107,10 @@ fn flatten_unflatten_round_trip_is_bit_exact() {
     // The same seed gives the same θ_0.
     let a2 = Model::new(&ModelSpec::small_cnn(), Device::Cpu, 1).unwrap();
     assert_eq!(bits(&a2.flatten().unwrap()), bits(&state_a));
-    assert!(matches!(b.load_flat(&state_a[1..]), Err(WorkloadError::StateMismatch { .. })));
+    assert!(matches!(
+        b.load_flat(&state_a[1..]),
+        Err(WorkloadError::StateMismatch { .. })
+    ));
 }
 
 #[test]
@@ -107,7 +125,10 @@ fn fashion_mnist_loads_with_paper_splits() {
     let hist = d.pool.labels.bincount::<Tensor>(None, 10);
     assert_eq!(Vec::<i64>::try_from(&hist).unwrap(), vec![6000; 10]);
     assert_eq!(d.split_ids(Split::Train).len(), 45_000);
-    assert_eq!(d.split_ids(Split::Val), (50_000..60_000).collect::<Vec<u32>>());
+    assert_eq!(
+        d.split_ids(Split::Val),
+        (50_000..60_000).collect::<Vec<u32>>()
+    );
     assert_eq!(d.identity.files.len(), 4);
     // Identity hashes the uncompressed bytes: 16-byte header + 60000*784 pixels.
     assert_eq!(d.identity.files[0].file, "train-images-idx3-ubyte");
@@ -139,8 +160,22 @@ fn write_idx(dir: &std::path::Path, name: &str, magic: u32, dims: &[u32], body: 
 fn write_small_idx_set(dir: &std::path::Path, gz: bool) {
     let img: Vec<u8> = (0..5 * 4 * 4).map(|i| i as u8).collect();
     write_idx(dir, "train-images-idx3-ubyte", 0x803, &[5, 4, 4], &img, gz);
-    write_idx(dir, "train-labels-idx1-ubyte", 0x801, &[5], &[0, 1, 2, 3, 4], gz);
-    write_idx(dir, "t10k-images-idx3-ubyte", 0x803, &[2, 4, 4], &img[..32], gz);
+    write_idx(
+        dir,
+        "train-labels-idx1-ubyte",
+        0x801,
+        &[5],
+        &[0, 1, 2, 3, 4],
+        gz,
+    );
+    write_idx(
+        dir,
+        "t10k-images-idx3-ubyte",
+        0x803,
+        &[2, 4, 4],
+        &img[..32],
+        gz,
+    );
     write_idx(dir, "t10k-labels-idx1-ubyte", 0x801, &[2], &[9, 8], gz);
 }
 
@@ -156,7 +191,10 @@ fn idx_loader_reads_plain_and_gz_identically() {
     assert!(a.images.equal(&b.images) && a.labels.equal(&b.labels));
     assert_eq!(a.images.size(), vec![5, 1, 4, 4]);
     assert_eq!(a.images.int64_value(&[1, 0, 0, 1]), 17);
-    assert_eq!(Vec::<i64>::try_from(&a.labels).unwrap(), vec![0, 1, 2, 3, 4]);
+    assert_eq!(
+        Vec::<i64>::try_from(&a.labels).unwrap(),
+        vec![0, 1, 2, 3, 4]
+    );
 }
 
 #[test]
@@ -169,26 +207,59 @@ fn idx_loader_names_truncated_wrong_magic_and_missing_files() {
     let err = data::load_idx_pair(dir.path(), "train").unwrap_err();
     let msg = err.to_string();
     assert!(
-        matches!(err, WorkloadError::DatasetFormat { field: "file length", .. }),
+        matches!(
+            err,
+            WorkloadError::DatasetFormat {
+                field: "file length",
+                ..
+            }
+        ),
         "{msg}"
     );
-    assert!(msg.contains("96 bytes") && msg.contains("93 bytes") && msg.contains("train-images-idx3-ubyte"), "{msg}");
+    assert!(
+        msg.contains("96 bytes")
+            && msg.contains("93 bytes")
+            && msg.contains("train-images-idx3-ubyte"),
+        "{msg}"
+    );
 
     let mut wrong = full.clone();
     wrong[3] = 0x01;
     std::fs::write(&img_path, &wrong).unwrap();
     let err = data::load_idx_pair(dir.path(), "train").unwrap_err();
-    assert!(matches!(err, WorkloadError::DatasetFormat { field: "magic", .. }), "{err}");
+    assert!(
+        matches!(err, WorkloadError::DatasetFormat { field: "magic", .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("0x00000803"), "{err}");
 
     std::fs::remove_file(&img_path).unwrap();
     let err = data::load_idx_pair(dir.path(), "train").unwrap_err();
-    assert!(matches!(err, WorkloadError::DatasetFileMissing { .. }), "{err}");
+    assert!(
+        matches!(err, WorkloadError::DatasetFileMissing { .. }),
+        "{err}"
+    );
 
     std::fs::write(&img_path, &full).unwrap();
-    write_idx(dir.path(), "train-labels-idx1-ubyte", 0x801, &[4], &[0, 1, 2, 3], false);
+    write_idx(
+        dir.path(),
+        "train-labels-idx1-ubyte",
+        0x801,
+        &[4],
+        &[0, 1, 2, 3],
+        false,
+    );
     let err = data::load_idx_pair(dir.path(), "train").unwrap_err();
-    assert!(matches!(err, WorkloadError::DatasetFormat { field: "label count", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            WorkloadError::DatasetFormat {
+                field: "label count",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 fn cifar_records(n: usize, label_of: impl Fn(usize) -> u8) -> Vec<u8> {
@@ -203,37 +274,80 @@ fn cifar_records(n: usize, label_of: impl Fn(usize) -> u8) -> Vec<u8> {
 #[test]
 fn cifar_loader_accepts_any_record_count_and_names_bad_files() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("data_batch_1.bin"), cifar_records(20, |i| (i % 10) as u8)).unwrap();
+    std::fs::write(
+        dir.path().join("data_batch_1.bin"),
+        cifar_records(20, |i| (i % 10) as u8),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("data_batch_2.bin"), cifar_records(7, |_| 3)).unwrap();
     std::fs::write(dir.path().join("test_batch.bin"), cifar_records(5, |_| 1)).unwrap();
-    let spec = DatasetSpec { train_range: (0, 20), val_range: (20, 27), ..DatasetSpec::paper(DatasetName::Cifar10) };
+    let spec = DatasetSpec {
+        train_range: (0, 20),
+        val_range: (20, 27),
+        ..DatasetSpec::paper(DatasetName::Cifar10)
+    };
     let d = Dataset::load(&spec, dir.path()).unwrap();
     assert_eq!((d.pool.len(), d.test.len()), (27, 5));
     assert_eq!(d.image_shape(), (3, 32, 32));
     assert_eq!(d.pool.labels.int64_value(&[21]), 3);
     // Channel planes: pixel (c, y, x) of record i is byte 1 + c*1024 + y*32 + x.
-    assert_eq!(d.pool.images.int64_value(&[1, 1, 0, 2]), ((1024 + 2 + 7) % 256) as i64);
+    assert_eq!(
+        d.pool.images.int64_value(&[1, 1, 0, 2]),
+        ((1024 + 2 + 7) % 256) as i64
+    );
     assert_eq!(d.identity.files.len(), 3);
 
-    std::fs::write(dir.path().join("test_batch.bin"), &cifar_records(5, |_| 1)[..3073 * 5 - 1]).unwrap();
+    std::fs::write(
+        dir.path().join("test_batch.bin"),
+        &cifar_records(5, |_| 1)[..3073 * 5 - 1],
+    )
+    .unwrap();
     let err = Dataset::load(&spec, dir.path()).unwrap_err();
-    assert!(matches!(err, WorkloadError::DatasetFormat { field: "file length", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            WorkloadError::DatasetFormat {
+                field: "file length",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("test_batch.bin"), "{err}");
     std::fs::write(dir.path().join("test_batch.bin"), cifar_records(5, |_| 12)).unwrap();
     let err = Dataset::load(&spec, dir.path()).unwrap_err();
-    assert!(matches!(err, WorkloadError::DatasetFormat { field: "label value", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            WorkloadError::DatasetFormat {
+                field: "label value",
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     // A split past the end of the data is refused up front.
     std::fs::write(dir.path().join("test_batch.bin"), cifar_records(5, |_| 1)).unwrap();
-    let too_far = DatasetSpec { train_range: (0, 45_000), ..spec };
-    assert!(matches!(Dataset::load(&too_far, dir.path()), Err(WorkloadError::SampleOutOfRange { .. })));
+    let too_far = DatasetSpec {
+        train_range: (0, 45_000),
+        ..spec
+    };
+    assert!(matches!(
+        Dataset::load(&too_far, dir.path()),
+        Err(WorkloadError::SampleOutOfRange { .. })
+    ));
 }
 
 #[test]
 fn augmentation_replays_exactly_from_choices() {
     let images = Tensor::arange(2 * 3 * 8 * 8, (Kind::Float, Device::Cpu)).view([2, 3, 8, 8]);
     let choices = augment::choices_for_step(42, 7, 2);
-    assert_eq!(choices, augment::choices_for_step(42, 7, 2), "same seed and step, same choices");
+    assert_eq!(
+        choices,
+        augment::choices_for_step(42, 7, 2),
+        "same seed and step, same choices"
+    );
     assert_ne!(
         augment::choices_for_step(42, 7, 64),
         augment::choices_for_step(42, 8, 64),
@@ -246,11 +360,25 @@ fn augmentation_replays_exactly_from_choices() {
     let id = augment::apply(&images, &[AugChoice::IDENTITY; 2]).unwrap();
     assert!(id.equal(&images));
     // dx = 5 shifts content left by one; the last column comes from the zero padding.
-    let c = AugChoice { dx: 5, dy: 4, flip: false };
+    let c = AugChoice {
+        dx: 5,
+        dy: 4,
+        flip: false,
+    };
     let shifted = augment::apply(&images, &[c, c]).unwrap();
     assert!(shifted.narrow(3, 0, 7).equal(&images.narrow(3, 1, 7)));
-    assert_eq!(shifted.narrow(3, 7, 1).abs().sum(Kind::Float).double_value(&[]), 0.0);
-    let f = AugChoice { flip: true, ..AugChoice::IDENTITY };
+    assert_eq!(
+        shifted
+            .narrow(3, 7, 1)
+            .abs()
+            .sum(Kind::Float)
+            .double_value(&[]),
+        0.0
+    );
+    let f = AugChoice {
+        flip: true,
+        ..AugChoice::IDENTITY
+    };
     let flipped = augment::apply(&images, &[f, f]).unwrap();
     assert!(flipped.equal(&images.flip([3])));
     // Bytes round trip, invalid bytes are named.
@@ -279,7 +407,12 @@ fn tiny_dataset() -> Dataset {
 #[test]
 fn evaluation_returns_exact_means_on_a_known_case() {
     let d = tiny_dataset();
-    let spec = ModelSpec::Mlp { input_features: 64, hidden: vec![16], classes: 10, batch_norm: true };
+    let spec = ModelSpec::Mlp {
+        input_features: 64,
+        hidden: vec![16],
+        classes: 10,
+        batch_norm: true,
+    };
     let m = Model::new(&spec, Device::Cpu, 0).unwrap();
     // Zero weights: every logit is 0, each sample's loss is ln 10, argmax is class 0.
     m.load_flat(&vec![0.0; m.layout().len_elements()]).unwrap();
@@ -290,7 +423,11 @@ fn evaluation_returns_exact_means_on_a_known_case() {
         // 30 samples in batches of 7: the last batch is short, the mean must still be exact.
         let s = evaluate(&m, &d, Split::Test, &ids, None, 7, policy).unwrap();
         assert_eq!(s.samples, 30);
-        assert!((s.mean_loss() - 10f64.ln()).abs() < 1e-6, "{}", s.mean_loss());
+        assert!(
+            (s.mean_loss() - 10f64.ln()).abs() < 1e-6,
+            "{}",
+            s.mean_loss()
+        );
         assert_eq!(s.correct, zeros);
         assert!(s.loss_stderr() < 1e-6);
     }
@@ -299,7 +436,16 @@ fn evaluation_returns_exact_means_on_a_known_case() {
 #[test]
 fn train_mode_evaluation_leaves_running_stats_unchanged() {
     let d = tiny_dataset();
-    let m = Model::new(&ModelSpec::SmallCnn { in_channels: 1, image_size: 8, classes: 10 }, Device::Cpu, 0).unwrap();
+    let m = Model::new(
+        &ModelSpec::SmallCnn {
+            in_channels: 1,
+            image_size: 8,
+            classes: 10,
+        },
+        Device::Cpu,
+        0,
+    )
+    .unwrap();
     let before = m.flatten().unwrap();
     let ids = d.split_ids(Split::Train);
     let s = evaluate(&m, &d, Split::Train, &ids, None, 16, BnPolicy::TrainMode).unwrap();
@@ -321,10 +467,25 @@ fn train_mode_evaluation_leaves_running_stats_unchanged() {
 #[test]
 fn nonfinite_losses_are_counted_not_hidden() {
     let d = tiny_dataset();
-    let spec = ModelSpec::Mlp { input_features: 64, hidden: vec![], classes: 10, batch_norm: false };
+    let spec = ModelSpec::Mlp {
+        input_features: 64,
+        hidden: vec![],
+        classes: 10,
+        batch_norm: false,
+    };
     let m = Model::new(&spec, Device::Cpu, 0).unwrap();
-    m.load_flat(&vec![f32::NAN; m.layout().len_elements()]).unwrap();
-    let s = evaluate(&m, &d, Split::Test, &d.split_ids(Split::Test), None, 8, BnPolicy::EvalMode).unwrap();
+    m.load_flat(&vec![f32::NAN; m.layout().len_elements()])
+        .unwrap();
+    let s = evaluate(
+        &m,
+        &d,
+        Split::Test,
+        &d.split_ids(Split::Test),
+        None,
+        8,
+        BnPolicy::EvalMode,
+    )
+    .unwrap();
     assert_eq!(s.nonfinite, 30);
     assert!(s.mean_loss().is_nan());
 }

@@ -83,8 +83,8 @@ pub struct AnalyzeArgs {
     /// BatchNorm policies (comma-separated): train-mode, eval-mode.
     #[arg(long)]
     pub bn: Option<String>,
-    /// Interpolation grid LO:HI:POINTS in α (default 0:1:11).
-    #[arg(long)]
+    /// Interpolation grid LO:HI:POINTS in α (default 0:1:11), e.g. -0.5:1.5:21.
+    #[arg(long, allow_hyphen_values = true)]
     pub grid: Option<String>,
     /// α tolerance of the valley-floor refinement.
     #[arg(long)]
