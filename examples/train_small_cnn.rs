@@ -37,7 +37,10 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         })?;
         if step % 100 == 0 {
-            println!("step {step:4}  minibatch loss {:.4}", loss.double_value(&[]));
+            println!(
+                "step {step:4}  minibatch loss {:.4}",
+                loss.double_value(&[])
+            );
         }
     }
     let test = evaluate(

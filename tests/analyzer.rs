@@ -28,12 +28,22 @@ struct Cli {
 
 fn analyze_args(recording: &Path, out: &Path, extra: &[&str]) -> AnalyzeArgs {
     let mut argv: Vec<String> = vec!["analyze".into(), recording.display().to_string()];
-    argv.extend(["--out".into(), out.display().to_string(), "--quiet".into(), "--threads".into(), "1".into()]);
+    argv.extend([
+        "--out".into(),
+        out.display().to_string(),
+        "--quiet".into(),
+        "--threads".into(),
+        "1".into(),
+    ]);
     argv.extend(extra.iter().map(|s| s.to_string()));
     Cli::parse_from(argv).args
 }
 
-fn run_analysis(recording: &Path, out: &Path, extra: &[&str]) -> sgdwalk_analyzer::analyze::AnalyzeSummary {
+fn run_analysis(
+    recording: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> sgdwalk_analyzer::analyze::AnalyzeSummary {
     let (cfg, settings) = analyze_args(recording, out, extra).validate().unwrap();
     analyze(&cfg, &settings).unwrap()
 }
@@ -42,10 +52,16 @@ fn run_analysis(recording: &Path, out: &Path, extra: &[&str]) -> sgdwalk_analyze
 fn rows<R: TableRows>(out: &Path) -> Vec<R> {
     let dir = out.join(format!("table={}", R::TABLE.as_str()));
     let mut all = Vec::new();
-    let mut shards: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut shards: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     shards.sort();
     for shard in shards {
-        let mut parts: Vec<PathBuf> = std::fs::read_dir(&shard).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut parts: Vec<PathBuf> = std::fs::read_dir(&shard)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         parts.sort();
         for p in parts {
             all.extend(read_rows::<R>(&p).unwrap());
@@ -73,16 +89,32 @@ fn interpolation_ends_and_batch_loss_match_direct_evaluations() {
     let rec = fashion_recording(dir.path());
     let out = dir.path().join("a");
     let data_dir = crate::util::fashion_mnist_dir().display().to_string();
-    let s = run_analysis(&rec, &out, &[
-        "--data-dir", &data_dir, "--phases", "interp,floors", "--eval", "probe:300,batch",
-        "--bn", "train-mode,eval-mode", "--steps", "0..6", "--eval-batch-size", "100",
-    ]);
+    let s = run_analysis(
+        &rec,
+        &out,
+        &[
+            "--data-dir",
+            &data_dir,
+            "--phases",
+            "interp,floors",
+            "--eval",
+            "probe:300,batch",
+            "--bn",
+            "train-mode,eval-mode",
+            "--steps",
+            "0..6",
+            "--eval-batch-size",
+            "100",
+        ],
+    );
     assert_eq!(s.nonfinite_losses, 0);
     let interp: Vec<InterpRow> = rows(&out);
     assert_eq!(interp.len(), 6 * 2 * 2 * 11);
     let mut reader = Reader::open(&rec).unwrap();
     let data = Dataset::load(
-        &sgdwalk_analyzer::replay::run_description(&reader, &rec).unwrap().dataset,
+        &sgdwalk_analyzer::replay::run_description(&reader, &rec)
+            .unwrap()
+            .dataset,
         Path::new(&data_dir),
     )
     .unwrap();
@@ -96,7 +128,12 @@ fn interpolation_ends_and_batch_loss_match_direct_evaluations() {
                 let direct = evaluate(&model, &data, Split::Train, &probe, None, 100, bn).unwrap();
                 let row = interp
                     .iter()
-                    .find(|r| r.step == t && r.alpha == alpha && r.eval_set == "probe:300" && r.bn_policy == bn.as_str())
+                    .find(|r| {
+                        r.step == t
+                            && r.alpha == alpha
+                            && r.eval_set == "probe:300"
+                            && r.bn_policy == bn.as_str()
+                    })
                     .unwrap();
                 assert_eq!(row.loss, direct.mean_loss(), "step {t} α={alpha} {bn:?}");
                 assert_eq!(row.accuracy, direct.accuracy());
@@ -109,10 +146,19 @@ fn interpolation_ends_and_batch_loss_match_direct_evaluations() {
         let recorded = reader.step_info(t).unwrap().scalars.minibatch_loss;
         let row = interp
             .iter()
-            .find(|r| r.step == t && r.alpha == 0.0 && r.eval_set == "batch" && r.bn_policy == "train-mode")
+            .find(|r| {
+                r.step == t
+                    && r.alpha == 0.0
+                    && r.eval_set == "batch"
+                    && r.bn_policy == "train-mode"
+            })
             .unwrap();
         assert_eq!(row.samples, 64);
-        assert!((row.loss - recorded).abs() < 1e-5 * recorded, "{} vs recorded {recorded}", row.loss);
+        assert!(
+            (row.loss - recorded).abs() < 1e-5 * recorded,
+            "{} vs recorded {recorded}",
+            row.loss
+        );
     }
     // Each floor lies at the grid argmin's bracket and is no higher than the grid minimum.
     let floors: Vec<FloorRow> = rows(&out);
@@ -124,9 +170,15 @@ fn interpolation_ends_and_batch_loss_match_direct_evaluations() {
             .map(|r| r.loss)
             .fold(f64::INFINITY, f64::min);
         assert!(f.loss_at_floor <= grid_min + 1e-12, "{f:?}");
-        assert!((f.alpha_star - f.grid_argmin_alpha).abs() <= 0.1 + 1e-9, "{f:?}");
+        assert!(
+            (f.alpha_star - f.grid_argmin_alpha).abs() <= 0.1 + 1e-9,
+            "{f:?}"
+        );
         assert_eq!(f.height_start, f.loss_start - f.loss_at_floor);
-        assert!(["interior_min", "monotone_down", "monotone_up", "multi_min"].contains(&f.shape.as_str()));
+        assert!(
+            ["interior_min", "monotone_down", "monotone_up", "multi_min"]
+                .contains(&f.shape.as_str())
+        );
     }
 }
 
@@ -136,29 +188,59 @@ fn geometry_matches_a_direct_computation_and_epochs_are_copied() {
     let rec = fashion_recording(dir.path());
     let out = dir.path().join("g");
     let data_dir = crate::util::fashion_mnist_dir().display().to_string();
-    run_analysis(&rec, &out, &["--data-dir", &data_dir, "--phases", "geometry,epochs"]);
+    run_analysis(
+        &rec,
+        &out,
+        &["--data-dir", &data_dir, "--phases", "geometry,epochs"],
+    );
     let steps: Vec<StepRow> = rows(&out);
     let mut r = Reader::open(&rec).unwrap();
-    let s = |r: &mut Reader, t: u64| r.state(t).unwrap().iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+    let s = |r: &mut Reader, t: u64| {
+        r.state(t)
+            .unwrap()
+            .iter()
+            .map(|&x| f64::from(x))
+            .collect::<Vec<f64>>()
+    };
     let (t0, t6, t7, t8) = (s(&mut r, 0), s(&mut r, 6), s(&mut r, 7), s(&mut r, 8));
     let d6: Vec<f64> = t7.iter().zip(&t6).map(|(a, b)| a - b).collect();
     let d7: Vec<f64> = t8.iter().zip(&t7).map(|(a, b)| a - b).collect();
     let n = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
     let cos = d6.iter().zip(&d7).map(|(a, b)| a * b).sum::<f64>() / (n(&d6) * n(&d7));
     let dist: Vec<f64> = t7.iter().zip(&t0).map(|(a, b)| a - b).collect();
-    let row = steps.iter().find(|x| x.step == 7 && x.layer == "all").unwrap();
+    let row = steps
+        .iter()
+        .find(|x| x.step == 7 && x.layer == "all")
+        .unwrap();
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
     assert!(close(row.update_norm.unwrap(), n(&d7)));
     assert!(close(row.cos_prev_update.unwrap(), cos));
     assert!(close(row.dist_from_init.unwrap(), n(&dist)));
     assert_eq!(row.epoch, 1);
-    assert_eq!(row.minibatch_loss, Some(r.step_info(7).unwrap().scalars.minibatch_loss));
+    assert_eq!(
+        row.minibatch_loss,
+        Some(r.step_info(7).unwrap().scalars.minibatch_loss)
+    );
     // One row per step and layer; the last state has no update.
     let layers = steps.iter().filter(|x| x.step == 7).count();
     assert!(layers > 5);
     assert_eq!(steps.len(), 21 * layers);
-    assert_eq!(steps.iter().find(|x| x.step == 20 && x.layer == "all").unwrap().update_norm, None);
-    assert_eq!(steps.iter().find(|x| x.step == 0 && x.layer == "all").unwrap().cos_prev_update, None);
+    assert_eq!(
+        steps
+            .iter()
+            .find(|x| x.step == 20 && x.layer == "all")
+            .unwrap()
+            .update_norm,
+        None
+    );
+    assert_eq!(
+        steps
+            .iter()
+            .find(|x| x.step == 0 && x.layer == "all")
+            .unwrap()
+            .cos_prev_update,
+        None
+    );
     let epochs: Vec<EpochRow> = rows(&out);
     assert_eq!(epochs.len(), 6);
     assert_eq!(epochs[0].split, "train");
@@ -168,14 +250,45 @@ fn geometry_matches_a_direct_computation_and_epochs_are_copied() {
 fn curvature_matches_the_explicit_hessian_of_a_linear_model() {
     let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("lin.walk");
-    let mut cfg = synthetic_args(&rec, &["--synthetic-size", "4", "--augment", "false", "--epochs", "1"]).validate().unwrap();
-    cfg.model = ModelSpec::Mlp { input_features: 16, hidden: vec![], classes: 10, batch_norm: false };
+    let mut cfg = synthetic_args(
+        &rec,
+        &[
+            "--synthetic-size",
+            "4",
+            "--augment",
+            "false",
+            "--epochs",
+            "1",
+        ],
+    )
+    .validate()
+    .unwrap();
+    cfg.model = ModelSpec::Mlp {
+        input_features: 16,
+        hidden: vec![],
+        classes: 10,
+        batch_norm: false,
+    };
     record(&cfg, &StopFlag::default()).unwrap();
     let out = dir.path().join("c");
-    run_analysis(&rec, &out, &[
-        "--phases", "curvature", "--eval", "val", "--bn", "eval-mode", "--curvature-steps", "3",
-        "--top-k", "3", "--trace-probes", "200",
-    ]);
+    run_analysis(
+        &rec,
+        &out,
+        &[
+            "--phases",
+            "curvature",
+            "--eval",
+            "val",
+            "--bn",
+            "eval-mode",
+            "--curvature-steps",
+            "3",
+            "--top-k",
+            "3",
+            "--trace-probes",
+            "200",
+        ],
+    );
     let curv: Vec<CurvatureRow> = rows(&out);
     // The Hessian of mean cross-entropy of a linear softmax model, in closed form:
     // H = 1/N Σ (diag(p) − p pᵀ) ⊗ [x;1][x;1]ᵀ, ordered as the canonical state (out.bias,
@@ -185,12 +298,21 @@ fn curvature_matches_the_explicit_hessian_of_a_linear_model() {
     let data = Dataset::load(&desc.dataset, Path::new(".")).unwrap();
     let model = sgdwalk_workload::Model::new(&desc.model, tch::Device::Cpu, 0).unwrap();
     model.load_flat(&reader.state(3).unwrap()).unwrap();
-    let names: Vec<&str> = model.layout().entries.iter().map(|e| e.name.as_str()).collect();
+    let names: Vec<&str> = model
+        .layout()
+        .entries
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
     assert_eq!(names, ["out.bias", "out.weight"]);
     let ids = data.split_ids(Split::Val);
-    let (x, _) = data.batch(Split::Val, &ids, None, tch::Device::Cpu).unwrap();
+    let (x, _) = data
+        .batch(Split::Val, &ids, None, tch::Device::Cpu)
+        .unwrap();
     let x = x.flatten(1, -1);
-    let p = model.forward_t(&x.view([-1, 1, 4, 4]), false).softmax(-1, tch::Kind::Double);
+    let p = model
+        .forward_t(&x.view([-1, 1, 4, 4]), false)
+        .softmax(-1, tch::Kind::Double);
     let xs = Vec::<Vec<f64>>::try_from(x.to_kind(tch::Kind::Double)).unwrap();
     let ps = Vec::<Vec<f64>>::try_from(p).unwrap();
     let (c, d) = (10usize, 16usize);
@@ -216,13 +338,25 @@ fn curvature_matches_the_explicit_hessian_of_a_linear_model() {
     let mut top: Vec<f64> = eig.clone();
     top.sort_by(|a, b| b.total_cmp(a));
     for rank in 0..3 {
-        let row = curv.iter().find(|r| r.quantity == "eigenvalue" && r.rank == Some(rank)).unwrap();
+        let row = curv
+            .iter()
+            .find(|r| r.quantity == "eigenvalue" && r.rank == Some(rank))
+            .unwrap();
         assert!(row.converged, "{row:?}");
-        assert!((row.value - top[rank as usize]).abs() <= 1e-3 * top[0], "rank {rank}: {} vs {}", row.value, top[rank as usize]);
+        assert!(
+            (row.value - top[rank as usize]).abs() <= 1e-3 * top[0],
+            "rank {rank}: {} vs {}",
+            row.value,
+            top[rank as usize]
+        );
     }
     let tr = curv.iter().find(|r| r.quantity == "trace").unwrap();
     let se = tr.stderr.unwrap();
-    assert!((tr.value - exact_trace).abs() <= 4.0 * se, "trace {} ± {se} vs exact {exact_trace}", tr.value);
+    assert!(
+        (tr.value - exact_trace).abs() <= 4.0 * se,
+        "trace {} ± {se} vs exact {exact_trace}",
+        tr.value
+    );
 }
 
 #[test]
@@ -231,12 +365,23 @@ fn shards_together_equal_one_run_and_reruns_skip_finished_items() {
     let rec = dir.path().join("s.walk");
     run(&synthetic_args(&rec, &["--epochs", "2"]));
     let common = [
-        "--eval", "probe:100,batch", "--grid", "-0.5:1.5:5", "--strides", "1,3", "--curvature-every", "10",
-        "--eps-sharpness", "0.001",
+        "--eval",
+        "probe:100,batch",
+        "--grid",
+        "-0.5:1.5:5",
+        "--strides",
+        "1,3",
+        "--curvature-every",
+        "10",
+        "--eps-sharpness",
+        "0.001",
     ];
     let whole = dir.path().join("whole");
     let mut a = common.to_vec();
-    a.extend(["--phases", "geometry,interp,floors,barriers,curvature,epochs"]);
+    a.extend([
+        "--phases",
+        "geometry,interp,floors,barriers,curvature,epochs",
+    ]);
     let one = run_analysis(&rec, &whole, &a);
     assert_eq!(one.work_items_total, 1);
     let sharded = dir.path().join("sharded");
@@ -255,12 +400,24 @@ fn shards_together_equal_one_run_and_reruns_skip_finished_items() {
         c.extend(["--shard", &spec]);
         shards.push(run_analysis(&rec, &sharded, &c));
     }
-    assert_eq!(shards[0].work_items_this_shard + shards[1].work_items_this_shard, 5);
+    assert_eq!(
+        shards[0].work_items_this_shard + shards[1].work_items_this_shard,
+        5
+    );
     fn same<R: TableRows + std::fmt::Debug>(a: &Path, b: &Path, c: &Path) {
-        let (x, y, z) = (sorted_debug(&rows::<R>(a)), sorted_debug(&rows::<R>(b)), sorted_debug(&rows::<R>(c)));
+        let (x, y, z) = (
+            sorted_debug(&rows::<R>(a)),
+            sorted_debug(&rows::<R>(b)),
+            sorted_debug(&rows::<R>(c)),
+        );
         assert!(!x.is_empty(), "{}", R::TABLE.as_str());
         assert_eq!(x, y, "{}: sharded vs one run", R::TABLE.as_str());
-        assert_eq!(x, z, "{}: item size does not change results", R::TABLE.as_str());
+        assert_eq!(
+            x,
+            z,
+            "{}: item size does not change results",
+            R::TABLE.as_str()
+        );
     }
     same::<StepRow>(&sharded, &whole5, &whole);
     same::<InterpRow>(&sharded, &whole5, &whole);
@@ -270,30 +427,63 @@ fn shards_together_equal_one_run_and_reruns_skip_finished_items() {
     same::<EpochRow>(&sharded, &whole5, &whole);
     let barriers: Vec<BarrierRow> = rows(&whole);
     assert!(barriers.iter().any(|r| r.path == "floor" && r.stride == 3));
-    assert!(barriers.iter().any(|r| r.path == "iterate" && r.stride == 1));
+    assert!(
+        barriers
+            .iter()
+            .any(|r| r.path == "iterate" && r.stride == 1)
+    );
     // A rerun finds every item done.
     let again = run_analysis(&rec, &sharded, &[&b[..], &["--shard", "1/2"]].concat());
     assert_eq!(again.work_items_skipped, again.work_items_this_shard);
     assert!(again.rows.is_empty(), "{:?}", again.rows);
     // Another setting into the same folder is refused, not mixed in.
-    let (cfg, settings) = analyze_args(&rec, &sharded, &[&b[..], &["--shard", "1/2", "--grid", "0:1:3"]].concat()).validate().unwrap();
+    let (cfg, settings) = analyze_args(
+        &rec,
+        &sharded,
+        &[&b[..], &["--shard", "1/2", "--grid", "0:1:3"]].concat(),
+    )
+    .validate()
+    .unwrap();
     let err = analyze(&cfg, &settings).unwrap_err();
-    assert!(matches!(err, AnalyzeError::InvalidSetting { setting: "out", .. }), "{err}");
+    assert!(
+        matches!(err, AnalyzeError::InvalidSetting { setting: "out", .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn nonfinite_losses_are_kept_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("diverge.walk");
-    run(&synthetic_args(&rec, &["--lr", "1e30", "--max-steps", "6", "--augment", "false", "--eval-splits", ""]));
+    run(&synthetic_args(
+        &rec,
+        &[
+            "--lr",
+            "1e30",
+            "--max-steps",
+            "6",
+            "--augment",
+            "false",
+            "--eval-splits",
+            "",
+        ],
+    ));
     let out = dir.path().join("n");
-    let s = run_analysis(&rec, &out, &["--phases", "interp,floors", "--eval", "probe:50"]);
+    let s = run_analysis(
+        &rec,
+        &out,
+        &["--phases", "interp,floors", "--eval", "probe:50"],
+    );
     assert!(s.nonfinite_losses > 0, "{s:?}");
     let interp: Vec<InterpRow> = rows(&out);
     assert_eq!(interp.len(), 6 * 11, "no row dropped");
     assert!(interp.iter().any(|r| r.loss.is_nan() && r.nonfinite > 0));
     let floors: Vec<FloorRow> = rows(&out);
-    assert!(floors.iter().any(|f| f.shape == "nonfinite" && f.alpha_star.is_nan()));
+    assert!(
+        floors
+            .iter()
+            .any(|f| f.shape == "nonfinite" && f.alpha_star.is_nan())
+    );
 }
 
 #[test]
@@ -301,8 +491,13 @@ fn bad_inputs_get_named_errors() {
     let dir = tempfile::tempdir().unwrap();
     // No consecutive pairs.
     let sparse = dir.path().join("sparse.walk");
-    run(&synthetic_args(&sparse, &["--record", "every:5", "--eval-splits", ""]));
-    let (cfg, settings) = analyze_args(&sparse, &dir.path().join("o1"), &[]).validate().unwrap();
+    run(&synthetic_args(
+        &sparse,
+        &["--record", "every:5", "--eval-splits", ""],
+    ));
+    let (cfg, settings) = analyze_args(&sparse, &dir.path().join("o1"), &[])
+        .validate()
+        .unwrap();
     let err = analyze(&cfg, &settings).unwrap_err();
     assert!(matches!(err, AnalyzeError::NoPairs { .. }), "{err}");
     assert!(err.to_string().contains("sparse.walk"), "{err}");
@@ -311,20 +506,48 @@ fn bad_inputs_get_named_errors() {
     let idx_dir = dir.path().join("mnist");
     std::fs::create_dir_all(&idx_dir).unwrap();
     let fm = crate::util::fashion_mnist_dir();
-    for f in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
+    for f in [
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ] {
         std::fs::copy(fm.join(f), idx_dir.join(f)).unwrap();
     }
     let rec = dir.path().join("fm.walk");
-    run(&fashion_args(&rec, &["--data-dir", idx_dir.to_str().unwrap(), "--max-steps", "2", "--eval-splits", ""]));
+    run(&fashion_args(
+        &rec,
+        &[
+            "--data-dir",
+            idx_dir.to_str().unwrap(),
+            "--max-steps",
+            "2",
+            "--eval-splits",
+            "",
+        ],
+    ));
     // Same shape, other content: Fashion-MNIST's test labels replaced by the train file's first
     // 10,000 labels.
-    let labels = sgdwalk_workload::data::load_idx_pair(&idx_dir, "train").unwrap().0.labels;
-    let first: Vec<u8> = Vec::<i64>::try_from(labels.narrow(0, 0, 10_000)).unwrap().iter().map(|&l| l as u8).collect();
+    let labels = sgdwalk_workload::data::load_idx_pair(&idx_dir, "train")
+        .unwrap()
+        .0
+        .labels;
+    let first: Vec<u8> = Vec::<i64>::try_from(labels.narrow(0, 0, 10_000))
+        .unwrap()
+        .iter()
+        .map(|&l| l as u8)
+        .collect();
     let mut bytes = vec![0, 0, 8, 1, 0, 0, 0x27, 0x10];
     bytes.extend(first);
     std::fs::remove_file(idx_dir.join("t10k-labels-idx1-ubyte.gz")).unwrap();
     std::fs::write(idx_dir.join("t10k-labels-idx1-ubyte"), bytes).unwrap();
-    let (cfg, settings) = analyze_args(&rec, &dir.path().join("o2"), &["--data-dir", idx_dir.to_str().unwrap()]).validate().unwrap();
+    let (cfg, settings) = analyze_args(
+        &rec,
+        &dir.path().join("o2"),
+        &["--data-dir", idx_dir.to_str().unwrap()],
+    )
+    .validate()
+    .unwrap();
     let err = analyze(&cfg, &settings).unwrap_err();
     assert!(matches!(err, AnalyzeError::DatasetMismatch { .. }), "{err}");
     assert!(err.to_string().contains("t10k-labels-idx1-ubyte"), "{err}");
@@ -334,7 +557,12 @@ fn bad_inputs_get_named_errors() {
     let header = sgdwalk_format::Header::new(
         [7; 16],
         0,
-        vec![sgdwalk_format::TensorSpec { name: "w".into(), dtype: sgdwalk_format::DType::F32, shape: vec![4], offset_elements: 0 }],
+        vec![sgdwalk_format::TensorSpec {
+            name: "w".into(),
+            dtype: sgdwalk_format::DType::F32,
+            shape: vec![4],
+            offset_elements: 0,
+        }],
         0,
         r#"{"model": "mystery"}"#.into(),
         sgdwalk_format::CodecSettings::default(),
@@ -342,15 +570,31 @@ fn bad_inputs_get_named_errors() {
     .unwrap();
     let w = sgdwalk_format::Writer::create(&foreign, header, Default::default()).unwrap();
     w.finish().unwrap();
-    let (cfg, settings) = analyze_args(&foreign, &dir.path().join("o3"), &[]).validate().unwrap();
+    let (cfg, settings) = analyze_args(&foreign, &dir.path().join("o3"), &[])
+        .validate()
+        .unwrap();
     let err = match Session::open(&settings, &cfg) {
         Err(e) => e,
         Ok(_) => panic!("a foreign recording opened"),
     };
-    assert!(matches!(err, AnalyzeError::NoRunDescription { .. }), "{err}");
+    assert!(
+        matches!(err, AnalyzeError::NoRunDescription { .. }),
+        "{err}"
+    );
 
     // Flags that cannot work.
-    for bad in [&["--grid", "1:0:5"][..], &["--eval", "probe:0"], &["--shard", "2/2"], &["--bn", "frozen"], &["--phases", "magic"]] {
-        assert!(analyze_args(&rec, &dir.path().join("o4"), bad).validate().is_err(), "{bad:?}");
+    for bad in [
+        &["--grid", "1:0:5"][..],
+        &["--eval", "probe:0"],
+        &["--shard", "2/2"],
+        &["--bn", "frozen"],
+        &["--phases", "magic"],
+    ] {
+        assert!(
+            analyze_args(&rec, &dir.path().join("o4"), bad)
+                .validate()
+                .is_err(),
+            "{bad:?}"
+        );
     }
 }

@@ -1,5 +1,8 @@
 //! Integration tests: one binary, so libtorch is linked once.
 
+// Test helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod analyzer;
 mod format_golden;
 mod recorder;

@@ -571,42 +571,35 @@ impl ItemContext<'_> {
                             // Along the valley floor: v_t -> v_{t+k}.
                             if let (Some(&at), Some(&au)) =
                                 (floors_at.get(&key(t)), floors_at.get(&key(u)))
+                                && at.is_finite()
+                                && au.is_finite()
                             {
-                                if at.is_finite() && au.is_finite() {
-                                    let (mut vt, mut vu) = (Vec::new(), Vec::new());
-                                    interpolate(
-                                        &s.reader.state(t)?,
-                                        &s.reader.state(t + 1)?,
-                                        at,
-                                        &mut vt,
-                                    );
-                                    interpolate(
-                                        &s.reader.state(u)?,
-                                        &s.reader.state(u + 1)?,
-                                        au,
-                                        &mut vu,
-                                    );
-                                    let losses = self.segment(
-                                        s,
-                                        &vt,
-                                        &vu,
-                                        &seg_alphas,
-                                        &batches,
-                                        bn,
-                                        summary,
-                                    )?;
-                                    barriers.push(barrier_row(
-                                        s,
-                                        t,
-                                        u,
-                                        k,
-                                        "floor",
-                                        &set_name,
-                                        &bn_name,
-                                        &seg_alphas,
-                                        &losses,
-                                    )?);
-                                }
+                                let (mut vt, mut vu) = (Vec::new(), Vec::new());
+                                interpolate(
+                                    &s.reader.state(t)?,
+                                    &s.reader.state(t + 1)?,
+                                    at,
+                                    &mut vt,
+                                );
+                                interpolate(
+                                    &s.reader.state(u)?,
+                                    &s.reader.state(u + 1)?,
+                                    au,
+                                    &mut vu,
+                                );
+                                let losses =
+                                    self.segment(s, &vt, &vu, &seg_alphas, &batches, bn, summary)?;
+                                barriers.push(barrier_row(
+                                    s,
+                                    t,
+                                    u,
+                                    k,
+                                    "floor",
+                                    &set_name,
+                                    &bn_name,
+                                    &seg_alphas,
+                                    &losses,
+                                )?);
                             }
                             // Between iterates: θ_t -> θ_{t+k}; for k = 1 the interpolation itself.
                             if self.steps.contains(&u) {
@@ -694,15 +687,14 @@ impl ItemContext<'_> {
                     let samples: u64 = batches.iter().map(|(x, _)| x.size()[0] as u64).sum();
                     let theta = s.reader.state(t)?;
                     let mut points = vec![("iterate", theta.as_ref().clone())];
-                    if cfg.curvature_at_floor {
-                        if let Some(&alpha) = floors_at.get(&(set_name.clone(), bn_name.clone(), t))
-                        {
-                            if alpha.is_finite() && s.reader.has_step(t + 1) {
-                                let mut v = Vec::new();
-                                interpolate(&theta, &s.reader.state(t + 1)?, alpha, &mut v);
-                                points.push(("floor", v));
-                            }
-                        }
+                    if cfg.curvature_at_floor
+                        && let Some(&alpha) = floors_at.get(&(set_name.clone(), bn_name.clone(), t))
+                        && alpha.is_finite()
+                        && s.reader.has_step(t + 1)
+                    {
+                        let mut v = Vec::new();
+                        interpolate(&theta, &s.reader.state(t + 1)?, alpha, &mut v);
+                        points.push(("floor", v));
                     }
                     for (point, state) in points {
                         let key = format!("{set_name}/{bn_name}/{point}");

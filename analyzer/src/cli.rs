@@ -25,7 +25,7 @@ pub enum Command {
     /// Compute the measurements and write Parquet tables.
     ///
     /// Example: sgdwalk-analyze analyze run.walk -o out/ --phases geometry,interp,floors
-    Analyze(AnalyzeArgs),
+    Analyze(Box<AnalyzeArgs>),
     /// Check every checksum and the whole delta chain of a recording; exits 1 on any problem.
     ///
     /// Example: sgdwalk-analyze verify run.walk

@@ -377,16 +377,16 @@ impl AnalyzeConfig {
             ));
         }
         if self.grid_points < 2
-            || !(self.grid_lo < self.grid_hi)
+            || self.grid_lo >= self.grid_hi
             || !self.grid_lo.is_finite()
             || !self.grid_hi.is_finite()
         {
             return Err(invalid("grid", "need LO < HI and at least 2 points"));
         }
-        if !(self.floor_tolerance > 0.0) {
+        if self.floor_tolerance.is_nan() || self.floor_tolerance <= 0.0 {
             return Err(invalid("floor-tolerance", "must be > 0"));
         }
-        if self.strides.iter().any(|&k| k == 0) {
+        if self.strides.contains(&0) {
             return Err(invalid("strides", "strides are >= 1"));
         }
         if self.eval.is_empty() || self.bn.is_empty() {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::rc::Rc;
 
 use sgdwalk_format::Reader;
 use sgdwalk_workload::augment::decode_choices;
@@ -15,6 +15,9 @@ use tch::Tensor;
 
 use crate::config::{AnalyzeConfig, EvalSet, RunSettings};
 use crate::error::AnalyzeError;
+
+/// The samples of an evaluation set: split, ids, and augmentation choices (one per id).
+pub type EvalSamples = (Split, Vec<u32>, Option<Vec<sgdwalk_workload::AugChoice>>);
 
 /// A recording opened for analysis, with its model and data.
 pub struct Session {
@@ -29,7 +32,7 @@ pub struct Session {
     pub path: PathBuf,
     eval_batch_size: usize,
     seed: u64,
-    prepared: HashMap<String, Arc<Vec<(Tensor, Tensor)>>>,
+    prepared: HashMap<String, Rc<Vec<(Tensor, Tensor)>>>,
 }
 
 /// Reads the run description that `sgdwalk-record` stores in a recording.
@@ -98,11 +101,7 @@ impl Session {
     }
 
     /// The samples (and augmentation) of an evaluation set for step `step`.
-    pub fn eval_samples(
-        &self,
-        set: &EvalSet,
-        step: u64,
-    ) -> Result<(Split, Vec<u32>, Option<Vec<sgdwalk_workload::AugChoice>>), AnalyzeError> {
+    pub fn eval_samples(&self, set: &EvalSet, step: u64) -> Result<EvalSamples, AnalyzeError> {
         Ok(match set {
             EvalSet::Train => (Split::Train, self.data.split_ids(Split::Train), None),
             EvalSet::Val => (Split::Val, self.data.split_ids(Split::Val), None),
@@ -129,13 +128,13 @@ impl Session {
         &mut self,
         set: &EvalSet,
         step: u64,
-    ) -> Result<Arc<Vec<(Tensor, Tensor)>>, AnalyzeError> {
+    ) -> Result<Rc<Vec<(Tensor, Tensor)>>, AnalyzeError> {
         let key = match set {
             EvalSet::Batch => format!("batch@{step}"),
             other => other.name(),
         };
         if let Some(p) = self.prepared.get(&key) {
-            return Ok(Arc::clone(p));
+            return Ok(Rc::clone(p));
         }
         let (split, ids, aug) = self.eval_samples(set, step)?;
         if ids.is_empty() {
@@ -152,10 +151,10 @@ impl Session {
             let a = aug.as_deref().map(|a| &a[i * bs..i * bs + chunk.len()]);
             batches.push(self.data.batch(split, chunk, a, self.model.device())?);
         }
-        let batches = Arc::new(batches);
+        let batches = Rc::new(batches);
         // Per-step sets are used once per step: keep only the latest.
         self.prepared.retain(|k, _| !k.starts_with("batch@"));
-        self.prepared.insert(key, Arc::clone(&batches));
+        self.prepared.insert(key, Rc::clone(&batches));
         Ok(batches)
     }
 

@@ -27,7 +27,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut user: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let mut user: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let mut repeats = 5usize;
     if let Some(i) = user.iter().position(|a| a == "--repeats") {
         repeats = user.get(i + 1).and_then(|r| r.parse().ok()).unwrap_or(5);
@@ -36,9 +39,25 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("bench.walk");
     let mut argv: Vec<String> = [
-        "overhead", "--quiet", "--overwrite", "--model", "small-cnn", "--dataset", "fashion-mnist",
-        "--data-dir", "data/fashion-mnist", "--batch-size", "100", "--max-steps", "300",
-        "--epochs", "100", "--eval-splits", "", "--fsync", "keyframe",
+        "overhead",
+        "--quiet",
+        "--overwrite",
+        "--model",
+        "small-cnn",
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        "data/fashion-mnist",
+        "--batch-size",
+        "100",
+        "--max-steps",
+        "300",
+        "--epochs",
+        "100",
+        "--eval-splits",
+        "",
+        "--fsync",
+        "keyframe",
     ]
     .map(String::from)
     .to_vec();
@@ -82,7 +101,10 @@ fn main() -> anyhow::Result<()> {
     let steps = b.steps_recorded.max(1) as f64;
     println!("steps/s recording off  (median): {:.1}", median(off_t));
     println!("steps/s recording on   (median): {:.1}", median(on_t));
-    println!("overhead ratio on/off  (median of {repeats} pairs): {:.3}   all: {ratios:.3?}", median(ratios.clone()));
+    println!(
+        "overhead ratio on/off  (median of {repeats} pairs): {:.3}   all: {ratios:.3?}",
+        median(ratios.clone())
+    );
     println!(
         "bytes/step: raw state {:.0}, stored state {:.0} (ratio {:.2}x), file {:.0}",
         b.raw_state_bytes as f64 / steps,

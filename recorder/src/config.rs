@@ -254,7 +254,10 @@ impl RecordArgs {
             return Err(invalid("batch-size", "must be at least 1"));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(invalid("lr", format!("{} is not a positive number", self.lr)));
+            return Err(invalid(
+                "lr",
+                format!("{} is not a positive number", self.lr),
+            ));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(invalid("weight-decay", "must be >= 0"));
@@ -293,9 +296,9 @@ impl RecordArgs {
             "cosine" => ScheduleKind::Cosine,
             s => match s.strip_prefix("step:").and_then(|r| r.split_once(',')) {
                 Some((e, g)) => ScheduleKind::Step {
-                    every_epochs: e
-                        .parse()
-                        .map_err(|_| invalid("schedule", format!("{e:?} is not a number of epochs")))?,
+                    every_epochs: e.parse().map_err(|_| {
+                        invalid("schedule", format!("{e:?} is not a number of epochs"))
+                    })?,
                     gamma: g
                         .parse()
                         .map_err(|_| invalid("schedule", format!("{g:?} is not a factor")))?,

@@ -25,7 +25,9 @@ use sgdwalk_format::{
     CodecSettings, DType, EpochRecord, EvalRecord, Header, Reader, StepScalars, TensorSpec, Writer,
     WriterOptions,
 };
-use sgdwalk_workload::run::{AugmentationSpec, Provenance, RUN_DESCRIPTION_VERSION, RunDescription};
+use sgdwalk_workload::run::{
+    AugmentationSpec, Provenance, RUN_DESCRIPTION_VERSION, RunDescription,
+};
 use sgdwalk_workload::{AUG_BYTES_PER_SAMPLE, BnPolicy, Dataset, Split, evaluate};
 
 pub use config::{RecordArgs, RecordConfig};
@@ -214,10 +216,7 @@ fn header_for(desc: &RunDescription, cfg: &RecordConfig) -> Result<Header, Recor
         created_unix_ms: now.as_millis() as u64,
         layout,
         state_len_elements: desc.layout.len_elements() as u64,
-        augmentation_bytes_per_sample: desc
-            .augmentation
-            .as_ref()
-            .map_or(0, |a| a.bytes_per_sample),
+        augmentation_bytes_per_sample: desc.augmentation.as_ref().map_or(0, |a| a.bytes_per_sample),
         metadata_json,
         codec: CodecSettings {
             keyframe_interval: cfg.keyframe_interval,
@@ -316,7 +315,8 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
         } else {
             None
         };
-        let resume_point = recorded && (t % k == 0 || !policy.records(t.wrapping_sub(1), spe) || t == 0);
+        let resume_point =
+            recorded && (t % k == 0 || !policy.records(t.wrapping_sub(1), spe) || t == 0);
         let optimizer_state = if resume_point && !already_in_file {
             Some(trainer.export_optimizer()?)
         } else {
@@ -508,7 +508,11 @@ fn prepare_resume(
             state,
             buffers,
             descriptor,
-            wall_secs: if wall_secs.is_finite() { wall_secs } else { 0.0 },
+            wall_secs: if wall_secs.is_finite() {
+                wall_secs
+            } else {
+                0.0
+            },
         }),
     ))
 }
@@ -564,7 +568,7 @@ fn progress_bar(show: bool, total: u64, start: u64) -> ProgressBar {
 
 fn update_bar(bar: &ProgressBar, sink: &Sink, t: u64) {
     bar.set_position(t);
-    if t % 16 == 0 {
+    if t.is_multiple_of(16) {
         let raw = sink.counters.raw_bytes.load(Ordering::Relaxed);
         let stored = sink.counters.stored_bytes.load(Ordering::Relaxed);
         let secs = bar.elapsed().as_secs_f64().max(1e-9);

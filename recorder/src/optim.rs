@@ -40,7 +40,12 @@ impl Optimizer {
 
     /// Applies one update with learning rate `lr` to `params` given their gradients, and
     /// returns the L2 norm of the parameter update it computed.
-    pub fn step(&mut self, params: &[Tensor], grads: &[Tensor], lr: f64) -> Result<f64, RecordError> {
+    pub fn step(
+        &mut self,
+        params: &[Tensor],
+        grads: &[Tensor],
+        lr: f64,
+    ) -> Result<f64, RecordError> {
         self.steps_applied += 1;
         let t = self.steps_applied;
         tch::no_grad(|| -> Result<f64, RecordError> {
@@ -88,12 +93,16 @@ impl Optimizer {
                         }
                         let m = match self.buf1[i].take() {
                             None => d.f_mul_scalar(1.0 - beta1)?,
-                            Some(m) => m.f_mul_scalar(*beta1)?.f_add(&d.f_mul_scalar(1.0 - beta1)?)?,
+                            Some(m) => m
+                                .f_mul_scalar(*beta1)?
+                                .f_add(&d.f_mul_scalar(1.0 - beta1)?)?,
                         };
                         let sq_d = d.f_mul(&d)?;
                         let v = match self.buf2[i].take() {
                             None => sq_d.f_mul_scalar(1.0 - beta2)?,
-                            Some(v) => v.f_mul_scalar(*beta2)?.f_add(&sq_d.f_mul_scalar(1.0 - beta2)?)?,
+                            Some(v) => v
+                                .f_mul_scalar(*beta2)?
+                                .f_add(&sq_d.f_mul_scalar(1.0 - beta2)?)?,
                         };
                         let bc1 = 1.0 - beta1.powi(t.min(i32::MAX as u64) as i32);
                         let bc2 = 1.0 - beta2.powi(t.min(i32::MAX as u64) as i32);
@@ -107,7 +116,12 @@ impl Optimizer {
                         delta
                     }
                 };
-                sq = sq.f_add(&delta.f_to_kind(Kind::Double)?.f_square()?.f_sum(Kind::Double)?)?;
+                sq = sq.f_add(
+                    &delta
+                        .f_to_kind(Kind::Double)?
+                        .f_square()?
+                        .f_sum(Kind::Double)?,
+                )?;
                 let mut p = p.shallow_clone();
                 let _updated = p.f_add_(&delta)?;
             }
@@ -169,7 +183,10 @@ impl Optimizer {
                 .as_array()
                 .ok_or_else(|| bad(format!("{key} missing")))?
                 .iter()
-                .map(|v| v.as_bool().ok_or_else(|| bad(format!("{key} not booleans"))))
+                .map(|v| {
+                    v.as_bool()
+                        .ok_or_else(|| bad(format!("{key} not booleans")))
+                })
                 .collect()
         };
         let (p1, p2) = (flags("buf1_present")?, flags("buf2_present")?);

@@ -39,7 +39,7 @@ impl RecordPolicy {
                 let start = (e - 1) * steps_per_epoch;
                 (start..=start + steps_per_epoch).contains(&t)
             }),
-            RecordPolicy::EveryK(k) => t % k == 0,
+            RecordPolicy::EveryK(k) => t.is_multiple_of(*k),
             RecordPolicy::Windows { pairs, every } => t % every <= *pairs,
         }
     }
@@ -89,7 +89,10 @@ impl FromStr for RecordPolicy {
                 _ => return Err(bad("K must be one positive number")),
             },
             Some(("window", wk)) => match nums(wk)?.as_slice() {
-                [w, k] if *w > 0 && w < k => RecordPolicy::Windows { pairs: *w, every: *k },
+                [w, k] if *w > 0 && w < k => RecordPolicy::Windows {
+                    pairs: *w,
+                    every: *k,
+                },
                 _ => return Err(bad("need 0 < W < K")),
             },
             _ => return Err(bad("unknown policy")),
@@ -106,14 +109,20 @@ mod tests {
     fn policies_parse_and_select_steps() {
         let p: RecordPolicy = "epochs:1,3".parse().unwrap();
         let kept: Vec<u64> = (0..40).filter(|&t| p.records(t, 10)).collect();
-        assert_eq!(kept, [(0..=10).collect::<Vec<_>>(), (20..=30).collect()].concat());
+        assert_eq!(
+            kept,
+            [(0..=10).collect::<Vec<_>>(), (20..=30).collect()].concat()
+        );
         let w: RecordPolicy = "window:2,10".parse().unwrap();
         let kept: Vec<u64> = (0..25).filter(|&t| w.records(t, 7)).collect();
         assert_eq!(kept, vec![0, 1, 2, 10, 11, 12, 20, 21, 22]);
         let k: RecordPolicy = "every:5".parse().unwrap();
         assert!(k.records(10, 3) && !k.records(11, 3));
         assert_eq!(w.to_string(), "window:2,10");
-        assert_eq!("every".parse::<RecordPolicy>().unwrap(), RecordPolicy::Every);
+        assert_eq!(
+            "every".parse::<RecordPolicy>().unwrap(),
+            RecordPolicy::Every
+        );
         for bad in ["epochs:0", "window:5,5", "every:0", "sometimes", "epochs:x"] {
             assert!(bad.parse::<RecordPolicy>().is_err(), "{bad}");
         }

@@ -98,11 +98,7 @@ impl Sink {
             Some(tx) => tx.send(record).is_ok(),
             None => false,
         };
-        if sent {
-            Ok(())
-        } else {
-            Err(self.join_error())
-        }
+        if sent { Ok(()) } else { Err(self.join_error()) }
     }
 
     fn join_error(&mut self) -> RecordError {

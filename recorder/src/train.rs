@@ -113,11 +113,10 @@ impl Trainer {
         });
         StepPlan {
             step,
-            lr: self.desc.schedule.lr_at(
-                step,
-                self.desc.steps_per_epoch,
-                self.desc.total_steps,
-            ),
+            lr: self
+                .desc
+                .schedule
+                .lr_at(step, self.desc.steps_per_epoch, self.desc.total_steps),
             sample_ids,
             augmentation,
         }

@@ -1,6 +1,9 @@
 //! The `sgdwalk-record` binary: exit codes, signals, kill -9 then --resume, and a write error
 //! (file-size limit) in the middle of a run.
 
+// Test helpers unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,10 +16,30 @@ const BIN: &str = env!("CARGO_BIN_EXE_sgdwalk-record");
 /// updates per epoch.
 fn base_args(out: &Path) -> Vec<String> {
     [
-        "--quiet", "--threads", "1", "--dataset", "synthetic", "--synthetic-samples", "1400",
-        "--synthetic-size", "32", "--synthetic-channels", "3", "--augment", "true",
-        "--model", "small-cnn", "--batch-size", "32", "--optimizer", "momentum",
-        "--keyframe-interval", "8", "--eval-splits", "test", "--out",
+        "--quiet",
+        "--threads",
+        "1",
+        "--dataset",
+        "synthetic",
+        "--synthetic-samples",
+        "1400",
+        "--synthetic-size",
+        "32",
+        "--synthetic-channels",
+        "3",
+        "--augment",
+        "true",
+        "--model",
+        "small-cnn",
+        "--batch-size",
+        "32",
+        "--optimizer",
+        "momentum",
+        "--keyframe-interval",
+        "8",
+        "--eval-splits",
+        "test",
+        "--out",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -37,19 +60,28 @@ fn spawn(args: &[String]) -> Child {
 fn wait_for_steps(path: &Path, steps: usize, child: &mut Child) {
     let start = Instant::now();
     loop {
-        if let Ok(r) = Reader::open(path) {
-            if r.steps().len() >= steps {
-                return;
-            }
+        if let Ok(r) = Reader::open(path)
+            && r.steps().len() >= steps
+        {
+            return;
         }
-        assert!(child.try_wait().unwrap().is_none(), "the recorder exited before step {steps}");
-        assert!(start.elapsed() < Duration::from_secs(120), "no progress in 120 s");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the recorder exited before step {steps}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no progress in 120 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(ok.success());
 }
 
@@ -75,7 +107,10 @@ fn help_and_bad_arguments() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("--record") && help.contains("Example:"), "{help}");
+    assert!(
+        help.contains("--record") && help.contains("Example:"),
+        "{help}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .args(["--model", "alexnet", "--out"])
@@ -98,7 +133,12 @@ fn sigterm_stops_at_a_step_boundary_with_a_finished_recording() {
     wait_for_steps(&out, 5, &mut child);
     signal(&child, "-TERM");
     let output = child.wait_with_output().unwrap();
-    assert_eq!(output.status.code(), Some(143), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(143),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("interrupted by signal 15"), "{err}");
     let r = Reader::open(&out).unwrap();
@@ -107,7 +147,11 @@ fn sigterm_stops_at_a_step_boundary_with_a_finished_recording() {
     assert!(report.is_clean(), "{report}");
     let steps = r.steps().to_vec();
     assert!(steps.len() >= 5);
-    assert_eq!(steps, (0..steps.len() as u64).collect::<Vec<_>>(), "consecutive up to the stop");
+    assert_eq!(
+        steps,
+        (0..steps.len() as u64).collect::<Vec<_>>(),
+        "consecutive up to the stop"
+    );
 }
 
 #[test]
@@ -140,7 +184,11 @@ fn kill_9_then_resume_equals_an_uninterrupted_run() {
     c.extend(epochs);
     c.push("--resume".into());
     let out = Command::new(BIN).args(&c).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("resumed from step"));
     assert_eq!(state_bits(&killed), full_bits);
     assert!(Reader::open(&killed).unwrap().is_finished());
@@ -154,7 +202,7 @@ fn a_write_error_mid_run_stops_with_a_clear_error_and_keeps_complete_steps() {
     args.extend(["--epochs", "5", "--fsync", "record"].map(String::from));
     // A file-size limit makes the disk "full" for this process after ~300 KB; SIGXFSZ is
     // ignored (inherited through exec), so the write fails with EFBIG like ENOSPC would.
-    let script = format!("trap '' XFSZ; ulimit -f 300; exec \"$0\" \"$@\"");
+    let script = "trap '' XFSZ; ulimit -f 300; exec \"$0\" \"$@\"".to_string();
     let result = Command::new("bash")
         .arg("-c")
         .arg(script)
@@ -164,7 +212,10 @@ fn a_write_error_mid_run_stops_with_a_clear_error_and_keeps_complete_steps() {
         .unwrap();
     assert_eq!(result.status.code(), Some(2));
     let err = String::from_utf8_lossy(&result.stderr);
-    assert!(err.contains("writing the recording failed at step"), "{err}");
+    assert!(
+        err.contains("writing the recording failed at step"),
+        "{err}"
+    );
     let r = Reader::open(&out).unwrap();
     assert!(!r.steps().is_empty());
     assert!(std::fs::metadata(&out).unwrap().len() <= 300 * 1024);

@@ -72,7 +72,7 @@ pub fn encode_choices(choices: &[AugChoice]) -> Vec<u8> {
 
 /// Decodes choices written by [`encode_choices`].
 pub fn decode_choices(bytes: &[u8]) -> Result<Vec<AugChoice>, WorkloadError> {
-    if bytes.len() % AUG_BYTES_PER_SAMPLE != 0 {
+    if !bytes.len().is_multiple_of(AUG_BYTES_PER_SAMPLE) {
         return Err(WorkloadError::BadAugmentation {
             reason: format!(
                 "{} bytes is not a multiple of {AUG_BYTES_PER_SAMPLE}",
@@ -100,10 +100,7 @@ pub fn apply(images: &Tensor, choices: &[AugChoice]) -> Result<Tensor, WorkloadE
     let size = images.size();
     if size.len() != 4 || size[0] as usize != choices.len() {
         return Err(WorkloadError::BadAugmentation {
-            reason: format!(
-                "{} choices for a batch of shape {size:?}",
-                choices.len()
-            ),
+            reason: format!("{} choices for a batch of shape {size:?}", choices.len()),
         });
     }
     let (h, w) = (size[2], size[3]);

@@ -215,12 +215,13 @@ impl Dataset {
                 )
             }
             DatasetName::Synthetic => {
-                let s = spec.synthetic.as_ref().ok_or_else(|| {
-                    WorkloadError::DatasetInconsistent {
-                        name: "synthetic".into(),
-                        reason: "no synthetic settings in the dataset description".into(),
-                    }
-                })?;
+                let s =
+                    spec.synthetic
+                        .as_ref()
+                        .ok_or_else(|| WorkloadError::DatasetInconsistent {
+                            name: "synthetic".into(),
+                            reason: "no synthetic settings in the dataset description".into(),
+                        })?;
                 let (pool, test) = synthetic(s)?;
                 let files = vec![FileDigest {
                     file: format!("synthetic-seed-{}", s.seed),
@@ -388,14 +389,13 @@ fn be_u32(bytes: &[u8], at: usize) -> u32 {
 
 /// Parses an idx file: `magic` is 0x0803 for images (3 dims), 0x0801 for labels (1 dim).
 fn parse_idx(bytes: &[u8], path: &Path, dims: usize) -> Result<(Vec<usize>, usize), WorkloadError> {
-    let format_err = |field: &'static str, expected: String, found: String| {
-        WorkloadError::DatasetFormat {
+    let format_err =
+        |field: &'static str, expected: String, found: String| WorkloadError::DatasetFormat {
             path: path.to_path_buf(),
             field,
             expected,
             found,
-        }
-    };
+        };
     let header_len = 4 + 4 * dims;
     if bytes.len() < header_len {
         return Err(format_err(
@@ -413,12 +413,14 @@ fn parse_idx(bytes: &[u8], path: &Path, dims: usize) -> Result<(Vec<usize>, usiz
             format!("{magic:#010x}"),
         ));
     }
-    let shape: Vec<usize> = (0..dims).map(|d| be_u32(bytes, 4 + 4 * d) as usize).collect();
+    let shape: Vec<usize> = (0..dims)
+        .map(|d| be_u32(bytes, 4 + 4 * d) as usize)
+        .collect();
     let body = shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| format_err("shape", "a product that fits".into(), format!("{shape:?}")))?;
-    let expected_len = header_len.checked_add(body).unwrap_or(usize::MAX);
+    let expected_len = header_len.saturating_add(body);
     if bytes.len() != expected_len {
         return Err(format_err(
             "file length",
@@ -430,7 +432,10 @@ fn parse_idx(bytes: &[u8], path: &Path, dims: usize) -> Result<(Vec<usize>, usiz
 }
 
 /// Loads `<prefix>-images-idx3-ubyte[.gz]` and `<prefix>-labels-idx1-ubyte[.gz]` from `dir`.
-pub fn load_idx_pair(dir: &Path, prefix: &str) -> Result<(ImageSet, Vec<FileDigest>), WorkloadError> {
+pub fn load_idx_pair(
+    dir: &Path,
+    prefix: &str,
+) -> Result<(ImageSet, Vec<FileDigest>), WorkloadError> {
     let img_path = dir.join(format!("{prefix}-images-idx3-ubyte"));
     let lbl_path = dir.join(format!("{prefix}-labels-idx1-ubyte"));
     let (img_bytes, img_file) = read_file_maybe_gz(&img_path)?;
@@ -479,7 +484,7 @@ pub fn load_cifar_file(path: &Path) -> Result<(ImageSet, FileDigest), WorkloadEr
         path: path.to_path_buf(),
         source,
     })?;
-    if bytes.is_empty() || bytes.len() % CIFAR_RECORD_BYTES != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(CIFAR_RECORD_BYTES) {
         return Err(WorkloadError::DatasetFormat {
             path: path.to_path_buf(),
             field: "file length",

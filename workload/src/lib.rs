@@ -48,8 +48,12 @@ fn require_cuda(n: usize) -> Result<tch::Device, String> {
     if n < count {
         Ok(tch::Device::Cuda(n))
     } else if count == 0 {
-        Err(format!("cuda:{n} requested, but CUDA is not available on this machine"))
+        Err(format!(
+            "cuda:{n} requested, but CUDA is not available on this machine"
+        ))
     } else {
-        Err(format!("cuda:{n} requested, but only {count} CUDA device(s) exist"))
+        Err(format!(
+            "cuda:{n} requested, but only {count} CUDA device(s) exist"
+        ))
     }
 }

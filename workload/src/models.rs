@@ -334,7 +334,14 @@ fn vgg11_bn(p: &nn::Path<'_>, in_channels: i64, classes: i64) -> nn::SequentialT
         if c == 0 {
             seq = seq.add_fn(|x| x.max_pool2d_default(2));
         } else {
-            seq = seq.add(he_conv(&features / format!("conv{layer}"), cin, c, 3, 1, true));
+            seq = seq.add(he_conv(
+                &features / format!("conv{layer}"),
+                cin,
+                c,
+                3,
+                1,
+                true,
+            ));
             seq = seq.add(bn2d(&features / format!("bn{layer}"), c));
             seq = seq.add_fn(|x| x.relu());
             cin = c;
@@ -360,7 +367,12 @@ fn small_cnn(p: &nn::Path<'_>, in_channels: i64, image_size: i64, classes: i64) 
         .add(bn2d(p / "bn1", 16))
         .add_fn(|x| x.relu().max_pool2d_default(2))
         .add_fn(|x| x.flatten(1, -1))
-        .add(nn::linear(p / "fc0", 16 * side * side, 32, Default::default()))
+        .add(nn::linear(
+            p / "fc0",
+            16 * side * side,
+            32,
+            Default::default(),
+        ))
         .add_fn(|x| x.relu())
         .add(nn::linear(p / "fc1", 32, classes, Default::default()))
 }

@@ -82,7 +82,10 @@ pub struct ScheduleSpec {
 pub enum ScheduleKind {
     Constant,
     /// Multiply by `gamma` every `every_epochs` epochs.
-    Step { every_epochs: u32, gamma: f64 },
+    Step {
+        every_epochs: u32,
+        gamma: f64,
+    },
     /// Cosine from `base_lr` to 0 over the whole run.
     Cosine,
 }

@@ -18,7 +18,10 @@ pub fn epoch_permutation(seed: u64, epoch: u64, ids: &[u32]) -> Vec<u32> {
 /// A fixed subset of `n` ids (sorted), drawn without replacement.
 pub fn probe_subset(seed: u64, ids: &[u32], n: usize) -> Vec<u32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut chosen: Vec<u32> = ids.choose_multiple(&mut rng, n.min(ids.len())).copied().collect();
+    let mut chosen: Vec<u32> = ids
+        .choose_multiple(&mut rng, n.min(ids.len()))
+        .copied()
+        .collect();
     chosen.sort_unstable();
     chosen
 }

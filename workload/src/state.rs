@@ -85,9 +85,11 @@ impl StateLayout {
         self.entries
             .iter()
             .map(|e| {
-                let t = vars.get(&e.name).ok_or_else(|| WorkloadError::StateMismatch {
-                    reason: format!("variable {} missing from the model", e.name),
-                })?;
+                let t = vars
+                    .get(&e.name)
+                    .ok_or_else(|| WorkloadError::StateMismatch {
+                        reason: format!("variable {} missing from the model", e.name),
+                    })?;
                 if t.size() != e.shape {
                     return Err(WorkloadError::StateMismatch {
                         reason: format!(
