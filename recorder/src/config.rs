@@ -116,6 +116,10 @@ pub struct RecordArgs {
     /// libtorch intra-op threads (0 = libtorch's default).
     #[arg(long, default_value_t = 0)]
     pub threads: u32,
+    /// Threads that encode snapshot chunks (0 = one per core). Each is busy only while a
+    /// snapshot is encoded; on few cores, 1 leaves the rest to training.
+    #[arg(long, default_value_t = 1)]
+    pub encode_threads: u32,
     /// Which steps to record: every, epochs:1,10,25,100, every:K, window:W,K.
     #[arg(long, default_value = "every")]
     pub record: String,
@@ -181,6 +185,7 @@ pub struct RecordConfig {
     pub seeds: Seeds,
     pub device: tch::Device,
     pub threads: u32,
+    pub encode_threads: u32,
     pub policy: RecordPolicy,
     pub keyframe_interval: u32,
     pub zstd_level: i32,
@@ -354,6 +359,7 @@ impl RecordArgs {
             },
             device,
             threads: self.threads,
+            encode_threads: self.encode_threads,
             policy,
             keyframe_interval: self.keyframe_interval,
             zstd_level: self.zstd_level,

@@ -243,7 +243,7 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
     let started = Instant::now();
     let writer_options = WriterOptions {
         fsync: cfg.fsync,
-        threads: cfg.threads as usize,
+        threads: cfg.encode_threads as usize,
     };
 
     // Settings, data and output, all before training.
