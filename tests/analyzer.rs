@@ -598,3 +598,60 @@ fn bad_inputs_get_named_errors() {
         );
     }
 }
+
+/// The Python used for the query examples: `SGDWALK_QUERY_PYTHON`, else the venv that
+/// `scripts/setup` creates. Missing means the set-up was not run: the test fails, it does not skip.
+fn query_python() -> PathBuf {
+    let p = std::env::var_os("SGDWALK_QUERY_PYTHON").map_or_else(
+        || {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/sgdwalk/venv-q/bin/python")
+        },
+        PathBuf::from,
+    );
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup (it installs duckdb and polars)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn example_queries_run_on_a_real_analysis() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = fashion_recording(dir.path());
+    let out = dir.path().join("q");
+    let data_dir = crate::util::fashion_mnist_dir().display().to_string();
+    run_analysis(
+        &rec,
+        &out,
+        &[
+            "--data-dir",
+            &data_dir,
+            "--eval",
+            "probe:200",
+            "--curvature-steps",
+            "0,10",
+            "--strides",
+            "1,2",
+        ],
+    );
+    let script = crate::util::workspace_root().join("examples/query.py");
+    let res = std::process::Command::new(query_python())
+        .arg(&script)
+        .arg(&out)
+        .arg("--sql")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(
+        stdout.contains("share_interior_min") && stdout.contains("lambda_max"),
+        "{stdout}"
+    );
+}

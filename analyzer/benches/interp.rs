@@ -46,9 +46,24 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let rec = dir.path().join("bench.walk");
     let rec_args = RecCli::parse_from([
-        "x", "--quiet", "--model", &model, "--dataset", "fashion-mnist", "--data-dir",
-        "data/fashion-mnist", "--train-samples", "0..12800", "--batch-size", "128", "--epochs", "1",
-        "--eval-splits", "", "--out", rec.to_str().unwrap_or_default(),
+        "x",
+        "--quiet",
+        "--model",
+        &model,
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        "data/fashion-mnist",
+        "--train-samples",
+        "0..12800",
+        "--batch-size",
+        "128",
+        "--epochs",
+        "1",
+        "--eval-splits",
+        "",
+        "--out",
+        rec.to_str().unwrap_or_default(),
     ])
     .args;
     record(&rec_args.validate()?, &StopFlag::default())?;
@@ -91,7 +106,8 @@ fn main() -> anyhow::Result<()> {
             tch::no_grad(|| {
                 for _ in 0..points {
                     for (x, _) in batches.iter() {
-                        std::hint::black_box(s.model.forward_t(x, bn == BnPolicy::TrainMode));
+                        let _logits =
+                            std::hint::black_box(s.model.forward_t(x, bn == BnPolicy::TrainMode));
                     }
                 }
             });

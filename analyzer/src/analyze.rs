@@ -697,6 +697,22 @@ impl ItemContext<'_> {
                         points.push(("floor", v));
                     }
                     for (point, state) in points {
+                        let template = CurvatureRow {
+                            run_id: s.run_id.clone(),
+                            step: t,
+                            point: point.into(),
+                            eval_set: set_name.clone(),
+                            bn_policy: bn_name.clone(),
+                            quantity: String::new(),
+                            rank: None,
+                            value: f64::NAN,
+                            stderr: None,
+                            residual: None,
+                            iterations: 0,
+                            converged: false,
+                            method: String::new(),
+                            samples,
+                        };
                         let key = format!("{set_name}/{bn_name}/{point}");
                         let start = self.warm.get(&key).cloned().unwrap_or_default();
                         let mut matvecs = 0u64;
@@ -722,11 +738,6 @@ impl ItemContext<'_> {
                             eig.eigenvalues.iter().zip(&eig.residual_norms).enumerate()
                         {
                             rows.push(CurvatureRow {
-                                run_id: s.run_id.clone(),
-                                step: t,
-                                point: point.into(),
-                                eval_set: set_name.clone(),
-                                bn_policy: bn_name.clone(),
                                 quantity: "eigenvalue".into(),
                                 rank: Some(rank as u32),
                                 value,
@@ -740,7 +751,7 @@ impl ItemContext<'_> {
                                     cfg.eigen_tolerance,
                                     !start.is_empty()
                                 ),
-                                samples,
+                                ..template.clone()
                             });
                         }
                         self.warm.insert(key, eig.eigenvectors.clone());
@@ -760,11 +771,6 @@ impl ItemContext<'_> {
                             .map_err(curvature_err)?;
                             summary.forward_evaluations += cfg.trace_probes as u64;
                             rows.push(CurvatureRow {
-                                run_id: s.run_id.clone(),
-                                step: t,
-                                point: point.into(),
-                                eval_set: set_name.clone(),
-                                bn_policy: bn_name.clone(),
                                 quantity: "trace".into(),
                                 rank: None,
                                 value: tr.estimate,
@@ -773,7 +779,7 @@ impl ItemContext<'_> {
                                 iterations: tr.iterations,
                                 converged: true,
                                 method: format!("hutchinson(rademacher, probes={})", tr.probes),
-                                samples,
+                                ..template.clone()
                             });
                         }
                         if cfg.eps_sharpness > 0.0 {
@@ -781,11 +787,6 @@ impl ItemContext<'_> {
                                 eps_sharpness(s, &state, &batches, bn, &ranges, cfg.eps_sharpness)?;
                             summary.forward_evaluations += u64::from(iters);
                             rows.push(CurvatureRow {
-                                run_id: s.run_id.clone(),
-                                step: t,
-                                point: point.into(),
-                                eval_set: set_name.clone(),
-                                bn_policy: bn_name.clone(),
                                 quantity: "eps_sharpness".into(),
                                 rank: None,
                                 value,
@@ -797,7 +798,7 @@ impl ItemContext<'_> {
                                     "box eps={} (|θ|+1), {iters} sign-gradient ascent steps",
                                     cfg.eps_sharpness
                                 ),
-                                samples,
+                                ..template.clone()
                             });
                         }
                     }

@@ -67,7 +67,7 @@ impl Cli {
                 if *json {
                     writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
                 } else {
-                    write!(out, "{report}")?;
+                    writeln!(out, "{report}")?;
                 }
                 Ok(if report.is_clean() {
                     ExitCode::SUCCESS
@@ -80,7 +80,7 @@ impl Cli {
                 if *json {
                     writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
                 } else {
-                    write!(out, "{report}")?;
+                    writeln!(out, "{report}")?;
                 }
                 Ok(ExitCode::SUCCESS)
             }

@@ -14,8 +14,11 @@ fn tiny_recording(path: &Path) {
         out: path.to_path_buf(),
         ..default_args()
     };
-    sgdwalk_recorder::record(&args.validate().unwrap(), &sgdwalk_recorder::StopFlag::default())
-        .unwrap();
+    sgdwalk_recorder::record(
+        &args.validate().unwrap(),
+        &sgdwalk_recorder::StopFlag::default(),
+    )
+    .unwrap();
 }
 
 fn default_args() -> sgdwalk_recorder::RecordArgs {
@@ -26,8 +29,22 @@ fn default_args() -> sgdwalk_recorder::RecordArgs {
         a: sgdwalk_recorder::RecordArgs,
     }
     C::parse_from([
-        "x", "--quiet", "--threads", "1", "--dataset", "synthetic", "--synthetic-samples", "200",
-        "--synthetic-size", "8", "--batch-size", "60", "--eval-splits", "test", "--out", "unused",
+        "x",
+        "--quiet",
+        "--threads",
+        "1",
+        "--dataset",
+        "synthetic",
+        "--synthetic-samples",
+        "200",
+        "--synthetic-size",
+        "8",
+        "--batch-size",
+        "60",
+        "--eval-splits",
+        "test",
+        "--out",
+        "unused",
     ])
     .a
 }
@@ -50,7 +67,10 @@ fn verify_inspect_and_analyze_report_and_exit_as_documented() {
 
     let (code, out, _) = run(&["verify", rec_s]);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("all checksums and the delta chain OK"), "{out}");
+    assert!(
+        out.contains("all checksums and the delta chain OK"),
+        "{out}"
+    );
 
     let (code, out, _) = run(&["inspect", rec_s, "--json"]);
     assert_eq!(code, Some(0));
@@ -60,8 +80,16 @@ fn verify_inspect_and_analyze_report_and_exit_as_documented() {
 
     let out_dir = dir.path().join("a");
     let (code, out, err) = run(&[
-        "analyze", rec_s, "-o", out_dir.to_str().unwrap(), "--eval", "probe:50", "--json",
-        "--quiet", "--curvature-steps", "1",
+        "analyze",
+        rec_s,
+        "-o",
+        out_dir.to_str().unwrap(),
+        "--eval",
+        "probe:50",
+        "--json",
+        "--quiet",
+        "--curvature-steps",
+        "1",
     ]);
     assert_eq!(code, Some(0), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -91,9 +119,111 @@ fn verify_inspect_and_analyze_report_and_exit_as_documented() {
     std::fs::write(&txt, "hello, these are not the bytes you are looking for").unwrap();
     let (code, _, err) = run(&["inspect", txt.to_str().unwrap()]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("not an sgdwalk recording") || err.contains("not a recording"), "{err}");
+    assert!(
+        err.contains("not an sgdwalk recording") || err.contains("not a recording"),
+        "{err}"
+    );
 
     let (code, out, _) = run(&["analyze", "--help"]);
     assert_eq!(code, Some(0));
     assert!(out.contains("--shard") && out.contains("probe:N"), "{out}");
+}
+
+/// All rows of a table under `out`, across shards, as sorted debug strings.
+fn table_rows<R: sgdwalk_analyzer::tables::TableRows + std::fmt::Debug>(out: &Path) -> Vec<String> {
+    let mut rows = Vec::new();
+    let dir = out.join(format!("table={}", R::TABLE.as_str()));
+    for shard in std::fs::read_dir(dir).unwrap() {
+        for part in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let part = part.unwrap().path();
+            for r in sgdwalk_analyzer::tables::read_rows::<R>(&part).unwrap() {
+                rows.push(format!("{r:?}"));
+            }
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// The Slurm job-array script, run as 3 concurrent processes on one folder, gives exactly the
+/// tables of one unsharded run.
+#[test]
+fn slurm_array_shards_as_separate_processes_equal_one_run() {
+    use sgdwalk_analyzer::tables::{BarrierRow, FloorRow, InterpRow, StepRow};
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("r.walk");
+    let args = sgdwalk_recorder::RecordArgs {
+        out: rec.clone(),
+        epochs: 3,
+        ..default_args()
+    };
+    sgdwalk_recorder::record(
+        &args.validate().unwrap(),
+        &sgdwalk_recorder::StopFlag::default(),
+    )
+    .unwrap();
+    let cfg = dir.path().join("small-items.toml");
+    std::fs::write(&cfg, "steps_per_item = 2\neval = [{ probe = 40 }]\n").unwrap();
+    let extra = format!(
+        "--config {} --phases geometry,interp,floors,barriers",
+        cfg.display()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cluster/slurm-analyze.sh");
+    let sharded = dir.path().join("sharded");
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            Command::new("bash")
+                .arg(&script)
+                .arg(&rec)
+                .arg(&sharded)
+                .env("SLURM_ARRAY_TASK_COUNT", "3")
+                .env("SLURM_ARRAY_TASK_ID", i.to_string())
+                .env("SLURM_CPUS_PER_TASK", "1")
+                .env("SGDWALK_ANALYZE", BIN)
+                .env("SGDWALK_ANALYZE_ARGS", &extra)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let c = c.wait_with_output().unwrap();
+        assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    }
+    let whole = dir.path().join("whole");
+    let mut argv = vec![
+        "analyze".to_string(),
+        rec.display().to_string(),
+        "-o".into(),
+        whole.display().to_string(),
+        "--quiet".into(),
+    ];
+    argv.extend(extra.split(' ').map(String::from));
+    let out = Command::new(BIN).args(&argv).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shards: Vec<_> = std::fs::read_dir(sharded.join("table=interp"))
+        .unwrap()
+        .collect();
+    assert_eq!(shards.len(), 3, "every task wrote its shard");
+    assert_eq!(
+        table_rows::<StepRow>(&sharded),
+        table_rows::<StepRow>(&whole)
+    );
+    assert_eq!(
+        table_rows::<InterpRow>(&sharded),
+        table_rows::<InterpRow>(&whole)
+    );
+    assert_eq!(
+        table_rows::<FloorRow>(&sharded),
+        table_rows::<FloorRow>(&whole)
+    );
+    assert_eq!(
+        table_rows::<BarrierRow>(&sharded),
+        table_rows::<BarrierRow>(&whole)
+    );
+    assert!(!table_rows::<InterpRow>(&whole).is_empty());
 }
