@@ -255,27 +255,34 @@ fn same_seed_gives_identical_recordings() {
 #[test]
 fn resume_after_a_kill_equals_the_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
-    let full = dir.path().join("full.walk");
-    let extra = [
-        "--optimizer",
-        "nesterov",
-        "--epochs",
-        "3",
-        "--weight-decay",
-        "5e-4",
-    ];
-    run(&synthetic_args(&full, &extra));
-    let len = std::fs::metadata(&full).unwrap().len();
-    let bytes = std::fs::read(&full).unwrap();
-    // Cut points in the first, middle and last third: a writer killed there leaves this prefix.
-    for (i, cut) in [len / 5, len / 2, len * 4 / 5].into_iter().enumerate() {
-        let killed = dir.path().join(format!("killed{i}.walk"));
-        std::fs::write(&killed, &bytes[..cut as usize]).unwrap();
-        let mut a = synthetic_args(&killed, &extra);
-        a.resume = true;
-        let s = run(&a);
-        assert!(s.resumed_from_step.is_some());
-        assert_eq!(contents(&killed), contents(&full), "cut at byte {cut}");
+    // Nesterov resumes with momentum buffers; plain SGD with none.
+    for optimizer in ["nesterov", "sgd"] {
+        let full = dir.path().join(format!("full-{optimizer}.walk"));
+        let extra = [
+            "--optimizer",
+            optimizer,
+            "--epochs",
+            "3",
+            "--weight-decay",
+            "5e-4",
+        ];
+        run(&synthetic_args(&full, &extra));
+        let len = std::fs::metadata(&full).unwrap().len();
+        let bytes = std::fs::read(&full).unwrap();
+        // Cut points in the first, middle and last third: a writer killed there leaves this prefix.
+        for (i, cut) in [len / 5, len / 2, len * 4 / 5].into_iter().enumerate() {
+            let killed = dir.path().join(format!("killed-{optimizer}-{i}.walk"));
+            std::fs::write(&killed, &bytes[..cut as usize]).unwrap();
+            let mut a = synthetic_args(&killed, &extra);
+            a.resume = true;
+            let s = run(&a);
+            assert!(s.resumed_from_step.is_some());
+            assert_eq!(
+                contents(&killed),
+                contents(&full),
+                "{optimizer}, cut at byte {cut}"
+            );
+        }
     }
 }
 

@@ -129,26 +129,29 @@ impl Optimizer {
         })
     }
 
-    /// The buffers as one f32 vector (buf1 for every tensor, then buf2 for every tensor; zeros
-    /// where not yet created) and a JSON descriptor, for resume.
+    /// The buffers that exist, as one f32 vector (buf1 of every tensor that has one, then
+    /// buf2 likewise), and a JSON descriptor saying which exist. Plain SGD exports nothing.
     pub fn export(&self, params: &[Tensor]) -> Result<(Vec<f32>, String), RecordError> {
         let mut parts = Vec::new();
-        let mut present1 = Vec::new();
-        let mut present2 = Vec::new();
-        for (bufs, present) in [(&self.buf1, &mut present1), (&self.buf2, &mut present2)] {
-            for (b, p) in bufs.iter().zip(params) {
-                present.push(b.is_some());
-                let t = match b {
-                    Some(b) => b.f_detach()?,
-                    None => p.f_zeros_like()?,
-                };
-                parts.push(t.f_reshape([-1])?.f_to_device(tch::Device::Cpu)?);
-            }
+        let present1: Vec<bool> = self.buf1.iter().map(Option::is_some).collect();
+        let present2: Vec<bool> = self.buf2.iter().map(Option::is_some).collect();
+        for b in self.buf1.iter().chain(&self.buf2).flatten() {
+            parts.push(
+                b.f_detach()?
+                    .f_reshape([-1])?
+                    .f_to_device(tch::Device::Cpu)?,
+            );
         }
-        let flat = Tensor::f_cat(&parts, 0)?.f_to_kind(Kind::Float)?;
-        let n = flat.numel();
-        let mut out = vec![0f32; n];
-        flat.f_copy_data(&mut out, n)?;
+        let out = if parts.is_empty() {
+            Vec::new()
+        } else {
+            let flat = Tensor::f_cat(&parts, 0)?.f_to_kind(Kind::Float)?;
+            let n = flat.numel();
+            let mut out = vec![0f32; n];
+            flat.f_copy_data(&mut out, n)?;
+            out
+        };
+        debug_assert_eq!(params.len(), present1.len());
         let descriptor = serde_json::json!({
             "optimizer": self.spec,
             "steps_applied": self.steps_applied,
@@ -190,10 +193,14 @@ impl Optimizer {
                 .collect()
         };
         let (p1, p2) = (flags("buf1_present")?, flags("buf2_present")?);
-        let per: usize = params.iter().map(Tensor::numel).sum();
-        if p1.len() != params.len() || p2.len() != params.len() || flat.len() != 2 * per {
+        let stored: usize = params
+            .iter()
+            .zip(p1.iter().zip(&p2))
+            .map(|(p, (a, b))| p.numel() * (usize::from(*a) + usize::from(*b)))
+            .sum();
+        if p1.len() != params.len() || p2.len() != params.len() || flat.len() != stored {
             return Err(bad(format!(
-                "{} values for {} tensors of {per} elements",
+                "{} values stored, the descriptor and {} tensors need {stored}",
                 flat.len(),
                 params.len()
             )));
@@ -203,14 +210,14 @@ impl Optimizer {
         let mut offset = 0;
         for (slot, present) in [(&mut opt.buf1, &p1), (&mut opt.buf2, &p2)] {
             for (i, p) in params.iter().enumerate() {
-                let n = p.numel();
                 if present[i] {
+                    let n = p.numel();
                     let t = Tensor::f_from_slice(&flat[offset..offset + n])?
                         .f_view(p.size().as_slice())?
                         .f_to_device(p.device())?;
                     slot[i] = Some(t);
+                    offset += n;
                 }
-                offset += n;
             }
         }
         Ok(opt)
