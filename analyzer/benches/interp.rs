@@ -125,6 +125,26 @@ fn main() -> anyhow::Result<()> {
             ratios
         );
     }
+    // Where the analyzer's extra time goes: building θ_t + α·d_t, and loading it.
+    let (mut t_interp, mut t_load) = (Vec::new(), Vec::new());
+    let mut buf = Vec::new();
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        for i in 0..points {
+            interpolate(&a, &b, i as f64 / points as f64 + 0.01, &mut buf);
+        }
+        t_interp.push(t0.elapsed().as_secs_f64() * 1e3 / points as f64);
+        let t1 = Instant::now();
+        for _ in 0..points {
+            s.model.load_flat(&buf)?;
+        }
+        t_load.push(t1.elapsed().as_secs_f64() * 1e3 / points as f64);
+    }
+    println!(
+        "per point: interpolation {:.3} ms, loading the state {:.3} ms (medians of 5)",
+        median(t_interp),
+        median(t_load)
+    );
     // Geometry: decode every step in order and update the tracker.
     let layers = s.desc.layout.layer_ranges();
     let len = s.desc.layout.len_elements();
