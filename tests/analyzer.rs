@@ -601,7 +601,7 @@ fn bad_inputs_get_named_errors() {
 
 /// The Python used for the query examples: `SGDWALK_QUERY_PYTHON`, else the venv that
 /// `scripts/setup` creates. Missing means the set-up was not run: the test fails, it does not skip.
-fn query_python() -> PathBuf {
+pub fn query_python() -> PathBuf {
     let p = std::env::var_os("SGDWALK_QUERY_PYTHON").map_or_else(
         || {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default())

@@ -5,6 +5,7 @@
 
 mod analyzer;
 mod format_golden;
+mod interop;
 mod recorder;
 mod spec_reader;
 mod util;
