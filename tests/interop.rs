@@ -16,18 +16,48 @@ fn rust_digests(path: &Path) -> Vec<String> {
         .to_vec()
         .into_iter()
         .map(|t| {
-            let bytes: Vec<u8> = r.state(t).unwrap().iter().flat_map(|x| x.to_le_bytes()).collect();
-            let ids: Vec<String> = r.step_info(t).unwrap().sample_ids.iter().map(u32::to_string).collect();
-            format!("{t} {} {}", hex::encode(Sha256::digest(&bytes)), ids.join(",")).trim_end().to_string()
+            let bytes: Vec<u8> = r
+                .state(t)
+                .unwrap()
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
+            let ids: Vec<String> = r
+                .step_info(t)
+                .unwrap()
+                .sample_ids
+                .iter()
+                .map(u32::to_string)
+                .collect();
+            format!(
+                "{t} {} {}",
+                hex::encode(Sha256::digest(&bytes)),
+                ids.join(",")
+            )
+            .trim_end()
+            .to_string()
         })
         .collect()
 }
 
 fn python_digests(path: &Path) -> Vec<String> {
     let script = crate::util::workspace_root().join("examples/python/read_walk.py");
-    let out = std::process::Command::new(query_python()).arg(script).arg(path).arg("--digests").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().map(|l| l.trim_end().to_string()).collect()
+    let out = std::process::Command::new(query_python())
+        .arg(script)
+        .arg(path)
+        .arg("--digests")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim_end().to_string())
+        .collect()
 }
 
 #[test]
@@ -35,7 +65,10 @@ fn python_reader_matches_the_rust_reader() {
     let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("m.walk");
     // Momentum (pred2 with μ > 0), augmentation, several keyframes (K = 8).
-    run(&synthetic_args(&rec, &["--optimizer", "momentum", "--epochs", "2"]));
+    run(&synthetic_args(
+        &rec,
+        &["--optimizer", "momentum", "--epochs", "2"],
+    ));
     let rust = rust_digests(&rec);
     assert_eq!(rust.len(), 25);
     assert_eq!(python_digests(&rec), rust);

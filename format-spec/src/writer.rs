@@ -138,7 +138,8 @@ impl Writer {
     }
 
     fn make_pool(options: &WriterOptions) -> Result<Option<rayon::ThreadPool>, FormatError> {
-        if options.threads == 0 {
+        // 0: rayon's global pool; 1: no pool, encoding runs on the writer's own thread.
+        if options.threads <= 1 {
             return Ok(None);
         }
         rayon::ThreadPoolBuilder::new()
@@ -501,38 +502,44 @@ impl Writer {
         let prev = if forced { None } else { self.prev.as_deref() };
         let prev2 = if forced { None } else { self.prev2.as_deref() };
         let standalone_len = &self.standalone_len;
+        let encode_one = |(i, cur): (usize, &[f32])| -> Result<EncodedChunk, FormatError> {
+            let range = i * cl..i * cl + cur.len();
+            let Some(p) = prev.map(|p| &p[range.clone()]) else {
+                let (codec, bytes) = encode_standalone(cur, level)?;
+                let len = bytes.len() as u64;
+                return Ok(finish_chunk(codec, bytes, cur, Some(len)));
+            };
+            let p2 = prev2.map(|p| &p[range]);
+            let codec = match (delta_codec, p2) {
+                (CodecId::Pred2, None) => CodecId::ZigzagDeltaPrev,
+                (c, _) => c,
+            };
+            let mut delta = Vec::new();
+            encode_chunk(codec, cur, Some(p), p2, level, &mut delta)?;
+            check_chunk_len(delta.len())?;
+            // A delta that is not clearly smaller than the chunk's last standalone size
+            // may not pay: encode standalone too and keep it if the delta exceeds 0.9 × it.
+            let last_key = standalone_len.get(i).copied().unwrap_or(0);
+            if (delta.len() as u64) * 10 > last_key * 9 {
+                let (scodec, sbytes) = encode_standalone(cur, level)?;
+                let slen = sbytes.len() as u64;
+                if (delta.len() as u64) * 10 > slen * 9 {
+                    return Ok(finish_chunk(scodec, sbytes, cur, Some(slen)));
+                }
+                return Ok(finish_chunk(codec, delta, cur, Some(slen)));
+            }
+            Ok(finish_chunk(codec, delta, cur, None))
+        };
+        // One thread: encode inline on the caller's thread, with no hand-off to a pool thread
+        // (on a busy machine each hand-off can wait a scheduler time slice).
+        if self.options.threads == 1 {
+            return state.chunks(cl).enumerate().map(encode_one).collect();
+        }
         let work = || {
             state
                 .par_chunks(cl)
                 .enumerate()
-                .map(|(i, cur)| -> Result<EncodedChunk, FormatError> {
-                    let range = i * cl..i * cl + cur.len();
-                    let Some(p) = prev.map(|p| &p[range.clone()]) else {
-                        let (codec, bytes) = encode_standalone(cur, level)?;
-                        let len = bytes.len() as u64;
-                        return Ok(finish_chunk(codec, bytes, cur, Some(len)));
-                    };
-                    let p2 = prev2.map(|p| &p[range]);
-                    let codec = match (delta_codec, p2) {
-                        (CodecId::Pred2, None) => CodecId::ZigzagDeltaPrev,
-                        (c, _) => c,
-                    };
-                    let mut delta = Vec::new();
-                    encode_chunk(codec, cur, Some(p), p2, level, &mut delta)?;
-                    check_chunk_len(delta.len())?;
-                    // A delta that is not clearly smaller than the chunk's last standalone size
-                    // may not pay: encode standalone too and keep it if the delta exceeds 0.9 × it.
-                    let last_key = standalone_len.get(i).copied().unwrap_or(0);
-                    if (delta.len() as u64) * 10 > last_key * 9 {
-                        let (scodec, sbytes) = encode_standalone(cur, level)?;
-                        let slen = sbytes.len() as u64;
-                        if (delta.len() as u64) * 10 > slen * 9 {
-                            return Ok(finish_chunk(scodec, sbytes, cur, Some(slen)));
-                        }
-                        return Ok(finish_chunk(codec, delta, cur, Some(slen)));
-                    }
-                    Ok(finish_chunk(codec, delta, cur, None))
-                })
+                .map(encode_one)
                 .collect::<Result<Vec<_>, _>>()
         };
         match &self.pool {

@@ -109,6 +109,10 @@ fn main() -> anyhow::Result<()> {
         median(ratios.clone())
     );
     println!(
+        "last recorded run: writer copy {:.3} s, encode+write {:.3} s, training blocked {:.3} s, wall {:.3} s",
+        b.writer_copy_secs, b.writer_encode_write_secs, b.training_blocked_secs, b.wall_secs
+    );
+    println!(
         "bytes/step: raw state {:.0}, stored state {:.0} (ratio {:.2}x), file {:.0}",
         b.raw_state_bytes as f64 / steps,
         b.stored_state_bytes as f64 / steps,

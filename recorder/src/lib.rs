@@ -113,6 +113,11 @@ pub struct RecordSummary {
     pub compression_ratio: f64,
     pub wall_secs: f64,
     pub updates_per_sec: f64,
+    /// Where recording time went: the writer thread copying snapshots to the host, and encoding
+    /// plus writing them; the training thread blocked on a full queue.
+    pub writer_copy_secs: f64,
+    pub writer_encode_write_secs: f64,
+    pub training_blocked_secs: f64,
     pub epochs: Vec<EpochSummary>,
 }
 
@@ -140,6 +145,11 @@ impl std::fmt::Display for RecordSummary {
             self.stored_state_bytes as f64 / 1e6,
             self.compression_ratio,
             self.file_bytes as f64 / 1e6
+        )?;
+        writeln!(
+            f,
+            "writer thread: {:.2} s copying snapshots to the host, {:.2} s encoding and writing; training blocked {:.2} s on a full queue",
+            self.writer_copy_secs, self.writer_encode_write_secs, self.training_blocked_secs
         )?;
         for e in &self.epochs {
             writeln!(
@@ -412,6 +422,9 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
         },
         wall_secs: wall,
         updates_per_sec: updates as f64 / loop_started.elapsed().as_secs_f64().max(1e-9),
+        writer_copy_secs: counters.copy_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
+        writer_encode_write_secs: counters.write_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
+        training_blocked_secs: counters.blocked_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
         epochs,
     })
 }

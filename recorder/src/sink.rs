@@ -1,7 +1,7 @@
 //! The recording pipeline off the training thread: snapshots go through a bounded channel to a
-//! named writer thread that copies them to the host, encodes them (the format crate encodes
-//! chunks in parallel) and appends them. A full queue blocks training (back-pressure): a step
-//! is never dropped and memory stays bounded.
+//! copy thread (device to host) and a second bounded channel to the writer thread (encode, with
+//! chunks in parallel, and append), so the copy of step t+1 overlaps the encoding of step t. A
+//! full queue blocks training (back-pressure): a step is never dropped and memory stays bounded.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,12 +60,19 @@ pub struct SinkCounters {
     pub raw_bytes: AtomicU64,
     pub stored_bytes: AtomicU64,
     pub keyframes: AtomicU64,
+    /// Writer thread: nanoseconds copying snapshots to the host.
+    pub copy_nanos: AtomicU64,
+    /// Writer thread: nanoseconds encoding and writing records.
+    pub write_nanos: AtomicU64,
+    /// Training thread: nanoseconds blocked on a full queue (back-pressure).
+    pub blocked_nanos: AtomicU64,
 }
 
 /// The sending half of the pipeline. Dropping it closes the queue, lets the writer drain it and
 /// write the footer, and joins the thread.
 pub struct Sink {
     tx: Option<Sender<Record>>,
+    copier: Option<JoinHandle<Result<(), RecordError>>>,
     handle: Option<JoinHandle<Result<WriteSummary, RecordError>>>,
     pub counters: Arc<SinkCounters>,
     path: PathBuf,
@@ -74,17 +81,26 @@ pub struct Sink {
 impl Sink {
     /// Starts the writer thread with a queue of `capacity` records.
     pub fn start(writer: Writer, capacity: usize, path: PathBuf) -> Result<Self, RecordError> {
+        // Two stages, so copying step t+1 to the host overlaps encoding step t.
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        let (host_tx, host_rx) = crossbeam_channel::bounded(capacity.max(1));
         let counters = Arc::new(SinkCounters::default());
+        let spawn_err = |e: std::io::Error| RecordError::WriterGone {
+            reason: format!("cannot start the writer threads: {e}"),
+        };
+        let c = Arc::clone(&counters);
+        let copier = std::thread::Builder::new()
+            .name("sgdwalk-copy".into())
+            .spawn(move || copy_loop(rx, host_tx, &c))
+            .map_err(spawn_err)?;
         let c = Arc::clone(&counters);
         let handle = std::thread::Builder::new()
             .name("sgdwalk-writer".into())
-            .spawn(move || writer_loop(writer, rx, &c))
-            .map_err(|e| RecordError::WriterGone {
-                reason: format!("cannot start the writer thread: {e}"),
-            })?;
+            .spawn(move || writer_loop(writer, host_rx, &c))
+            .map_err(spawn_err)?;
         Ok(Sink {
             tx: Some(tx),
+            copier: Some(copier),
             handle: Some(handle),
             counters,
             path,
@@ -94,52 +110,102 @@ impl Sink {
     /// Queues a record, blocking while the queue is full. If the writer has failed, returns
     /// its error.
     pub fn send(&mut self, record: Record) -> Result<(), RecordError> {
+        let started = std::time::Instant::now();
         let sent = match &self.tx {
             Some(tx) => tx.send(record).is_ok(),
             None => false,
         };
+        self.counters
+            .blocked_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if sent { Ok(()) } else { Err(self.join_error()) }
     }
 
-    fn join_error(&mut self) -> RecordError {
+    /// Closes the queue and joins both stages: the first error wins (the copier's, since the
+    /// writer only stops early when the copier did, or on its own write error).
+    fn join(&mut self) -> Result<WriteSummary, RecordError> {
         self.tx = None;
-        match self.handle.take().map(JoinHandle::join) {
-            Some(Ok(Err(e))) => e,
-            Some(Ok(Ok(_))) => RecordError::WriterGone {
-                reason: "the writer finished early".into(),
-            },
-            Some(Err(_)) => RecordError::WriterGone {
-                reason: "the writer thread panicked".into(),
-            },
-            None => RecordError::WriterGone {
+        let panicked = || RecordError::WriterGone {
+            reason: "a recording thread panicked".into(),
+        };
+        let copied = match self.copier.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(panicked()),
+            None => Ok(()),
+        };
+        let written = match self.handle.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(panicked()),
+            None => Err(RecordError::WriterGone {
                 reason: format!("the writer of {} is already closed", self.path.display()),
+            }),
+        };
+        match (copied, written) {
+            (_, Err(e)) | (Err(e), Ok(_)) => Err(e),
+            (Ok(()), Ok(summary)) => Ok(summary),
+        }
+    }
+
+    fn join_error(&mut self) -> RecordError {
+        match self.join() {
+            Err(e) => e,
+            Ok(_) => RecordError::WriterGone {
+                reason: "the writer finished early".into(),
             },
         }
     }
 
     /// Closes the queue, waits for every queued record and the footer.
     pub fn finish(mut self) -> Result<WriteSummary, RecordError> {
-        self.tx = None;
-        match self.handle.take().map(JoinHandle::join) {
-            Some(Ok(r)) => r,
-            Some(Err(_)) => Err(RecordError::WriterGone {
-                reason: "the writer thread panicked".into(),
-            }),
-            None => Err(RecordError::WriterGone {
-                reason: "finished twice".into(),
-            }),
-        }
+        self.join()
     }
 }
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        self.tx = None;
-        if let Some(h) = self.handle.take() {
+        if self.copier.is_some() || self.handle.is_some() {
             // The error, if any, was already reported through send() or finish().
-            let _ = h.join();
+            let _ = self.join();
         }
     }
+}
+
+/// First stage: device snapshots to host vectors, in order.
+fn copy_loop(
+    rx: Receiver<Record>,
+    tx: Sender<Record>,
+    counters: &SinkCounters,
+) -> Result<(), RecordError> {
+    for record in rx {
+        let record = match record {
+            Record::Step {
+                step,
+                state,
+                sample_ids,
+                augmentation,
+                scalars,
+            } => {
+                let started = std::time::Instant::now();
+                let host = state.into_host()?;
+                counters
+                    .copy_nanos
+                    .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                Record::Step {
+                    step,
+                    state: Snapshot::Host(host),
+                    sample_ids,
+                    augmentation,
+                    scalars,
+                }
+            }
+            other => other,
+        };
+        if tx.send(record).is_err() {
+            // The writer stopped; its error is reported when it is joined.
+            break;
+        }
+    }
+    Ok(())
 }
 
 fn writer_loop(
@@ -156,7 +222,9 @@ fn writer_loop(
                 augmentation,
                 scalars,
             } => {
+                // Already on the host (the copy stage moved it).
                 let state = state.into_host()?;
+                let write_started = std::time::Instant::now();
                 let stats = writer
                     .write_step(&StepInput {
                         step,
@@ -166,6 +234,9 @@ fn writer_loop(
                         scalars,
                     })
                     .map_err(|source| RecordError::Write { step, source })?;
+                counters
+                    .write_nanos
+                    .fetch_add(write_started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 counters.steps_written.fetch_add(1, Ordering::Relaxed);
                 counters
                     .raw_bytes
