@@ -412,7 +412,8 @@ impl ItemContext<'_> {
             .filter(|g| (item.lo..item.hi).contains(&g.step))
         {
             let info = s.reader.step_info(g.step)?;
-            let epoch = (g.step / spe + 1) as u32;
+            // The epoch of update t; the last state (no update) counts to the last epoch.
+            let epoch = (g.step / spe + 1).min(u64::from(s.desc.epochs.max(1))) as u32;
             let sc = info.scalars;
             rows.push(StepRow {
                 run_id: s.run_id.clone(),
