@@ -139,6 +139,16 @@ pub struct AnalyzeArgs {
     pub json: bool,
 }
 
+/// Every phase, in the order they run.
+pub const PHASES: [&str; 6] = [
+    "geometry",
+    "interp",
+    "floors",
+    "barriers",
+    "curvature",
+    "epochs",
+];
+
 /// The validated analysis settings (serialized into every output file).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -169,16 +179,7 @@ pub struct AnalyzeConfig {
 impl Default for AnalyzeConfig {
     fn default() -> Self {
         AnalyzeConfig {
-            phases: [
-                "geometry",
-                "interp",
-                "floors",
-                "barriers",
-                "curvature",
-                "epochs",
-            ]
-            .map(String::from)
-            .to_vec(),
+            phases: PHASES.map(String::from).to_vec(),
             eval: vec![EvalSet::Probe(1000)],
             bn: vec![BnPolicy::TrainMode],
             grid_lo: 0.0,
@@ -362,14 +363,6 @@ impl AnalyzeArgs {
 impl AnalyzeConfig {
     /// Checks the settings against each other.
     pub fn check(&self) -> Result<(), AnalyzeError> {
-        const PHASES: [&str; 6] = [
-            "geometry",
-            "interp",
-            "floors",
-            "barriers",
-            "curvature",
-            "epochs",
-        ];
         if let Some(p) = self.phases.iter().find(|p| !PHASES.contains(&p.as_str())) {
             return Err(invalid(
                 "phases",

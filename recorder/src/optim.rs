@@ -7,6 +7,21 @@ use tch::{Kind, Tensor};
 
 use crate::error::RecordError;
 
+/// The gradient with coupled weight decay added (L2 in the loss, as the paper's code), or as
+/// is when the decay is decoupled (applied to the weights by the caller) or zero.
+fn coupled_decay(
+    g: &Tensor,
+    p: &Tensor,
+    weight_decay: f64,
+    decoupled: bool,
+) -> Result<Tensor, tch::TchError> {
+    if weight_decay != 0.0 && !decoupled {
+        g.f_add(&p.f_mul_scalar(weight_decay)?)
+    } else {
+        Ok(g.shallow_clone())
+    }
+}
+
 /// Optimizer state: momentum / moment buffers per trainable tensor, created lazily.
 pub struct Optimizer {
     spec: OptimizerSpec,
@@ -58,10 +73,7 @@ impl Optimizer {
                         weight_decay,
                         decoupled_weight_decay,
                     } => {
-                        let mut d = g.shallow_clone();
-                        if *weight_decay != 0.0 && !decoupled_weight_decay {
-                            d = d.f_add(&p.f_mul_scalar(*weight_decay)?)?;
-                        }
+                        let mut d = coupled_decay(g, p, *weight_decay, *decoupled_weight_decay)?;
                         if *momentum != 0.0 {
                             let buf = match self.buf1[i].take() {
                                 None => d.f_detach()?.copy(),
@@ -87,10 +99,7 @@ impl Optimizer {
                         weight_decay,
                         decoupled_weight_decay,
                     } => {
-                        let mut d = g.shallow_clone();
-                        if *weight_decay != 0.0 && !decoupled_weight_decay {
-                            d = d.f_add(&p.f_mul_scalar(*weight_decay)?)?;
-                        }
+                        let d = coupled_decay(g, p, *weight_decay, *decoupled_weight_decay)?;
                         let m = match self.buf1[i].take() {
                             None => d.f_mul_scalar(1.0 - beta1)?,
                             Some(m) => m

@@ -176,30 +176,15 @@ fn copy_loop(
     tx: Sender<Record>,
     counters: &SinkCounters,
 ) -> Result<(), RecordError> {
-    for record in rx {
-        let record = match record {
-            Record::Step {
-                step,
-                state,
-                sample_ids,
-                augmentation,
-                scalars,
-            } => {
-                let started = std::time::Instant::now();
-                let host = state.into_host()?;
-                counters
-                    .copy_nanos
-                    .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                Record::Step {
-                    step,
-                    state: Snapshot::Host(host),
-                    sample_ids,
-                    augmentation,
-                    scalars,
-                }
-            }
-            other => other,
-        };
+    for mut record in rx {
+        if let Record::Step { state, .. } = &mut record {
+            let started = std::time::Instant::now();
+            let snapshot = std::mem::replace(state, Snapshot::Host(Vec::new()));
+            *state = Snapshot::Host(snapshot.into_host()?);
+            counters
+                .copy_nanos
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
         if tx.send(record).is_err() {
             // The writer stopped; its error is reported when it is joined.
             break;
