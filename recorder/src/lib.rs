@@ -33,7 +33,7 @@ use sgdwalk_workload::{AUG_BYTES_PER_SAMPLE, BnPolicy, Dataset, Split, evaluate}
 pub use config::{RecordArgs, RecordConfig};
 pub use error::RecordError;
 use optim::Optimizer;
-use sink::{Record, Sink, Snapshot};
+use sink::{Record, Sink};
 use train::Trainer;
 
 /// Asks a run to stop at the next step boundary, with a complete recording.
@@ -301,7 +301,8 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
             (writer, 0, 0.0)
         }
     };
-    let mut sink = Sink::start(writer, cfg.queue, cfg.out.clone())?;
+    let on_cpu = cfg.device == tch::Device::Cpu;
+    let mut sink = Sink::start(writer, cfg.queue, cfg.out.clone(), !on_cpu)?;
 
     let total = desc.total_steps;
     let spe = desc.steps_per_epoch.max(1);
@@ -320,8 +321,7 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
         let recorded = policy.records(t, spe);
         let already_in_file = resume.as_ref().is_some_and(|r| r.step == t);
         let snapshot = if recorded && !already_in_file {
-            // A device-side copy; the writer thread moves it to the host.
-            Some(Snapshot::Device(trainer.snapshot_on_device()?))
+            Some(trainer.snapshot(on_cpu)?)
         } else {
             None
         };
@@ -383,7 +383,7 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
         first_step.get_or_insert(t);
         sink.send(Record::Step {
             step: t,
-            state: Snapshot::Device(trainer.snapshot_on_device()?),
+            state: trainer.snapshot(on_cpu)?,
             sample_ids: Vec::new(),
             augmentation: Vec::new(),
             scalars: StepScalars {

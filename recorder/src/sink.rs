@@ -80,27 +80,39 @@ pub struct Sink {
 
 impl Sink {
     /// Starts the writer thread with a queue of `capacity` records.
-    pub fn start(writer: Writer, capacity: usize, path: PathBuf) -> Result<Self, RecordError> {
-        // Two stages, so copying step t+1 to the host overlaps encoding step t.
+    /// With `copy_stage`, snapshots pass a copy thread (device to host) before the writer, so
+    /// the copy of step t+1 overlaps the encoding of step t; without it (CPU training, where the
+    /// snapshot is already a host vector) they go straight to the writer.
+    pub fn start(
+        writer: Writer,
+        capacity: usize,
+        path: PathBuf,
+        copy_stage: bool,
+    ) -> Result<Self, RecordError> {
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
-        let (host_tx, host_rx) = crossbeam_channel::bounded(capacity.max(1));
         let counters = Arc::new(SinkCounters::default());
         let spawn_err = |e: std::io::Error| RecordError::WriterGone {
             reason: format!("cannot start the writer threads: {e}"),
         };
-        let c = Arc::clone(&counters);
-        let copier = std::thread::Builder::new()
-            .name("sgdwalk-copy".into())
-            .spawn(move || copy_loop(rx, host_tx, &c))
-            .map_err(spawn_err)?;
+        let (copier, writer_rx) = if copy_stage {
+            let (host_tx, host_rx) = crossbeam_channel::bounded(capacity.max(1));
+            let c = Arc::clone(&counters);
+            let copier = std::thread::Builder::new()
+                .name("sgdwalk-copy".into())
+                .spawn(move || copy_loop(rx, host_tx, &c))
+                .map_err(spawn_err)?;
+            (Some(copier), host_rx)
+        } else {
+            (None, rx)
+        };
         let c = Arc::clone(&counters);
         let handle = std::thread::Builder::new()
             .name("sgdwalk-writer".into())
-            .spawn(move || writer_loop(writer, host_rx, &c))
+            .spawn(move || writer_loop(writer, writer_rx, &c))
             .map_err(spawn_err)?;
         Ok(Sink {
             tx: Some(tx),
-            copier: Some(copier),
+            copier,
             handle: Some(handle),
             counters,
             path,
@@ -207,7 +219,7 @@ fn writer_loop(
                 augmentation,
                 scalars,
             } => {
-                // Already on the host (the copy stage moved it).
+                // On the host already (CPU training, or the copy stage moved it).
                 let state = state.into_host()?;
                 let write_started = std::time::Instant::now();
                 let stats = writer

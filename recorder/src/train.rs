@@ -179,6 +179,17 @@ impl Trainer {
         })
     }
 
+    /// The full state for the recording pipeline: a host vector when training on the CPU (the
+    /// copy is cheap there), else a device-side copy that the pipeline's copy stage moves to
+    /// the host off the training thread.
+    pub fn snapshot(&self, host: bool) -> Result<crate::sink::Snapshot, RecordError> {
+        Ok(if host {
+            crate::sink::Snapshot::Host(self.model.flatten()?)
+        } else {
+            crate::sink::Snapshot::Device(self.snapshot_on_device()?)
+        })
+    }
+
     /// The full state as one flat f32 tensor on the model's device (a copy).
     pub fn snapshot_on_device(&self) -> Result<Tensor, RecordError> {
         let tensors = self.model.layout().tensors(&self.model.vs)?;
