@@ -515,3 +515,55 @@ fn bad_settings_fail_before_training_with_named_errors() {
     let err = record(&a.validate().unwrap(), &StopFlag::default()).unwrap_err();
     assert!(matches!(err, RecordError::CannotResume { .. }), "{err}");
 }
+
+/// The copy stage that CUDA runs use (device snapshot → host → writer) keeps order and bits; on
+/// the CPU a CPU tensor stands in for the device tensor.
+#[test]
+fn copy_stage_pipeline_writes_device_snapshots_in_order() {
+    use sgdwalk_format::{CodecSettings, DType, Header, StepScalars, TensorSpec, Writer};
+    use sgdwalk_recorder::sink::{Record, Sink, Snapshot};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pipe.walk");
+    let n = 1000usize;
+    let layout = vec![TensorSpec {
+        name: "w".into(),
+        dtype: DType::F32,
+        shape: vec![n as u64],
+        offset_elements: 0,
+    }];
+    let header = Header::new([3; 16], 0, layout, 0, "{}".into(), CodecSettings::default()).unwrap();
+    let writer = Writer::create(&path, header, Default::default()).unwrap();
+    let mut sink = Sink::start(writer, 2, path.clone(), true).unwrap();
+    let states: Vec<Vec<f32>> = (0..12)
+        .map(|t| (0..n).map(|i| (i as f32 * 0.01 + t as f32).sin()).collect())
+        .collect();
+    for (t, s) in states.iter().enumerate() {
+        let state = if t % 2 == 0 {
+            Snapshot::Device(tch::Tensor::from_slice(s))
+        } else {
+            Snapshot::Host(s.clone())
+        };
+        let scalars = StepScalars {
+            learning_rate: 0.1,
+            minibatch_loss: t as f64,
+            grad_norm: 1.0,
+            update_norm: 1.0,
+            wall_time_secs: 0.0,
+        };
+        sink.send(Record::Step {
+            step: t as u64,
+            state,
+            sample_ids: vec![t as u32],
+            augmentation: vec![],
+            scalars,
+        })
+        .unwrap();
+    }
+    let summary = sink.finish().unwrap();
+    assert_eq!(summary.steps, 12);
+    let mut r = Reader::open(&path).unwrap();
+    for (t, s) in states.iter().enumerate() {
+        assert_eq!(bits(&r.state(t as u64).unwrap()), bits(s), "step {t}");
+        assert_eq!(r.step_info(t as u64).unwrap().sample_ids, vec![t as u32]);
+    }
+}
