@@ -655,3 +655,33 @@ fn example_queries_run_on_a_real_analysis() {
         "{stdout}"
     );
 }
+
+/// A recording still being written (no footer yet, a torn last record) is analyzed up to the
+/// steps present.
+#[test]
+fn a_recording_still_being_written_is_analyzed_up_to_its_last_complete_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.walk");
+    run(&synthetic_args(
+        &full,
+        &["--epochs", "2", "--eval-splits", ""],
+    ));
+    let bytes = std::fs::read(&full).unwrap();
+    let partial = dir.path().join("partial.walk");
+    std::fs::write(&partial, &bytes[..bytes.len() / 2]).unwrap();
+    let present = Reader::open(&partial).unwrap().steps().to_vec();
+    assert!(present.len() > 3 && present.len() < 25, "{present:?}");
+    let out = dir.path().join("p");
+    let s = run_analysis(
+        &partial,
+        &out,
+        &["--phases", "geometry,interp", "--eval", "probe:50"],
+    );
+    assert_eq!(s.steps_present, present.len());
+    let interp: Vec<InterpRow> = rows(&out);
+    let steps: std::collections::BTreeSet<u64> = interp.iter().map(|r| r.step).collect();
+    assert_eq!(
+        steps.into_iter().collect::<Vec<_>>(),
+        present[..present.len() - 1].to_vec()
+    );
+}
