@@ -328,18 +328,16 @@ fn sparse_policies_keep_consecutive_windows() {
 fn full_batch_gd_and_noise_runs_record_one_step_per_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let gd = dir.path().join("gd.walk");
-    run(&synthetic_args(
-        &gd,
-        &[
-            "--epochs",
-            "3",
-            "--full-batch",
-            "--batch-size",
-            "100",
-            "--augment",
-            "false",
-        ],
-    ));
+    let gd_args = [
+        "--epochs",
+        "3",
+        "--full-batch",
+        "--batch-size",
+        "100",
+        "--augment",
+        "false",
+    ];
+    run(&synthetic_args(&gd, &gd_args));
     let mut r = Reader::open(&gd).unwrap();
     assert_eq!(r.steps(), &[0, 1, 2, 3]);
     assert_eq!(r.step_info(0).unwrap().sample_ids.len(), 360);
@@ -358,17 +356,7 @@ fn full_batch_gd_and_noise_runs_record_one_step_per_epoch() {
     let noisy = dir.path().join("noise.walk");
     run(&synthetic_args(
         &noisy,
-        &[
-            "--epochs",
-            "3",
-            "--full-batch",
-            "--batch-size",
-            "100",
-            "--augment",
-            "false",
-            "--noise-std",
-            "0.01",
-        ],
+        &[&gd_args[..], &["--noise-std", "0.01"]].concat(),
     ));
     let mut n = Reader::open(&noisy).unwrap();
     assert_eq!(

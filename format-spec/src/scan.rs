@@ -377,6 +377,27 @@ pub(crate) fn open_bytes(bytes: &[u8]) -> Result<Opened, FormatError> {
     })
 }
 
+/// The payload of the record at `offset` if it is complete, of `kind` and exactly `len_bytes`
+/// long with padding; a damaged record's own error; otherwise "corrupt" naming `what`.
+fn expect_record<'a>(
+    bytes: &'a [u8],
+    offset: u64,
+    kind: RecordKind,
+    len_bytes: u64,
+    what: &'static str,
+    reason: &str,
+) -> Result<&'a [u8], FormatError> {
+    match probe_record(bytes, offset) {
+        Probe::Complete {
+            header,
+            payload,
+            total_len_bytes,
+        } if header.kind == kind as u8 && total_len_bytes == len_bytes => Ok(payload),
+        Probe::Bad(e) => Err(e),
+        _ => Err(FormatError::corrupt(offset, what, reason)),
+    }
+}
+
 fn open_finished(
     bytes: &[u8],
     prologue: Prologue,
@@ -406,25 +427,17 @@ fn open_finished(
         ));
     }
     let footer_offset = trailer.footer_record_offset;
-    let footer = match probe_record(bytes, footer_offset) {
-        Probe::Complete {
-            header: rh,
-            payload,
-            total_len_bytes,
-        } if rh.kind == RecordKind::Footer as u8
-            && total_len_bytes == trailer.footer_record_len_bytes =>
-        {
-            Footer::decode(payload, footer_offset)?
-        }
-        Probe::Bad(e) => return Err(e),
-        _ => {
-            return Err(bad(
-                footer_offset,
-                "footer record",
-                "trailer does not point at a footer record",
-            ));
-        }
-    };
+    let footer = Footer::decode(
+        expect_record(
+            bytes,
+            footer_offset,
+            RecordKind::Footer,
+            trailer.footer_record_len_bytes,
+            "footer record",
+            "trailer does not point at a footer record",
+        )?,
+        footer_offset,
+    )?;
     let index_offset = footer.index_record_offset;
     if footer
         .index_record_offset
@@ -438,25 +451,17 @@ fn open_finished(
             "index location is outside the file body",
         ));
     }
-    let entries = match probe_record(bytes, index_offset) {
-        Probe::Complete {
-            header: rh,
-            payload,
-            total_len_bytes,
-        } if rh.kind == RecordKind::Index as u8
-            && total_len_bytes == footer.index_record_len_bytes =>
-        {
-            decode_index_payload(payload, index_offset)?
-        }
-        Probe::Bad(e) => return Err(e),
-        _ => {
-            return Err(bad(
-                index_offset,
-                "index record",
-                "footer does not point at an index record",
-            ));
-        }
-    };
+    let entries = decode_index_payload(
+        expect_record(
+            bytes,
+            index_offset,
+            RecordKind::Index,
+            footer.index_record_len_bytes,
+            "index record",
+            "footer does not point at an index record",
+        )?,
+        index_offset,
+    )?;
     // The data records must tile [header_end, index_offset) exactly, in file order.
     let mut chain = ChainState::default();
     let mut expected_offset = header_end;

@@ -192,15 +192,7 @@ impl Trainer {
 
     /// The full state as one flat f32 tensor on the model's device (a copy).
     pub fn snapshot_on_device(&self) -> Result<Tensor, RecordError> {
-        let tensors = self.model.layout().tensors(&self.model.vs)?;
-        let flat = tch::no_grad(|| -> Result<Tensor, tch::TchError> {
-            let parts: Vec<Tensor> = tensors
-                .iter()
-                .map(|t| t.f_detach()?.f_reshape([-1]))
-                .collect::<Result<_, _>>()?;
-            Tensor::f_cat(&parts, 0)
-        })?;
-        Ok(flat)
+        Ok(self.model.layout().concat(&self.model.vs)?)
     }
 }
 

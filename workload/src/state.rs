@@ -105,35 +105,21 @@ impl StateLayout {
             .collect()
     }
 
+    /// The variables concatenated in canonical order into one flat f32 tensor on their device
+    /// (a copy; no host transfer).
+    pub fn concat(&self, vs: &nn::VarStore) -> Result<Tensor, WorkloadError> {
+        let tensors = self.tensors(vs)?;
+        Ok(tch::no_grad(|| concat_flat(&tensors))?)
+    }
+
     /// Copies the variables into one host f32 vector in canonical order.
     pub fn flatten(&self, vs: &nn::VarStore) -> Result<Vec<f32>, WorkloadError> {
-        let tensors = self.tensors(vs)?;
-        let flat = tch::no_grad(|| -> Result<Tensor, tch::TchError> {
-            let parts: Vec<Tensor> = tensors
-                .iter()
-                .map(|t| t.f_detach()?.f_reshape([-1]))
-                .collect::<Result<_, _>>()?;
-            Tensor::f_cat(&parts, 0)?.f_to_kind(Kind::Float)
-        })?;
-        let mut out = vec![0f32; self.len_elements()];
-        flat.f_to_device(tch::Device::Cpu)?
-            .f_copy_data(&mut out, self.len_elements())?;
-        Ok(out)
+        to_host(&self.concat(vs)?)
     }
 
     /// Flattens a list of tensors that follow this layout (e.g. gradients) the same way.
     pub fn flatten_tensors(&self, tensors: &[Tensor]) -> Result<Vec<f32>, WorkloadError> {
-        let parts: Vec<Tensor> = tensors
-            .iter()
-            .map(|t| t.f_detach()?.f_reshape([-1]))
-            .collect::<Result<_, _>>()?;
-        let flat = Tensor::f_cat(&parts, 0)?
-            .f_to_kind(Kind::Float)?
-            .f_to_device(tch::Device::Cpu)?;
-        let n = flat.numel();
-        let mut out = vec![0f32; n];
-        flat.f_copy_data(&mut out, n)?;
-        Ok(out)
+        to_host(&concat_flat(tensors)?)
     }
 
     /// Writes a flat state (canonical order) into the variables of `vs`, bit-exactly.
@@ -180,4 +166,22 @@ impl StateLayout {
         }
         out
     }
+}
+
+/// The tensors flattened and concatenated, as f32.
+fn concat_flat(tensors: &[Tensor]) -> Result<Tensor, tch::TchError> {
+    let parts: Vec<Tensor> = tensors
+        .iter()
+        .map(|t| t.f_detach()?.f_reshape([-1]))
+        .collect::<Result<_, _>>()?;
+    Tensor::f_cat(&parts, 0)?.f_to_kind(Kind::Float)
+}
+
+/// A flat tensor's values as a host vector.
+fn to_host(flat: &Tensor) -> Result<Vec<f32>, WorkloadError> {
+    let flat = flat.f_to_device(tch::Device::Cpu)?;
+    let n = flat.numel();
+    let mut out = vec![0f32; n];
+    flat.f_copy_data(&mut out, n)?;
+    Ok(out)
 }
