@@ -39,7 +39,7 @@ fn analyze_args(recording: &Path, out: &Path, extra: &[&str]) -> AnalyzeArgs {
     Cli::parse_from(argv).args
 }
 
-fn run_analysis(
+pub fn run_analysis(
     recording: &Path,
     out: &Path,
     extra: &[&str],
@@ -49,7 +49,7 @@ fn run_analysis(
 }
 
 /// Every row of a table, across shards and parts.
-fn rows<R: TableRows>(out: &Path) -> Vec<R> {
+pub fn rows<R: TableRows>(out: &Path) -> Vec<R> {
     let dir = out.join(format!("table={}", R::TABLE.as_str()));
     let mut all = Vec::new();
     let mut shards: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -221,6 +221,33 @@ fn geometry_matches_a_direct_computation_and_epochs_are_copied() {
         row.minibatch_loss,
         Some(r.step_info(7).unwrap().scalars.minibatch_loss)
     );
+    // The `params` row: the same over the trainable elements only (BatchNorm buffers out).
+    let layout = sgdwalk_analyzer::replay::run_description(&r, &rec)
+        .unwrap()
+        .layout;
+    let keep: Vec<bool> = {
+        let mut k = vec![false; t0.len()];
+        for e in layout.entries.iter().filter(|e| e.trainable) {
+            k[e.offset_elements..e.offset_elements + e.len_elements].fill(true);
+        }
+        k
+    };
+    assert!(
+        keep.iter().any(|k| !k),
+        "the small CNN has BatchNorm buffers"
+    );
+    let only =
+        |v: &[f64]| -> Vec<f64> { v.iter().zip(&keep).filter(|p| *p.1).map(|p| *p.0).collect() };
+    let (pd6, pd7, pdist) = (only(&d6), only(&d7), only(&dist));
+    let pcos = pd6.iter().zip(&pd7).map(|(a, b)| a * b).sum::<f64>() / (n(&pd6) * n(&pd7));
+    let prow = steps
+        .iter()
+        .find(|x| x.step == 7 && x.layer == "params")
+        .unwrap();
+    assert!(close(prow.update_norm.unwrap(), n(&pd7)));
+    assert!(close(prow.cos_prev_update.unwrap(), pcos));
+    assert!(close(prow.dist_from_init.unwrap(), n(&pdist)));
+    assert!(!close(prow.dist_from_init.unwrap(), n(&dist)));
     // One row per step and layer; the last state has no update.
     let layers = steps.iter().filter(|x| x.step == 7).count();
     assert!(layers > 5);
@@ -244,6 +271,64 @@ fn geometry_matches_a_direct_computation_and_epochs_are_copied() {
     let epochs: Vec<EpochRow> = rows(&out);
     assert_eq!(epochs.len(), 6);
     assert_eq!(epochs[0].split, "train");
+
+    // A phase added later to the same folder: allowed, the manifest lists the union, and the
+    // tables already there are kept as they were.
+    let before = sorted_debug(&steps);
+    let added = run_analysis(
+        &rec,
+        &out,
+        &[
+            "--data-dir",
+            &data_dir,
+            "--phases",
+            "curvature",
+            "--curvature-steps",
+            "0",
+            "--top-k",
+            "1",
+            "--trace-probes",
+            "0",
+        ],
+    );
+    assert!(added.rows.contains_key("curvature"), "{:?}", added.rows);
+    let manifest = std::fs::read_to_string(out.join("_sgdwalk_analysis.json")).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    assert_eq!(
+        m["config"]["phases"],
+        serde_json::json!(["geometry", "curvature", "epochs"]),
+        "{manifest}"
+    );
+    assert_eq!(sorted_debug(&rows::<StepRow>(&out)), before);
+    let curv: Vec<CurvatureRow> = rows(&out);
+    assert!(
+        curv.iter()
+            .any(|c| c.step == 0 && c.quantity == "eigenvalue")
+    );
+    // Once curvature has run, its settings are fixed for this folder.
+    let (cfg, settings) = analyze_args(
+        &rec,
+        &out,
+        &[
+            "--data-dir",
+            &data_dir,
+            "--phases",
+            "curvature",
+            "--curvature-steps",
+            "0",
+            "--top-k",
+            "2",
+            "--trace-probes",
+            "0",
+        ],
+    )
+    .validate()
+    .unwrap();
+    let err = analyze(&cfg, &settings).unwrap_err();
+    assert!(
+        matches!(err, AnalyzeError::InvalidSetting { setting: "out", .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -599,6 +684,30 @@ fn bad_inputs_get_named_errors() {
     }
 }
 
+/// Every phase on a 2-epoch Fashion-MNIST recording: probe of 200, barrier strides 1 and 2,
+/// curvature at steps 0, 10 and 20.
+pub fn small_full_analysis(rec: &Path, out: &Path) {
+    let data_dir = crate::util::fashion_mnist_dir().display().to_string();
+    run_analysis(
+        rec,
+        out,
+        &[
+            "--data-dir",
+            &data_dir,
+            "--eval",
+            "probe:200",
+            "--strides",
+            "1,2",
+            "--curvature-steps",
+            "0,10,20",
+            "--top-k",
+            "1",
+            "--trace-probes",
+            "2",
+        ],
+    );
+}
+
 /// The Python used for the query examples: `SGDWALK_QUERY_PYTHON`, else the venv that
 /// `scripts/setup` creates. Missing means the set-up was not run: the test fails, it does not skip.
 pub fn query_python() -> PathBuf {
@@ -622,21 +731,7 @@ fn example_queries_run_on_a_real_analysis() {
     let dir = tempfile::tempdir().unwrap();
     let rec = fashion_recording(dir.path());
     let out = dir.path().join("q");
-    let data_dir = crate::util::fashion_mnist_dir().display().to_string();
-    run_analysis(
-        &rec,
-        &out,
-        &[
-            "--data-dir",
-            &data_dir,
-            "--eval",
-            "probe:200",
-            "--curvature-steps",
-            "0,10",
-            "--strides",
-            "1,2",
-        ],
-    );
+    small_full_analysis(&rec, &out);
     let script = crate::util::workspace_root().join("examples/query.py");
     let res = std::process::Command::new(query_python())
         .arg(&script)

@@ -7,6 +7,7 @@ mod analyzer;
 mod format_golden;
 mod interop;
 mod recorder;
+mod report;
 mod spec_reader;
 mod util;
 mod workload;

@@ -320,7 +320,8 @@ fn sparse_policies_keep_consecutive_windows() {
         &["--epochs", "3", "--record", "epochs:2"],
     ));
     let r = Reader::open(&out2).unwrap();
-    let expected: Vec<u64> = std::iter::once(0).chain(12..=24).collect();
+    // θ_0, epoch 2 with the state after its last update, and the final state (kept always).
+    let expected: Vec<u64> = std::iter::once(0).chain(12..=24).chain([36]).collect();
     assert_eq!(r.steps(), expected.as_slice());
 }
 

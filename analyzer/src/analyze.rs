@@ -82,44 +82,115 @@ struct Manifest {
 
 const MANIFEST: &str = "_sgdwalk_analysis.json";
 
+/// The recording's run description (model, data, optimizer, seeds, …), copied next to the
+/// tables so `report` can label and compare runs without the recording at hand.
+pub const RUN_DESCRIPTION: &str = "_sgdwalk_run.json";
+
+/// Contents of [`RUN_DESCRIPTION`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub recording_id: String,
+    pub recording_path: String,
+    pub run: sgdwalk_workload::run::RunDescription,
+}
+
+/// Writes `text` to `path` through a temporary file and a rename, so readers and concurrent
+/// shards never see half a file.
+fn write_atomic(path: &Path, text: &str) -> Result<(), AnalyzeError> {
+    let io = |source| AnalyzeError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}", std::process::id()));
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Creates the manifest, or checks that the folder holds the same analysis. Phases may be
+/// added later (say curvature after a first pass of geometry), with settings of their own:
+/// the manifest then lists the union of the phases; any other difference is refused.
 fn check_manifest(out: &Path, m: &Manifest) -> Result<(), AnalyzeError> {
     let path = out.join(MANIFEST);
-    let io = |source| AnalyzeError::Io {
-        path: path.clone(),
-        source,
+    let invalid = |reason: String| AnalyzeError::InvalidSetting {
+        setting: "out",
+        reason,
+    };
+    let write = |m: &Manifest| {
+        let text = serde_json::to_string_pretty(m).map_err(|e| invalid(e.to_string()))?;
+        write_atomic(&path, &text)
     };
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let existing: Manifest =
-                serde_json::from_str(&text).map_err(|e| AnalyzeError::InvalidSetting {
-                    setting: "out",
-                    reason: format!(
-                        "{} is not an sgdwalk analysis manifest: {e}",
-                        path.display()
-                    ),
-                })?;
-            if &existing != m {
-                return Err(AnalyzeError::InvalidSetting {
-                    setting: "out",
-                    reason: format!(
-                        "{} holds an analysis of another recording, settings or shard count; use another --out",
-                        out.display()
-                    ),
-                });
+            let existing: Manifest = serde_json::from_str(&text).map_err(|e| {
+                invalid(format!(
+                    "{} is not an sgdwalk analysis manifest: {e}",
+                    path.display()
+                ))
+            })?;
+            // Settings of phases that have not run in this folder yet are free to change.
+            let (old, new) = (&existing.config, &m.config);
+            let mut cmp = old.clone();
+            cmp.phases = new.phases.clone();
+            if !old.has("curvature") {
+                cmp.curvature_every = new.curvature_every;
+                cmp.curvature_steps = new.curvature_steps.clone();
+                cmp.curvature_at_floor = new.curvature_at_floor;
+                cmp.top_k = new.top_k;
+                cmp.lanczos_iterations = new.lanczos_iterations;
+                cmp.eigen_tolerance = new.eigen_tolerance;
+                cmp.trace_probes = new.trace_probes;
+                cmp.eps_sharpness = new.eps_sharpness;
+            }
+            if !old.has("interp") {
+                (cmp.grid_lo, cmp.grid_hi, cmp.grid_points) =
+                    (new.grid_lo, new.grid_hi, new.grid_points);
+            }
+            if !old.has("floors") {
+                cmp.floor_tolerance = new.floor_tolerance;
+            }
+            if !old.has("barriers") {
+                cmp.strides = new.strides.clone();
+            }
+            if !old.has("interp") && !old.has("curvature") {
+                cmp.eval = new.eval.clone();
+                cmp.bn = new.bn.clone();
+                cmp.eval_batch_size = new.eval_batch_size;
+                cmp.seed = new.seed;
+            }
+            if existing.recording_id != m.recording_id
+                || existing.shard_count != m.shard_count
+                || cmp != *new
+            {
+                return Err(invalid(format!(
+                    "{} holds an analysis of another recording, settings or shard count; use another --out",
+                    out.display()
+                )));
+            }
+            let union: Vec<String> = crate::config::PHASES
+                .iter()
+                .filter(|p| existing.config.has(p) || m.config.has(p))
+                .map(|p| p.to_string())
+                .collect();
+            if union != existing.config.phases {
+                let mut merged = Manifest {
+                    recording_id: existing.recording_id,
+                    shard_count: existing.shard_count,
+                    config: new.clone(),
+                };
+                merged.config.phases = union;
+                write(&merged)?;
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let tmp = out.join(format!(".{MANIFEST}.{}", std::process::id()));
-            let text =
-                serde_json::to_string_pretty(m).map_err(|e| AnalyzeError::InvalidSetting {
-                    setting: "out",
-                    reason: e.to_string(),
-                })?;
-            std::fs::write(&tmp, text).map_err(io)?;
-            std::fs::rename(&tmp, &path).map_err(io)
-        }
-        Err(e) => Err(io(e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write(m),
+        Err(e) => Err(AnalyzeError::Io {
+            path: path.clone(),
+            source: e,
+        }),
     }
 }
 
@@ -206,6 +277,17 @@ pub fn analyze(
             config: cfg.clone(),
         },
     )?;
+    let info = RunInfo {
+        recording_id: s.run_id.clone(),
+        recording_path: s.path.display().to_string(),
+        run: s.desc.clone(),
+    };
+    let info_json =
+        serde_json::to_string_pretty(&info).map_err(|e| AnalyzeError::InvalidSetting {
+            setting: "out",
+            reason: e.to_string(),
+        })?;
+    write_atomic(&settings.out.join(RUN_DESCRIPTION), &info_json)?;
     let config_json = serde_json::to_string(cfg).unwrap_or_default();
     let meta = TableMeta {
         recording_id: s.run_id.clone(),
@@ -385,9 +467,29 @@ impl ItemContext<'_> {
                     reason: e.to_string(),
                 }
             })?;
+        // The paper's definitions (cos, distance) use the trainable parameters only: BatchNorm
+        // running statistics move with every batch and would dominate both.
+        let trainable: Vec<std::ops::Range<usize>> = s
+            .desc
+            .layout
+            .entries
+            .iter()
+            .filter(|e| e.trainable)
+            .map(|e| e.offset_elements..e.offset_elements + e.len_elements)
+            .collect();
+        let mut params = GeometryTracker::new(
+            vec![("params".to_string(), trainable)],
+            len,
+            TotalScope::LayersOnly,
+        )
+        .map_err(|e| AnalyzeError::InvalidSetting {
+            setting: "layout",
+            reason: e.to_string(),
+        })?;
         if self.steps.contains(&0) || s.reader.has_step(0) {
             let init = s.reader.state(0)?;
             tracker.set_init(&init).map_err(metrics_err)?;
+            params.set_init(&init).map_err(metrics_err)?;
         }
         let mut feed: Vec<u64> = Vec::new();
         if item.lo > 0 && s.reader.has_step(item.lo - 1) {
@@ -398,13 +500,20 @@ impl ItemContext<'_> {
             feed.push(item.hi);
         }
         let mut geoms: Vec<StepGeometry> = Vec::new();
+        let mut param_geoms: HashMap<u64, crate::metrics::LayerGeometry> = HashMap::new();
         for t in feed {
             let state = s.reader.state(t)?;
+            if let Some(g) = params.push(t, &state).map_err(metrics_err)? {
+                param_geoms.insert(g.step, g.total);
+            }
             if let Some(g) = tracker.push(t, &state).map_err(metrics_err)? {
                 geoms.push(g);
             }
         }
         geoms.extend(tracker.finish());
+        if let Some(g) = params.finish() {
+            param_geoms.insert(g.step, g.total);
+        }
         let spe = s.desc.steps_per_epoch.max(1);
         let mut rows = Vec::new();
         for g in geoms
@@ -430,12 +539,17 @@ impl ItemContext<'_> {
                 recorded_update_norm: nan_as_absent(sc.update_norm),
                 wall_time_secs: nan_as_absent(sc.wall_time_secs),
             });
-            for (name, l) in names.iter().zip(&g.per_layer) {
+            let per_layer = param_geoms
+                .get(&g.step)
+                .map(|p| ("params", p))
+                .into_iter()
+                .chain(names.iter().map(String::as_str).zip(&g.per_layer));
+            for (name, l) in per_layer {
                 rows.push(StepRow {
                     run_id: s.run_id.clone(),
                     step: g.step,
                     epoch,
-                    layer: name.clone(),
+                    layer: name.to_string(),
                     update_norm: l.update_norm,
                     cos_prev_update: l.cos_prev_update,
                     dist_from_init: l.dist_from_init,

@@ -1,4 +1,4 @@
-//! The command line: `analyze`, `verify`, `inspect`.
+//! The command line: `analyze`, `report`, `verify`, `inspect`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -26,6 +26,11 @@ pub enum Command {
     ///
     /// Example: sgdwalk-analyze analyze run.walk -o out/ --phases geometry,interp,floors
     Analyze(Box<AnalyzeArgs>),
+    /// Read one or more analysis folders (one per run) and write report.md, with each claim of
+    /// the paper, the measured numbers and a verdict, summary.parquet and PNG figures.
+    ///
+    /// Example: sgdwalk-analyze report runs/*/analysis -o report/
+    Report(Box<crate::report::ReportArgs>),
     /// Check every checksum and the whole delta chain of a recording; exits 1 on any problem.
     ///
     /// Example: sgdwalk-analyze verify run.walk
@@ -55,6 +60,15 @@ impl Cli {
             Command::Analyze(args) => {
                 let (cfg, settings) = args.validate()?;
                 let summary = crate::analyze::analyze(&cfg, &settings)?;
+                if args.json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+                } else {
+                    write!(out, "{summary}")?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Report(args) => {
+                let summary = crate::report::report(args)?;
                 if args.json {
                     writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
                 } else {

@@ -8,6 +8,8 @@
 //! - [`curvature`]: top Hessian eigenvalues (Lanczos on Hessian-vector products), Hutchinson
 //!   trace, ε-sharpness.
 //! - [`tables`]: the Parquet schemas and the atomic writer.
+//! - [`report`]: polars queries over the tables of one or more runs, the paper's claims with
+//!   verdicts as Markdown, `summary.parquet`, and PNG figures.
 
 pub mod analyze;
 pub mod barrier;
@@ -18,6 +20,7 @@ pub mod error;
 pub mod floor;
 pub mod metrics;
 pub mod replay;
+pub mod report;
 pub mod tables;
 
 pub use config::{AnalyzeArgs, AnalyzeConfig, EvalSet};

@@ -1,4 +1,4 @@
-//! The `sgdwalk-analyze` binary: verify / inspect / analyze exit codes and output.
+//! The `sgdwalk-analyze` binary: verify / inspect / analyze / report exit codes and output.
 
 // Test helpers unwrap too: a failure there is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -95,6 +95,42 @@ fn verify_inspect_and_analyze_report_and_exit_as_documented() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["pairs_analyzed"], 3, "{out}");
     assert_eq!(v["rows"]["interp"], 33, "{out}");
+
+    // The report of that analysis: every claim gets a verdict; the files exist.
+    let rep = dir.path().join("rep");
+    let (code, out, err) = run(&[
+        "report",
+        out_dir.to_str().unwrap(),
+        "-o",
+        rep.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["runs"], serde_json::json!(["a"]), "{out}");
+    let verdicts = v["verdicts"].as_array().unwrap();
+    assert!(verdicts.len() >= 10, "{out}");
+    for pair in verdicts {
+        let verdict = pair[1].as_str().unwrap();
+        assert!(
+            ["held", "not held", "not measured"].contains(&verdict),
+            "{out}"
+        );
+    }
+    assert!(rep.join("report.md").is_file() && rep.join("summary.parquet").is_file());
+    // A folder that is not an analysis: exit 2, the folder named.
+    let (code, _, err) = run(&[
+        "report",
+        dir.path().to_str().unwrap(),
+        "-o",
+        rep.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("not an sgdwalk analysis folder")
+            && err.contains(dir.path().to_str().unwrap()),
+        "{err}"
+    );
 
     // An unfinished file (footer cut off) verifies but is not clean: exit 1.
     let bytes = std::fs::read(&rec).unwrap();

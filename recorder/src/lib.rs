@@ -377,9 +377,10 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
         }
         update_bar(&bar, &sink, t);
     }
-    // The state after the last update: it closes the last pair.
+    // The state after the last update: it closes the last pair, and like θ_0 it is always kept
+    // (distance travelled and flatness at the end of training need it under sparse policies).
     let interrupted = t < total;
-    if policy.records(t, spe) || (t > 0 && policy.records(t - 1, spe)) {
+    if !matches!(policy, policy::RecordPolicy::Nothing) {
         first_step.get_or_insert(t);
         sink.send(Record::Step {
             step: t,

@@ -5,8 +5,8 @@ use std::str::FromStr;
 
 use crate::error::RecordError;
 
-/// A recording policy over step numbers (step t = the state before update t; θ_0 is always
-/// kept, so distances from initialization can be measured).
+/// A recording policy over step numbers (step t = the state before update t; θ_0 and the final
+/// state are always kept, so distances from initialization can be measured).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RecordPolicy {
     /// Every step (default).

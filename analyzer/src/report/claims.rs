@@ -1,0 +1,1226 @@
+//! The paper's claims, each with the rule that decides its verdict from the measured numbers,
+//! and the Markdown report. Pure functions of [`RunData`]: unit-tested without any file.
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+
+use super::load::{RunData, RunKind};
+
+/// Outcome of one claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Held,
+    NotHeld,
+    /// The runs given do not contain what the claim needs (named in the evidence).
+    NotMeasured,
+}
+
+impl Verdict {
+    /// `None`: the data needed was missing; otherwise whether the test passed.
+    fn from_test(passed: Option<bool>) -> Self {
+        match passed {
+            None => Verdict::NotMeasured,
+            Some(true) => Verdict::Held,
+            Some(false) => Verdict::NotHeld,
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Held => "held",
+            Verdict::NotHeld => "not held",
+            Verdict::NotMeasured => "not measured",
+        })
+    }
+}
+
+/// One assessed claim.
+#[derive(Debug, Clone)]
+pub struct Assessed {
+    pub id: &'static str,
+    /// The claim, restated.
+    pub claim: &'static str,
+    /// Where it comes from.
+    pub source: &'static str,
+    /// How the verdict is decided.
+    pub rule: String,
+    /// Markdown with the numbers.
+    pub evidence: String,
+    pub verdict: Verdict,
+}
+
+fn fmt_opt(x: Option<f64>, digits: usize) -> String {
+    match x {
+        Some(v) if v.is_nan() => "NaN".into(),
+        Some(v) => format!("{v:.digits$}"),
+        None => "–".into(),
+    }
+}
+
+fn pct(x: Option<f64>) -> String {
+    match x {
+        Some(v) if v.is_nan() => "NaN".into(),
+        Some(v) => format!("{:.1}%", 100.0 * v),
+        None => "–".into(),
+    }
+}
+
+fn minibatch(runs: &[RunData]) -> Vec<&RunData> {
+    runs.iter()
+        .filter(|r| matches!(r.kind, RunKind::Sgd | RunKind::OtherMinibatch))
+        .collect()
+}
+
+fn plain_sgd(runs: &[RunData]) -> Vec<&RunData> {
+    runs.iter().filter(|r| r.kind == RunKind::Sgd).collect()
+}
+
+/// Runs of the same model and data grouped by a key, each group sorted by `x`.
+fn groups<'a, K: Ord + Clone>(
+    runs: &[&'a RunData],
+    key: impl Fn(&RunData) -> K,
+    x: impl Fn(&RunData) -> f64,
+) -> BTreeMap<(String, String, K), Vec<&'a RunData>> {
+    let mut g: BTreeMap<(String, String, K), Vec<&'a RunData>> = BTreeMap::new();
+    for r in runs {
+        g.entry((r.model.clone(), r.dataset.clone(), key(r)))
+            .or_default()
+            .push(r);
+    }
+    for v in g.values_mut() {
+        v.sort_by(|a, b| x(a).total_cmp(&x(b)));
+    }
+    g.retain(|_, v| v.len() >= 2);
+    g
+}
+
+/// Strictly increasing (`sign = 1`) or decreasing (`-1`) along the sorted x; `None` when a
+/// value is missing or NaN.
+fn monotone(ys: &[Option<f64>], sign: f64) -> Option<bool> {
+    let ys: Option<Vec<f64>> = ys.iter().map(|y| y.filter(|v| !v.is_nan())).collect();
+    let ys = ys?;
+    Some(ys.windows(2).all(|w| sign * (w[1] - w[0]) > 0.0))
+}
+
+/// ‖θ − θ_0‖ at the end of `epoch` (or the run's last measured value when `None`).
+fn dist_at(r: &RunData, epoch: Option<u32>) -> Option<f64> {
+    match epoch {
+        Some(e) => r
+            .per_epoch
+            .iter()
+            .find(|s| s.epoch == Some(e))
+            .and_then(|s| s.dist_end),
+        None => r.whole.dist_end,
+    }
+}
+
+fn last_epoch_with_dist(r: &RunData) -> Option<u32> {
+    r.per_epoch
+        .iter()
+        .filter(|s| s.dist_end.is_some())
+        .filter_map(|s| s.epoch)
+        .max()
+}
+
+/// Mean height of θ_t above its floor after the first epoch (the initial descent, where every
+/// step is downhill, would dominate a whole-run mean); the whole run for one-epoch runs.
+pub fn late_height(r: &RunData) -> Option<f64> {
+    let late: Vec<(f64, f64)> = r
+        .per_epoch
+        .iter()
+        .filter(|s| s.epoch.is_some_and(|e| e > 1) && s.floors > 0)
+        .filter_map(|s| s.height_start_mean.map(|h| (h, s.floors as f64)))
+        .collect();
+    let n: f64 = late.iter().map(|p| p.1).sum();
+    if n > 0.0 {
+        Some(late.iter().map(|p| p.0 * p.1).sum::<f64>() / n)
+    } else {
+        r.whole.height_start_mean
+    }
+}
+
+/// λ_max at the last curvature step.
+pub fn final_lambda(r: &RunData) -> Option<f64> {
+    r.curvature
+        .iter()
+        .max_by_key(|p| p.step)
+        .map(|p| p.lambda_max)
+}
+
+/// Spearman rank correlation (average ranks for ties); `None` for fewer than 3 pairs.
+pub fn spearman(xs: &[f64], ys: &[f64]) -> Option<f64> {
+    if xs.len() != ys.len() || xs.len() < 3 {
+        return None;
+    }
+    let rank = |v: &[f64]| -> Vec<f64> {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+        let mut r = vec![0.0; v.len()];
+        let mut i = 0;
+        while i < idx.len() {
+            let mut j = i;
+            while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
+                j += 1;
+            }
+            let avg = (i + j) as f64 / 2.0;
+            for k in i..=j {
+                r[idx[k]] = avg;
+            }
+            i = j + 1;
+        }
+        r
+    };
+    let (rx, ry) = (rank(xs), rank(ys));
+    let n = rx.len() as f64;
+    let (mx, my) = (rx.iter().sum::<f64>() / n, ry.iter().sum::<f64>() / n);
+    let cov: f64 = rx.iter().zip(&ry).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let vx: f64 = rx.iter().map(|a| (a - mx).powi(2)).sum();
+    let vy: f64 = ry.iter().map(|b| (b - my).powi(2)).sum();
+    (vx > 0.0 && vy > 0.0).then(|| cov / (vx * vy).sqrt())
+}
+
+/// Least-squares slope of log y on log x; `None` with fewer than 2 usable points.
+fn log_slope(points: &[(f64, f64)]) -> Option<f64> {
+    let p: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|(x, y)| *x > 0.0 && *y > 0.0 && y.is_finite())
+        .map(|(x, y)| (x.ln(), y.ln()))
+        .collect();
+    if p.len() < 2 {
+        return None;
+    }
+    let n = p.len() as f64;
+    let mx = p.iter().map(|q| q.0).sum::<f64>() / n;
+    let my = p.iter().map(|q| q.1).sum::<f64>() / n;
+    let sxx: f64 = p.iter().map(|q| (q.0 - mx).powi(2)).sum();
+    let sxy: f64 = p.iter().map(|q| (q.0 - mx) * (q.1 - my)).sum();
+    (sxx > 0.0).then(|| sxy / sxx)
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// Interior-floor share per epoch; held when above one half in every epoch of every run.
+fn interior_claim(
+    id: &'static str,
+    claim: &'static str,
+    source: &'static str,
+    runs: &[&RunData],
+    what: &str,
+) -> Assessed {
+    let rule =
+        "held when, in every run, more than half of the analyzed steps after the first epoch \
+                (the initial descent, where every step is downhill; all steps for one-epoch runs) \
+                have an interior valley floor (shape `interior_min`)"
+            .to_string();
+    let measured: Vec<&&RunData> = runs.iter().filter(|r| r.whole.floors > 0).collect();
+    if measured.is_empty() {
+        return Assessed {
+            id,
+            claim,
+            source,
+            rule,
+            evidence: format!("No {what} run with valley floors (phase `floors`) was given."),
+            verdict: Verdict::NotMeasured,
+        };
+    }
+    let mut ev = String::from(
+        "| run | epoch | steps | interior floor | NaN segments |\n| --- | ---: | ---: | ---: | ---: |\n",
+    );
+    let mut ok = true;
+    for r in &measured {
+        let late: Vec<(f64, f64)> = r
+            .per_epoch
+            .iter()
+            .filter(|s| s.epoch.is_some_and(|e| e > 1) && s.floors > 0)
+            .filter_map(|s| s.interior_share.map(|v| (v, s.floors as f64)))
+            .collect();
+        let n: f64 = late.iter().map(|p| p.1).sum();
+        let judged = if n > 0.0 {
+            Some(late.iter().map(|p| p.0 * p.1).sum::<f64>() / n)
+        } else {
+            r.whole.interior_share
+        };
+        ok &= judged.is_some_and(|v| v > 0.5);
+        for s in r.per_epoch.iter().filter(|s| s.floors > 0) {
+            let _ = writeln!(
+                ev,
+                "| {} | {} | {} | {} | {} |",
+                r.label,
+                s.epoch.map_or("–".into(), |e| e.to_string()),
+                s.floors,
+                pct(s.interior_share),
+                s.nonfinite_floors
+            );
+        }
+        let _ = writeln!(
+            ev,
+            "| **{}** | all | {} | {} | {} |",
+            r.label,
+            r.whole.floors,
+            pct(r.whole.interior_share),
+            r.whole.nonfinite_floors
+        );
+        if n > 0.0 {
+            let _ = writeln!(
+                ev,
+                "| **{}** | after the first | {} | **{}** | |",
+                r.label,
+                n,
+                pct(judged)
+            );
+        }
+    }
+    Assessed {
+        id,
+        claim,
+        source,
+        rule,
+        evidence: ev,
+        verdict: if ok { Verdict::Held } else { Verdict::NotHeld },
+    }
+}
+
+/// Decides every claim on the given runs.
+pub fn assess(runs: &[RunData], barrier_threshold: f64) -> Vec<Assessed> {
+    let mb = minibatch(runs);
+    let sgd = plain_sgd(runs);
+    let gd: Vec<&RunData> = runs
+        .iter()
+        .filter(|r| matches!(r.kind, RunKind::Gd | RunKind::GdNoise))
+        .collect();
+    let mut out = vec![
+        interior_claim(
+            "C1",
+            "For most of training, the loss along each SGD step θ_t → θ_{t+1} is roughly convex with a minimum in between (the valley floor).",
+            "abstract, claim 1",
+            &mb,
+            "minibatch",
+        ),
+        interior_claim(
+            "C1-GD",
+            "Full-batch GD with a large learning rate overshoots the minimum along every step too (interior floor).",
+            "expected from the authors' code (GD, effective lr 0.9)",
+            &gd,
+            "full-batch",
+        ),
+    ];
+
+    // C2: bouncing between the walls.
+    {
+        let rule = "held when, in every minibatch run, more than half of the steps have an interior \
+                    floor, the median cos(d_{t−1}, d_t) is negative, and both iterates sit above the \
+                    floor on average (mean height at α=0 and at α=1 > 0)"
+            .to_string();
+        let mut ev = String::from(
+            "| run | median cos | cos < 0 | std cos | mean height θ_t | mean height θ_{t+1} | median α* |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        );
+        let mut ok = true;
+        let mut any = false;
+        for r in &mb {
+            if r.whole.cos_count == 0 || r.whole.floors == 0 {
+                continue;
+            }
+            any = true;
+            let w = &r.whole;
+            let _ = writeln!(
+                ev,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                r.label,
+                fmt_opt(w.cos_median, 3),
+                pct(w.cos_negative_share),
+                fmt_opt(w.cos_std, 3),
+                fmt_opt(w.height_start_mean, 4),
+                fmt_opt(w.height_end_mean, 4),
+                fmt_opt(w.alpha_star_median, 2)
+            );
+            ok &= w.interior_share.is_some_and(|v| v > 0.5)
+                && w.cos_median.is_some_and(|c| c < 0.0)
+                && w.height_start_mean.is_some_and(|h| h > 0.0)
+                && w.height_end_mean.is_some_and(|h| h > 0.0);
+        }
+        out.push(Assessed {
+            id: "C2",
+            claim: "SGD moves in valley-like regions by jumping from one valley wall to the other, at a height above the floor.",
+            source: "abstract, claim 2",
+            rule,
+            evidence: if any { ev } else { "Needs geometry and floors of a minibatch run.".into() },
+            verdict: match (any, ok) {
+                (false, _) => Verdict::NotMeasured,
+                (true, true) => Verdict::Held,
+                (true, false) => Verdict::NotHeld,
+            },
+        });
+    }
+
+    // C3a/C3b: distance from initialization by lr and batch size, at a common epoch.
+    let dist_claim = |id, claim, by_lr: bool| -> Assessed {
+        let g = if by_lr {
+            groups(&sgd, |r| r.batch_label(), |r| r.lr)
+        } else {
+            groups(
+                &sgd,
+                |r| r.lr.to_string(),
+                |r| f64::from(r.batch_size.unwrap_or(0)),
+            )
+        };
+        let rule = if by_lr {
+            "held when, at every batch size with two or more learning rates, ‖θ − θ_0‖ at the last \
+             epoch all those runs reached increases strictly with the learning rate"
+        } else {
+            "held when, at every learning rate with two or more batch sizes, ‖θ − θ_0‖ at the last \
+             epoch all those runs reached decreases strictly as the batch size grows"
+        }
+        .to_string();
+        if g.is_empty() {
+            return Assessed {
+                id,
+                claim,
+                source: "abstract, claim 3",
+                rule,
+                evidence: "Needs two or more plain-SGD runs that differ only in this setting."
+                    .into(),
+                verdict: Verdict::NotMeasured,
+            };
+        }
+        let mut ev = String::from(
+            "| group | epoch | runs (distance from init) | monotone |\n| --- | ---: | --- | --- |\n",
+        );
+        let mut all = Some(true);
+        for ((model, data, _), rs) in &g {
+            let epoch = rs.iter().map(|r| last_epoch_with_dist(r)).min().flatten();
+            let ys: Vec<Option<f64>> = rs.iter().map(|r| dist_at(r, epoch)).collect();
+            let m = monotone(&ys, if by_lr { 1.0 } else { -1.0 });
+            let group = if by_lr {
+                format!("{model} {data} batch {}", rs[0].batch_label())
+            } else {
+                format!("{model} {data} lr {}", rs[0].lr)
+            };
+            let items: Vec<String> = rs
+                .iter()
+                .zip(&ys)
+                .map(|(r, y)| {
+                    if by_lr {
+                        format!("lr {}: {}", r.lr, fmt_opt(*y, 2))
+                    } else {
+                        format!("batch {}: {}", r.batch_label(), fmt_opt(*y, 2))
+                    }
+                })
+                .collect();
+            let _ = writeln!(
+                ev,
+                "| {group} | {} | {} | {} |",
+                epoch.map_or("–".into(), |e| e.to_string()),
+                items.join(", "),
+                m.map_or("–", |b| if b { "yes" } else { "no" })
+            );
+            all = match (all, m) {
+                (Some(a), Some(b)) => Some(a && b),
+                _ => None,
+            };
+        }
+        Assessed {
+            id,
+            claim,
+            source: "abstract, claim 3",
+            rule,
+            evidence: ev,
+            verdict: Verdict::from_test(all),
+        }
+    };
+    out.push(dist_claim(
+        "C3a",
+        "A larger learning rate lets SGD travel farther from initialization.",
+        true,
+    ));
+    out.push(dist_claim(
+        "C3b",
+        "A smaller batch size lets SGD travel farther from initialization (same epochs).",
+        false,
+    ));
+
+    // C3c: height by learning rate.
+    let height = late_height;
+    {
+        let g = groups(&sgd, |r| r.batch_label(), |r| r.lr);
+        let rule =
+            "held when, at every batch size with two or more learning rates, the mean height of \
+                    θ_t above its step's floor after the first epoch increases strictly with the \
+                    learning rate"
+                .to_string();
+        let mut ev = String::from(
+            "| batch | runs (mean height after epoch 1; relative height over the run) | monotone |\n| --- | --- | --- |\n",
+        );
+        let mut all = (!g.is_empty()).then_some(true);
+        for ((model, data, b), rs) in &g {
+            let ys: Vec<Option<f64>> = rs.iter().map(|r| height(r)).collect();
+            let m = monotone(&ys, 1.0);
+            let items: Vec<String> = rs
+                .iter()
+                .map(|r| {
+                    format!(
+                        "lr {}: {} ({})",
+                        r.lr,
+                        fmt_opt(height(r), 4),
+                        pct(r.whole.rel_height_mean)
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                ev,
+                "| {model} {data} {b} | {} | {} |",
+                items.join(", "),
+                m.map_or("–", |b| if b { "yes" } else { "no" })
+            );
+            all = match (all, m) {
+                (Some(a), Some(b)) => Some(a && b),
+                _ => None,
+            };
+        }
+        out.push(Assessed {
+            id: "C3c",
+            claim: "A large learning rate maintains a large height above the valley floor.",
+            source: "abstract, claim 3",
+            rule,
+            evidence: if g.is_empty() {
+                "Needs two or more plain-SGD runs with floors that differ only in learning rate."
+                    .into()
+            } else {
+                ev
+            },
+            verdict: Verdict::from_test(all),
+        });
+    }
+
+    // C3d: different roles. Height elasticity to lr vs to batch size; noise (std of cos) by batch.
+    {
+        let by_b = groups(&sgd, |r| r.batch_label(), |r| r.lr);
+        let by_lr = groups(
+            &sgd,
+            |r| r.lr.to_string(),
+            |r| f64::from(r.batch_size.unwrap_or(0)),
+        );
+        let s_lr: Vec<f64> = by_b
+            .values()
+            .filter_map(|rs| {
+                let p: Vec<(f64, f64)> = rs
+                    .iter()
+                    .filter_map(|r| height(r).map(|h| (r.lr, h)))
+                    .collect();
+                log_slope(&p)
+            })
+            .collect();
+        let s_b: Vec<f64> = by_lr
+            .values()
+            .filter_map(|rs| {
+                let p: Vec<(f64, f64)> = rs
+                    .iter()
+                    .filter_map(|r| height(r).map(|h| (f64::from(r.batch_size.unwrap_or(0)), h)))
+                    .collect();
+                log_slope(&p)
+            })
+            .collect();
+        let noise: Vec<f64> = by_lr
+            .values()
+            .filter_map(|rs| {
+                let p: Vec<(f64, f64)> = rs
+                    .iter()
+                    .filter_map(|r| {
+                        r.whole
+                            .cos_std
+                            .map(|s| (f64::from(r.batch_size.unwrap_or(0)), s))
+                    })
+                    .collect();
+                log_slope(&p)
+            })
+            .collect();
+        let (mlr, mb_) = (mean(&s_lr), mean(&s_b));
+        let rule = "elasticities d log(height) / d log(lr) at fixed batch size and d log(height) / \
+                    d log(batch) at fixed lr, averaged over groups; held when height responds more \
+                    to the learning rate than to the batch size (|lr elasticity| > |batch \
+                    elasticity|) while the distance travelled still grows as the batch shrinks (C3b)"
+            .to_string();
+        let c3b_held = out
+            .iter()
+            .any(|a| a.id == "C3b" && a.verdict == Verdict::Held);
+        let verdict = match (mlr, mb_) {
+            (Some(a), Some(b)) if a.abs() > b.abs() && c3b_held => Verdict::Held,
+            (Some(_), Some(_)) => Verdict::NotHeld,
+            _ => Verdict::NotMeasured,
+        };
+        let evidence = format!(
+            "| quantity | value |\n| --- | ---: |\n| height elasticity to lr (mean over {} batch sizes) | {} |\n\
+             | height elasticity to batch size (mean over {} learning rates) | {} |\n\
+             | elasticity of std cos(d_{{t−1}}, d_t) to batch size | {} |\n| C3b (distance grows as batch shrinks) | {} |\n",
+            s_lr.len(),
+            fmt_opt(mlr, 3),
+            s_b.len(),
+            fmt_opt(mb_, 3),
+            fmt_opt(mean(&noise), 3),
+            if c3b_held {
+                "held"
+            } else {
+                "not held or not measured"
+            }
+        );
+        out.push(Assessed {
+            id: "C3d",
+            claim: "Learning rate and batch size play different roles: a large learning rate keeps SGD high above the floor, a small batch injects noise that helps exploration.",
+            source: "abstract, claim 3",
+            rule,
+            evidence,
+            verdict,
+        });
+    }
+
+    // C4a / C4b: barriers.
+    {
+        let rule = format!(
+            "a segment v_t → v_{{t+k}} between floor points has a barrier when max L − max(L(v_t), \
+             L(v_{{t+k}})) exceeds {:.2}% of the higher end; held when at least 1% of the floor \
+             segments of the minibatch runs have one",
+            100.0 * barrier_threshold
+        );
+        let mut ev = String::from(
+            "| run | path | stride k | segments | with barrier | mean size (rel.) | max size (rel.) |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n",
+        );
+        let (mut seg, mut with) = (0u64, 0u64);
+        let mut floor_by_stride: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        let mut iter_by_stride: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        for r in &mb {
+            for b in &r.barriers {
+                let _ = writeln!(
+                    ev,
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    r.label,
+                    b.path,
+                    b.stride,
+                    b.segments,
+                    b.with_barrier,
+                    pct(b.rel_mean),
+                    pct(b.rel_max)
+                );
+                let e = if b.path == "floor" {
+                    seg += b.segments;
+                    with += b.with_barrier;
+                    floor_by_stride.entry(b.stride).or_default()
+                } else {
+                    iter_by_stride.entry(b.stride).or_default()
+                };
+                e.0 += b.segments;
+                e.1 += b.with_barrier;
+            }
+        }
+        let share = (seg > 0).then(|| with as f64 / seg as f64);
+        let _ = writeln!(
+            ev,
+            "\nAll minibatch runs: {with} of {seg} floor segments ({}) have a barrier.",
+            pct(share)
+        );
+        out.push(Assessed {
+            id: "C4a",
+            claim: "The valley floor has barriers.",
+            source: "abstract, claim 4",
+            rule,
+            evidence: if seg == 0 {
+                "Needs the `barriers` phase on a minibatch run.".into()
+            } else {
+                ev
+            },
+            verdict: match share {
+                None => Verdict::NotMeasured,
+                Some(s) if s >= 0.01 => Verdict::Held,
+                Some(_) => Verdict::NotHeld,
+            },
+        });
+        // C4b: the iterates' path avoids the barriers the floor path meets.
+        let rule = "compares, at each stride k > 1, the share of segments with a barrier along the \
+                    iterates (θ_t → θ_{t+k}, above the floor) with the share along the floor (v_t → \
+                    v_{t+k}); held when the iterate path has fewer barriers at every such stride"
+            .to_string();
+        let mut ev =
+            String::from("| stride k | floor path | iterate path |\n| --- | ---: | ---: |\n");
+        let mut verdict = None;
+        for (k, (fs, fw)) in floor_by_stride.iter().filter(|(k, _)| **k > 1) {
+            let Some((is, iw)) = iter_by_stride.get(k) else {
+                continue;
+            };
+            let (f, i) = (
+                *fw as f64 / (*fs).max(1) as f64,
+                *iw as f64 / (*is).max(1) as f64,
+            );
+            let _ = writeln!(
+                ev,
+                "| {k} | {} ({fw}/{fs}) | {} ({iw}/{is}) |",
+                pct(Some(f)),
+                pct(Some(i))
+            );
+            if *fw > 0 {
+                verdict = Some(verdict.unwrap_or(true) && i < f);
+            }
+        }
+        out.push(Assessed {
+            id: "C4b",
+            claim: "Exploring above the floor lets SGD move far without being hindered by the floor's barriers.",
+            source: "abstract, claim 4",
+            rule,
+            evidence: match verdict {
+                Some(_) => ev,
+                None if floor_by_stride.keys().any(|k| *k > 1) => format!(
+                    "{ev}\nNo barrier was found along the floor at any stride k > 1: there is \
+                     nothing for the iterates to avoid on these runs."
+                ),
+                None => "Needs barriers at a stride k > 1 (`--strides 1,5`).".into(),
+            },
+            verdict: Verdict::from_test(verdict),
+        });
+    }
+
+    // C4c: flatter with larger lr / smaller batch.
+    {
+        let by_b = groups(&sgd, |r| r.batch_label(), |r| r.lr);
+        let by_lr = groups(
+            &sgd,
+            |r| r.lr.to_string(),
+            |r| f64::from(r.batch_size.unwrap_or(0)),
+        );
+        let mut ev = String::from(
+            "| group | λ_max at the last curvature step | flatter as expected |\n| --- | --- | --- |\n",
+        );
+        let mut all: Option<bool> = None;
+        for (grouping, g, sign) in [("batch", &by_b, -1.0), ("lr", &by_lr, 1.0)] {
+            for ((model, data, _), rs) in g {
+                let ys: Vec<Option<f64>> = rs.iter().map(|r| final_lambda(r)).collect();
+                let m = monotone(&ys, sign);
+                let items: Vec<String> = rs
+                    .iter()
+                    .zip(&ys)
+                    .map(|(r, y)| {
+                        if grouping == "batch" {
+                            format!("lr {}: {}", r.lr, fmt_opt(*y, 2))
+                        } else {
+                            format!("batch {}: {}", r.batch_label(), fmt_opt(*y, 2))
+                        }
+                    })
+                    .collect();
+                let name = if grouping == "batch" {
+                    format!("{model} {data} batch {}", rs[0].batch_label())
+                } else {
+                    format!("{model} {data} lr {}", rs[0].lr)
+                };
+                let _ = writeln!(
+                    ev,
+                    "| {name} | {} | {} |",
+                    items.join(", "),
+                    m.map_or("–", |b| if b { "yes" } else { "no" })
+                );
+                if let Some(m) = m {
+                    all = Some(all.unwrap_or(true) && m);
+                }
+            }
+        }
+        out.push(Assessed {
+            id: "C4c",
+            claim: "Larger learning rates and smaller batches find flatter regions (smaller top Hessian eigenvalue).",
+            source: "abstract, claims 3–4; λ_max plots of the authors' code",
+            rule: "held when λ_max at the final curvature step decreases strictly with the learning \
+                   rate at every batch size and increases strictly with the batch size at every \
+                   learning rate"
+                .into(),
+            evidence: if all.is_none() {
+                "Needs curvature of two or more plain-SGD runs differing in lr or batch size.".into()
+            } else {
+                ev
+            },
+            verdict: Verdict::from_test(all),
+        });
+    }
+
+    // C4d: flatness vs generalization across runs.
+    {
+        let pairs: Vec<(&RunData, f64, f64)> = mb
+            .iter()
+            .filter_map(|r| {
+                let l = final_lambda(r).filter(|v| v.is_finite())?;
+                let a = r.final_eval("test")?.accuracy;
+                a.is_finite().then_some((*r, l, a))
+            })
+            .collect();
+        let xs: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+        let ys: Vec<f64> = pairs.iter().map(|p| p.2).collect();
+        let rho = spearman(&xs, &ys);
+        let mut ev = String::from(
+            "| run | λ_max (last) | test accuracy | train − test accuracy |\n| --- | ---: | ---: | ---: |\n",
+        );
+        for (r, l, a) in &pairs {
+            let gap = r.final_eval("train").map(|t| t.accuracy - a);
+            let _ = writeln!(
+                ev,
+                "| {} | {l:.2} | {} | {} |",
+                r.label,
+                pct(Some(*a)),
+                pct(gap)
+            );
+        }
+        let _ = writeln!(
+            ev,
+            "\nSpearman ρ(λ_max, test accuracy) over {} runs: {}",
+            pairs.len(),
+            fmt_opt(rho, 3)
+        );
+        out.push(Assessed {
+            id: "C4d",
+            claim: "Flatter regions generalize better.",
+            source: "abstract, claim 4",
+            rule:
+                "held when the rank correlation between final λ_max and final test accuracy across \
+                   minibatch runs is negative (at least 3 runs)"
+                    .into(),
+            evidence: ev,
+            verdict: match rho {
+                None => Verdict::NotMeasured,
+                Some(r) if r < 0.0 => Verdict::Held,
+                Some(_) => Verdict::NotHeld,
+            },
+        });
+    }
+
+    // λ_max decreases over training.
+    {
+        let mut ev = String::from(
+            "| run | first (step) | last (step) | decreased |\n| --- | --- | --- | --- |\n",
+        );
+        let mut all: Option<bool> = None;
+        for r in &mb {
+            let pts: Vec<_> = r.curvature.iter().filter(|p| p.step > 0).collect();
+            let (Some(first), Some(last)) = (pts.first(), pts.last()) else {
+                continue;
+            };
+            if first.step == last.step {
+                continue;
+            }
+            let dec = last.lambda_max < first.lambda_max;
+            let _ = writeln!(
+                ev,
+                "| {} | {:.2} ({}) | {:.2} ({}) | {} |",
+                r.label,
+                first.lambda_max,
+                first.step,
+                last.lambda_max,
+                last.step,
+                if dec { "yes" } else { "no" }
+            );
+            all = Some(all.unwrap_or(true) && dec);
+        }
+        out.push(Assessed {
+            id: "C5",
+            claim: "The top Hessian eigenvalue λ_max decreases over training.",
+            source: "the authors' spectral-norm plots (epochs 1, 10, 25, 100)",
+            rule: "held when λ_max at the last curvature step is below its value at the first \
+                   curvature step after θ_0, in every minibatch run"
+                .into(),
+            evidence: if all.is_none() {
+                "Needs curvature at two or more steps after θ_0.".into()
+            } else {
+                ev
+            },
+            verdict: Verdict::from_test(all),
+        });
+    }
+
+    // Distance grows early.
+    {
+        let mut ev = String::from(
+            "| run | ‖θ − θ_0‖ at the end of each epoch | increasing |\n| --- | --- | --- |\n",
+        );
+        let mut all: Option<bool> = None;
+        for r in runs {
+            let ys: Vec<Option<f64>> = r
+                .per_epoch
+                .iter()
+                .filter(|s| s.dist_end.is_some())
+                .map(|s| s.dist_end)
+                .collect();
+            if ys.len() < 2 {
+                continue;
+            }
+            let m = monotone(&ys, 1.0);
+            let items: Vec<String> = ys.iter().map(|y| fmt_opt(*y, 2)).collect();
+            let _ = writeln!(
+                ev,
+                "| {} | {} | {} |",
+                r.label,
+                items.join(" → "),
+                m.map_or("–", |b| if b { "yes" } else { "no" })
+            );
+            if let Some(m) = m {
+                all = Some(all.unwrap_or(true) && m);
+            }
+        }
+        out.push(Assessed {
+            id: "C6",
+            claim: "The distance from initialization grows monotonically during early training.",
+            source: "expected from the authors' code (parameter-distance panels)",
+            rule: "held when ‖θ − θ_0‖ at the end of each epoch increases strictly in every run with two or more epochs".into(),
+            evidence: if all.is_none() {
+                "Needs geometry over two or more epochs.".into()
+            } else {
+                ev
+            },
+            verdict: Verdict::from_test(all),
+        });
+    }
+
+    // Isotropic noise does not reproduce SGD.
+    {
+        let noisy: Vec<&RunData> = runs.iter().filter(|r| r.kind == RunKind::GdNoise).collect();
+        let mut sgd_acc: Vec<f64> = sgd
+            .iter()
+            .filter_map(|r| r.final_eval("test").map(|e| e.accuracy))
+            .filter(|a| a.is_finite())
+            .collect();
+        sgd_acc.sort_by(f64::total_cmp);
+        let median = (!sgd_acc.is_empty()).then(|| sgd_acc[sgd_acc.len() / 2]);
+        let mut ev = String::from(
+            "| run | noise std per coordinate | noise norm (σ·√P) | steps | final train loss | test accuracy |\n| --- | ---: | ---: | ---: | ---: | ---: |\n",
+        );
+        for r in runs
+            .iter()
+            .filter(|r| matches!(r.kind, RunKind::Gd | RunKind::GdNoise))
+        {
+            let _ = writeln!(
+                ev,
+                "| {} | {} | {:.3} | {} | {} | {} |",
+                r.label,
+                r.noise_std,
+                r.noise_std * (r.trainable_params as f64).sqrt(),
+                r.total_steps,
+                fmt_opt(r.final_eval("train").map(|e| e.loss), 4),
+                pct(r.final_eval("test").map(|e| e.accuracy))
+            );
+        }
+        let _ = writeln!(
+            ev,
+            "\nMedian final test accuracy of the plain-SGD runs: {}",
+            pct(median)
+        );
+        let verdict = match (noisy.is_empty(), median) {
+            (false, Some(m)) => {
+                let worse = noisy
+                    .iter()
+                    .all(|r| r.final_eval("test").is_some_and(|e| e.accuracy < m));
+                if worse {
+                    Verdict::Held
+                } else {
+                    Verdict::NotHeld
+                }
+            }
+            _ => Verdict::NotMeasured,
+        };
+        out.push(Assessed {
+            id: "C7",
+            claim: "Full-batch GD with isotropic Gaussian noise does not reproduce what SGD achieves.",
+            source: "abstract of the first version",
+            rule: "held when every GD+noise run ends with a lower test accuracy than the median \
+                   plain-SGD run"
+                .into(),
+            evidence: ev,
+            verdict,
+        });
+    }
+    out
+}
+
+/// The Markdown report.
+pub fn markdown(
+    runs: &[RunData],
+    claims: &[Assessed],
+    preamble: Option<&str>,
+    figures: &[(String, String)],
+    barrier_threshold: f64,
+) -> String {
+    let mut md = String::from("# sgdwalk report: *A Walk with SGD*, measured\n\n");
+    if let Some(p) = preamble {
+        md.push_str(p.trim_end());
+        md.push_str("\n\n");
+    }
+    md.push_str("## Runs\n\n| run | kind | model | data | lr | batch | noise σ | epochs | steps | steps with floors | final train loss | final test acc. | ‖θ − θ_0‖ (end) | λ_max (last) |\n| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for r in runs {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.label,
+            r.kind.as_str(),
+            r.model,
+            r.dataset,
+            r.lr,
+            r.batch_label(),
+            r.noise_std,
+            r.epochs,
+            r.total_steps,
+            r.whole.floors,
+            fmt_opt(r.final_eval("train").map(|e| e.loss), 4),
+            pct(r.final_eval("test").map(|e| e.accuracy)),
+            fmt_opt(r.whole.dist_end, 2),
+            fmt_opt(final_lambda(r), 2)
+        );
+    }
+    let primary: Vec<String> = {
+        let mut v: Vec<String> = runs
+            .iter()
+            .map(|r| format!("`{}` with `{}` BatchNorm", r.eval_set, r.bn_policy))
+            .collect();
+        v.dedup();
+        v
+    };
+    let scopes: Vec<&str> = {
+        let mut v: Vec<&str> = runs.iter().map(|r| r.geometry_scope).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let _ = writeln!(
+        md,
+        "\nLosses along steps are measured on {}. \"Steps with floors\" counts the analyzed steps \
+         (sparse recordings keep windows of consecutive steps). Cosines, update norms and \
+         distances are over {}.\n",
+        primary.join("; "),
+        if scopes == ["params"] {
+            "the trainable parameters (BatchNorm running statistics excluded, as the paper)"
+        } else {
+            "the whole state for some runs (analyses made before the `params` row existed; rerun their geometry phase)"
+        }
+    );
+    md.push_str("## Verdicts\n\n| claim | verdict |\n| --- | --- |\n");
+    for c in claims {
+        let _ = writeln!(md, "| {} {} | **{}** |", c.id, c.claim, c.verdict);
+    }
+    md.push('\n');
+    for c in claims {
+        let _ = writeln!(
+            md,
+            "## {}: {}\n\n*Source:* {}. *Rule:* {}.\n\n{}\n\n**Verdict: {}.**\n",
+            c.id,
+            c.claim,
+            c.source,
+            c.rule,
+            c.evidence.trim_end(),
+            c.verdict
+        );
+    }
+    md.push_str("## Per epoch\n\n| run | epoch | steps | interior floor | mean height | median α* | median cos | cos < 0 | mean ‖d_t‖ | ‖θ − θ_0‖ (end) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for r in runs {
+        for s in &r.per_epoch {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.label,
+                s.epoch.map_or("–".into(), |e| e.to_string()),
+                s.floors,
+                pct(s.interior_share),
+                fmt_opt(s.height_start_mean, 4),
+                fmt_opt(s.alpha_star_median, 2),
+                fmt_opt(s.cos_median, 3),
+                pct(s.cos_negative_share),
+                fmt_opt(s.update_norm_mean, 4),
+                fmt_opt(s.dist_end, 2)
+            );
+        }
+    }
+    if !figures.is_empty() {
+        md.push_str("\n## Figures\n\n");
+        for (file, caption) in figures {
+            let _ = writeln!(md, "**{caption}**\n\n![{caption}]({file})\n");
+        }
+    }
+    let _ = writeln!(
+        md,
+        "## Definitions\n\n- θ_t: the state before update t; d_t = θ_{{t+1}} − θ_t (the applied update, \
+         weight decay and noise included); L(α) = L(θ_t + α·d_t), BatchNorm running statistics \
+         interpolated with the weights.\n\
+         - Valley floor of step t: the minimum of L(α) on the grid, refined by Brent's method; \
+         *interior* when it lies strictly inside (0, 1) below both ends. Height = L(0) − L(α*).\n\
+         - Barrier of a segment: max L − max(L(start), L(end)); counted when above {:.2}% of the \
+         higher end (`--barrier-threshold`).\n\
+         - λ_max: the top eigenvalue of the Hessian of the mean loss on the evaluation set \
+         (Lanczos on Hessian-vector products); trace by Hutchinson's estimator.\n\
+         - Every number comes from `summary.parquet` next to this file (tidy: run, epoch, metric, \
+         value), computed with polars from the analysis tables.",
+        100.0 * barrier_threshold
+    );
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::report::load::{BarrierStats, CurvPoint, EpochEval, EpochStats};
+
+    fn run(
+        label: &str,
+        lr: f64,
+        batch: u32,
+        dist: f64,
+        height: f64,
+        lambda: f64,
+        acc: f64,
+    ) -> RunData {
+        let stats = |epoch| EpochStats {
+            epoch,
+            floors: 100,
+            interior_share: Some(0.9),
+            height_start_mean: Some(height),
+            height_end_mean: Some(height / 2.0),
+            cos_count: 100,
+            cos_median: Some(-0.3),
+            cos_std: Some(0.2),
+            dist_end: Some(if epoch == Some(1) { dist / 2.0 } else { dist }),
+            ..Default::default()
+        };
+        RunData {
+            dir: label.into(),
+            label: label.into(),
+            kind: RunKind::Sgd,
+            model: "mlp".into(),
+            dataset: "fashion-mnist".into(),
+            lr,
+            batch_size: Some(batch),
+            noise_std: 0.0,
+            steps_per_epoch: 10,
+            epochs: 2,
+            total_steps: 20,
+            trainable_params: 100,
+            eval_set: "probe:100".into(),
+            bn_policy: "train-mode".into(),
+            geometry_scope: "params",
+            per_epoch: vec![stats(Some(1)), stats(Some(2))],
+            whole: stats(None),
+            barriers: vec![
+                BarrierStats {
+                    path: "floor".into(),
+                    stride: 5,
+                    segments: 50,
+                    with_barrier: 5,
+                    rel_mean: Some(0.01),
+                    rel_max: Some(0.02),
+                    nonfinite: 0,
+                },
+                BarrierStats {
+                    path: "iterate".into(),
+                    stride: 5,
+                    segments: 50,
+                    with_barrier: 1,
+                    rel_mean: Some(0.01),
+                    rel_max: Some(0.01),
+                    nonfinite: 0,
+                },
+            ],
+            geometry: vec![],
+            floors: vec![],
+            interp: vec![],
+            floor_barriers: vec![],
+            curvature: vec![
+                CurvPoint {
+                    step: 5,
+                    epoch: Some(1),
+                    lambda_max: lambda * 2.0,
+                    converged: true,
+                    trace: None,
+                },
+                CurvPoint {
+                    step: 20,
+                    epoch: Some(2),
+                    lambda_max: lambda,
+                    converged: true,
+                    trace: None,
+                },
+            ],
+            evals: vec![EpochEval {
+                epoch: 2,
+                split: "test".into(),
+                loss: 0.5,
+                accuracy: acc,
+            }],
+        }
+    }
+
+    fn verdict(claims: &[Assessed], id: &str) -> Verdict {
+        claims.iter().find(|c| c.id == id).unwrap().verdict
+    }
+
+    #[test]
+    fn a_grid_that_behaves_as_the_paper_holds_every_claim() {
+        // Distance and height grow with lr and shrink with batch; flatter with larger lr and
+        // smaller batch; flatter runs generalize better.
+        let mut runs = Vec::new();
+        for (lr, b) in [(0.1, 32u32), (0.01, 32), (0.1, 128), (0.01, 128)] {
+            let scale = lr * 100.0 / f64::from(b).sqrt();
+            runs.push(run(
+                &format!("lr{lr}-b{b}"),
+                lr,
+                b,
+                10.0 * scale,
+                lr,
+                10.0 / scale,
+                0.8 + scale / 100.0,
+            ));
+        }
+        let c = assess(&runs, 1e-3);
+        for id in [
+            "C1", "C2", "C3a", "C3b", "C3c", "C4a", "C4b", "C4c", "C4d", "C5", "C6",
+        ] {
+            assert_eq!(verdict(&c, id), Verdict::Held, "{id}");
+        }
+        // Height depends on lr only, so the roles differ.
+        assert_eq!(verdict(&c, "C3d"), Verdict::Held);
+        // No GD runs given.
+        assert_eq!(verdict(&c, "C1-GD"), Verdict::NotMeasured);
+        assert_eq!(verdict(&c, "C7"), Verdict::NotMeasured);
+        let md = markdown(&runs, &c, Some("made on a test"), &[], 1e-3);
+        assert!(md.contains("made on a test"));
+        assert!(md.contains("| C3a A larger learning rate"));
+    }
+
+    #[test]
+    fn contrary_numbers_give_not_held_and_nan_is_not_a_pass() {
+        let mut a = run("a", 0.1, 32, 5.0, 0.01, 1.0, 0.8);
+        let b = run("b", 0.01, 32, 9.0, 0.02, 1.0, 0.8);
+        a.whole.interior_share = Some(0.3);
+        a.per_epoch[1].interior_share = Some(0.3);
+        let c = assess(&[a.clone(), b.clone()], 1e-3);
+        assert_eq!(verdict(&c, "C1"), Verdict::NotHeld);
+        // The first epoch (the initial descent) alone does not decide it.
+        let mut early = b.clone();
+        early.per_epoch[0].interior_share = Some(0.1);
+        assert_eq!(verdict(&assess(&[early], 1e-3), "C1"), Verdict::Held);
+        // Larger lr travelled less here.
+        assert_eq!(verdict(&c, "C3a"), Verdict::NotHeld);
+        assert_eq!(verdict(&c, "C3c"), Verdict::NotHeld);
+        // A NaN distance is not evidence either way.
+        let mut a2 = a;
+        for s in a2.per_epoch.iter_mut() {
+            s.dist_end = Some(f64::NAN);
+        }
+        let c = assess(&[a2, b], 1e-3);
+        assert_eq!(verdict(&c, "C3a"), Verdict::NotMeasured);
+    }
+
+    #[test]
+    fn spearman_and_slopes() {
+        assert_eq!(spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]), Some(-1.0));
+        assert_eq!(
+            spearman(&[1.0, 2.0, 3.0, 4.0], &[1.0, 3.0, 2.0, 4.0]),
+            Some(0.8)
+        );
+        assert_eq!(spearman(&[1.0, 2.0], &[1.0, 2.0]), None);
+        let s = log_slope(&[(1.0, 2.0), (10.0, 20.0), (100.0, 200.0)]).unwrap();
+        assert!((s - 1.0).abs() < 1e-12);
+        assert_eq!(monotone(&[Some(1.0), Some(2.0)], 1.0), Some(true));
+        assert_eq!(monotone(&[Some(1.0), None], 1.0), None);
+    }
+}
