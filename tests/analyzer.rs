@@ -275,22 +275,22 @@ fn geometry_matches_a_direct_computation_and_epochs_are_copied() {
     // A phase added later to the same folder: allowed, the manifest lists the union, and the
     // tables already there are kept as they were.
     let before = sorted_debug(&steps);
-    let added = run_analysis(
-        &rec,
-        &out,
-        &[
+    let curvature_only = |top_k: &str| {
+        let flags = [
             "--data-dir",
-            &data_dir,
+            data_dir.as_str(),
             "--phases",
             "curvature",
             "--curvature-steps",
             "0",
-            "--top-k",
-            "1",
-            "--trace-probes",
-            "0",
-        ],
-    );
+        ];
+        let more = ["--top-k", top_k, "--trace-probes", "0"];
+        analyze_args(&rec, &out, &[&flags[..], &more[..]].concat())
+            .validate()
+            .unwrap()
+    };
+    let (cfg, settings) = curvature_only("1");
+    let added = analyze(&cfg, &settings).unwrap();
     assert!(added.rows.contains_key("curvature"), "{:?}", added.rows);
     let manifest = std::fs::read_to_string(out.join("_sgdwalk_analysis.json")).unwrap();
     let m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
@@ -306,24 +306,7 @@ fn geometry_matches_a_direct_computation_and_epochs_are_copied() {
             .any(|c| c.step == 0 && c.quantity == "eigenvalue")
     );
     // Once curvature has run, its settings are fixed for this folder.
-    let (cfg, settings) = analyze_args(
-        &rec,
-        &out,
-        &[
-            "--data-dir",
-            &data_dir,
-            "--phases",
-            "curvature",
-            "--curvature-steps",
-            "0",
-            "--top-k",
-            "2",
-            "--trace-probes",
-            "0",
-        ],
-    )
-    .validate()
-    .unwrap();
+    let (cfg, settings) = curvature_only("2");
     let err = analyze(&cfg, &settings).unwrap_err();
     assert!(
         matches!(err, AnalyzeError::InvalidSetting { setting: "out", .. }),

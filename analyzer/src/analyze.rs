@@ -94,20 +94,23 @@ pub struct RunInfo {
     pub run: sgdwalk_workload::run::RunDescription,
 }
 
-/// Writes `text` to `path` through a temporary file and a rename, so readers and concurrent
+/// Writes `bytes` to `path` through a temporary file and a rename, so readers and concurrent
 /// shards never see half a file.
-fn write_atomic(path: &Path, text: &str) -> Result<(), AnalyzeError> {
-    let io = |source| AnalyzeError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+pub(crate) fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.{}", std::process::id()));
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn write_atomic(path: &Path, text: &str) -> Result<(), AnalyzeError> {
+    write_file_atomic(path, text.as_bytes()).map_err(|source| AnalyzeError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Creates the manifest, or checks that the folder holds the same analysis. Phases may be
