@@ -167,7 +167,7 @@ pub fn report(args: &ReportArgs) -> Result<ReportSummary, ReportError> {
         Vec::new()
     } else {
         let font = plots::load_font(args.font.as_deref())?;
-        plots::draw_all(&runs, &args.out, font)?
+        plots::draw_all(&runs, &args.out, font, args.barrier_threshold)?
     };
     Ok(ReportSummary {
         runs: runs.iter().map(|r| r.label.clone()).collect(),

@@ -131,7 +131,8 @@ fn figures(runs: &[RunData]) -> Vec<Figure> {
     if runs.iter().any(|r| !r.floor_barriers.is_empty()) {
         v.push(Figure {
             file: "barriers.png".into(),
-            caption: "Barriers along the valley floor v_t → v_{t+k}, relative to the higher end"
+            caption: "Barriers along the valley floor v_t → v_{t+k}, relative to the higher end; \
+                      the line is the threshold above which a segment counts as having one"
                 .into(),
             kind: Kind::Barriers,
         });
@@ -176,6 +177,7 @@ pub fn draw_all(
     runs: &[RunData],
     out: &Path,
     _font: FontLoaded,
+    barrier_threshold: f64,
 ) -> Result<Vec<PathBuf>, ReportError> {
     let mut written = Vec::new();
     for f in figures(runs) {
@@ -193,7 +195,7 @@ pub fn draw_all(
             match f.kind {
                 Kind::Walk(i) => walk(&root, &runs[i]),
                 Kind::Height => height(&root, runs),
-                Kind::Barriers => barriers(&root, runs),
+                Kind::Barriers => barriers(&root, runs, barrier_threshold),
                 Kind::LambdaMax => lambda_max(&root, runs),
                 Kind::LrBatch => lr_batch(&root, runs),
             }
@@ -424,15 +426,27 @@ fn panels(runs: &[RunData]) -> Vec<(&'static str, Vec<(usize, &RunData)>)> {
     v
 }
 
+/// How [`series_panels`] draws: points only (no lines), log y axis, a labelled horizontal line.
+#[derive(Clone, Copy)]
+struct Style<'a> {
+    points_only: bool,
+    log_y: bool,
+    hline: Option<(f64, &'a str)>,
+}
+
 fn series_panels(
     root: &Area<'_>,
     runs: &[RunData],
     title: &str,
     y_desc: &str,
     series: impl Fn(&RunData) -> Vec<(f64, f64)>,
-    points_only: bool,
-    log_y: bool,
+    style: Style<'_>,
 ) -> DrawResult {
+    let Style {
+        points_only,
+        log_y,
+        hline,
+    } = style;
     let (t, body) = root.split_vertically(36);
     t.titled(title, (FONT, 20))?;
     let p = panels(runs);
@@ -450,7 +464,11 @@ fn series_panels(
             .filter(|d| !d.2.is_empty())
             .collect();
         let (x0, x1) = range(data.iter().flat_map(|d| d.2.iter().map(|q| q.0)));
-        let (y0, y1) = range(data.iter().flat_map(|d| d.2.iter().map(|q| q.1)));
+        let (y0, y1) = range(
+            data.iter()
+                .flat_map(|d| d.2.iter().map(|q| q.1))
+                .chain(hline.map(|h| h.0)),
+        );
         let mut b = ChartBuilder::on(area);
         b.margin(10).x_label_area_size(35).y_label_area_size(65);
         // The two coordinate types differ in type, not in what is drawn on them.
@@ -471,6 +489,14 @@ fn series_panels(
                     ch.draw_series(s.iter().map(|&q| Circle::new(q, 3, c.filled())))?
                         .label(r.label.clone())
                         .legend(move |(x, y)| Circle::new((x + 9, y), 3, c.filled()));
+                }
+                if let Some((h, name)) = hline {
+                    let grey = BLACK.mix(0.5);
+                    ch.draw_series(LineSeries::new([(x0, h), (x1, h)], grey.stroke_width(2)))?
+                        .label(name)
+                        .legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 18, y)], grey.stroke_width(2))
+                        });
                 }
                 ch.configure_series_labels()
                     .label_font((FONT, 11))
@@ -516,16 +542,19 @@ fn height(root: &Area<'_>, runs: &[RunData]) -> DrawResult {
                 })
                 .collect()
         },
-        false,
-        true,
+        Style {
+            points_only: false,
+            log_y: true,
+            hline: None,
+        },
     )
 }
 
-fn barriers(root: &Area<'_>, runs: &[RunData]) -> DrawResult {
+fn barriers(root: &Area<'_>, runs: &[RunData], threshold: f64) -> DrawResult {
     series_panels(
         root,
         runs,
-        "Barriers along the valley floor (all strides; segments without a barrier are 0, not shown)",
+        "Barriers along the valley floor v_t → v_{t+k}, every stride, relative to the higher end",
         "barrier / loss at the higher end",
         |r| {
             r.floor_barriers
@@ -534,8 +563,11 @@ fn barriers(root: &Area<'_>, runs: &[RunData]) -> DrawResult {
                 .map(|b| (epoch_x(r, b.1), b.2))
                 .collect()
         },
-        true,
-        true,
+        Style {
+            points_only: true,
+            log_y: false,
+            hline: Some((threshold, "--barrier-threshold")),
+        },
     )
 }
 
@@ -551,8 +583,11 @@ fn lambda_max(root: &Area<'_>, runs: &[RunData]) -> DrawResult {
                 .map(|p| (epoch_x(r, p.step), p.lambda_max))
                 .collect()
         },
-        false,
-        false,
+        Style {
+            points_only: false,
+            log_y: false,
+            hline: None,
+        },
     )
 }
 
