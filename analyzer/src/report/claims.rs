@@ -78,12 +78,12 @@ fn plain_sgd(runs: &[RunData]) -> Vec<&RunData> {
 }
 
 /// Runs of the same model and data grouped by a key, each group sorted by `x`.
-fn groups<'a, K: Ord + Clone>(
+fn groups<'a>(
     runs: &[&'a RunData],
-    key: impl Fn(&RunData) -> K,
+    key: impl Fn(&RunData) -> String,
     x: impl Fn(&RunData) -> f64,
-) -> BTreeMap<(String, String, K), Vec<&'a RunData>> {
-    let mut g: BTreeMap<(String, String, K), Vec<&'a RunData>> = BTreeMap::new();
+) -> Groups<'a> {
+    let mut g: Groups<'a> = BTreeMap::new();
     for r in runs {
         g.entry((r.model.clone(), r.dataset.clone(), key(r)))
             .or_default()
@@ -199,6 +199,46 @@ fn log_slope(points: &[(f64, f64)]) -> Option<f64> {
     (sxx > 0.0).then(|| sxy / sxx)
 }
 
+/// Plain-SGD runs of one model and data grouped by the setting held fixed.
+type Groups<'a> = BTreeMap<(String, String, String), Vec<&'a RunData>>;
+
+/// The group's fixed setting: "mlp fashion-mnist batch 32" (lr varies) or "… lr 0.1".
+fn group_title(model: &str, data: &str, first: &RunData, lr_varies: bool) -> String {
+    if lr_varies {
+        format!("{model} {data} batch {}", first.batch_label())
+    } else {
+        format!("{model} {data} lr {}", first.lr)
+    }
+}
+
+/// One run in a group, by the setting that varies: "lr 0.1: 2.90" or "batch 32: 2.90".
+fn member(r: &RunData, lr_varies: bool, value: &str) -> String {
+    if lr_varies {
+        format!("lr {}: {value}", r.lr)
+    } else {
+        format!("batch {}: {value}", r.batch_label())
+    }
+}
+
+fn yes_no(test: Option<bool>) -> &'static str {
+    test.map_or("–", |b| if b { "yes" } else { "no" })
+}
+
+/// Every group must pass; one group that cannot be measured makes the whole unmeasured.
+fn and_strict(all: Option<bool>, test: Option<bool>) -> Option<bool> {
+    match (all, test) {
+        (Some(a), Some(b)) => Some(a && b),
+        _ => None,
+    }
+}
+
+/// Every measured group must pass; groups that cannot be measured are left out.
+fn and_measured(all: &mut Option<bool>, test: Option<bool>) {
+    if let Some(t) = test {
+        *all = Some(all.unwrap_or(true) && t);
+    }
+}
+
 fn mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
@@ -292,6 +332,13 @@ pub fn assess(runs: &[RunData], barrier_threshold: f64) -> Vec<Assessed> {
         .iter()
         .filter(|r| matches!(r.kind, RunKind::Gd | RunKind::GdNoise))
         .collect();
+    // Plain-SGD runs by batch size (learning rate varies) and by learning rate (batch varies).
+    let by_batch = groups(&sgd, |r| r.batch_label(), |r| r.lr);
+    let by_lr = groups(
+        &sgd,
+        |r| r.lr.to_string(),
+        |r| f64::from(r.batch_size.unwrap_or(0)),
+    );
     let mut out = vec![
         interior_claim(
             "C1",
@@ -357,17 +404,9 @@ pub fn assess(runs: &[RunData], barrier_threshold: f64) -> Vec<Assessed> {
     }
 
     // C3a/C3b: distance from initialization by lr and batch size, at a common epoch.
-    let dist_claim = |id, claim, by_lr: bool| -> Assessed {
-        let g = if by_lr {
-            groups(&sgd, |r| r.batch_label(), |r| r.lr)
-        } else {
-            groups(
-                &sgd,
-                |r| r.lr.to_string(),
-                |r| f64::from(r.batch_size.unwrap_or(0)),
-            )
-        };
-        let rule = if by_lr {
+    let dist_claim = |id, claim, lr_varies: bool| -> Assessed {
+        let g = if lr_varies { &by_batch } else { &by_lr };
+        let rule = if lr_varies {
             "held when, at every batch size with two or more learning rates, ‖θ − θ_0‖ at the last \
              epoch all those runs reached increases strictly with the learning rate"
         } else {
@@ -390,37 +429,24 @@ pub fn assess(runs: &[RunData], barrier_threshold: f64) -> Vec<Assessed> {
             "| group | epoch | runs (distance from init) | monotone |\n| --- | ---: | --- | --- |\n",
         );
         let mut all = Some(true);
-        for ((model, data, _), rs) in &g {
+        for ((model, data, _), rs) in g {
             let epoch = rs.iter().map(|r| last_epoch_with_dist(r)).min().flatten();
             let ys: Vec<Option<f64>> = rs.iter().map(|r| dist_at(r, epoch)).collect();
-            let m = monotone(&ys, if by_lr { 1.0 } else { -1.0 });
-            let group = if by_lr {
-                format!("{model} {data} batch {}", rs[0].batch_label())
-            } else {
-                format!("{model} {data} lr {}", rs[0].lr)
-            };
+            let m = monotone(&ys, if lr_varies { 1.0 } else { -1.0 });
             let items: Vec<String> = rs
                 .iter()
                 .zip(&ys)
-                .map(|(r, y)| {
-                    if by_lr {
-                        format!("lr {}: {}", r.lr, fmt_opt(*y, 2))
-                    } else {
-                        format!("batch {}: {}", r.batch_label(), fmt_opt(*y, 2))
-                    }
-                })
+                .map(|(r, y)| member(r, lr_varies, &fmt_opt(*y, 2)))
                 .collect();
             let _ = writeln!(
                 ev,
-                "| {group} | {} | {} | {} |",
+                "| {} | {} | {} | {} |",
+                group_title(model, data, rs[0], lr_varies),
                 epoch.map_or("–".into(), |e| e.to_string()),
                 items.join(", "),
-                m.map_or("–", |b| if b { "yes" } else { "no" })
+                yes_no(m)
             );
-            all = match (all, m) {
-                (Some(a), Some(b)) => Some(a && b),
-                _ => None,
-            };
+            all = and_strict(all, m);
         }
         Assessed {
             id,
@@ -445,7 +471,7 @@ pub fn assess(runs: &[RunData], barrier_threshold: f64) -> Vec<Assessed> {
     // C3c: height by learning rate.
     let height = late_height;
     {
-        let g = groups(&sgd, |r| r.batch_label(), |r| r.lr);
+        let g = &by_batch;
         let rule =
             "held when, at every batch size with two or more learning rates, the mean height of \
                     θ_t above its step's floor after the first epoch increases strictly with the \
@@ -455,7 +481,7 @@ pub fn assess(runs: &[RunData], barrier_threshold: f64) -> Vec<Assessed> {
             "| batch | runs (mean height after epoch 1; relative height over the run) | monotone |\n| --- | --- | --- |\n",
         );
         let mut all = (!g.is_empty()).then_some(true);
-        for ((model, data, b), rs) in &g {
+        for ((model, data, b), rs) in g {
             let ys: Vec<Option<f64>> = rs.iter().map(|r| height(r)).collect();
             let m = monotone(&ys, 1.0);
             let items: Vec<String> = rs
@@ -473,12 +499,9 @@ pub fn assess(runs: &[RunData], barrier_threshold: f64) -> Vec<Assessed> {
                 ev,
                 "| {model} {data} {b} | {} | {} |",
                 items.join(", "),
-                m.map_or("–", |b| if b { "yes" } else { "no" })
+                yes_no(m)
             );
-            all = match (all, m) {
-                (Some(a), Some(b)) => Some(a && b),
-                _ => None,
-            };
+            all = and_strict(all, m);
         }
         out.push(Assessed {
             id: "C3c",
@@ -497,13 +520,7 @@ pub fn assess(runs: &[RunData], barrier_threshold: f64) -> Vec<Assessed> {
 
     // C3d: different roles. Height elasticity to lr vs to batch size; noise (std of cos) by batch.
     {
-        let by_b = groups(&sgd, |r| r.batch_label(), |r| r.lr);
-        let by_lr = groups(
-            &sgd,
-            |r| r.lr.to_string(),
-            |r| f64::from(r.batch_size.unwrap_or(0)),
-        );
-        let s_lr: Vec<f64> = by_b
+        let s_lr: Vec<f64> = by_batch
             .values()
             .filter_map(|rs| {
                 let p: Vec<(f64, f64)> = rs
@@ -658,9 +675,8 @@ pub fn assess(runs: &[RunData], barrier_threshold: f64) -> Vec<Assessed> {
                 pct(Some(f)),
                 pct(Some(i))
             );
-            if *fw > 0 {
-                verdict = Some(verdict.unwrap_or(true) && i < f);
-            }
+            // Only strides where the floor has barriers say anything about avoiding them.
+            and_measured(&mut verdict, (*fw > 0).then_some(i < f));
         }
         out.push(Assessed {
             id: "C4b",
@@ -681,45 +697,27 @@ pub fn assess(runs: &[RunData], barrier_threshold: f64) -> Vec<Assessed> {
 
     // C4c: flatter with larger lr / smaller batch.
     {
-        let by_b = groups(&sgd, |r| r.batch_label(), |r| r.lr);
-        let by_lr = groups(
-            &sgd,
-            |r| r.lr.to_string(),
-            |r| f64::from(r.batch_size.unwrap_or(0)),
-        );
         let mut ev = String::from(
             "| group | λ_max at the last curvature step | flatter as expected |\n| --- | --- | --- |\n",
         );
         let mut all: Option<bool> = None;
-        for (grouping, g, sign) in [("batch", &by_b, -1.0), ("lr", &by_lr, 1.0)] {
+        for (lr_varies, g, sign) in [(true, &by_batch, -1.0), (false, &by_lr, 1.0)] {
             for ((model, data, _), rs) in g {
                 let ys: Vec<Option<f64>> = rs.iter().map(|r| final_lambda(r)).collect();
                 let m = monotone(&ys, sign);
                 let items: Vec<String> = rs
                     .iter()
                     .zip(&ys)
-                    .map(|(r, y)| {
-                        if grouping == "batch" {
-                            format!("lr {}: {}", r.lr, fmt_opt(*y, 2))
-                        } else {
-                            format!("batch {}: {}", r.batch_label(), fmt_opt(*y, 2))
-                        }
-                    })
+                    .map(|(r, y)| member(r, lr_varies, &fmt_opt(*y, 2)))
                     .collect();
-                let name = if grouping == "batch" {
-                    format!("{model} {data} batch {}", rs[0].batch_label())
-                } else {
-                    format!("{model} {data} lr {}", rs[0].lr)
-                };
                 let _ = writeln!(
                     ev,
-                    "| {name} | {} | {} |",
+                    "| {} | {} | {} |",
+                    group_title(model, data, rs[0], lr_varies),
                     items.join(", "),
-                    m.map_or("–", |b| if b { "yes" } else { "no" })
+                    yes_no(m)
                 );
-                if let Some(m) = m {
-                    all = Some(all.unwrap_or(true) && m);
-                }
+                and_measured(&mut all, m);
             }
         }
         out.push(Assessed {
@@ -813,7 +811,7 @@ pub fn assess(runs: &[RunData], barrier_threshold: f64) -> Vec<Assessed> {
                 last.step,
                 if dec { "yes" } else { "no" }
             );
-            all = Some(all.unwrap_or(true) && dec);
+            and_measured(&mut all, Some(dec));
         }
         out.push(Assessed {
             id: "C5",
@@ -854,11 +852,9 @@ pub fn assess(runs: &[RunData], barrier_threshold: f64) -> Vec<Assessed> {
                 "| {} | {} | {} |",
                 r.label,
                 items.join(" → "),
-                m.map_or("–", |b| if b { "yes" } else { "no" })
+                yes_no(m)
             );
-            if let Some(m) = m {
-                all = Some(all.unwrap_or(true) && m);
-            }
+            and_measured(&mut all, m);
         }
         out.push(Assessed {
             id: "C6",
@@ -1129,14 +1125,12 @@ mod tests {
                     step: 5,
                     epoch: Some(1),
                     lambda_max: lambda * 2.0,
-                    converged: true,
                     trace: None,
                 },
                 CurvPoint {
                     step: 20,
                     epoch: Some(2),
                     lambda_max: lambda,
-                    converged: true,
                     trace: None,
                 },
             ],

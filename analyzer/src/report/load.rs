@@ -2,7 +2,6 @@
 //! epoch and per run, and the raw series the figures need, as plain vectors.
 
 use std::cmp::Ordering;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
@@ -79,14 +78,13 @@ pub struct BarrierStats {
     pub nonfinite: u64,
 }
 
-/// One row of the per-step geometry (layer `all`).
+/// One row of the per-step geometry (layer `params`, or `all` for older analyses).
 #[derive(Debug, Clone, Copy)]
 pub struct StepPoint {
     pub step: u64,
     pub epoch: u32,
     pub cos: Option<f64>,
     pub dist: Option<f64>,
-    pub update_norm: Option<f64>,
 }
 
 /// One valley floor.
@@ -96,7 +94,6 @@ pub struct FloorPoint {
     pub alpha_star: f64,
     pub loss_at_floor: f64,
     pub height_start: f64,
-    pub interior: bool,
 }
 
 /// Top eigenvalue and trace at one step.
@@ -105,7 +102,6 @@ pub struct CurvPoint {
     pub step: u64,
     pub epoch: Option<u32>,
     pub lambda_max: f64,
-    pub converged: bool,
     pub trace: Option<f64>,
 }
 
@@ -257,6 +253,23 @@ impl Tables<'_> {
             .map_err(|source| self.err(table, source))
     }
 
+    /// The rows of `table` that match `filter`, read from disk once; the report's several
+    /// queries over a table then run on this frame in memory.
+    fn load(&self, table: &'static str, filter: Expr) -> Result<Option<DataFrame>, ReportError> {
+        match self.scan(table)? {
+            Some(lf) => self.collect(table, lf.filter(filter)).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn cols<'a>(&'a self, table: &'static str, df: &'a DataFrame) -> Cols<'a> {
+        Cols {
+            df,
+            tables: self,
+            table,
+        }
+    }
+
     fn collect(&self, table: &'static str, lf: LazyFrame) -> Result<DataFrame, ReportError> {
         lf.collect().map_err(|source| self.err(table, source))
     }
@@ -299,11 +312,6 @@ impl Cols<'_> {
         let ca = s.str().map_err(|e| self.tables.err(self.table, e))?;
         Ok(ca.iter().map(|v| v.map(str::to_string)).collect())
     }
-    fn boolean(&self, name: &str) -> Result<Vec<Option<bool>>, ReportError> {
-        let s = self.series(name, &DataType::Boolean)?;
-        let ca = s.bool().map_err(|e| self.tables.err(self.table, e))?;
-        Ok(ca.iter().collect())
-    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
@@ -320,6 +328,54 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportErr
 #[derive(serde::Deserialize)]
 struct ManifestView {
     config: AnalyzeConfig,
+}
+
+/// One row of [`floors_by`]'s aggregates.
+struct FloorAgg {
+    floors: u64,
+    nonfinite: u64,
+    interior_share: Option<f64>,
+    h_mean: Option<f64>,
+    h_median: Option<f64>,
+    he_mean: Option<f64>,
+    rel_h: Option<f64>,
+    alpha_median: Option<f64>,
+}
+
+impl FloorAgg {
+    /// Every row, each column read once.
+    fn rows(c: &Cols<'_>) -> Result<Vec<FloorAgg>, ReportError> {
+        let (floors, nonfinite) = (c.u64("floors")?, c.u64("nonfinite")?);
+        let (share, h, hm) = (
+            c.f64("interior_share")?,
+            c.f64("h_mean")?,
+            c.f64("h_median")?,
+        );
+        let (he, rel, alpha) = (c.f64("he_mean")?, c.f64("rel_h")?, c.f64("alpha_median")?);
+        Ok((0..floors.len())
+            .map(|i| FloorAgg {
+                floors: floors[i].unwrap_or_default(),
+                nonfinite: nonfinite[i].unwrap_or_default(),
+                interior_share: share[i],
+                h_mean: h[i],
+                h_median: hm[i],
+                he_mean: he[i],
+                rel_h: rel[i],
+                alpha_median: alpha[i],
+            })
+            .collect())
+    }
+
+    fn apply(&self, t: &mut EpochStats) {
+        t.floors = self.floors;
+        t.nonfinite_floors = self.nonfinite;
+        t.interior_share = self.interior_share;
+        t.height_start_mean = self.h_mean;
+        t.height_start_median = self.h_median;
+        t.height_end_mean = self.he_mean;
+        t.rel_height_mean = self.rel_h;
+        t.alpha_star_median = self.alpha_median;
+    }
 }
 
 fn floors_by(
@@ -438,26 +494,14 @@ pub fn load_run(dir: &Path, barrier_threshold: f64) -> Result<RunData, ReportErr
 
     // Geometry over the trainable parameters (the paper's definition) when the analysis has it;
     // analyses made before that row existed have the whole state only.
+    let layer = |name: &str| col("layer").eq(lit(name));
     let mut geometry_scope = "params";
-    let steps = tables.scan("steps")?;
-    if let Some(lf) = &steps {
-        let df = tables.collect(
-            "steps",
-            lf.clone()
-                .filter(col("layer").eq(lit("params")))
-                .select([len().cast(DataType::UInt64).alias("n")]),
-        )?;
-        let n = Cols {
-            df: &df,
-            tables: &tables,
-            table: "steps",
-        }
-        .u64("n")?;
-        if n.first().copied().flatten().unwrap_or(0) == 0 {
-            geometry_scope = "all";
-        }
+    let mut steps_all = tables.load("steps", layer("params"))?;
+    if steps_all.as_ref().is_some_and(|df| df.height() == 0) {
+        geometry_scope = "all";
+        steps_all = tables.load("steps", layer("all"))?;
     }
-    let steps_all = steps.map(|lf| lf.filter(col("layer").eq(lit(geometry_scope))));
+    let steps_all = steps_all.map(DataFrame::lazy);
     let mut geometry = Vec::new();
     let mut per_epoch: Vec<EpochStats> = Vec::new();
     let mut whole = EpochStats::default();
@@ -470,37 +514,23 @@ pub fn load_run(dir: &Path, barrier_threshold: f64) -> Result<RunData, ReportErr
                     col("epoch"),
                     col("cos_prev_update"),
                     col("dist_from_init"),
-                    col("update_norm"),
                 ])
                 .sort(["step"], SortMultipleOptions::default()),
         )?;
-        let c = Cols {
-            df: &df,
-            tables: &tables,
-            table: "steps",
-        };
+        let c = tables.cols("steps", &df);
         let (step, epoch) = (c.u64("step")?, c.u64("epoch")?);
-        let (cos, dist, upd) = (
-            c.f64("cos_prev_update")?,
-            c.f64("dist_from_init")?,
-            c.f64("update_norm")?,
-        );
+        let (cos, dist) = (c.f64("cos_prev_update")?, c.f64("dist_from_init")?);
         for i in 0..df.height() {
             geometry.push(StepPoint {
                 step: step[i].unwrap_or_default(),
                 epoch: epoch[i].unwrap_or_default() as u32,
                 cos: cos[i],
                 dist: dist[i],
-                update_norm: upd[i],
             });
         }
         for (g, into_whole) in [(Some("epoch"), false), (None, true)] {
             let df = cos_by(lf.clone(), g, &tables)?;
-            let c = Cols {
-                df: &df,
-                tables: &tables,
-                table: "steps",
-            };
+            let c = tables.cols("steps", &df);
             let epochs = if g.is_some() {
                 c.u64("epoch")?
             } else {
@@ -549,8 +579,8 @@ pub fn load_run(dir: &Path, barrier_threshold: f64) -> Result<RunData, ReportErr
 
     // Valley floors, per epoch (joined on the geometry's epochs) and over the run.
     let mut floors = Vec::new();
-    if let Some(lf) = tables.scan("floors")? {
-        let lf = lf.filter(primary());
+    if let Some(df) = tables.load("floors", primary())? {
+        let lf = df.lazy();
         let df = tables.collect(
             "floors",
             lf.clone()
@@ -559,21 +589,15 @@ pub fn load_run(dir: &Path, barrier_threshold: f64) -> Result<RunData, ReportErr
                     col("alpha_star"),
                     col("loss_at_floor"),
                     col("height_start"),
-                    col("shape"),
                 ])
                 .sort(["step"], SortMultipleOptions::default()),
         )?;
-        let c = Cols {
-            df: &df,
-            tables: &tables,
-            table: "floors",
-        };
-        let (step, a, l, h, shape) = (
+        let c = tables.cols("floors", &df);
+        let (step, a, l, h) = (
             c.u64("step")?,
             c.f64("alpha_star")?,
             c.f64("loss_at_floor")?,
             c.f64("height_start")?,
-            c.string("shape")?,
         );
         for i in 0..df.height() {
             floors.push(FloorPoint {
@@ -581,29 +605,11 @@ pub fn load_run(dir: &Path, barrier_threshold: f64) -> Result<RunData, ReportErr
                 alpha_star: a[i].unwrap_or(f64::NAN),
                 loss_at_floor: l[i].unwrap_or(f64::NAN),
                 height_start: h[i].unwrap_or(f64::NAN),
-                interior: shape[i].as_deref() == Some("interior_min"),
             });
         }
-        let fill =
-            |df: &DataFrame, target: &mut EpochStats, row: usize| -> Result<(), ReportError> {
-                let c = Cols {
-                    df,
-                    tables: &tables,
-                    table: "floors",
-                };
-                target.floors = c.u64("floors")?[row].unwrap_or_default();
-                target.nonfinite_floors = c.u64("nonfinite")?[row].unwrap_or_default();
-                target.interior_share = c.f64("interior_share")?[row];
-                target.height_start_mean = c.f64("h_mean")?[row];
-                target.height_start_median = c.f64("h_median")?[row];
-                target.height_end_mean = c.f64("he_mean")?[row];
-                target.rel_height_mean = c.f64("rel_h")?[row];
-                target.alpha_star_median = c.f64("alpha_median")?[row];
-                Ok(())
-            };
         let df = floors_by(lf.clone(), None, &tables)?;
-        if df.height() == 1 {
-            fill(&df, &mut whole, 0)?;
+        if let [agg] = FloorAgg::rows(&tables.cols("floors", &df))?.as_slice() {
+            agg.apply(&mut whole);
         }
         if let Some(se) = &step_epoch {
             let joined = lf.join(
@@ -613,13 +619,9 @@ pub fn load_run(dir: &Path, barrier_threshold: f64) -> Result<RunData, ReportErr
                 JoinArgs::new(JoinType::Left),
             );
             let df = floors_by(joined, Some("epoch"), &tables)?;
-            let epochs = Cols {
-                df: &df,
-                tables: &tables,
-                table: "floors",
-            }
-            .u64("epoch")?;
-            for (row, e) in epochs.iter().enumerate() {
+            let c = tables.cols("floors", &df);
+            let epochs = c.u64("epoch")?;
+            for (agg, e) in FloorAgg::rows(&c)?.iter().zip(&epochs) {
                 let e = e.map(|e| e as u32);
                 let idx = match per_epoch.iter().position(|s| s.epoch == e) {
                     Some(i) => i,
@@ -631,7 +633,7 @@ pub fn load_run(dir: &Path, barrier_threshold: f64) -> Result<RunData, ReportErr
                         per_epoch.len() - 1
                     }
                 };
-                fill(&df, &mut per_epoch[idx], row)?;
+                agg.apply(&mut per_epoch[idx]);
             }
             per_epoch.sort_by_key(|s| s.epoch);
         }
@@ -639,18 +641,14 @@ pub fn load_run(dir: &Path, barrier_threshold: f64) -> Result<RunData, ReportErr
 
     // Interpolation curves on the primary set.
     let mut interp = Vec::new();
-    if let Some(lf) = tables.scan("interp")? {
+    if let Some(df) = tables.load("interp", primary())? {
         let df = tables.collect(
             "interp",
-            lf.filter(primary())
+            df.lazy()
                 .select([col("step"), col("alpha"), col("loss")])
                 .sort(["step", "alpha"], SortMultipleOptions::default()),
         )?;
-        let c = Cols {
-            df: &df,
-            tables: &tables,
-            table: "interp",
-        };
+        let c = tables.cols("interp", &df);
         let (s, a, l) = (c.u64("step")?, c.f64("alpha")?, c.f64("loss")?);
         for i in 0..df.height() {
             interp.push((
@@ -664,14 +662,14 @@ pub fn load_run(dir: &Path, barrier_threshold: f64) -> Result<RunData, ReportErr
     // Barriers: frequency and size per path and stride.
     let mut barriers = Vec::new();
     let mut floor_barriers = Vec::new();
-    if let Some(lf) = tables.scan("barriers")? {
+    if let Some(df) = tables.load("barriers", primary())? {
         let rel = || {
             col("barrier_max")
                 / when(col("loss_start").gt(col("loss_end")))
                     .then(col("loss_start"))
                     .otherwise(col("loss_end"))
         };
-        let lf = lf.filter(primary()).with_column(rel().alias("rel"));
+        let lf = df.lazy().with_column(rel().alias("rel"));
         let has = || col("rel").gt(lit(barrier_threshold));
         let df = tables.collect(
             "barriers",
@@ -690,11 +688,7 @@ pub fn load_run(dir: &Path, barrier_threshold: f64) -> Result<RunData, ReportErr
                 ])
                 .sort(["path", "stride"], SortMultipleOptions::default()),
         )?;
-        let c = Cols {
-            df: &df,
-            tables: &tables,
-            table: "barriers",
-        };
+        let c = tables.cols("barriers", &df);
         let (path, stride, seg, with, mean, max, nf) = (
             c.string("path")?,
             c.u64("stride")?,
@@ -721,11 +715,7 @@ pub fn load_run(dir: &Path, barrier_threshold: f64) -> Result<RunData, ReportErr
                 .select([col("stride"), col("step_from"), col("rel")])
                 .sort(["stride", "step_from"], SortMultipleOptions::default()),
         )?;
-        let c = Cols {
-            df: &df,
-            tables: &tables,
-            table: "barriers",
-        };
+        let c = tables.cols("barriers", &df);
         let (k, s, r) = (c.u64("stride")?, c.u64("step_from")?, c.f64("rel")?);
         for i in 0..df.height() {
             floor_barriers.push((
@@ -738,8 +728,9 @@ pub fn load_run(dir: &Path, barrier_threshold: f64) -> Result<RunData, ReportErr
 
     // Curvature at the iterates.
     let mut curvature: Vec<CurvPoint> = Vec::new();
-    if let Some(lf) = tables.scan("curvature")? {
-        let lf = lf.filter(primary().and(col("point").eq(lit("iterate"))));
+    let iterate = primary().and(col("point").eq(lit("iterate")));
+    if let Some(df) = tables.load("curvature", iterate)? {
+        let lf = df.lazy();
         let df = tables.collect(
             "curvature",
             lf.clone()
@@ -748,22 +739,17 @@ pub fn load_run(dir: &Path, barrier_threshold: f64) -> Result<RunData, ReportErr
                         .eq(lit("eigenvalue"))
                         .and(col("rank").eq(lit(0u32))),
                 )
-                .select([col("step"), col("value"), col("converged")])
+                .select([col("step"), col("value")])
                 .sort(["step"], SortMultipleOptions::default()),
         )?;
-        let c = Cols {
-            df: &df,
-            tables: &tables,
-            table: "curvature",
-        };
-        let (s, v, conv) = (c.u64("step")?, c.f64("value")?, c.boolean("converged")?);
+        let c = tables.cols("curvature", &df);
+        let (s, v) = (c.u64("step")?, c.f64("value")?);
         for i in 0..df.height() {
             let step = s[i].unwrap_or_default();
             curvature.push(CurvPoint {
                 step,
                 epoch: geometry.iter().find(|g| g.step == step).map(|g| g.epoch),
                 lambda_max: v[i].unwrap_or(f64::NAN),
-                converged: conv[i].unwrap_or(false),
                 trace: None,
             });
         }
@@ -772,11 +758,7 @@ pub fn load_run(dir: &Path, barrier_threshold: f64) -> Result<RunData, ReportErr
             lf.filter(col("quantity").eq(lit("trace")))
                 .select([col("step"), col("value")]),
         )?;
-        let c = Cols {
-            df: &df,
-            tables: &tables,
-            table: "curvature",
-        };
+        let c = tables.cols("curvature", &df);
         let (s, v) = (c.u64("step")?, c.f64("value")?);
         for i in 0..df.height() {
             if let Some(p) = curvature.iter_mut().find(|p| Some(p.step) == s[i]) {
@@ -793,11 +775,7 @@ pub fn load_run(dir: &Path, barrier_threshold: f64) -> Result<RunData, ReportErr
             lf.select([col("epoch"), col("split"), col("loss"), col("accuracy")])
                 .sort(["epoch", "split"], SortMultipleOptions::default()),
         )?;
-        let c = Cols {
-            df: &df,
-            tables: &tables,
-            table: "epochs",
-        };
+        let c = tables.cols("epochs", &df);
         let (e, sp, l, a) = (
             c.u64("epoch")?,
             c.string("split")?,
@@ -924,10 +902,10 @@ pub fn write_summary(runs: &[RunData], path: &Path) -> Result<usize, ReportError
             }
         }
         for e in &r.evals {
-            let m = match (e.split.as_str(), false) {
-                ("train", _) => ["train_loss", "train_accuracy"],
-                ("val", _) => ["val_loss", "val_accuracy"],
-                ("test", _) => ["test_loss", "test_accuracy"],
+            let m = match e.split.as_str() {
+                "train" => ["train_loss", "train_accuracy"],
+                "val" => ["val_loss", "val_accuracy"],
+                "test" => ["test_loss", "test_accuracy"],
                 _ => continue,
             };
             push(Some(e.epoch), m[0], Some(e.loss), None);
@@ -955,18 +933,11 @@ pub fn write_summary(runs: &[RunData], path: &Path) -> Result<usize, ReportError
         reason: e.to_string(),
     };
     let mut df = DataFrame::new(rows, columns).map_err(bad)?;
-    let tmp = path.with_file_name(format!(".summary.parquet.{}", std::process::id()));
-    let file = File::create(&tmp).map_err(|source| ReportError::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    ParquetWriter::new(file)
+    let mut bytes = Vec::new();
+    ParquetWriter::new(&mut bytes)
         .with_compression(ParquetCompression::Zstd(None))
         .finish(&mut df)
         .map_err(bad)?;
-    std::fs::rename(&tmp, path).map_err(|source| ReportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    super::write_atomic(path, &bytes)?;
     Ok(rows)
 }
