@@ -134,36 +134,10 @@ fn check_manifest(out: &Path, m: &Manifest) -> Result<(), AnalyzeError> {
                     path.display()
                 ))
             })?;
-            // Settings of phases that have not run in this folder yet are free to change.
             let (old, new) = (&existing.config, &m.config);
             let mut cmp = old.clone();
+            cmp.adopt_unrun_phase_settings(new);
             cmp.phases = new.phases.clone();
-            if !old.has("curvature") {
-                cmp.curvature_every = new.curvature_every;
-                cmp.curvature_steps = new.curvature_steps.clone();
-                cmp.curvature_at_floor = new.curvature_at_floor;
-                cmp.top_k = new.top_k;
-                cmp.lanczos_iterations = new.lanczos_iterations;
-                cmp.eigen_tolerance = new.eigen_tolerance;
-                cmp.trace_probes = new.trace_probes;
-                cmp.eps_sharpness = new.eps_sharpness;
-            }
-            if !old.has("interp") {
-                (cmp.grid_lo, cmp.grid_hi, cmp.grid_points) =
-                    (new.grid_lo, new.grid_hi, new.grid_points);
-            }
-            if !old.has("floors") {
-                cmp.floor_tolerance = new.floor_tolerance;
-            }
-            if !old.has("barriers") {
-                cmp.strides = new.strides.clone();
-            }
-            if !old.has("interp") && !old.has("curvature") {
-                cmp.eval = new.eval.clone();
-                cmp.bn = new.bn.clone();
-                cmp.eval_batch_size = new.eval_batch_size;
-                cmp.seed = new.seed;
-            }
             if existing.recording_id != m.recording_id
                 || existing.shard_count != m.shard_count
                 || cmp != *new
@@ -464,31 +438,15 @@ impl ItemContext<'_> {
         let names: Vec<String> = layers.iter().map(|(n, _)| n.clone()).collect();
         let len = s.desc.layout.len_elements();
         let mut tracker =
-            GeometryTracker::new(layers, len, TotalScope::AllElements).map_err(|e| {
-                AnalyzeError::InvalidSetting {
-                    setting: "layout",
-                    reason: e.to_string(),
-                }
-            })?;
+            GeometryTracker::new(layers, len, TotalScope::AllElements).map_err(metrics_err)?;
         // The paper's definitions (cos, distance) use the trainable parameters only: BatchNorm
         // running statistics move with every batch and would dominate both.
-        let trainable: Vec<std::ops::Range<usize>> = s
-            .desc
-            .layout
-            .entries
-            .iter()
-            .filter(|e| e.trainable)
-            .map(|e| e.offset_elements..e.offset_elements + e.len_elements)
-            .collect();
         let mut params = GeometryTracker::new(
-            vec![("params".to_string(), trainable)],
+            vec![("params".to_string(), s.trainable_ranges())],
             len,
             TotalScope::LayersOnly,
         )
-        .map_err(|e| AnalyzeError::InvalidSetting {
-            setting: "layout",
-            reason: e.to_string(),
-        })?;
+        .map_err(metrics_err)?;
         if self.steps.contains(&0) || s.reader.has_step(0) {
             let init = s.reader.state(0)?;
             tracker.set_init(&init).map_err(metrics_err)?;

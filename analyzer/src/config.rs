@@ -397,6 +397,44 @@ impl AnalyzeConfig {
         Ok(())
     }
 
+    /// Takes from `new` the settings of every phase that has not run under `self` (an existing
+    /// analysis): those may still be chosen freely when the phase is added later.
+    pub fn adopt_unrun_phase_settings(&mut self, new: &AnalyzeConfig) {
+        let ran = |p: &str| self.has(p);
+        let (curvature, interp, floors, barriers) = (
+            ran("curvature"),
+            ran("interp"),
+            ran("floors"),
+            ran("barriers"),
+        );
+        if !curvature {
+            self.curvature_every = new.curvature_every;
+            self.curvature_steps = new.curvature_steps.clone();
+            self.curvature_at_floor = new.curvature_at_floor;
+            self.top_k = new.top_k;
+            self.lanczos_iterations = new.lanczos_iterations;
+            self.eigen_tolerance = new.eigen_tolerance;
+            self.trace_probes = new.trace_probes;
+            self.eps_sharpness = new.eps_sharpness;
+        }
+        if !interp {
+            (self.grid_lo, self.grid_hi, self.grid_points) =
+                (new.grid_lo, new.grid_hi, new.grid_points);
+        }
+        if !floors {
+            self.floor_tolerance = new.floor_tolerance;
+        }
+        if !barriers {
+            self.strides = new.strides.clone();
+        }
+        if !interp && !curvature {
+            self.eval = new.eval.clone();
+            self.bn = new.bn.clone();
+            self.eval_batch_size = new.eval_batch_size;
+            self.seed = new.seed;
+        }
+    }
+
     /// Is a phase on? floors and barriers need interp; barriers need floors.
     pub fn has(&self, phase: &str) -> bool {
         let on = |p: &str| self.phases.iter().any(|x| x == p);

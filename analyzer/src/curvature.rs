@@ -414,11 +414,11 @@ where
     let (mut calls, mut matvecs, mut restarts) = (0u32, 0u64, 0u32);
 
     loop {
-        let active: Vec<Vec<f32>> = basis[computed..].to_vec();
+        let active = &basis[computed..];
         if active.is_empty() {
             break; // basis spans the whole space
         }
-        let images = apply(&mut op, &active, n, &mut calls)?;
+        let images = apply(&mut op, active, n, &mut calls)?;
         matvecs += active.len() as u64;
         let m = basis.len();
 
