@@ -326,11 +326,12 @@ impl RecordArgs {
             .eval_splits
             .split(',')
             .filter(|s| !s.is_empty())
-            .map(|s| match s {
-                "train" => Ok(sgdwalk_workload::Split::Train),
-                "val" => Ok(sgdwalk_workload::Split::Val),
-                "test" => Ok(sgdwalk_workload::Split::Test),
-                other => Err(invalid("eval-splits", format!("unknown split {other:?}"))),
+            .map(|s| {
+                use sgdwalk_workload::Split::{Test, Train, Val};
+                [Train, Val, Test]
+                    .into_iter()
+                    .find(|x| x.as_str() == s)
+                    .ok_or_else(|| invalid("eval-splits", format!("unknown split {s:?}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(RecordConfig {

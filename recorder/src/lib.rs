@@ -28,7 +28,7 @@ use sgdwalk_format::{
 use sgdwalk_workload::run::{
     AugmentationSpec, Provenance, RUN_DESCRIPTION_VERSION, RunDescription,
 };
-use sgdwalk_workload::{AUG_BYTES_PER_SAMPLE, BnPolicy, Dataset, Split, evaluate};
+use sgdwalk_workload::{AUG_BYTES_PER_SAMPLE, BnPolicy, Dataset, evaluate};
 
 pub use config::{RecordArgs, RecordConfig};
 pub use error::RecordError;
@@ -548,12 +548,7 @@ fn evaluate_epoch(trainer: &Trainer, cfg: &RecordConfig) -> Result<Vec<EvalRecor
             BnPolicy::EvalMode,
         )?;
         out.push(EvalRecord {
-            split: match split {
-                Split::Train => "train",
-                Split::Val => "val",
-                Split::Test => "test",
-            }
-            .into(),
+            split: split.as_str().into(),
             loss: s.mean_loss(),
             accuracy: s.accuracy(),
             samples: s.samples,

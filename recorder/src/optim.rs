@@ -154,11 +154,7 @@ impl Optimizer {
         let out = if parts.is_empty() {
             Vec::new()
         } else {
-            let flat = Tensor::f_cat(&parts, 0)?.f_to_kind(Kind::Float)?;
-            let n = flat.numel();
-            let mut out = vec![0f32; n];
-            flat.f_copy_data(&mut out, n)?;
-            out
+            sgdwalk_workload::state::to_host(&Tensor::f_cat(&parts, 0)?.f_to_kind(Kind::Float)?)?
         };
         debug_assert_eq!(params.len(), present1.len());
         let descriptor = serde_json::json!({

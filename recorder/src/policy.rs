@@ -26,14 +26,9 @@ pub enum RecordPolicy {
 impl RecordPolicy {
     /// Is step `t` recorded, given the epoch length?
     pub fn records(&self, t: u64, steps_per_epoch: u64) -> bool {
-        if let RecordPolicy::Nothing = self {
-            return false;
-        }
-        if t == 0 {
-            return true;
-        }
         match self {
             RecordPolicy::Nothing => false,
+            _ if t == 0 => true,
             RecordPolicy::Every => true,
             RecordPolicy::Epochs(epochs) => epochs.iter().any(|&e| {
                 let start = (e - 1) * steps_per_epoch;

@@ -25,13 +25,7 @@ impl Snapshot {
     fn into_host(self) -> Result<Vec<f32>, RecordError> {
         match self {
             Snapshot::Host(v) => Ok(v),
-            Snapshot::Device(t) => {
-                let t = t.f_to_device(tch::Device::Cpu)?;
-                let n = t.numel();
-                let mut v = vec![0f32; n];
-                t.f_copy_data(&mut v, n)?;
-                Ok(v)
-            }
+            Snapshot::Device(t) => Ok(sgdwalk_workload::state::to_host(&t)?),
         }
     }
 }

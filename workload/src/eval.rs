@@ -125,12 +125,7 @@ pub fn mean_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor, WorkloadErr
 }
 
 fn sums_of(logits: &Tensor, labels: &Tensor) -> Result<EvalSums, WorkloadError> {
-    let losses = per_sample_loss(logits, labels)?
-        .f_to_kind(Kind::Float)?
-        .f_to_device(tch::Device::Cpu)?;
-    let n = losses.numel();
-    let mut values = vec![0f32; n];
-    losses.f_copy_data(&mut values, n)?;
+    let values = crate::state::to_host(&per_sample_loss(logits, labels)?.f_to_kind(Kind::Float)?)?;
     let correct = logits
         .f_argmax(-1, false)?
         .f_eq_tensor(labels)?
@@ -138,7 +133,7 @@ fn sums_of(logits: &Tensor, labels: &Tensor) -> Result<EvalSums, WorkloadError> 
         .f_int64_value(&[])?;
     let mut s = EvalSums {
         correct: correct as u64,
-        samples: n as u64,
+        samples: values.len() as u64,
         ..Default::default()
     };
     for v in values {

@@ -177,8 +177,8 @@ fn concat_flat(tensors: &[Tensor]) -> Result<Tensor, tch::TchError> {
     Tensor::f_cat(&parts, 0)?.f_to_kind(Kind::Float)
 }
 
-/// A flat tensor's values as a host vector.
-fn to_host(flat: &Tensor) -> Result<Vec<f32>, WorkloadError> {
+/// A flat f32 tensor's values as a host vector (from any device).
+pub fn to_host(flat: &Tensor) -> Result<Vec<f32>, WorkloadError> {
     let flat = flat.f_to_device(tch::Device::Cpu)?;
     let n = flat.numel();
     let mut out = vec![0f32; n];
