@@ -444,14 +444,15 @@ impl Reader {
     }
 
     /// Decodes one step record given the states of step−1 and step−2 (as far as its chunks need
-    /// them), verifying chunk CRCs and reconstructed hashes.
+    /// them), verifying chunk CRCs and reconstructed hashes. Returns the record's chunk table,
+    /// so callers that also need it do not parse the record a second time.
     pub(crate) fn decode_step_into(
         &self,
         step: u64,
         prev: Option<&[f32]>,
         prev2: Option<&[f32]>,
         out: &mut [f32],
-    ) -> Result<(), FormatError> {
+    ) -> Result<Vec<ChunkEntry>, FormatError> {
         let (entry, p) = self.step_payload(step)?;
         let chain_start = p.fixed.chain_start_step;
         // Which bases the chain rules allow: prev if step > chain start, prev2 if step−2 ≥ it.
@@ -471,7 +472,8 @@ impl Reader {
             entry.record_offset,
             step,
         )
-        .map_err(|e| e.with_path(&self.path))
+        .map_err(|e| e.with_path(&self.path))?;
+        Ok(p.chunks)
     }
 
     /// All epoch records, in file order.

@@ -265,13 +265,13 @@ impl Writer {
         // Walk the chain forward, as the reader does, tracking the standalone sizes the
         // uninterrupted writer would have tracked.
         for u in chain_start..=last {
-            for (slot, e) in bases.standalone_len.iter_mut().zip(reader.chunk_table(u)?) {
+            let mut out = vec![0f32; n];
+            let chunks = reader.decode_step_into(u, prev.as_deref(), prev2.as_deref(), &mut out)?;
+            for (slot, e) in bases.standalone_len.iter_mut().zip(chunks) {
                 if e.codec.is_standalone() {
                     *slot = u64::from(e.stored_len_bytes);
                 }
             }
-            let mut out = vec![0f32; n];
-            reader.decode_step_into(u, prev.as_deref(), prev2.as_deref(), &mut out)?;
             prev2 = prev;
             prev = Some(out);
         }
