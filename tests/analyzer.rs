@@ -48,6 +48,12 @@ pub fn run_analysis(
     analyze(&cfg, &settings).unwrap()
 }
 
+/// The error an analysis with these flags stops with (its flags themselves are valid).
+pub fn analysis_error(recording: &Path, out: &Path, extra: &[&str]) -> AnalyzeError {
+    let (cfg, settings) = analyze_args(recording, out, extra).validate().unwrap();
+    analyze(&cfg, &settings).unwrap_err()
+}
+
 /// Every row of a table, across shards and parts.
 pub fn rows<R: TableRows>(out: &Path) -> Vec<R> {
     let dir = out.join(format!("table={}", R::TABLE.as_str()));
@@ -275,7 +281,7 @@ fn geometry_matches_a_direct_computation_and_epochs_are_copied() {
     // A phase added later to the same folder: allowed, the manifest lists the union, and the
     // tables already there are kept as they were.
     let before = sorted_debug(&steps);
-    let curvature_only = |top_k: &str| {
+    let curvature_only = |top_k: &'static str| {
         let flags = [
             "--data-dir",
             data_dir.as_str(),
@@ -284,13 +290,9 @@ fn geometry_matches_a_direct_computation_and_epochs_are_copied() {
             "--curvature-steps",
             "0",
         ];
-        let more = ["--top-k", top_k, "--trace-probes", "0"];
-        analyze_args(&rec, &out, &[&flags[..], &more[..]].concat())
-            .validate()
-            .unwrap()
+        [&flags[..], &["--top-k", top_k, "--trace-probes", "0"]].concat()
     };
-    let (cfg, settings) = curvature_only("1");
-    let added = analyze(&cfg, &settings).unwrap();
+    let added = run_analysis(&rec, &out, &curvature_only("1"));
     assert!(added.rows.contains_key("curvature"), "{:?}", added.rows);
     let manifest = std::fs::read_to_string(out.join("_sgdwalk_analysis.json")).unwrap();
     let m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
@@ -306,8 +308,7 @@ fn geometry_matches_a_direct_computation_and_epochs_are_copied() {
             .any(|c| c.step == 0 && c.quantity == "eigenvalue")
     );
     // Once curvature has run, its settings are fixed for this folder.
-    let (cfg, settings) = curvature_only("2");
-    let err = analyze(&cfg, &settings).unwrap_err();
+    let err = analysis_error(&rec, &out, &curvature_only("2"));
     assert!(
         matches!(err, AnalyzeError::InvalidSetting { setting: "out", .. }),
         "{err}"
@@ -505,14 +506,11 @@ fn shards_together_equal_one_run_and_reruns_skip_finished_items() {
     assert_eq!(again.work_items_skipped, again.work_items_this_shard);
     assert!(again.rows.is_empty(), "{:?}", again.rows);
     // Another setting into the same folder is refused, not mixed in.
-    let (cfg, settings) = analyze_args(
+    let err = analysis_error(
         &rec,
         &sharded,
         &[&b[..], &["--shard", "1/2", "--grid", "0:1:3"]].concat(),
-    )
-    .validate()
-    .unwrap();
-    let err = analyze(&cfg, &settings).unwrap_err();
+    );
     assert!(
         matches!(err, AnalyzeError::InvalidSetting { setting: "out", .. }),
         "{err}"
@@ -563,10 +561,7 @@ fn bad_inputs_get_named_errors() {
         &sparse,
         &["--record", "every:5", "--eval-splits", ""],
     ));
-    let (cfg, settings) = analyze_args(&sparse, &dir.path().join("o1"), &[])
-        .validate()
-        .unwrap();
-    let err = analyze(&cfg, &settings).unwrap_err();
+    let err = analysis_error(&sparse, &dir.path().join("o1"), &[]);
     assert!(matches!(err, AnalyzeError::NoPairs { .. }), "{err}");
     assert!(err.to_string().contains("sparse.walk"), "{err}");
 
@@ -609,14 +604,11 @@ fn bad_inputs_get_named_errors() {
     bytes.extend(first);
     std::fs::remove_file(idx_dir.join("t10k-labels-idx1-ubyte.gz")).unwrap();
     std::fs::write(idx_dir.join("t10k-labels-idx1-ubyte"), bytes).unwrap();
-    let (cfg, settings) = analyze_args(
+    let err = analysis_error(
         &rec,
         &dir.path().join("o2"),
         &["--data-dir", idx_dir.to_str().unwrap()],
-    )
-    .validate()
-    .unwrap();
-    let err = analyze(&cfg, &settings).unwrap_err();
+    );
     assert!(matches!(err, AnalyzeError::DatasetMismatch { .. }), "{err}");
     assert!(err.to_string().contains("t10k-labels-idx1-ubyte"), "{err}");
 
