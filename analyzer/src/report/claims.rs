@@ -602,7 +602,7 @@ pub fn assess(runs: &[RunData], barrier_threshold: f64) -> Vec<Assessed> {
             100.0 * barrier_threshold
         );
         let mut ev = String::from(
-            "| run | path | stride k | segments | with barrier | mean size (rel.) | max size (rel.) |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n",
+            "| run | path | stride k | segments | with barrier | NaN | mean size (rel.) | max size (rel.) |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
         let (mut seg, mut with) = (0u64, 0u64);
         let mut floor_by_stride: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
@@ -611,12 +611,13 @@ pub fn assess(runs: &[RunData], barrier_threshold: f64) -> Vec<Assessed> {
             for b in &r.barriers {
                 let _ = writeln!(
                     ev,
-                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |",
                     r.label,
                     b.path,
                     b.stride,
                     b.segments,
                     b.with_barrier,
+                    b.nonfinite,
                     pct(b.rel_mean),
                     pct(b.rel_max)
                 );

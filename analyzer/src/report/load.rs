@@ -74,7 +74,8 @@ pub struct BarrierStats {
     /// Mean and maximum relative barrier over the segments with a barrier.
     pub rel_mean: Option<f64>,
     pub rel_max: Option<f64>,
-    /// Segments whose barrier is NaN.
+    /// Segments whose barrier is NaN (a non-finite loss on the path): included in `segments`,
+    /// never in `with_barrier`, and shown in the report's barrier table.
     pub nonfinite: u64,
 }
 
