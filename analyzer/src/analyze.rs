@@ -1,6 +1,7 @@
 //! The `analyze` command: work items (blocks of consecutive steps) computed by this shard,
 //! each writing its part of every table, skipped on rerun when its parts exist.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -639,24 +640,30 @@ impl ItemContext<'_> {
                     let seg_alphas: Vec<f64> = (0..cfg.grid_points as usize)
                         .map(|i| i as f64 / (cfg.grid_points as f64 - 1.0))
                         .collect();
+                    let key = |x: u64| (set_name.clone(), bn_name.clone(), x);
                     for &t in &mine {
-                        for &k in &cfg.strides {
-                            let u = t + u64::from(k);
-                            let key = |x: u64| (set_name.clone(), bn_name.clone(), x);
-                            let batches = s.prepared(set, t)?;
-                            // Along the valley floor: v_t -> v_{t+k}.
-                            if let (Some(&at), Some(&au)) =
-                                (floors_at.get(&key(t)), floors_at.get(&key(u)))
-                                && at.is_finite()
-                                && au.is_finite()
-                            {
-                                let (mut vt, mut vu) = (Vec::new(), Vec::new());
+                        let batches = s.prepared(set, t)?;
+                        // The floor point v_t, shared by every stride.
+                        let vt = match floors_at.get(&key(t)) {
+                            Some(&at) if at.is_finite() => {
+                                let mut vt = Vec::new();
                                 interpolate(
                                     &s.reader.state(t)?,
                                     &s.reader.state(t + 1)?,
                                     at,
                                     &mut vt,
                                 );
+                                Some(vt)
+                            }
+                            _ => None,
+                        };
+                        for &k in &cfg.strides {
+                            let u = t + u64::from(k);
+                            // Along the valley floor: v_t -> v_{t+k}.
+                            if let (Some(vt), Some(&au)) = (&vt, floors_at.get(&key(u)))
+                                && au.is_finite()
+                            {
+                                let mut vu = Vec::new();
                                 interpolate(
                                     &s.reader.state(u)?,
                                     &s.reader.state(u + 1)?,
@@ -664,7 +671,7 @@ impl ItemContext<'_> {
                                     &mut vu,
                                 );
                                 let losses =
-                                    self.segment(s, &vt, &vu, &seg_alphas, &batches, bn, summary)?;
+                                    self.segment(s, vt, &vu, &seg_alphas, &batches, bn, summary)?;
                                 barriers.push(barrier_row(
                                     s,
                                     t,
@@ -681,7 +688,7 @@ impl ItemContext<'_> {
                             if self.steps.contains(&u) {
                                 let reuse = k == 1 && cfg.grid_lo == 0.0 && cfg.grid_hi == 1.0;
                                 let (alph, losses) = match grid_losses.get(&t) {
-                                    Some(l) if reuse => (alphas.clone(), l.clone()),
+                                    Some(l) if reuse => (&alphas, Cow::Borrowed(l)),
                                     _ => {
                                         let a = s.reader.state(t)?;
                                         let b = s.reader.state(u)?;
@@ -694,11 +701,11 @@ impl ItemContext<'_> {
                                             bn,
                                             summary,
                                         )?;
-                                        (seg_alphas.clone(), l)
+                                        (&seg_alphas, Cow::Owned(l))
                                     }
                                 };
                                 barriers.push(barrier_row(
-                                    s, t, u, k, "iterate", &set_name, &bn_name, &alph, &losses,
+                                    s, t, u, k, "iterate", &set_name, &bn_name, alph, &losses,
                                 )?);
                             }
                         }
