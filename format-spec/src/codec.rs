@@ -497,11 +497,7 @@ fn bench_codec(
         let prev2 = ti.checked_sub(2).map(|i| &states[i]);
         for c0 in (0..n).step_by(BENCH_CHUNK) {
             let c1 = (c0 + BENCH_CHUNK).min(n);
-            let use_codec = if codec == CodecId::Pred2 && prev2.is_none() {
-                CodecId::ZigzagDeltaPrev
-            } else {
-                codec
-            };
+            let use_codec = codec.effective(prev2.is_some());
             let mut out = Vec::new();
             let len = encode_chunk(
                 use_codec,

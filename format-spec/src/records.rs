@@ -349,6 +349,12 @@ pub struct RecordHeader {
     pub payload_crc32c: u32,
 }
 
+/// Zero bytes after a payload of this length, up to the record alignment.
+pub fn padding_len(payload_len_bytes: u64) -> usize {
+    ((RECORD_ALIGNMENT_BYTES - payload_len_bytes % RECORD_ALIGNMENT_BYTES) % RECORD_ALIGNMENT_BYTES)
+        as usize
+}
+
 /// Payload length rounded up to the record alignment.
 pub fn padded_len(payload_len_bytes: u64) -> Option<u64> {
     payload_len_bytes
@@ -455,9 +461,7 @@ pub fn encode_record(kind: RecordKind, flags: u8, step: u64, payload: &[u8], out
     let h = RecordHeader::for_payload(kind, flags, step, payload);
     out.extend_from_slice(&h.encode());
     out.extend_from_slice(payload);
-    let pad = (RECORD_ALIGNMENT_BYTES - (payload.len() as u64 % RECORD_ALIGNMENT_BYTES))
-        % RECORD_ALIGNMENT_BYTES;
-    out.extend(std::iter::repeat_n(0u8, pad as usize));
+    out.extend(std::iter::repeat_n(0u8, padding_len(payload.len() as u64)));
 }
 
 // ---------------------------------------------------------------------------------------------

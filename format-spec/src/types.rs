@@ -48,6 +48,15 @@ pub enum CodecId {
 }
 
 impl CodecId {
+    /// The codec a delta chunk is actually written with: pred2 needs θ_{t−2}, and without it
+    /// (the first delta of a chain) falls back to the zigzag delta against θ_{t−1}.
+    pub fn effective(self, has_prev2: bool) -> CodecId {
+        match self {
+            CodecId::Pred2 if !has_prev2 => CodecId::ZigzagDeltaPrev,
+            c => c,
+        }
+    }
+
     /// All codecs, in id order.
     pub const ALL: [CodecId; 5] = [
         CodecId::Raw,

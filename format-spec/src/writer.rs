@@ -339,7 +339,7 @@ impl Writer {
             payload.len() as u64,
             MAX_PAYLOAD_BYTES,
         )?;
-        let pad = (total - RECORD_HEADER_ENCODED_SIZE_BYTES as u64 - payload.len() as u64) as usize;
+        let pad = padding_len(payload.len() as u64);
         let offset = self.end_offset;
         let res = self
             .file
@@ -510,10 +510,7 @@ impl Writer {
                 return Ok(finish_chunk(codec, bytes, cur, Some(len)));
             };
             let p2 = prev2.map(|p| &p[range]);
-            let codec = match (delta_codec, p2) {
-                (CodecId::Pred2, None) => CodecId::ZigzagDeltaPrev,
-                (c, _) => c,
-            };
+            let codec = delta_codec.effective(p2.is_some());
             let mut delta = Vec::new();
             encode_chunk(codec, cur, Some(p), p2, level, &mut delta)?;
             check_chunk_len(delta.len())?;
