@@ -1,8 +1,9 @@
 //! An independent reader of the recording format, written from `format-spec/SPEC.md` alone.
 //!
-//! It uses only std, zstd, crc32c and xxhash-rust (no sgdwalk-format types or functions) to
-//! decode the golden files, and compares what it finds with what `sgdwalk_format::Reader` reads.
-//! If the two disagree, either the spec or the crate is wrong.
+//! It uses only std, zstd, crc32c, xxhash-rust, sha2 and serde_json (no sgdwalk-format types or
+//! functions) to decode the golden files, checking everything SPEC.md §8 asks a reader to
+//! check, and compares what it finds with what `sgdwalk_format::Reader` reads. If the two
+//! disagree, either the spec or the crate is wrong.
 
 #![allow(
     clippy::unwrap_used,
@@ -10,11 +11,22 @@
     reason = "test helpers fail the test on setup errors"
 )]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"\x89SGDWLK\n";
+const RECORD_MAGIC: &[u8; 4] = b"SWRC";
 const NO_STEP: u64 = u64::MAX;
+const SKIPPABLE: u8 = 1;
+const KIND_HEADER: u8 = 1;
+const KIND_STEP: u8 = 2;
+const KIND_EPOCH: u8 = 3;
+const KIND_RESUME: u8 = 4;
+const KIND_INDEX: u8 = 5;
+const KIND_FOOTER: u8 = 6;
+const KIND_ATTACHMENT: u8 = 7;
+/// §3: incompat bit 0, TYPED_LAYOUT (format 1.1).
+const TYPED_LAYOUT: u64 = 1;
 
 /// A bounds-checked little-endian reader; every failure is an `Err(String)`.
 struct Rd<'a> {
@@ -23,6 +35,9 @@ struct Rd<'a> {
 }
 
 impl<'a> Rd<'a> {
+    fn new(b: &'a [u8]) -> Self {
+        Rd { b, pos: 0 }
+    }
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self
             .pos
@@ -68,6 +83,21 @@ impl<'a> Rd<'a> {
     }
 }
 
+fn cap(what: &str, v: u64, max: u64) -> Result<(), String> {
+    if v > max {
+        return Err(format!("{what} {v} above the cap {max}"));
+    }
+    Ok(())
+}
+
+/// §8.7: `stored × 32 768 + 4096 ≥ raw`.
+fn plausible(stored: u64, raw: u64) -> Result<(), String> {
+    if u128::from(stored) * 32_768 + 4096 < u128::from(raw) {
+        return Err(format!("{stored} stored bytes cannot hold {raw} raw bytes"));
+    }
+    Ok(())
+}
+
 /// (epoch, step, [(split, loss bits, accuracy bits, samples)])
 pub type SpecEpoch = (u32, u64, Vec<(String, u64, u64, u64)>);
 
@@ -84,6 +114,9 @@ pub struct SpecStep {
     pub scalars: [u64; 5],
 }
 
+/// One tensor of the HEADER layout: name, shape, offset_elements.
+pub type SpecTensor = (String, Vec<u64>, u64);
+
 #[derive(Debug, Default)]
 pub struct SpecFile {
     pub major: u16,
@@ -93,6 +126,7 @@ pub struct SpecFile {
     pub k: u32,
     pub delta_codec: u8,
     pub aug_per_sample: u64,
+    pub layout: Vec<SpecTensor>,
     pub layout_json: String,
     pub metadata_json: String,
     pub steps: Vec<SpecStep>,
@@ -103,6 +137,23 @@ pub struct SpecFile {
     pub finished: bool,
     /// (offset, whole length, kind, step) of every data record, in file order.
     pub data_records: Vec<(u64, u64, u8, u64)>,
+    /// Prologue incompat flags.
+    pub incompat: u64,
+    /// §4.2 dtype name of every layout tensor, in layout order.
+    pub dtypes: Vec<String>,
+    /// §4.9 (name, data) of every attachment, SHA-256 checked, in file order.
+    pub attachments: Vec<(String, Vec<u8>)>,
+}
+
+/// §4.2: bytes per element of a dtype name; `None` for a name the format does not define.
+fn dtype_size(name: &str) -> Option<u64> {
+    Some(match name {
+        "f64" | "i64" => 8,
+        "f32" | "i32" => 4,
+        "f16" | "bf16" | "i16" => 2,
+        "i8" | "u8" | "bool" => 1,
+        _ => return None,
+    })
 }
 
 fn unshuffle(planes: &[u8], n: usize) -> Vec<u32> {
@@ -129,6 +180,12 @@ fn one_frame(frame: &[u8], len: usize) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+fn le_words(b: &[u8]) -> Vec<u32> {
+    b.chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
 fn unzigzag(z: u32) -> u32 {
     (z >> 1) ^ 0u32.wrapping_sub(z & 1)
 }
@@ -149,10 +206,7 @@ fn decode_chunk(
         if stored.len() != 4 * n {
             return Err("raw chunk length".into());
         }
-        return Ok(stored
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect());
+        return Ok(le_words(stored));
     }
     let (mu, frame) = if codec == 4 {
         if stored.len() < 2 {
@@ -162,11 +216,23 @@ fn decode_chunk(
     } else {
         (0, stored)
     };
-    let w = unshuffle(&one_frame(frame, 4 * n)?, n);
     fn need(b: Option<&[u32]>, n: usize) -> Result<&[u32], String> {
         b.filter(|b| b.len() == n)
             .ok_or_else(|| "delta codec lacks a base".to_owned())
     }
+    // The bases the chain rules allow must exist before anything is decompressed.
+    match codec {
+        1 => {}
+        2 | 3 => {
+            need(p, n)?;
+        }
+        4 => {
+            need(p, n)?;
+            need(q, n)?;
+        }
+        _ => return Err(format!("unknown codec {codec}")),
+    }
+    let w = unshuffle(&one_frame(frame, 4 * n)?, n);
     Ok(match codec {
         1 => w,
         2 => w.iter().zip(need(p, n)?).map(|(w, p)| w ^ p).collect(),
@@ -175,7 +241,7 @@ fn decode_chunk(
             .zip(need(p, n)?)
             .map(|(w, p)| p.wrapping_add(unzigzag(*w)))
             .collect(),
-        4 => {
+        _ => {
             let (p, q) = (need(p, n)?, need(q, n)?);
             w.iter()
                 .zip(p)
@@ -183,7 +249,6 @@ fn decode_chunk(
                 .map(|((w, p), q)| pred2(*p, *q, mu).wrapping_add(unzigzag(*w)))
                 .collect()
         }
-        _ => return Err(format!("unknown codec {codec}")),
     })
 }
 
@@ -192,8 +257,7 @@ fn xxh3_of(words: &[u32]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&bytes)
 }
 
-/// Reads a chunk table and the data after `data_start` bytes of other fields; returns the
-/// decoded words of all chunks.
+/// Reads the data of the chunks of `entries` and returns the decoded words of all chunks.
 fn decode_chunks(
     rd: &mut Rd<'_>,
     entries: &[(u8, u32, u32, u64)],
@@ -226,6 +290,12 @@ fn decode_chunks(
 }
 
 fn chunk_table(rd: &mut Rd<'_>, count: usize) -> Result<Vec<(u8, u32, u32, u64)>, String> {
+    if count
+        .checked_mul(24)
+        .is_none_or(|b| b > rd.b.len() - rd.pos)
+    {
+        return Err("chunk table exceeds the payload".into());
+    }
     (0..count)
         .map(|_| {
             let codec = rd.u8()?;
@@ -236,6 +306,368 @@ fn chunk_table(rd: &mut Rd<'_>, count: usize) -> Result<Vec<(u8, u32, u32, u64)>
             Ok((codec, len, crc, rd.u64()?))
         })
         .collect()
+}
+
+/// A record header (§4.1) and its payload, as found at some offset.
+struct Rec<'a> {
+    kind: u8,
+    flags: u8,
+    step: u64,
+    payload: &'a [u8],
+    /// Whole length with header and padding.
+    total: u64,
+}
+
+/// What lies at a record offset.
+enum At<'a> {
+    Rec(Rec<'a>),
+    /// Fewer than 32 bytes left, or a valid header whose record runs past the end.
+    Torn,
+    /// Anything else; `payload_crc` says whether only the payload CRC failed.
+    Bad {
+        reason: String,
+        payload_crc: bool,
+    },
+}
+
+fn record_at(bytes: &[u8], pos: usize) -> At<'_> {
+    let bad = |reason: String| At::Bad {
+        reason,
+        payload_crc: false,
+    };
+    if bytes.len() - pos < 32 {
+        return At::Torn;
+    }
+    let h = &bytes[pos..pos + 32];
+    if &h[0..4] != RECORD_MAGIC {
+        return bad(format!("bad record magic at {pos}"));
+    }
+    if crc32c::crc32c(&h[..28]) != u32::from_le_bytes(h[28..32].try_into().unwrap()) {
+        return bad(format!("record header crc at {pos}"));
+    }
+    let kind = h[4];
+    let flags = h[5];
+    if flags & !SKIPPABLE != 0 || h[6] != 0 || h[7] != 0 {
+        return bad(format!("reserved record header bits at {pos}"));
+    }
+    let plen = u64::from_le_bytes(h[8..16].try_into().unwrap());
+    let step = u64::from_le_bytes(h[16..24].try_into().unwrap());
+    let pcrc = u32::from_le_bytes(h[24..28].try_into().unwrap());
+    if plen > 1 << 36 {
+        return bad(format!("payload length {plen} above the cap at {pos}"));
+    }
+    let total = 32 + plen + (8 - plen % 8) % 8;
+    if total > (bytes.len() - pos) as u64 {
+        return At::Torn;
+    }
+    let (start, total_us) = (pos + 32, total as usize);
+    let payload = &bytes[start..start + plen as usize];
+    if crc32c::crc32c(payload) != pcrc {
+        return At::Bad {
+            reason: format!("payload crc at {pos}"),
+            payload_crc: true,
+        };
+    }
+    if bytes[start + plen as usize..pos + total_us]
+        .iter()
+        .any(|&b| b != 0)
+    {
+        return bad(format!("padding at {pos}"));
+    }
+    At::Rec(Rec {
+        kind,
+        flags,
+        step,
+        payload,
+        total,
+    })
+}
+
+/// The fields of the HEADER record (§4.2), validated.
+fn parse_header(f: &mut SpecFile, payload: &[u8]) -> Result<(), String> {
+    let mut rd = Rd::new(payload);
+    rd.take(16)?;
+    rd.u64()?;
+    f.n = rd.u64()?;
+    let c = rd.u32()?;
+    f.k = rd.u32()?;
+    let level = rd.u32()? as i32;
+    f.delta_codec = rd.u8()?;
+    rd.zeros(3)?;
+    let a = rd.u32()?;
+    let l = rd.u32()?;
+    let m = rd.u32()?;
+    rd.zeros(4)?;
+    cap("layout bytes", u64::from(l), 64 << 20)?;
+    cap("metadata bytes", u64::from(m), 64 << 20)?;
+    f.layout_json = String::from_utf8(rd.take(l as usize)?.to_vec()).map_err(|_| "layout utf8")?;
+    f.metadata_json =
+        String::from_utf8(rd.take(m as usize)?.to_vec()).map_err(|_| "metadata utf8")?;
+    rd.end()?;
+    if c == 0 || c > 1 << 24 {
+        return Err(format!("chunk length {c}"));
+    }
+    if f.k == 0 || f.k > 1 << 16 {
+        return Err(format!("keyframe interval {}", f.k));
+    }
+    if !(-131_072..=22).contains(&level) {
+        return Err(format!("zstd level {level}"));
+    }
+    if !(2..=4).contains(&f.delta_codec) {
+        return Err(format!("delta_codec {}", f.delta_codec));
+    }
+    cap("augmentation bytes per sample", u64::from(a), 4096)?;
+    f.chunk_len = u64::from(c);
+    f.aug_per_sample = u64::from(a);
+    if !serde_json::from_str::<serde_json::Value>(&f.metadata_json)
+        .map_err(|e| format!("metadata JSON: {e}"))?
+        .is_object()
+    {
+        return Err("metadata is not a JSON object".into());
+    }
+    let layout: serde_json::Value =
+        serde_json::from_str(&f.layout_json).map_err(|e| format!("layout JSON: {e}"))?;
+    let tensors = layout.as_array().ok_or("layout is not an array")?;
+    cap("tensors", tensors.len() as u64, 1 << 20)?;
+    let mut names = BTreeSet::new();
+    let mut next = 0u64;
+    for t in tensors {
+        let name = t["name"].as_str().ok_or("tensor name")?.to_owned();
+        if name.is_empty() || name.len() > 4096 || !names.insert(name.clone()) {
+            return Err(format!("tensor name {name:?}"));
+        }
+        let dtype = t["dtype"].as_str().ok_or("dtype")?.to_owned();
+        let size = dtype_size(&dtype).ok_or_else(|| format!("dtype {dtype:?} of {name}"))?;
+        if dtype != "f32" && f.incompat & TYPED_LAYOUT == 0 {
+            return Err(format!(
+                "dtype {dtype} of {name} without the TYPED_LAYOUT incompat bit"
+            ));
+        }
+        let shape: Vec<u64> = t["shape"]
+            .as_array()
+            .ok_or("shape")?
+            .iter()
+            .map(|d| d.as_u64().ok_or("shape entry"))
+            .collect::<Result<_, _>>()?;
+        let offset = t["offset_elements"].as_u64().ok_or("offset_elements")?;
+        if offset != next {
+            return Err(format!("{name} starts at {offset}, expected {next}"));
+        }
+        // §4.2: ceil(numel × size / 4) words (numel for f32).
+        let words = shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .and_then(|numel| numel.checked_mul(size))
+            .ok_or("shape overflows")?
+            .div_ceil(4);
+        next = next.checked_add(words).ok_or("layout overflows")?;
+        f.layout.push((name, shape, offset));
+        f.dtypes.push(dtype);
+    }
+    cap("state length", next, 1 << 33)?;
+    if next != f.n {
+        return Err(format!("layout holds {next} elements, N = {}", f.n));
+    }
+    Ok(())
+}
+
+/// Decoding state carried from record to record.
+#[derive(Default)]
+struct Walk {
+    states: BTreeMap<u64, Vec<u32>>,
+    /// (step, chain start) of the last step record.
+    last_step: Option<(u64, u64)>,
+    /// Whether a STEP, EPOCH or RESUME record was seen (§4.9: attachments come before).
+    data_seen: bool,
+}
+
+/// Decodes one data record (§4.3–4.5, unknown SKIPPABLE kinds) into `f`; `pos` is its offset.
+fn data_record(f: &mut SpecFile, w: &mut Walk, rec: &Rec<'_>, pos: usize) -> Result<(), String> {
+    let mut rd = Rd::new(rec.payload);
+    let step = rec.step;
+    if matches!(rec.kind, KIND_STEP | KIND_EPOCH | KIND_RESUME) {
+        w.data_seen = true;
+    }
+    match rec.kind {
+        KIND_ATTACHMENT => {
+            // §4.9
+            if step != NO_STEP || w.data_seen {
+                return Err(format!(
+                    "attachment at {pos} after a step/epoch/resume record or with a step"
+                ));
+            }
+            let name_len = u64::from(rd.u32()?);
+            rd.zeros(4)?;
+            let data_len = rd.u64()?;
+            let sha = rd.take(32)?.to_vec();
+            if name_len == 0 || name_len > 256 {
+                return Err(format!("attachment name length {name_len}"));
+            }
+            cap("attachment bytes", data_len, 4 << 30)?;
+            if 48u64
+                .checked_add(name_len)
+                .and_then(|v| v.checked_add(data_len))
+                != Some(rec.payload.len() as u64)
+            {
+                return Err("attachment lengths do not add up".into());
+            }
+            let name = String::from_utf8(rd.take(name_len as usize)?.to_vec())
+                .map_err(|_| "attachment name utf8")?;
+            let data = rd.take(data_len as usize)?.to_vec();
+            rd.end()?;
+            if f.attachments.iter().any(|(n, _)| *n == name) {
+                return Err(format!("attachment name {name:?} twice"));
+            }
+            use sha2::Digest as _;
+            if sha2::Sha256::digest(&data).as_slice() != sha.as_slice() {
+                return Err(format!("attachment sha256 of {name:?}"));
+            }
+            f.attachments.push((name, data));
+        }
+        KIND_STEP => {
+            let flags = rd.u32()?;
+            let count = rd.u32()? as usize;
+            let chain_start = rd.u64()?;
+            let mut scalars = [0u64; 5];
+            for s in &mut scalars {
+                *s = rd.u64()?;
+            }
+            let s_count = rd.u32()? as usize;
+            let ids_codec = rd.u8()?;
+            let aug_codec = rd.u8()?;
+            rd.zeros(2)?;
+            let ids_len = rd.u32()? as usize;
+            let aug_len = rd.u32()? as usize;
+            if flags & !1 != 0 {
+                return Err("step flags".into());
+            }
+            cap("sample ids", s_count as u64, 1 << 24)?;
+            let keyframe = flags & 1 != 0;
+            if step == NO_STEP
+                || count as u64 != f.n.div_ceil(f.chunk_len)
+                || keyframe != (chain_start == step)
+            {
+                return Err("step fields".into());
+            }
+            plausible(rec.total, f.n * 4)?;
+            // §4.3 chains, §8.4
+            if let Some((last, _)) = w.last_step
+                && step <= last
+            {
+                return Err("steps not increasing".into());
+            }
+            if !keyframe && step.is_multiple_of(u64::from(f.k)) {
+                return Err(format!("step {step} is a multiple of K but no keyframe"));
+            }
+            if !keyframe && w.last_step != Some((step - 1, chain_start)) {
+                return Err("broken chain".into());
+            }
+            let table = chunk_table(&mut rd, count)?;
+            if keyframe && table.iter().any(|e| e.0 > 1) {
+                return Err("delta codec in a keyframe".into());
+            }
+            // §4.3 sample ids and augmentation: exact sizes, zstd blobs one frame.
+            let raw_aug = s_count as u64 * f.aug_per_sample;
+            let ids_stored = rd.take(ids_len)?;
+            let ids = match ids_codec {
+                0 if ids_len == 4 * s_count => le_words(ids_stored),
+                1 => {
+                    plausible(ids_len as u64, 4 * s_count as u64)?;
+                    unshuffle(&one_frame(ids_stored, 4 * s_count)?, s_count)
+                }
+                _ => return Err("sample ids codec or length".into()),
+            };
+            let aug_stored = rd.take(aug_len)?;
+            let aug = match aug_codec {
+                0 if aug_len as u64 == raw_aug => aug_stored.to_vec(),
+                2 => {
+                    plausible(aug_len as u64, raw_aug)?;
+                    one_frame(aug_stored, raw_aug as usize)?
+                }
+                _ => return Err("augmentation codec or length".into()),
+            };
+            let p = if keyframe {
+                None
+            } else {
+                w.states.get(&(step - 1)).map(Vec::as_slice)
+            };
+            let q = if step >= chain_start + 2 {
+                w.states.get(&(step - 2)).map(Vec::as_slice)
+            } else {
+                None
+            };
+            let state = decode_chunks(&mut rd, &table, f.n as usize, f.chunk_len as usize, p, q)?;
+            rd.end()?;
+            if keyframe {
+                w.states.clear();
+            }
+            w.states.insert(step, state.clone());
+            w.last_step = Some((step, chain_start));
+            f.steps.push(SpecStep {
+                step,
+                chain_start,
+                keyframe,
+                state,
+                ids,
+                aug,
+                scalars,
+            });
+        }
+        KIND_EPOCH => {
+            let epoch = rd.u32()?;
+            let e = rd.u32()?;
+            cap("evals", u64::from(e), 65_536)?;
+            let mut evals = Vec::new();
+            for _ in 0..e {
+                let l = rd.u32()?;
+                cap("split name", u64::from(l), 4096)?;
+                let split =
+                    String::from_utf8(rd.take(l as usize)?.to_vec()).map_err(|_| "split utf8")?;
+                evals.push((split, rd.u64()?, rd.u64()?, rd.u64()?));
+            }
+            rd.end()?;
+            f.epochs.push((epoch, step, evals));
+        }
+        KIND_RESUME => {
+            let r = rd.u64()?;
+            let count = rd.u32()? as usize;
+            let d = rd.u32()?;
+            cap("resume elements", r, 1 << 33)?;
+            cap("resume descriptor", u64::from(d), 64 << 20)?;
+            if count as u64 != r.div_ceil(f.chunk_len) {
+                return Err("resume chunk count".into());
+            }
+            plausible(rec.payload.len() as u64, r * 4)?;
+            let table = chunk_table(&mut rd, count)?;
+            if table.iter().any(|e| e.0 > 1) {
+                return Err("resume codec".into());
+            }
+            let desc =
+                String::from_utf8(rd.take(d as usize)?.to_vec()).map_err(|_| "descriptor utf8")?;
+            let buf = decode_chunks(
+                &mut rd,
+                &table,
+                r as usize,
+                f.chunk_len as usize,
+                None,
+                None,
+            )?;
+            rd.end()?;
+            f.resume.push((step, buf, desc));
+        }
+        k if k > KIND_ATTACHMENT || k == 0 => {
+            // §4.1: an unknown kind is skipped if SKIPPABLE, corrupt otherwise.
+            if rec.flags & SKIPPABLE == 0 {
+                return Err(format!(
+                    "unknown record kind {k} at {pos} without SKIPPABLE"
+                ));
+            }
+        }
+        k => return Err(format!("record kind {k} at {pos} in the data region")),
+    }
+    f.data_records
+        .push((pos as u64, rec.total, rec.kind, rec.step));
+    Ok(())
 }
 
 /// Parses a whole recording per SPEC.md, decoding every state and checking every checksum.
@@ -254,234 +686,209 @@ pub fn parse(bytes: &[u8]) -> Result<SpecFile, String> {
     if f.major != 1 {
         return Err(format!("major {}", f.major));
     }
-    if crc32c::crc32c(&bytes[..60])
-        != u32::from_le_bytes(bytes[60..64].try_into().map_err(|_| "crc")?)
-    {
+    if crc32c::crc32c(&bytes[..60]) != u32::from_le_bytes(bytes[60..64].try_into().unwrap()) {
         return Err("prologue crc".into());
     }
     rd.zeros(4)?;
-    if rd.u64()? != 0 {
+    f.incompat = rd.u64()?;
+    if f.incompat & !TYPED_LAYOUT != 0 {
         return Err("incompat flags".into());
     }
-    // §4.8: a finished file ends with the trailer.
-    let len = bytes.len();
-    f.finished = len >= 64 + 32 && &bytes[len - 8..] == MAGIC;
-    let region_end = if f.finished { len - 32 } else { len };
+    rd.take(32)?;
+    rd.zeros(4)?;
 
-    let mut pos = 64usize;
-    let mut states: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
-    let mut last_step: Option<(u64, u64)> = None; // (step, chain start)
-    let mut index: Option<Vec<(u64, u64, u8, u64)>> = None;
-    let mut footer_at = None;
-    let mut seen_header = false;
-    while pos < region_end {
-        // §4.1 record header
-        if region_end - pos < 32 {
-            if f.finished {
-                return Err("short record before trailer".into());
-            }
-            break;
-        }
-        let h = &bytes[pos..pos + 32];
-        if &h[0..4] != b"SWRC"
-            || crc32c::crc32c(&h[..28])
-                != u32::from_le_bytes(h[28..32].try_into().map_err(|_| "crc")?)
-        {
-            return Err(format!("bad record header at {pos}"));
-        }
-        let mut rd = Rd { b: h, pos: 4 };
-        let kind = rd.u8()?;
-        let _flags = rd.u8()?;
-        rd.zeros(2)?;
-        let plen = rd.u64()? as usize;
-        let step = rd.u64()?;
-        let pcrc = rd.u32()?;
-        let total = 32 + plen + (8 - plen % 8) % 8;
-        if pos + total > region_end {
-            if f.finished {
-                return Err("record beyond trailer".into());
-            }
-            break; // torn tail
-        }
-        let payload = &bytes[pos + 32..pos + 32 + plen];
-        if crc32c::crc32c(payload) != pcrc {
-            return Err(format!("payload crc at {pos}"));
-        }
-        if bytes[pos + 32 + plen..pos + total].iter().any(|&b| b != 0) {
-            return Err("padding".into());
-        }
-        let mut rd = Rd { b: payload, pos: 0 };
-        match kind {
-            1 if pos == 64 => {
-                // §4.2
-                rd.take(16)?;
-                rd.u64()?;
-                f.n = rd.u64()?;
-                f.chunk_len = u64::from(rd.u32()?);
-                f.k = rd.u32()?;
-                rd.u32()?;
-                f.delta_codec = rd.u8()?;
-                rd.zeros(3)?;
-                f.aug_per_sample = u64::from(rd.u32()?);
-                let l = rd.u32()? as usize;
-                let m = rd.u32()? as usize;
-                rd.zeros(4)?;
-                f.layout_json =
-                    String::from_utf8(rd.take(l)?.to_vec()).map_err(|_| "layout utf8")?;
-                f.metadata_json =
-                    String::from_utf8(rd.take(m)?.to_vec()).map_err(|_| "metadata utf8")?;
-                rd.end()?;
-                seen_header = true;
-            }
-            2 if seen_header => {
-                // §4.3
-                let flags = rd.u32()?;
-                let count = rd.u32()? as usize;
-                let chain_start = rd.u64()?;
-                let mut scalars = [0u64; 5];
-                for s in &mut scalars {
-                    *s = rd.u64()?;
-                }
-                let s_count = rd.u32()? as usize;
-                let ids_codec = rd.u8()?;
-                let aug_codec = rd.u8()?;
-                rd.zeros(2)?;
-                let ids_len = rd.u32()? as usize;
-                let aug_len = rd.u32()? as usize;
-                let keyframe = flags & 1 != 0;
-                if count as u64 != f.n.div_ceil(f.chunk_len) || keyframe != (chain_start == step) {
-                    return Err("step fields".into());
-                }
-                if let Some((last, _)) = last_step
-                    && step <= last
-                {
-                    return Err("steps not increasing".into());
-                }
-                if !keyframe && last_step != Some((step - 1, chain_start)) {
-                    return Err("broken chain".into());
-                }
-                let table = chunk_table(&mut rd, count)?;
-                if keyframe && table.iter().any(|e| e.0 > 1) {
-                    return Err("delta codec in a keyframe".into());
-                }
-                let ids_stored = rd.take(ids_len)?;
-                let ids = match ids_codec {
-                    0 => ids_stored
-                        .chunks_exact(4)
-                        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect(),
-                    1 => unshuffle(&one_frame(ids_stored, 4 * s_count)?, s_count),
-                    _ => return Err("ids codec".into()),
-                };
-                let aug_stored = rd.take(aug_len)?;
-                let aug = match aug_codec {
-                    0 => aug_stored.to_vec(),
-                    2 => one_frame(aug_stored, s_count * f.aug_per_sample as usize)?,
-                    _ => return Err("aug codec".into()),
-                };
-                if ids.len() != s_count || aug.len() as u64 != s_count as u64 * f.aug_per_sample {
-                    return Err("ids/aug length".into());
-                }
-                let p = if keyframe {
-                    None
-                } else {
-                    states.get(&(step - 1)).map(Vec::as_slice)
-                };
-                let q = if step >= chain_start + 2 {
-                    states.get(&(step - 2)).map(Vec::as_slice)
-                } else {
-                    None
-                };
-                let state =
-                    decode_chunks(&mut rd, &table, f.n as usize, f.chunk_len as usize, p, q)?;
-                rd.end()?;
-                states.insert(step, state.clone());
-                last_step = Some((step, chain_start));
-                f.steps.push(SpecStep {
-                    step,
-                    chain_start,
-                    keyframe,
-                    state,
-                    ids,
-                    aug,
-                    scalars,
-                });
-                f.data_records.push((pos as u64, total as u64, kind, step));
-            }
-            3 if seen_header => {
-                // §4.4
-                let epoch = rd.u32()?;
-                let e = rd.u32()?;
-                let mut evals = Vec::new();
-                for _ in 0..e {
-                    let l = rd.u32()? as usize;
-                    let split =
-                        String::from_utf8(rd.take(l)?.to_vec()).map_err(|_| "split utf8")?;
-                    evals.push((split, rd.u64()?, rd.u64()?, rd.u64()?));
-                }
-                rd.end()?;
-                f.epochs.push((epoch, step, evals));
-                f.data_records.push((pos as u64, total as u64, kind, step));
-            }
-            4 if seen_header => {
-                // §4.5
-                let r = rd.u64()? as usize;
-                let count = rd.u32()? as usize;
-                let d = rd.u32()? as usize;
-                if count != r.div_ceil(f.chunk_len as usize) {
-                    return Err("resume chunk count".into());
-                }
-                let table = chunk_table(&mut rd, count)?;
-                if table.iter().any(|e| e.0 > 1) {
-                    return Err("resume codec".into());
-                }
-                let desc =
-                    String::from_utf8(rd.take(d)?.to_vec()).map_err(|_| "descriptor utf8")?;
-                let buf = decode_chunks(&mut rd, &table, r, f.chunk_len as usize, None, None)?;
-                rd.end()?;
-                f.resume.push((step, buf, desc));
-                f.data_records.push((pos as u64, total as u64, kind, step));
-            }
-            5 => {
-                // §4.6
-                let n = rd.u64()?;
-                let mut entries = Vec::new();
-                for _ in 0..n {
-                    let (o, l, s, _chain) = (rd.u64()?, rd.u64()?, rd.u64()?, rd.u64()?);
-                    let k = rd.u8()?;
-                    rd.u8()?;
-                    rd.zeros(6)?;
-                    entries.push((o, l, k, s));
-                }
-                rd.end()?;
-                index = Some(entries);
-            }
-            6 => footer_at = Some((pos as u64, total as u64)),
-            _ => return Err(format!("unexpected record kind {kind} at {pos}")),
-        }
-        pos += total;
-    }
-    if !seen_header {
-        return Err("no header record".into());
-    }
+    // §4.2 the HEADER record, at 64
+    let header = match record_at(bytes, 64) {
+        At::Rec(r) if r.kind == KIND_HEADER => r,
+        At::Rec(_) => return Err("first record is not a header".into()),
+        At::Torn => return Err("truncated header record".into()),
+        At::Bad { reason, .. } => return Err(reason),
+    };
+    parse_header(&mut f, header.payload)?;
+    let header_end = 64 + header.total as usize;
+
+    // §9: finished iff it ends in the magic; then no fallback to scanning.
+    let len = bytes.len();
+    f.finished = len >= header_end + 32 && &bytes[len - 8..] == MAGIC;
+    let mut w = Walk::default();
     if f.finished {
-        // §4.8 trailer, §4.6 index
-        let t = &bytes[len - 32..];
-        if crc32c::crc32c(&t[..20]) != u32::from_le_bytes(t[20..24].try_into().map_err(|_| "crc")?)
-        {
-            return Err("trailer crc".into());
+        let index = finished_index(bytes, header_end, &f)?;
+        for &(offset, length, kind, step, chain, key) in &index {
+            let rec = match record_at(bytes, offset as usize) {
+                At::Rec(r) => r,
+                At::Torn => return Err("indexed record is incomplete".into()),
+                At::Bad { reason, .. } => return Err(reason),
+            };
+            if (rec.total, rec.kind, rec.step) != (length, kind, step) {
+                return Err(format!("index entry differs from the record at {offset}"));
+            }
+            data_record(&mut f, &mut w, &rec, offset as usize)?;
+            let (got_chain, got_key) = match f.steps.last() {
+                Some(s) if kind == KIND_STEP => (s.chain_start, s.keyframe),
+                _ => (step, false),
+            };
+            if (got_chain, got_key) != (chain, key) {
+                return Err(format!("index chain fields differ at {offset}"));
+            }
         }
-        let mut rd = Rd { b: t, pos: 0 };
-        let footer = (rd.u64()?, rd.u64()?);
-        if Some(footer) != footer_at || pos != len - 32 {
-            return Err("trailer does not point at the footer".into());
+    } else {
+        // §9 scan: stop at a torn tail, reject anything a crash cannot leave.
+        let mut pos = header_end;
+        while pos < len {
+            match record_at(bytes, pos) {
+                At::Torn => break,
+                At::Bad {
+                    reason,
+                    payload_crc,
+                } => {
+                    let rest = &bytes[pos..];
+                    let zeros = |b: &[u8]| b.iter().all(|&x| x == 0);
+                    let unwritten_end = payload_crc && {
+                        let plen = u64::from_le_bytes(rest[8..16].try_into().unwrap());
+                        let total = (32 + plen + (8 - plen % 8) % 8) as usize;
+                        zeros(&rest[total..])
+                    };
+                    if zeros(rest) || unwritten_end {
+                        break;
+                    }
+                    return Err(reason);
+                }
+                At::Rec(rec) => {
+                    match rec.kind {
+                        KIND_HEADER => return Err("a second header record".into()),
+                        KIND_INDEX | KIND_FOOTER => {}
+                        _ => data_record(&mut f, &mut w, &rec, pos)?,
+                    }
+                    pos += rec.total as usize;
+                }
+            }
         }
-        if index.as_ref() != Some(&f.data_records) {
-            return Err("index differs from the records".into());
-        }
-        let _ = NO_STEP;
     }
     Ok(f)
+}
+
+/// (offset, length, kind, step, chain start, keyframe) of every index entry.
+type SpecEntry = (u64, u64, u8, u64, u64, bool);
+
+/// §4.6–4.8 and §8.5: the trailer, FOOTER and INDEX of a finished file, validated; the
+/// entries tile the data region.
+fn finished_index(bytes: &[u8], header_end: usize, f: &SpecFile) -> Result<Vec<SpecEntry>, String> {
+    let len = bytes.len();
+    let t = &bytes[len - 32..];
+    if crc32c::crc32c(&t[..20]) != u32::from_le_bytes(t[20..24].try_into().unwrap()) {
+        return Err("trailer crc".into());
+    }
+    let mut rd = Rd::new(t);
+    let (footer_at, footer_len) = (rd.u64()?, rd.u64()?);
+    if (rd.u16()?, rd.u16()?) != (f.major, f.minor) {
+        return Err("trailer version".into());
+    }
+    if footer_at.checked_add(footer_len) != Some((len - 32) as u64) || footer_at < header_end as u64
+    {
+        return Err("footer location".into());
+    }
+    let footer = match record_at(&bytes[..len - 32], footer_at as usize) {
+        At::Rec(r) if r.kind == KIND_FOOTER && r.total == footer_len => r,
+        At::Bad { reason, .. } => return Err(reason),
+        _ => return Err("trailer does not point at a footer".into()),
+    };
+    let mut rd = Rd::new(footer.payload);
+    let (index_at, index_len) = (rd.u64()?, rd.u64()?);
+    let counts = (rd.u64()?, rd.u64()?, rd.u64()?, rd.u64()?);
+    rd.zeros(16)?;
+    rd.end()?;
+    if index_at.checked_add(index_len) != Some(footer_at) || index_at < header_end as u64 {
+        return Err("index location".into());
+    }
+    let index = match record_at(&bytes[..footer_at as usize], index_at as usize) {
+        At::Rec(r) if r.kind == KIND_INDEX && r.total == index_len => r,
+        At::Bad { reason, .. } => return Err(reason),
+        _ => return Err("footer does not point at an index".into()),
+    };
+    let mut rd = Rd::new(index.payload);
+    let n = rd.u64()?;
+    if Some(index.payload.len() as u64) != n.checked_mul(40).and_then(|b| b.checked_add(8)) {
+        return Err("index entry count".into());
+    }
+    let mut entries = Vec::new();
+    let mut next = header_end as u64;
+    for _ in 0..n {
+        let (o, l, s, chain) = (rd.u64()?, rd.u64()?, rd.u64()?, rd.u64()?);
+        let kind = rd.u8()?;
+        let flags = rd.u8()?;
+        rd.zeros(6)?;
+        if o != next || l < 32 || l % 8 != 0 || flags & !1 != 0 {
+            return Err("index entries do not tile the data region".into());
+        }
+        next = o
+            .checked_add(l)
+            .filter(|&e| e <= index_at)
+            .ok_or("entry past the index")?;
+        if kind != KIND_STEP && (flags != 0 || chain != s) {
+            return Err("non-step entry with step fields".into());
+        }
+        if matches!(kind, KIND_HEADER | KIND_INDEX | KIND_FOOTER) {
+            return Err("index lists a non-data record".into());
+        }
+        entries.push((o, l, kind, s, chain, flags & 1 != 0));
+    }
+    rd.end()?;
+    if next != index_at {
+        return Err("index entries do not cover the data region".into());
+    }
+    let steps: Vec<u64> = entries
+        .iter()
+        .filter(|e| e.2 == KIND_STEP)
+        .map(|e| e.3)
+        .collect();
+    let want = (
+        n,
+        steps.len() as u64,
+        steps.first().copied().unwrap_or(NO_STEP),
+        steps.last().copied().unwrap_or(NO_STEP),
+    );
+    if counts != want {
+        return Err("footer counts".into());
+    }
+    Ok(entries)
+}
+
+/// Appendix A: the trainable flags of an `sgdwalk-record` run description, `None` for other
+/// metadata. The description's `layout.entries` must agree with the HEADER layout.
+pub fn trainable_flags(f: &SpecFile) -> Result<Option<Vec<(String, bool)>>, String> {
+    let meta: serde_json::Value =
+        serde_json::from_str(&f.metadata_json).map_err(|e| e.to_string())?;
+    if meta["schema_version"] != 1 || meta["provenance"]["tool"] != "sgdwalk-record" {
+        return Ok(None);
+    }
+    let entries = meta["layout"]["entries"]
+        .as_array()
+        .ok_or("layout.entries missing")?;
+    if entries.len() != f.layout.len() {
+        return Err("layout.entries and the header layout differ in length".into());
+    }
+    entries
+        .iter()
+        .zip(&f.layout)
+        .map(|(e, (name, shape, offset))| {
+            let e_shape: Option<Vec<u64>> = e["shape"]
+                .as_array()
+                .and_then(|s| s.iter().map(serde_json::Value::as_u64).collect());
+            let count: u64 = shape.iter().product();
+            if e["name"] != name.as_str()
+                || e_shape.as_ref() != Some(shape)
+                || e["offset_elements"].as_u64() != Some(*offset)
+                || e["len_elements"].as_u64() != Some(count)
+            {
+                return Err(format!(
+                    "layout.entries disagrees with the header at {name}"
+                ));
+            }
+            let trainable = e["trainable"].as_bool().ok_or("trainable missing")?;
+            Ok((name.clone(), trainable))
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
 }
 
 fn fixtures() -> PathBuf {
@@ -498,73 +905,187 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-#[test]
-fn spec_reader_agrees_with_the_crate_on_every_golden_file() {
-    let files = files_in(&fixtures().join("v1"));
-    assert!(files.len() >= 5, "golden files missing");
-    for path in files {
-        let bytes = std::fs::read(&path).unwrap();
-        let spec = parse(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let mut r = sgdwalk_format::Reader::open(&path).unwrap();
-        assert_eq!(r.is_finished(), spec.finished, "{}", path.display());
-        let steps: Vec<u64> = spec.steps.iter().map(|s| s.step).collect();
-        assert_eq!(r.steps(), &steps[..], "{}", path.display());
-        assert_eq!(r.header().state_len_elements, spec.n);
+/// Asserts that the independent reader and `sgdwalk_format::Reader` read the same file alike.
+pub fn assert_agrees_with_the_crate(path: &Path) -> SpecFile {
+    let bytes = std::fs::read(path).unwrap();
+    let spec = parse(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut r = sgdwalk_format::Reader::open(path).unwrap();
+    assert_eq!(r.is_finished(), spec.finished, "{}", path.display());
+    let steps: Vec<u64> = spec.steps.iter().map(|s| s.step).collect();
+    assert_eq!(r.steps(), &steps[..], "{}", path.display());
+    let records: Vec<(u64, u64, u8, u64)> = r
+        .entries()
+        .iter()
+        .map(|e| (e.record_offset, e.record_len_bytes, e.kind, e.step))
+        .collect();
+    assert_eq!(records, spec.data_records, "{}", path.display());
+    let h = r.header();
+    assert_eq!(h.state_len_elements, spec.n);
+    assert_eq!(u64::from(h.codec.chunk_len_elements), spec.chunk_len);
+    assert_eq!(h.codec.keyframe_interval, spec.k);
+    assert_eq!(h.codec.delta_codec.as_u8(), spec.delta_codec);
+    assert_eq!(h.metadata_json, spec.metadata_json);
+    let layout: Vec<SpecTensor> = h
+        .layout
+        .iter()
+        .map(|t| (t.name.clone(), t.shape.clone(), t.offset_elements))
+        .collect();
+    assert_eq!(layout, spec.layout);
+    let dtypes: Vec<&str> = h.layout.iter().map(|t| t.dtype.name()).collect();
+    assert_eq!(dtypes, spec.dtypes, "{}", path.display());
+    assert_eq!(r.prologue().incompat_flags, spec.incompat);
+    let names: Vec<&str> = r.attachments().iter().map(|a| a.name.as_str()).collect();
+    let spec_names: Vec<&str> = spec.attachments.iter().map(|a| a.0.as_str()).collect();
+    assert_eq!(names, spec_names, "{}", path.display());
+    for (name, data) in &spec.attachments {
+        assert_eq!(r.attachment(name).unwrap(), Some(data.as_slice()));
+    }
+    for s in &spec.steps {
+        let state = r.state(s.step).unwrap();
+        let bits: Vec<u32> = state.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(bits, s.state, "{} step {}", path.display(), s.step);
+        let info = r.step_info(s.step).unwrap();
+        assert_eq!(info.sample_ids, s.ids);
+        assert_eq!(info.augmentation, s.aug);
+        assert_eq!(info.keyframe, s.keyframe);
+        let sc = info.scalars;
+        let got = [
+            sc.learning_rate,
+            sc.minibatch_loss,
+            sc.grad_norm,
+            sc.update_norm,
+            sc.wall_time_secs,
+        ]
+        .map(f64::to_bits);
+        assert_eq!(got, s.scalars);
+    }
+    let epochs = r.epochs().unwrap();
+    assert_eq!(epochs.len(), spec.epochs.len());
+    for (e, (epoch, step, evals)) in epochs.iter().zip(&spec.epochs) {
         assert_eq!(
-            u64::from(r.header().codec.chunk_len_elements),
-            spec.chunk_len
+            (e.epoch, e.step, e.evals.len()),
+            (*epoch, *step, evals.len())
         );
-        assert_eq!(r.header().metadata_json, spec.metadata_json);
-        for s in &spec.steps {
-            let state = r.state(s.step).unwrap();
-            let bits: Vec<u32> = state.iter().map(|v| v.to_bits()).collect();
-            assert_eq!(bits, s.state, "{} step {}", path.display(), s.step);
-            let info = r.step_info(s.step).unwrap();
-            assert_eq!(info.sample_ids, s.ids);
-            assert_eq!(info.augmentation, s.aug);
-            assert_eq!(info.keyframe, s.keyframe);
-            let sc = info.scalars;
-            let got = [
-                sc.learning_rate,
-                sc.minibatch_loss,
-                sc.grad_norm,
-                sc.update_norm,
-                sc.wall_time_secs,
-            ]
-            .map(f64::to_bits);
-            assert_eq!(got, s.scalars);
-        }
-        let epochs = r.epochs().unwrap();
-        assert_eq!(epochs.len(), spec.epochs.len());
-        for (e, (epoch, step, evals)) in epochs.iter().zip(&spec.epochs) {
+        for (a, b) in e.evals.iter().zip(evals) {
             assert_eq!(
-                (e.epoch, e.step, e.evals.len()),
-                (*epoch, *step, evals.len())
+                (
+                    a.split.as_str(),
+                    a.loss.to_bits(),
+                    a.accuracy.to_bits(),
+                    a.samples
+                ),
+                (b.0.as_str(), b.1, b.2, b.3)
             );
-            for (a, b) in e.evals.iter().zip(evals) {
-                assert_eq!(
-                    (
-                        a.split.as_str(),
-                        a.loss.to_bits(),
-                        a.accuracy.to_bits(),
-                        a.samples
-                    ),
-                    (b.0.as_str(), b.1, b.2, b.3)
-                );
-            }
         }
-        for (step, buf, desc) in &spec.resume {
-            let (got, got_desc) = r.resume_state(*step).unwrap().unwrap();
-            assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), *buf);
-            assert_eq!(&got_desc, desc);
+    }
+    for (step, buf, desc) in &spec.resume {
+        let (got, got_desc) = r.resume_state(*step).unwrap().unwrap();
+        assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), *buf);
+        assert_eq!(&got_desc, desc);
+    }
+    spec
+}
+
+#[test]
+fn spec_reader_agrees_with_the_crate_on_every_golden_and_edge_file() {
+    let v1 = files_in(&fixtures().join("v1"));
+    assert!(v1.len() >= 5, "golden files missing");
+    let edge = files_in(&fixtures().join("edge"));
+    assert!(edge.len() >= 3, "edge files missing");
+    for path in v1.iter().chain(&edge) {
+        let spec = assert_agrees_with_the_crate(path);
+        // The fixtures' metadata is not a run description.
+        assert_eq!(trainable_flags(&spec), Ok(None), "{}", path.display());
+    }
+}
+
+#[test]
+fn spec_reader_rejects_every_bad_file_for_its_reason() {
+    let bad = files_in(&fixtures().join("bad"));
+    assert!(bad.len() >= 21, "bad files missing");
+    for path in bad {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let want = match name {
+            "not_a_recording.bin" => "no prologue",
+            "newer_major.sgdw" => "major 2",
+            "unknown_incompat_flag.sgdw" => "incompat flags",
+            "prologue_crc.sgdw" => "prologue crc",
+            "truncated_header.sgdw" => "truncated header",
+            "trailer_crc.sgdw" | "unfinished_ends_in_magic.sgdw" => "trailer crc",
+            "garbage_tail.sgdw" | "step_payload_bitflip.sgdw" => "payload crc",
+            "chain_hash_mismatch.sgdw" => "reconstructed hash",
+            "header_delta_codec.sgdw" => "delta_codec 1",
+            "missing_keyframe.sgdw" => "step 2 is a multiple of K",
+            "unknown_kind.sgdw" => "unknown record kind 200",
+            "ids_raw_length.sgdw" => "sample ids codec or length",
+            "aug_raw_length.sgdw" => "augmentation codec or length",
+            "empty_ids_zstd_no_frame.sgdw" => "not exactly one zstd frame",
+            "typed_layout_without_flag.sgdw" => "dtype i64 of count without the TYPED_LAYOUT",
+            "unknown_dtype.sgdw" => "dtype \"c128\" of flags",
+            "attachment_sha256.sgdw" => "attachment sha256 of \"model.pt\"",
+            "attachment_duplicate_name.sgdw" => "attachment name \"model.pt\" twice",
+            "attachment_after_step.sgdw" => "attachment at",
+            other => panic!("untested bad fixture {other}"),
+        };
+        let bytes = std::fs::read(&path).unwrap();
+        match parse(&bytes) {
+            Err(e) => assert!(e.contains(want), "{name}: {e}"),
+            Ok(_) => panic!("{name} accepted"),
         }
     }
 }
 
 #[test]
-fn spec_reader_rejects_every_bad_file() {
-    for path in files_in(&fixtures().join("bad")) {
-        let bytes = std::fs::read(&path).unwrap();
-        assert!(parse(&bytes).is_err(), "{} accepted", path.display());
+fn spec_reader_reads_an_unfinished_prefix_and_rejects_garbage() {
+    // Every cut of a finished file before its index is a valid unfinished file or (inside the
+    // prologue or header) an error; bytes that no crash leaves are rejected.
+    let bytes = std::fs::read(fixtures().join("v1/basic_pred2.sgdw")).unwrap();
+    let full = parse(&bytes).unwrap();
+    let mut seen = BTreeSet::new();
+    for cut in (64..bytes.len() - 32).step_by(37) {
+        if let Ok(f) = parse(&bytes[..cut]) {
+            assert!(!f.finished);
+            assert!(full.steps.starts_with(&f.steps), "cut {cut}");
+            seen.insert(f.steps.len());
+        }
+    }
+    assert!(seen.len() > 5, "{seen:?}");
+    // After a complete record: zeros are preallocated blocks, anything else is corrupt.
+    let boundary = full.data_records[full.data_records.len() / 2].0 as usize;
+    let mut zeros = bytes[..boundary].to_vec();
+    zeros.extend([0u8; 40]);
+    assert_eq!(
+        parse(&zeros).unwrap().data_records,
+        full.data_records[..full.data_records.len() / 2]
+    );
+    let mut garbage = bytes[..boundary].to_vec();
+    garbage.extend([0xAB; 40]);
+    assert!(parse(&garbage).is_err());
+}
+
+#[test]
+fn spec_reader_reads_typed_tensors_from_their_words() {
+    // §4.2: a non-f32 tensor is its little-endian bytes in ceil(numel × size / 4) words.
+    let f = parse(&std::fs::read(fixtures().join("v1/typed_attachment.sgdw")).unwrap()).unwrap();
+    assert_eq!(f.minor, 1);
+    assert_eq!(f.incompat, TYPED_LAYOUT);
+    assert_eq!(f.dtypes, ["f32", "i64", "u8", "bool", "f16"]);
+    let offsets: Vec<u64> = f.layout.iter().map(|t| t.2).collect();
+    assert_eq!(offsets, [0, 20, 22, 24, 25]);
+    assert_eq!(f.n, 27);
+    let names: Vec<&str> = f.attachments.iter().map(|a| a.0.as_str()).collect();
+    assert_eq!(names, ["model.pt", "notes.txt"]);
+    for s in &f.steps {
+        let bytes: Vec<u8> = s.state.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let count = i64::from_le_bytes(bytes[80..88].try_into().unwrap());
+        assert_eq!(count, s.step as i64 * 1000 - 7, "step {}", s.step);
+        // u8 mask[7]: 7 bytes, then one zero padding byte.
+        let mask: Vec<u8> = (0..7u64).map(|i| (s.step * 37 + i * 11) as u8).collect();
+        assert_eq!(&bytes[88..95], &mask[..]);
+        assert_eq!(bytes[95], 0);
+        // bool flags[3] and its padding byte.
+        let flags: Vec<u8> = (0..3u64).map(|i| ((s.step + i) % 2) as u8).collect();
+        assert_eq!(&bytes[96..99], &flags[..]);
+        assert_eq!(bytes[99], 0);
     }
 }

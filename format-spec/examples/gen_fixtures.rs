@@ -1,5 +1,6 @@
-//! Writes the golden files of `fixtures/v1/` and the corrupt files of `fixtures/bad/` from the
-//! seeded generator in `sgdwalk_format::synth`, plus README inventories.
+//! Writes the golden files of `fixtures/v1/`, the corrupt files of `fixtures/bad/` and the
+//! valid-but-unusual files of `fixtures/edge/` from the seeded generator in
+//! `sgdwalk_format::synth`, plus README inventories.
 //!
 //! `cargo run -p sgdwalk-format --example gen_fixtures [-- --out DIR] [--force]`
 //!
@@ -10,7 +11,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use sgdwalk_format::Reader;
-use sgdwalk_format::synth::{bad_fixtures, fixture_specs_v1, write_fixture};
+use sgdwalk_format::synth::{
+    bad_fixtures, bad_fixtures_v1_1, edge_fixtures, fixture_specs_v1, write_fixture,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -21,14 +24,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let v1 = root.join("v1");
     let bad = root.join("bad");
+    let edge = root.join("edge");
     std::fs::create_dir_all(&v1)?;
     std::fs::create_dir_all(&bad)?;
+    std::fs::create_dir_all(&edge)?;
 
     let mut readme = String::from(
-        "# Golden recordings, format v1.0\n\nWritten by `cargo run -p sgdwalk-format --example gen_fixtures` from the seeded\n\
+        "# Golden recordings, format v1 (1.0 and 1.1)\n\nWritten by `cargo run -p sgdwalk-format --example gen_fixtures` from the seeded\n\
          generator `sgdwalk_format::synth::fixture_specs_v1` (states from `synth::sgd_trajectory`, seed\n\
          0x5eed2026). Never regenerate these files: `tests/format_golden.rs` decodes each one and compares it\n\
-         with the generator's inputs, and `tests/spec_reader.rs` decodes them with the independent reader.\n\n\
+         with the generator's inputs, and `tests/spec_reader.rs` decodes them with the independent reader.\n\
+         The `typed_attachment*` files are format 1.1 (typed layout, attachments); all others are 1.0.\n\n\
          | file | bytes | exercises |\n|---|---:|---|\n",
     );
     for spec in fixture_specs_v1() {
@@ -57,11 +63,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("no delta step in basic_pred2.sgdw")?;
     let mut readme = String::from(
         "# Corrupt recordings\n\nDerived from `v1/basic_pred2.sgdw` and `v1/killed_writer.sgdw` by\n\
-         `sgdwalk_format::synth::bad_fixtures` (run the `gen_fixtures` example). Each file has a test in\n\
+         `sgdwalk_format::synth::bad_fixtures`, and from `v1/typed_attachment.sgdw` (format 1.1) by\n\
+         `sgdwalk_format::synth::bad_fixtures_v1_1` (run the `gen_fixtures` example). Each file has a test in\n\
          `tests/format_golden.rs` asserting its exact error; the inventory test fails on an untested file.\n\n\
          | file | bytes | broken how |\n|---|---:|---|\n",
     );
-    for b in bad_fixtures(&basic, &killed, delta.record_offset as usize) {
+    let typed = std::fs::read(v1.join("typed_attachment.sgdw"))?;
+    let mut bad_files = bad_fixtures(&basic, &killed, delta.record_offset as usize)?;
+    bad_files.extend(bad_fixtures_v1_1(&typed)?);
+    for b in bad_files {
         std::fs::write(bad.join(b.name), &b.bytes)?;
         writeln!(
             readme,
@@ -73,5 +83,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("wrote     {}", bad.join(b.name).display());
     }
     std::fs::write(bad.join("README.md"), readme)?;
+
+    let mut readme = String::from(
+        "# Valid but unusual recordings\n\nDerived from `v1/basic_pred2.sgdw` by\n\
+         `sgdwalk_format::synth::edge_fixtures` (run the `gen_fixtures` example): bytes the reference\n\
+         writer never produces but every reader must accept (SPEC.md §4.1, §4.3). Each holds exactly the\n\
+         steps, states, ids, augmentation, scalars, epoch and resume records of `basic_pred2.sgdw`;\n\
+         `tests/format_golden.rs`, `tests/spec_reader.rs` and `tests/interop.rs` (Python) check that.\n\n\
+         | file | bytes | unusual how |\n|---|---:|---|\n",
+    );
+    for e in edge_fixtures(&basic)? {
+        std::fs::write(edge.join(e.name), &e.bytes)?;
+        writeln!(
+            readme,
+            "| `{}` | {} | {} |",
+            e.name,
+            e.bytes.len(),
+            e.description
+        )?;
+        println!("wrote     {}", edge.join(e.name).display());
+    }
+    std::fs::write(edge.join("README.md"), readme)?;
     Ok(())
 }

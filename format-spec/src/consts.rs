@@ -3,7 +3,7 @@
 /// Format major version written by this crate. A reader refuses a larger major.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Format minor version written by this crate. Newer minors are readable.
-pub const FORMAT_MINOR: u16 = 0;
+pub const FORMAT_MINOR: u16 = 1;
 
 /// First 8 bytes of every recording, and last 8 bytes of a finished one.
 /// The 0x89 byte catches 7-bit transfers, the `\r\n`-free tail keeps it binary-looking.
@@ -60,11 +60,22 @@ pub const MAX_AUGMENTATION_BYTES_PER_SAMPLE: u32 = 1 << 12;
 pub const MAX_PAYLOAD_BYTES: u64 = 64 << 30;
 /// Most evaluation entries in one epoch record.
 pub const MAX_EVALS: u64 = 1 << 16;
+/// Largest attachment (4 GiB).
+pub const MAX_ATTACHMENT_BYTES: u64 = 4 << 30;
+/// Longest attachment name.
+pub const MAX_ATTACHMENT_NAME_BYTES: u32 = 256;
+/// Most attachments in one file.
+pub const MAX_ATTACHMENTS: usize = 1024;
+/// Size of the fixed part of an attachment record payload.
+pub const ATTACHMENT_FIXED_ENCODED_SIZE_BYTES: usize = 48;
 /// Largest resume buffer (same as a state).
 pub const MAX_RESUME_LEN_ELEMENTS: u64 = MAX_STATE_LEN_ELEMENTS;
 
-/// Feature flag bits this version understands (none yet: all sets are zero in v1.0).
-pub const KNOWN_INCOMPAT_FLAGS: u64 = 0;
+/// Incompat feature bit 0 (format 1.1): the layout holds tensors of other dtypes than `f32`,
+/// packed into 4-byte words (SPEC.md §4.2). Set by the writer iff such a tensor exists.
+pub const INCOMPAT_TYPED_LAYOUT: u64 = 1;
+/// Incompat feature bits this version understands.
+pub const KNOWN_INCOMPAT_FLAGS: u64 = INCOMPAT_TYPED_LAYOUT;
 /// Read-only-compatible feature bits this version understands.
 pub const KNOWN_RO_COMPAT_FLAGS: u64 = 0;
 

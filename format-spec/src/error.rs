@@ -89,6 +89,24 @@ pub enum FormatError {
         /// Checksum of the bytes as read.
         found: u32,
     },
+    /// The SHA-256 of an attachment's data differs from the one its record stores.
+    #[error(
+        "checksum mismatch in attachment {name:?} (record at offset {offset_from_file_start}): \
+         expected sha256 {}, found {}: {}",
+        crate::types::hex_string(&sha256[0]),
+        crate::types::hex_string(&sha256[1]),
+        path.display()
+    )]
+    AttachmentChecksumMismatch {
+        /// File that was opened.
+        path: Box<Path>,
+        /// Name of the attachment.
+        name: Box<str>,
+        /// Offset of its ATTACHMENT record.
+        offset_from_file_start: u64,
+        /// The stored SHA-256 (`[0]`) and the SHA-256 of the data as read (`[1]`).
+        sha256: Box<[[u8; 32]; 2]>,
+    },
     /// The xxh3-64 of a reconstructed chunk differs from the stored one: the delta chain or a
     /// codec is broken.
     #[error(
@@ -199,6 +217,7 @@ impl FormatError {
             | E::UnsupportedFeature { path, .. }
             | E::Truncated { path, .. }
             | E::ChecksumMismatch { path, .. }
+            | E::AttachmentChecksumMismatch { path, .. }
             | E::ChainHashMismatch { path, .. }
             | E::Corrupt { path, .. }
             | E::Io { path, .. }
@@ -255,7 +274,10 @@ impl FormatError {
             E::UnsupportedVersion { .. } => "unsupported_version",
             E::UnsupportedFeature { .. } => "unsupported_feature",
             E::Truncated { .. } => "truncated",
-            E::ChecksumMismatch { .. } => "checksum_mismatch",
+            // The same failure kind as a CRC mismatch (CLI exit codes, the Python reader).
+            E::ChecksumMismatch { .. } | E::AttachmentChecksumMismatch { .. } => {
+                "checksum_mismatch"
+            }
             E::ChainHashMismatch { .. } => "chain_hash_mismatch",
             E::Corrupt { .. } => "corrupt",
             E::StepNotFound { .. } => "step_not_found",

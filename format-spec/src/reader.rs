@@ -13,7 +13,7 @@ use crate::consts::*;
 use crate::error::FormatError;
 use crate::records::*;
 use crate::scan::{Opened, open_bytes, read_indexed_record, scan_records};
-use crate::types::{EpochRecord, Header, StepInfo};
+use crate::types::{AttachmentInfo, EpochRecord, Header, StepInfo};
 
 /// Maps the first `len_bytes` of `file` read-only.
 #[allow(unsafe_code)]
@@ -188,16 +188,19 @@ impl Reader {
         let map = map_prefix(&self.file, len, &self.path)?;
         let before = self.steps.len();
         let mut chain = self.opened.chain;
+        let mut attachments = self.opened.attachments.clone();
         let scan = scan_records(
             &map,
             self.opened.scan_end,
             &self.opened.header,
             &mut chain,
+            &mut attachments,
             false,
         )
         .map_err(|e| e.with_path(&self.path))?;
         self.map = map;
         self.opened.chain = chain;
+        self.opened.attachments = attachments;
         self.opened.entries.extend(scan.entries);
         if scan.data_end > self.opened.scan_end {
             self.opened.data_end = scan.data_end;
@@ -257,7 +260,45 @@ impl Reader {
         &self.map
     }
 
-    /// Every data record (step, epoch, resume) in file order.
+    /// The attachments (ATTACHMENT records, format 1.1) in file order; empty for a 1.0 file.
+    pub fn attachments(&self) -> &[AttachmentInfo] {
+        &self.opened.attachments
+    }
+
+    /// The data of the attachment `name` (borrowed from the memory map), after checking its
+    /// SHA-256 against the one stored in its record ([`FormatError::AttachmentChecksumMismatch`]
+    /// if they differ); `None` if the file has no attachment of that name.
+    pub fn attachment(&self, name: &str) -> Result<Option<&[u8]>, FormatError> {
+        use sha2::Digest as _;
+        let Some(a) = self.opened.attachments.iter().find(|a| a.name == name) else {
+            return Ok(None);
+        };
+        // The record was validated when the file was opened: its data lies in the map.
+        let data = usize::try_from(a.data_offset)
+            .ok()
+            .zip(usize::try_from(a.len_bytes).ok())
+            .and_then(|(start, len)| self.map.get(start..start.checked_add(len)?))
+            .ok_or_else(|| {
+                FormatError::corrupt(
+                    a.record_offset,
+                    "attachment record",
+                    "data lies outside the file",
+                )
+                .with_path(&self.path)
+            })?;
+        let found: [u8; 32] = sha2::Sha256::digest(data).into();
+        if found != a.sha256 {
+            return Err(FormatError::AttachmentChecksumMismatch {
+                path: self.path.as_path().into(),
+                name: a.name.as_str().into(),
+                offset_from_file_start: a.record_offset,
+                sha256: Box::new([a.sha256, found]),
+            });
+        }
+        Ok(Some(data))
+    }
+
+    /// Every data record (step, epoch, resume, attachment) in file order.
     pub fn entries(&self) -> &[IndexEntry] {
         &self.opened.entries
     }

@@ -24,6 +24,8 @@ pub enum RecordKind {
     Index = 5,
     /// The footer (written by `finish`).
     Footer = 6,
+    /// A named blob (format 1.1), e.g. the model's module file; written SKIPPABLE.
+    Attachment = 7,
 }
 
 impl RecordKind {
@@ -36,6 +38,7 @@ impl RecordKind {
             4 => RecordKind::Resume,
             5 => RecordKind::Index,
             6 => RecordKind::Footer,
+            7 => RecordKind::Attachment,
             _ => return None,
         })
     }
@@ -49,6 +52,7 @@ impl RecordKind {
             RecordKind::Resume => "resume record",
             RecordKind::Index => "index record",
             RecordKind::Footer => "footer record",
+            RecordKind::Attachment => "attachment record",
         }
     }
 
@@ -56,7 +60,7 @@ impl RecordKind {
     pub fn is_data(self) -> bool {
         matches!(
             self,
-            RecordKind::Step | RecordKind::Epoch | RecordKind::Resume
+            RecordKind::Step | RecordKind::Epoch | RecordKind::Resume | RecordKind::Attachment
         )
     }
 }
@@ -114,7 +118,7 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], FormatError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], FormatError> {
         let s = self.take(N)?;
         let mut a = [0u8; N];
         a.copy_from_slice(s);
@@ -200,7 +204,20 @@ pub struct Prologue {
 }
 
 impl Prologue {
-    /// The prologue this crate writes.
+    /// The prologue this crate writes for `header`: [`Prologue::current`] with the incompat bit
+    /// [`INCOMPAT_TYPED_LAYOUT`] set iff the layout holds a tensor that is not `f32`.
+    pub fn for_header(header: &Header) -> Prologue {
+        Prologue {
+            incompat_flags: if header.has_typed_layout() {
+                INCOMPAT_TYPED_LAYOUT
+            } else {
+                0
+            },
+            ..Prologue::current()
+        }
+    }
+
+    /// The prologue this crate writes, without feature flags.
     pub fn current() -> Prologue {
         let mut writer_version = [0u8; 16];
         let v = WRITER_VERSION.as_bytes();
@@ -517,7 +534,32 @@ pub fn encode_header_payload(h: &Header) -> Result<Vec<u8>, FormatError> {
     Ok(b)
 }
 
-/// Decodes and validates a header record payload.
+/// Checks the layout against the prologue's feature flags: a tensor that is not `f32` needs the
+/// incompat bit [`INCOMPAT_TYPED_LAYOUT`] (SPEC.md §3, §4.2). The bit set on an all-`f32`
+/// layout is accepted.
+pub fn check_layout_flags(
+    header: &Header,
+    incompat_flags: u64,
+    record_offset: u64,
+) -> Result<(), FormatError> {
+    if incompat_flags & INCOMPAT_TYPED_LAYOUT != 0 {
+        return Ok(());
+    }
+    match header.layout.iter().find(|t| t.dtype != DType::F32) {
+        Some(t) => Err(FormatError::corrupt(
+            record_offset,
+            "header record",
+            format!(
+                "tensor {:?} has dtype {} but the incompat flag TYPED_LAYOUT (bit 0) is not set",
+                t.name, t.dtype
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Decodes and validates a header record payload (check the dtypes against the prologue with
+/// [`check_layout_flags`]).
 pub fn decode_header_payload(payload: &[u8], record_offset: u64) -> Result<Header, FormatError> {
     let mut c = Cursor::new(payload, record_offset, "header record");
     let mut run_id = [0u8; 16];
@@ -546,9 +588,6 @@ pub fn decode_header_payload(payload: &[u8], record_offset: u64) -> Result<Heade
         .ok_or_else(|| c.err(format!("unknown delta codec id {codec_byte}")))?;
     let layout: Vec<TensorSpec> =
         serde_json::from_slice(layout_bytes).map_err(|e| c.err(format!("layout JSON: {e}")))?;
-    if layout.iter().any(|t| t.dtype != DType::F32) {
-        return Err(c.err("v1 layouts hold only f32 tensors"));
-    }
     let metadata_json = std::str::from_utf8(metadata_bytes)
         .map_err(|e| c.err(format!("metadata is not UTF-8: {e}")))?
         .to_owned();
@@ -969,6 +1008,88 @@ pub fn decode_resume_payload(
         chunks,
         descriptor_json,
         chunk_data,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attachment record
+
+/// A decoded attachment record payload (borrowing the payload).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttachmentPayload<'a> {
+    /// Name (UTF-8, 1..=256 bytes).
+    pub name: &'a str,
+    /// Stored SHA-256 of `data` (not checked by the decoder).
+    pub sha256: [u8; 32],
+    /// Payload offset of the first data byte.
+    pub data_payload_offset: usize,
+    /// The data.
+    pub data: &'a [u8],
+}
+
+fn check_attachment_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_ATTACHMENT_NAME_BYTES as usize {
+        return Err(format!(
+            "attachment name must be 1..={MAX_ATTACHMENT_NAME_BYTES} bytes, has {}",
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Encodes an attachment record payload: fixed part, name, data.
+pub fn encode_attachment_payload(name: &str, data: &[u8]) -> Result<Vec<u8>, FormatError> {
+    use sha2::Digest as _;
+    check_attachment_name(name).map_err(FormatError::invalid_input)?;
+    cap("attachment bytes", data.len() as u64, MAX_ATTACHMENT_BYTES)?;
+    let mut b = Vec::with_capacity(ATTACHMENT_FIXED_ENCODED_SIZE_BYTES + name.len() + data.len());
+    b.extend_from_slice(&(name.len() as u32).to_le_bytes());
+    b.extend_from_slice(&[0u8; 4]);
+    b.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    b.extend_from_slice(&sha2::Sha256::digest(data));
+    debug_assert_eq!(b.len(), ATTACHMENT_FIXED_ENCODED_SIZE_BYTES);
+    b.extend_from_slice(name.as_bytes());
+    b.extend_from_slice(data);
+    Ok(b)
+}
+
+/// Decodes an attachment record payload: every length against its cap and the payload, the
+/// name UTF-8 and 1..=256 bytes, nothing after the data. The SHA-256 is not checked here.
+pub fn decode_attachment_payload(
+    payload: &[u8],
+    record_offset: u64,
+) -> Result<AttachmentPayload<'_>, FormatError> {
+    let mut c = Cursor::new(payload, record_offset, "attachment record");
+    let name_len = c.u32()?;
+    c.reserved(4)?;
+    let data_len = c.u64()?;
+    let sha256 = c.array::<32>()?;
+    if name_len == 0 || name_len > MAX_ATTACHMENT_NAME_BYTES {
+        return Err(c.err(format!(
+            "attachment name length {name_len} outside 1..={MAX_ATTACHMENT_NAME_BYTES}"
+        )));
+    }
+    cap("attachment bytes", data_len, MAX_ATTACHMENT_BYTES)?;
+    let expected = (ATTACHMENT_FIXED_ENCODED_SIZE_BYTES as u64)
+        .checked_add(u64::from(name_len))
+        .and_then(|v| v.checked_add(data_len));
+    if expected != Some(payload.len() as u64) {
+        return Err(c.err(format!(
+            "name of {name_len} and data of {data_len} bytes do not add up to the payload of {} \
+             bytes",
+            payload.len()
+        )));
+    }
+    let name = std::str::from_utf8(c.take(name_len as usize)?)
+        .map_err(|e| c.err(format!("attachment name is not UTF-8: {e}")))?;
+    let data_payload_offset = c.pos();
+    let data = c.take(data_len as usize)?;
+    c.finish()?;
+    Ok(AttachmentPayload {
+        name,
+        sha256,
+        data_payload_offset,
+        data,
     })
 }
 

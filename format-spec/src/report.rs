@@ -11,7 +11,7 @@ use crate::error::FormatError;
 use crate::reader::Reader;
 use crate::records::RecordKind;
 use crate::scan::{ChainState, scan_records};
-use crate::types::{CodecId, Header};
+use crate::types::{AttachmentInfo, CodecId, Header};
 
 /// Result of [`verify`]: every check passed; these are the counts.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -36,6 +36,8 @@ pub struct VerifyReport {
     pub epochs: u64,
     /// Resume records decoded.
     pub resume_states: u64,
+    /// Attachments whose SHA-256 was verified (name, size, sha256 as hex in JSON).
+    pub attachments: Vec<AttachmentInfo>,
 }
 
 impl VerifyReport {
@@ -71,10 +73,27 @@ impl fmt::Display for VerifyReport {
         )?;
         write!(
             f,
-            "  {} epoch records, {} resume states; all checksums and the delta chain OK",
-            self.epochs, self.resume_states
-        )
+            "  {} epoch records, {} resume states, {} attachments; all checksums and the delta \
+             chain OK",
+            self.epochs,
+            self.resume_states,
+            self.attachments.len()
+        )?;
+        write_attachments(f, &self.attachments)
     }
+}
+
+fn write_attachments(f: &mut fmt::Formatter<'_>, attachments: &[AttachmentInfo]) -> fmt::Result {
+    for a in attachments {
+        write!(
+            f,
+            "\n  attachment {:?}: {} bytes, sha256 {}",
+            a.name,
+            a.len_bytes,
+            a.sha256_hex()
+        )?;
+    }
+    Ok(())
 }
 
 /// Checks every checksum (prologue, header, every record header and payload, chunk CRCs,
@@ -86,11 +105,22 @@ pub fn verify(path: &Path) -> Result<VerifyReport, FormatError> {
     // A full scan of the committed bytes, independent of the index: catches damage in records
     // the index path never read, and must find exactly the indexed records.
     let mut chain = ChainState::default();
+    let mut attachments = Vec::new();
     let bytes = reader.bytes();
     let data = &bytes[..reader.data_end() as usize];
-    let scan = scan_records(data, reader.header_end(), &header, &mut chain, true)
-        .map_err(|e| e.with_path(path))?;
-    if scan.scan_end != reader.data_end() || scan.entries != reader.entries() {
+    let scan = scan_records(
+        data,
+        reader.header_end(),
+        &header,
+        &mut chain,
+        &mut attachments,
+        true,
+    )
+    .map_err(|e| e.with_path(path))?;
+    if scan.scan_end != reader.data_end()
+        || scan.entries != reader.entries()
+        || attachments != reader.attachments()
+    {
         return Err(FormatError::corrupt(
             scan.scan_end,
             "index record",
@@ -109,7 +139,13 @@ pub fn verify(path: &Path) -> Result<VerifyReport, FormatError> {
         chunks_verified: 0,
         epochs: 0,
         resume_states: 0,
+        attachments: Vec::new(),
     };
+    // Every attachment's data against its SHA-256.
+    for a in reader.attachments().to_vec() {
+        reader.attachment(&a.name)?;
+        report.attachments.push(a);
+    }
     let chunks_per_state = header.chunk_count();
     let steps = reader.steps().to_vec();
     for step in steps {
@@ -195,6 +231,8 @@ pub struct InspectReport {
     pub ratio: f64,
     /// Chunk sizes per codec (states only).
     pub codecs: Vec<CodecUsage>,
+    /// Attachments (name, size, sha256 as stored; not checked, see [`verify`]).
+    pub attachments: Vec<AttachmentInfo>,
 }
 
 /// Summarizes a recording without decoding states: header, steps present, sizes and ratio per
@@ -269,6 +307,7 @@ pub fn inspect(path: &Path) -> Result<InspectReport, FormatError> {
         step_record_bytes,
         ratio: state_raw_bytes as f64 / step_record_bytes.max(1) as f64,
         codecs,
+        attachments: reader.attachments().to_vec(),
         header,
     })
 }
@@ -349,6 +388,6 @@ impl fmt::Display for InspectReport {
                 c.ratio
             )?;
         }
-        Ok(())
+        write_attachments(f, &self.attachments)
     }
 }

@@ -5,7 +5,7 @@
 use crate::consts::*;
 use crate::error::{FormatError, no_path};
 use crate::records::*;
-use crate::types::Header;
+use crate::types::{AttachmentInfo, Header};
 
 /// Outcome of looking at the bytes at one record offset.
 pub(crate) enum Probe<'a> {
@@ -140,25 +140,44 @@ fn is_torn_tail(bytes: &[u8], pos: u64, err: &FormatError) -> bool {
         .is_some_and(|after| after.iter().all(|&b| b == 0))
 }
 
+/// A record of a kind this reader does not know, without the SKIPPABLE flag.
+fn unknown_kind(offset: u64, kind: u8) -> FormatError {
+    FormatError::corrupt(
+        offset,
+        "record",
+        format!("unknown record kind {kind} without the SKIPPABLE flag"),
+    )
+}
+
 /// Chain bookkeeping carried across scans (and across `refresh` calls).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct ChainState {
     pub last_step: Option<u64>,
     pub last_chain_start: u64,
+    /// Whether a STEP, EPOCH or RESUME record was seen (ATTACHMENT records must precede them).
+    pub data_seen: bool,
 }
 
 impl ChainState {
-    /// Applies SPEC.md's step ordering and chain rules to one step record.
+    /// Applies SPEC.md's step ordering and chain rules to one step record; `keyframe_interval`
+    /// is the header's K (every multiple of K must be a keyframe).
     pub(crate) fn accept(
         &mut self,
         step: u64,
         chain_start_step: u64,
         keyframe: bool,
+        keyframe_interval: u32,
         offset: u64,
     ) -> Result<(), FormatError> {
         let bad = |reason: String| FormatError::corrupt(offset, "step record", reason);
         if step == NO_STEP {
             return Err(bad("step number u64::MAX is reserved".into()));
+        }
+        if !keyframe && step.is_multiple_of(u64::from(keyframe_interval.max(1))) {
+            return Err(bad(format!(
+                "step {step} is a multiple of the keyframe interval {keyframe_interval} but is \
+                 not a keyframe"
+            )));
         }
         if let Some(last) = self.last_step
             && step <= last
@@ -186,6 +205,49 @@ impl ChainState {
     }
 }
 
+/// Validates the ATTACHMENT record at `record_offset` (SPEC.md §4.9): step NO_STEP, before
+/// every STEP, EPOCH and RESUME record, a well-formed payload, a name not used before, at most
+/// [`MAX_ATTACHMENTS`]; appends it to `attachments`.
+pub(crate) fn accept_attachment(
+    step: u64,
+    payload: &[u8],
+    record_offset: u64,
+    chain: &ChainState,
+    attachments: &mut Vec<AttachmentInfo>,
+) -> Result<(), FormatError> {
+    let bad = |reason: String| FormatError::corrupt(record_offset, "attachment record", reason);
+    if step != NO_STEP {
+        return Err(bad(format!("step field is {step}, not NO_STEP")));
+    }
+    if chain.data_seen {
+        return Err(bad(
+            "attachment after a step, epoch or resume record (attachments must come first)".into(),
+        ));
+    }
+    let p = decode_attachment_payload(payload, record_offset)?;
+    if attachments.iter().any(|a| a.name == p.name) {
+        return Err(bad(format!("attachment name {:?} is used twice", p.name)));
+    }
+    if attachments.len() >= MAX_ATTACHMENTS {
+        return Err(FormatError::SizeCap {
+            what: "attachments",
+            value: attachments.len() as u64 + 1,
+            cap: MAX_ATTACHMENTS as u64,
+        });
+    }
+    let data_offset = record_offset
+        .checked_add((RECORD_HEADER_ENCODED_SIZE_BYTES + p.data_payload_offset) as u64)
+        .ok_or_else(|| bad("data offset overflows".into()))?;
+    attachments.push(AttachmentInfo {
+        name: p.name.to_owned(),
+        len_bytes: p.data.len() as u64,
+        sha256: p.sha256,
+        record_offset,
+        data_offset,
+    });
+    Ok(())
+}
+
 /// What the scan found from some start offset.
 #[derive(Debug, Default)]
 pub(crate) struct ScanResult {
@@ -202,12 +264,14 @@ pub(crate) struct ScanResult {
 
 /// Scans records forward from `start`. In strict mode an unreadable tail that a killed writer
 /// cannot have produced (a full-size record header with a bad checksum and non-zero bytes, a
-/// complete record with a bad payload) is an error; otherwise the scan stops there.
+/// complete record with a bad payload) is an error; otherwise the scan stops there. Attachments
+/// found are appended to `attachments` (which holds those of the bytes before `start`).
 pub(crate) fn scan_records(
     bytes: &[u8],
     start: u64,
     header: &Header,
     chain: &mut ChainState,
+    attachments: &mut Vec<AttachmentInfo>,
     strict: bool,
 ) -> Result<ScanResult, FormatError> {
     let len = bytes.len() as u64;
@@ -261,7 +325,14 @@ pub(crate) fn scan_records(
                                 "too small to hold the state",
                             ));
                         }
-                        chain.accept(rh.step, fixed.chain_start_step, fixed.is_keyframe(), pos)?;
+                        chain.accept(
+                            rh.step,
+                            fixed.chain_start_step,
+                            fixed.is_keyframe(),
+                            header.codec.keyframe_interval,
+                            pos,
+                        )?;
+                        chain.data_seen = true;
                         entry.chain_start_step = fixed.chain_start_step;
                         entry.flags = if fixed.is_keyframe() {
                             INDEX_FLAG_KEYFRAME
@@ -272,6 +343,12 @@ pub(crate) fn scan_records(
                         res.data_end = pos + total_len_bytes;
                     }
                     Some(RecordKind::Epoch | RecordKind::Resume) => {
+                        chain.data_seen = true;
+                        res.entries.push(entry);
+                        res.data_end = pos + total_len_bytes;
+                    }
+                    Some(RecordKind::Attachment) => {
+                        accept_attachment(rh.step, payload, pos, chain, attachments)?;
                         res.entries.push(entry);
                         res.data_end = pos + total_len_bytes;
                     }
@@ -288,13 +365,7 @@ pub(crate) fn scan_records(
                         res.entries.push(entry);
                         res.data_end = pos + total_len_bytes;
                     }
-                    None => {
-                        return Err(FormatError::corrupt(
-                            pos,
-                            "record",
-                            format!("unknown record kind {}", rh.kind),
-                        ));
-                    }
+                    None => return Err(unknown_kind(pos, rh.kind)),
                 }
                 pos += total_len_bytes;
                 res.scan_end = pos;
@@ -317,6 +388,8 @@ pub(crate) struct Opened {
     pub scan_end: u64,
     pub torn_tail_bytes: u64,
     pub chain: ChainState,
+    /// ATTACHMENT records, in file order.
+    pub attachments: Vec<AttachmentInfo>,
 }
 
 /// Opens a recording held in `bytes` (the whole file as observed).
@@ -337,10 +410,9 @@ pub(crate) fn open_bytes(bytes: &[u8]) -> Result<Opened, FormatError> {
                     "first record is not a header record",
                 ));
             }
-            (
-                decode_header_payload(payload, header_offset)?,
-                header_offset + total_len_bytes,
-            )
+            let header = decode_header_payload(payload, header_offset)?;
+            check_layout_flags(&header, prologue.incompat_flags, header_offset)?;
+            (header, header_offset + total_len_bytes)
         }
         Probe::Torn => {
             let needed = match RecordHeader::decode(&bytes[header_offset as usize..], header_offset)
@@ -363,7 +435,15 @@ pub(crate) fn open_bytes(bytes: &[u8]) -> Result<Opened, FormatError> {
         return open_finished(bytes, prologue, header, header_end);
     }
     let mut chain = ChainState::default();
-    let scan = scan_records(bytes, header_end, &header, &mut chain, true)?;
+    let mut attachments = Vec::new();
+    let scan = scan_records(
+        bytes,
+        header_end,
+        &header,
+        &mut chain,
+        &mut attachments,
+        true,
+    )?;
     Ok(Opened {
         prologue,
         header,
@@ -374,6 +454,7 @@ pub(crate) fn open_bytes(bytes: &[u8]) -> Result<Opened, FormatError> {
         scan_end: scan.scan_end,
         torn_tail_bytes: scan.torn_tail_bytes,
         chain,
+        attachments,
     })
 }
 
@@ -464,6 +545,7 @@ fn open_finished(
     )?;
     // The data records must tile [header_end, index_offset) exactly, in file order.
     let mut chain = ChainState::default();
+    let mut attachments = Vec::new();
     let mut expected_offset = header_end;
     let mut steps = 0u64;
     for e in &entries {
@@ -501,16 +583,45 @@ fn open_finished(
                         "too small to hold the state",
                     ));
                 }
-                chain.accept(e.step, e.chain_start_step, keyframe, e.record_offset)?;
+                chain.accept(
+                    e.step,
+                    e.chain_start_step,
+                    keyframe,
+                    header.codec.keyframe_interval,
+                    e.record_offset,
+                )?;
+                chain.data_seen = true;
                 steps += 1;
             }
-            Some(RecordKind::Epoch | RecordKind::Resume) | None => {
+            Some(RecordKind::Attachment) => {
                 if e.flags != 0 || e.chain_start_step != e.step {
                     return Err(bad(
                         index_offset,
                         "index record",
                         "non-step entry with step fields",
                     ));
+                }
+                let (rh, payload) = read_indexed_record(bytes, e)?;
+                accept_attachment(rh.step, payload, e.record_offset, &chain, &mut attachments)?;
+            }
+            Some(RecordKind::Epoch | RecordKind::Resume) | None => {
+                if e.record_kind().is_some() {
+                    chain.data_seen = true;
+                }
+                if e.flags != 0 || e.chain_start_step != e.step {
+                    return Err(bad(
+                        index_offset,
+                        "index record",
+                        "non-step entry with step fields",
+                    ));
+                }
+                if e.record_kind().is_none() {
+                    // A kind this reader does not know: usable only if the record itself says
+                    // it may be skipped (SPEC.md §4.1), as when scanning.
+                    let (rh, _) = read_indexed_record(bytes, e)?;
+                    if rh.flags & RECORD_FLAG_SKIPPABLE == 0 {
+                        return Err(unknown_kind(e.record_offset, e.kind));
+                    }
                 }
             }
             Some(_) => {
@@ -553,5 +664,47 @@ fn open_finished(
         scan_end: len,
         torn_tail_bytes: 0,
         chain,
+        attachments,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(steps: &[(u64, u64)], k: u32) -> Result<(), FormatError> {
+        let mut chain = ChainState::default();
+        for &(step, chain_start) in steps {
+            chain.accept(step, chain_start, step == chain_start, k, 0)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn chain_rules_demand_a_keyframe_at_every_multiple_of_k() {
+        // K = 4: 0 and 4 are keyframes, 5..7 continue the chain of 4; 9 after a gap starts one.
+        assert!(run(&[(0, 0), (1, 0), (2, 0), (3, 0), (4, 4), (5, 4), (9, 9)], 4).is_ok());
+        // A keyframe may also start anywhere else (a promoted step).
+        assert!(run(&[(0, 0), (1, 0), (2, 2), (3, 2)], 4).is_ok());
+        for (steps, reason) in [
+            (
+                &[(0, 0), (1, 0), (2, 0), (3, 0), (4, 0)][..],
+                "multiple of the keyframe",
+            ),
+            (
+                &[(1, 1), (2, 1), (3, 1), (4, 1), (5, 1)][..],
+                "multiple of the keyframe",
+            ),
+            (&[(0, 0), (1, 0), (3, 0)][..], "does not continue"),
+            (&[(2, 2), (2, 2)][..], "strictly increase"),
+        ] {
+            match run(steps, 4) {
+                Err(FormatError::Corrupt { reason: r, .. }) => assert!(r.contains(reason), "{r}"),
+                other => panic!("{steps:?}: {other:?}"),
+            }
+        }
+        // K = 1: every step is a keyframe.
+        assert!(run(&[(0, 0), (1, 0)], 1).is_err());
+        assert!(run(&[(0, 0), (1, 1), (2, 2)], 1).is_ok());
+    }
 }

@@ -1,12 +1,21 @@
 //! Deterministic synthetic data: a seeded PRNG, an SGD-with-momentum trajectory generator (for
-//! benches and tests without libtorch), and the golden-fixture definitions of
-//! `fixtures/v1/`. Everything here is a pure function of its seed and must never change for an
-//! existing fixture version: the golden tests compare files against it.
+//! benches and tests without libtorch), the golden-fixture definitions of `fixtures/v1/`, and
+//! the files of `fixtures/bad/` and `fixtures/edge/` derived from them (with [`split_records`]
+//! and [`assemble`], which take a recording apart and put records back together). Everything
+//! here is a pure function of its seed and must never change for an existing fixture version:
+//! the golden tests compare files against it.
 
 use std::path::{Path, PathBuf};
 
-use crate::consts::FILE_MAGIC;
+use crate::consts::*;
 use crate::error::FormatError;
+use crate::records::{
+    BLOB_RAW, BLOB_SHUFFLE4_ZSTD, BLOB_ZSTD, Footer, INDEX_FLAG_KEYFRAME, IndexEntry,
+    RECORD_FLAG_SKIPPABLE, RecordHeader, RecordKind, StepFixed, Trailer, decode_step_fixed,
+    decode_step_payload, encode_attachment_payload, encode_epoch_payload, encode_index_payload,
+    encode_step_payload, padding_len,
+};
+use crate::scan::open_bytes;
 use crate::types::*;
 use crate::writer::Writer;
 
@@ -111,6 +120,8 @@ pub struct FixtureSpec {
     pub random_bits: bool,
     /// Sample ids per step (the last step gets none).
     pub ids_per_step: usize,
+    /// Attachments written with the header (`Writer::create_with_attachments`), format 1.1.
+    pub attachments: Vec<(&'static str, Vec<u8>)>,
 }
 
 const FIXTURE_SEED: u64 = 0x5eed_2026;
@@ -160,6 +171,7 @@ pub fn fixture_specs_v1() -> Vec<FixtureSpec> {
         cut_tail_bytes: 0,
         random_bits: false,
         ids_per_step: 8,
+        attachments: Vec::new(),
     };
     let eval = |epoch: u32, step: u64| EpochRecord {
         epoch,
@@ -228,9 +240,93 @@ pub fn fixture_specs_v1() -> Vec<FixtureSpec> {
             steps: (0..=6).collect(),
             finish: false,
             cut_tail_bytes: 40,
+            ..base.clone()
+        },
+        // Format 1.1: typed layout (incompat bit 0) and attachments.
+        FixtureSpec {
+            name: "typed_attachment.sgdw",
+            description: "format 1.1: typed layout f32 w[5,4] (20 words), i64 count[] (2 words), u8 mask[7] (2 words, 1 padding byte), bool flags[3] (1 word, 1 padding byte), f16 half[3] (2 words, 2 padding bytes) = 27 words, incompat bit 0 set; attachments \"model.pt\" (300 bytes) and \"notes.txt\"; chunk 16, K=4, pred2; steps 0..=5; finished",
+            header: typed_fixture_header(),
+            steps: (0..=5).collect(),
+            attachments: typed_fixture_attachments(),
+            ..base.clone()
+        },
+        FixtureSpec {
+            name: "typed_attachment_killed.sgdw",
+            description: "format 1.1: as typed_attachment, steps 0..=4 written, no footer, the last step record cut by 40 bytes: readers see the attachments and steps 0..=3",
+            header: typed_fixture_header(),
+            steps: (0..=4).collect(),
+            attachments: typed_fixture_attachments(),
+            finish: false,
+            cut_tail_bytes: 40,
             ..base
         },
     ]
+}
+
+/// The typed layout of the format 1.1 fixtures.
+fn typed_fixture_header() -> Header {
+    let layout = Header::typed_layout(&[
+        ("w", DType::F32, &[5, 4]),
+        ("count", DType::I64, &[]),
+        ("mask", DType::U8, &[7]),
+        ("flags", DType::Bool, &[3]),
+        ("half", DType::F16, &[3]),
+    ])
+    .unwrap_or_default();
+    let mut h = fixture_header(
+        &[],
+        CodecSettings {
+            chunk_len_elements: 16,
+            keyframe_interval: 4,
+            zstd_level: 1,
+            delta_codec: CodecId::Pred2,
+        },
+        2,
+        r#"{"model":"typed-fixture"}"#,
+    );
+    h.state_len_elements = layout.iter().filter_map(TensorSpec::len_words).sum();
+    h.layout = layout;
+    h
+}
+
+/// The attachments of the format 1.1 fixtures.
+fn typed_fixture_attachments() -> Vec<(&'static str, Vec<u8>)> {
+    let mut rng = SplitMix64::new(FIXTURE_SEED ^ 0xA77A);
+    let module: Vec<u8> = (0..300).map(|_| rng.next_u64() as u8).collect();
+    vec![
+        ("model.pt", module),
+        ("notes.txt", b"an attachment of format 1.1\n".to_vec()),
+    ]
+}
+
+/// Deterministic values of a non-f32 tensor at `step`, as the words the state holds: the
+/// elements' little-endian bytes, zero-padded to a whole word.
+pub fn typed_tensor_words(dtype: DType, numel: usize, step: u64) -> Vec<u32> {
+    let mut bytes = Vec::new();
+    for i in 0..numel as u64 {
+        let v = step.wrapping_mul(1000).wrapping_add(i);
+        match dtype {
+            DType::F64 => bytes.extend_from_slice(&(v as f64 * 0.5).to_le_bytes()),
+            DType::F16 => bytes.extend_from_slice(&(0x3C00u16 + (v % 1024) as u16).to_le_bytes()),
+            DType::BF16 => {
+                bytes.extend_from_slice(&(((v as f32 * 0.25).to_bits() >> 16) as u16).to_le_bytes())
+            }
+            DType::I64 => bytes.extend_from_slice(&(v as i64 - 7).to_le_bytes()),
+            DType::I32 => bytes.extend_from_slice(&(v as i32 - 7).to_le_bytes()),
+            DType::I16 => bytes.extend_from_slice(&(v as i16 - 7).to_le_bytes()),
+            DType::I8 => bytes.push((v as i8).wrapping_sub(7) as u8),
+            DType::U8 => bytes.push((step.wrapping_mul(37).wrapping_add(i * 11)) as u8),
+            DType::Bool => bytes.push(((step + i) % 2) as u8),
+            // f32 tensors are not typed words (and not produced here).
+            _ => bytes.extend_from_slice(&(v as f32).to_le_bytes()),
+        }
+    }
+    bytes.resize(bytes.len().div_ceil(4) * 4, 0);
+    bytes
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 /// Everything the generator writes for `step` of `spec`.
@@ -260,7 +356,19 @@ pub fn fixture_inputs(spec: &FixtureSpec) -> Vec<FixtureStep> {
                     .map(|_| f32::from_bits(rng.next_u64() as u32))
                     .collect()
             } else {
-                traj[step as usize].clone()
+                let mut state = traj[step as usize].clone();
+                // Non-f32 tensors hold real packed values, padding bytes zero.
+                for t in spec.header.layout.iter().filter(|t| t.dtype != DType::F32) {
+                    let numel = t.numel().unwrap_or(0) as usize;
+                    let at = t.offset_elements as usize;
+                    for (j, w) in typed_tensor_words(t.dtype, numel, step)
+                        .into_iter()
+                        .enumerate()
+                    {
+                        state[at + j] = f32::from_bits(w);
+                    }
+                }
+                state
             };
             let count = if Some(&step) == spec.steps.last() {
                 0
@@ -306,7 +414,12 @@ pub fn write_fixture(spec: &FixtureSpec, dir: &Path) -> Result<PathBuf, FormatEr
         fsync: FsyncPolicy::Never,
         threads: 1,
     };
-    let mut w = Writer::create(&path, spec.header.clone(), options)?;
+    let attachments: Vec<(&str, &[u8])> = spec
+        .attachments
+        .iter()
+        .map(|(n, d)| (*n, d.as_slice()))
+        .collect();
+    let mut w = Writer::create_with_attachments(&path, spec.header.clone(), options, &attachments)?;
     for (&step, input) in spec.steps.iter().zip(fixture_inputs(spec)) {
         w.write_step(&StepInput {
             step,
@@ -369,7 +482,11 @@ fn reseal_record(b: &mut [u8], offset: usize) {
 /// The corrupt files of `fixtures/bad/`, derived from the bytes of `basic_pred2.sgdw`
 /// (`basic`) and `killed_writer.sgdw` (`killed`). `delta_step_offset` is the offset of a
 /// non-keyframe step record in `basic`.
-pub fn bad_fixtures(basic: &[u8], killed: &[u8], delta_step_offset: usize) -> Vec<BadFixture> {
+pub fn bad_fixtures(
+    basic: &[u8],
+    killed: &[u8],
+    delta_step_offset: usize,
+) -> Result<Vec<BadFixture>, FormatError> {
     let mut out = Vec::new();
     out.push(BadFixture {
         name: "not_a_recording.bin",
@@ -385,11 +502,11 @@ pub fn bad_fixtures(basic: &[u8], killed: &[u8], delta_step_offset: usize) -> Ve
         bytes: b,
     });
     let mut b = basic.to_vec();
-    b[16] = 0x01;
+    b[16] = 0x02;
     fix_prologue_crc(&mut b);
     out.push(BadFixture {
         name: "unknown_incompat_flag.sgdw",
-        description: "incompat flag bit 0 set",
+        description: "incompat flag bit 1 set (bit 0, TYPED_LAYOUT, is known since 1.1)",
         bytes: b,
     });
     let mut b = basic.to_vec();
@@ -438,5 +555,482 @@ pub fn bad_fixtures(basic: &[u8], killed: &[u8], delta_step_offset: usize) -> Ve
         bytes: b,
     });
     debug_assert!(basic.starts_with(&FILE_MAGIC));
-    out
+    out.extend(crafted_bad_fixtures(basic)?);
+    Ok(out)
+}
+
+/// The corrupt files of `fixtures/bad/` about format 1.1, derived from the bytes of
+/// `v1/typed_attachment.sgdw` (`typed`): typed layout without its incompat bit, an unknown
+/// dtype, and attachments with a wrong SHA-256, a duplicated name, or after a step record.
+pub fn bad_fixtures_v1_1(typed: &[u8]) -> Result<Vec<BadFixture>, FormatError> {
+    let mut out = Vec::new();
+    let mut b = typed.to_vec();
+    b[16] &= !(INCOMPAT_TYPED_LAYOUT as u8);
+    fix_prologue_crc(&mut b);
+    out.push(BadFixture {
+        name: "typed_layout_without_flag.sgdw",
+        description: "typed_attachment with incompat bit 0 (TYPED_LAYOUT) cleared, prologue CRC recomputed: an i64 tensor without the bit",
+        bytes: b,
+    });
+
+    let mut b = typed.to_vec();
+    let needle = br#""dtype":"bool""#;
+    let at = b
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .ok_or_else(|| FormatError::invalid_input("no bool tensor in typed_attachment"))?;
+    b[at + 9..at + 13].copy_from_slice(b"c128");
+    reseal_record(&mut b, PROLOGUE_ENCODED_SIZE_BYTES);
+    out.push(BadFixture {
+        name: "unknown_dtype.sgdw",
+        description: "typed_attachment with the dtype of `flags` renamed \"c128\" (not a format dtype), header CRCs recomputed",
+        bytes: b,
+    });
+
+    let (prefix, records) = split_records(typed)?;
+    let finished = Ending::Finished { record_flags: 0 };
+    let is_att = |r: &RawRecord| r.kind == RecordKind::Attachment as u8;
+    let first = records
+        .iter()
+        .position(is_att)
+        .ok_or_else(|| FormatError::invalid_input("no attachment in typed_attachment"))?;
+    let mut recs = records.clone();
+    // The last data byte of the first attachment.
+    let last = recs[first].payload.len() - 1;
+    recs[first].payload[last] ^= 0x01;
+    out.push(BadFixture {
+        name: "attachment_sha256.sgdw",
+        description: "typed_attachment with the last byte of model.pt flipped, record CRCs recomputed: only the attachment's SHA-256 can see it (opens; reading model.pt or verify fails)",
+        bytes: assemble(&prefix, &recs, finished)?,
+    });
+
+    let mut recs = records.clone();
+    let second = first + 1;
+    recs[second].payload = encode_attachment_payload("model.pt", b"a second model.pt")?;
+    out.push(BadFixture {
+        name: "attachment_duplicate_name.sgdw",
+        description: "typed_attachment whose second attachment is also named model.pt",
+        bytes: assemble(&prefix, &recs, finished)?,
+    });
+
+    let mut recs = records.clone();
+    let moved = recs.remove(second);
+    let step0 = recs
+        .iter()
+        .position(|r| r.kind == RecordKind::Step as u8)
+        .ok_or(FormatError::StepNotFound { step: 0 })?;
+    recs.insert(step0 + 1, moved);
+    out.push(BadFixture {
+        name: "attachment_after_step.sgdw",
+        description: "typed_attachment with the notes.txt attachment moved after step 0's record (attachments must precede every step, epoch and resume record)",
+        bytes: assemble(&prefix, &recs, finished)?,
+    });
+    Ok(out)
+}
+
+/// One record of a recording taken apart by [`split_records`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawRecord {
+    /// Kind byte (any value, known or not).
+    pub kind: u8,
+    /// Record flags.
+    pub flags: u8,
+    /// The record header's step field.
+    pub step: u64,
+    /// The payload (without padding).
+    pub payload: Vec<u8>,
+}
+
+/// Takes a valid recording apart: the bytes of its prologue and HEADER record, and its data
+/// records in file order (INDEX, FOOTER, trailer and a torn tail are dropped).
+pub fn split_records(bytes: &[u8]) -> Result<(Vec<u8>, Vec<RawRecord>), FormatError> {
+    let opened = open_bytes(bytes)?;
+    let prefix = bytes[..opened.header_end as usize].to_vec();
+    let records = opened
+        .entries
+        .iter()
+        .map(|e| {
+            let at = e.record_offset as usize;
+            let h = RecordHeader::decode(&bytes[at..], e.record_offset)?;
+            let start = at + RECORD_HEADER_ENCODED_SIZE_BYTES;
+            Ok(RawRecord {
+                kind: h.kind,
+                flags: h.flags,
+                step: h.step,
+                payload: bytes[start..start + h.payload_len_bytes as usize].to_vec(),
+            })
+        })
+        .collect::<Result<_, FormatError>>()?;
+    Ok((prefix, records))
+}
+
+/// How [`assemble`] ends a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// After the last data record (an unfinished file).
+    Unfinished,
+    /// With INDEX, FOOTER (both with these record flags) and trailer, as `Writer::finish`.
+    Finished {
+        /// Flags of the INDEX and FOOTER record headers.
+        record_flags: u8,
+    },
+}
+
+fn push_record(out: &mut Vec<u8>, kind: u8, flags: u8, step: u64, payload: &[u8]) -> (u64, u64) {
+    let h = RecordHeader {
+        kind,
+        flags,
+        payload_len_bytes: payload.len() as u64,
+        step,
+        payload_crc32c: crc32c::crc32c(payload),
+    };
+    let offset = out.len() as u64;
+    out.extend_from_slice(&h.encode());
+    out.extend_from_slice(payload);
+    out.extend(std::iter::repeat_n(0u8, padding_len(payload.len() as u64)));
+    (offset, out.len() as u64 - offset)
+}
+
+/// Writes `records` after `prefix` (a prologue and HEADER record) and ends the file as `ending`
+/// says, building the index a writer would (chain fields from the step payloads).
+pub fn assemble(
+    prefix: &[u8],
+    records: &[RawRecord],
+    ending: Ending,
+) -> Result<Vec<u8>, FormatError> {
+    let mut out = prefix.to_vec();
+    let mut entries = Vec::with_capacity(records.len());
+    for r in records {
+        let (record_offset, record_len_bytes) =
+            push_record(&mut out, r.kind, r.flags, r.step, &r.payload);
+        let (chain_start_step, flags) = if r.kind == RecordKind::Step as u8 {
+            let fixed = decode_step_fixed(&r.payload, record_offset)?;
+            let flags = if fixed.is_keyframe() {
+                INDEX_FLAG_KEYFRAME
+            } else {
+                0
+            };
+            (fixed.chain_start_step, flags)
+        } else {
+            (r.step, 0)
+        };
+        entries.push(IndexEntry {
+            record_offset,
+            record_len_bytes,
+            step: r.step,
+            chain_start_step,
+            kind: r.kind,
+            flags,
+        });
+    }
+    let Ending::Finished { record_flags } = ending else {
+        return Ok(out);
+    };
+    let index = encode_index_payload(&entries);
+    let (index_record_offset, index_record_len_bytes) = push_record(
+        &mut out,
+        RecordKind::Index as u8,
+        record_flags,
+        NO_STEP,
+        &index,
+    );
+    let steps: Vec<u64> = entries
+        .iter()
+        .filter(|e| e.is_step())
+        .map(|e| e.step)
+        .collect();
+    let footer = Footer {
+        index_record_offset,
+        index_record_len_bytes,
+        data_record_count: entries.len() as u64,
+        step_count: steps.len() as u64,
+        first_step: steps.first().copied().unwrap_or(NO_STEP),
+        last_step: steps.last().copied().unwrap_or(NO_STEP),
+    };
+    let (footer_record_offset, footer_record_len_bytes) = push_record(
+        &mut out,
+        RecordKind::Footer as u8,
+        record_flags,
+        NO_STEP,
+        &footer.encode(),
+    );
+    // The trailer repeats the prologue's version (a 1.0 prefix stays 1.0).
+    let version_at = |at: usize| {
+        prefix
+            .get(at..at + 2)
+            .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let trailer = Trailer {
+        footer_record_offset,
+        footer_record_len_bytes,
+        major: version_at(8),
+        minor: version_at(10),
+    };
+    out.extend_from_slice(&trailer.encode());
+    Ok(out)
+}
+
+fn spec_named(name: &str) -> Result<FixtureSpec, FormatError> {
+    fixture_specs_v1()
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| FormatError::invalid_input(format!("no fixture spec {name}")))
+}
+
+/// Re-encodes the step record of `step` among `records` with new ids and augmentation blobs
+/// (chunk table and chunk data unchanged).
+fn replace_blobs(
+    records: &mut [RawRecord],
+    header: &Header,
+    step: u64,
+    (ids_codec, ids): (u8, &[u8]),
+    (aug_codec, aug): (u8, &[u8]),
+) -> Result<(), FormatError> {
+    let r = records
+        .iter_mut()
+        .find(|r| r.kind == RecordKind::Step as u8 && r.step == step)
+        .ok_or(FormatError::StepNotFound { step })?;
+    let p = decode_step_payload(&r.payload, 0, header.chunk_count())?;
+    let fixed = StepFixed {
+        ids_codec,
+        aug_codec,
+        ids_stored_len_bytes: ids.len() as u32,
+        aug_stored_len_bytes: aug.len() as u32,
+        ..p.fixed
+    };
+    let chunks: Vec<_> = p
+        .chunks
+        .iter()
+        .zip(&p.chunk_data)
+        .map(|(e, d)| (*e, d.to_vec()))
+        .collect();
+    r.payload = encode_step_payload(&fixed, &chunks, ids, aug);
+    Ok(())
+}
+
+/// Rewrites one little-endian u32 of the HEADER payload (at `payload_offset`) and reseals the
+/// header record.
+fn patch_header_u32(b: &mut [u8], payload_offset: usize, value: u32) {
+    let at = PROLOGUE_ENCODED_SIZE_BYTES + RECORD_HEADER_ENCODED_SIZE_BYTES + payload_offset;
+    b[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    reseal_record(b, PROLOGUE_ENCODED_SIZE_BYTES);
+}
+
+fn le_ids(ids: &[u32]) -> Vec<u8> {
+    ids.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Corrupt files that need records rebuilt (not just bytes flipped): the rules SPEC.md states
+/// for ids and augmentation sizes, the header's `delta_codec`, keyframes at multiples of K,
+/// unknown kinds, and the no-fallback rule for a file that ends in the magic.
+fn crafted_bad_fixtures(basic: &[u8]) -> Result<Vec<BadFixture>, FormatError> {
+    let mut out = Vec::new();
+    let mut b = basic.to_vec();
+    // delta_codec is the byte at HEADER payload offset 44.
+    let delta_at = PROLOGUE_ENCODED_SIZE_BYTES + RECORD_HEADER_ENCODED_SIZE_BYTES + 44;
+    b[delta_at] = CodecId::Key as u8;
+    reseal_record(&mut b, PROLOGUE_ENCODED_SIZE_BYTES);
+    out.push(BadFixture {
+        name: "header_delta_codec.sgdw",
+        description: "HEADER delta_codec 1 (a standalone codec; only 2, 3, 4 are valid), CRCs recomputed",
+        bytes: b,
+    });
+    let mut b = basic.to_vec();
+    patch_header_u32(&mut b, 36, 2);
+    out.push(BadFixture {
+        name: "missing_keyframe.sgdw",
+        description: "HEADER K changed from 4 to 2, CRCs recomputed: step 2 is a delta step at a multiple of K",
+        bytes: b,
+    });
+
+    let spec = spec_named("basic_pred2.sgdw")?;
+    let inputs = fixture_inputs(&spec);
+    let (prefix, records) = split_records(basic)?;
+    let finished = Ending::Finished { record_flags: 0 };
+
+    let mut recs = records.clone();
+    recs.insert(
+        1,
+        RawRecord {
+            kind: 200,
+            flags: 0,
+            step: NO_STEP,
+            payload: b"a record kind from the future".to_vec(),
+        },
+    );
+    out.push(BadFixture {
+        name: "unknown_kind.sgdw",
+        description: "finished, with a record of unknown kind 200 without SKIPPABLE (listed in the index) after step 0",
+        bytes: assemble(&prefix, &recs, finished)?,
+    });
+
+    let step1 = &inputs[1];
+    let mut ids = le_ids(&step1.sample_ids);
+    ids.extend_from_slice(&[0, 0]);
+    let mut recs = records.clone();
+    replace_blobs(
+        &mut recs,
+        &spec.header,
+        1,
+        (BLOB_RAW, &ids),
+        (BLOB_RAW, &step1.augmentation),
+    )?;
+    out.push(BadFixture {
+        name: "ids_raw_length.sgdw",
+        description: "step 1 stores its 8 ids raw in 34 bytes (4·S + 2); raw ids must be exactly 4·S bytes",
+        bytes: assemble(&prefix, &recs, finished)?,
+    });
+
+    let aug = &step1.augmentation[..step1.augmentation.len() - 1];
+    let mut recs = records.clone();
+    replace_blobs(
+        &mut recs,
+        &spec.header,
+        1,
+        (BLOB_RAW, &le_ids(&step1.sample_ids)),
+        (BLOB_RAW, aug),
+    )?;
+    out.push(BadFixture {
+        name: "aug_raw_length.sgdw",
+        description: "step 1 stores its augmentation raw in 15 bytes (S·A − 1); raw augmentation must be exactly S·A bytes",
+        bytes: assemble(&prefix, &recs, finished)?,
+    });
+
+    let mut recs = records.clone();
+    replace_blobs(
+        &mut recs,
+        &spec.header,
+        23,
+        (BLOB_SHUFFLE4_ZSTD, &[]),
+        (BLOB_RAW, &[]),
+    )?;
+    out.push(BadFixture {
+        name: "empty_ids_zstd_no_frame.sgdw",
+        description: "the last step (S = 0) says ids codec 1 (zstd) with 0 stored bytes: a zstd blob is one frame even when empty",
+        bytes: assemble(&prefix, &recs, finished)?,
+    });
+
+    // Records up to step 6, then an EPOCH record of 40 payload bytes (no padding) whose last
+    // field, `samples`, is the magic read as a u64: a writer killed right after it leaves a
+    // file whose last 8 bytes are the magic.
+    let last = records
+        .iter()
+        .position(|r| r.kind == RecordKind::Step as u8 && r.step == 6)
+        .ok_or(FormatError::StepNotFound { step: 6 })?;
+    let mut recs = records[..=last].to_vec();
+    let epoch = EpochRecord {
+        epoch: 1,
+        step: 7,
+        evals: vec![EvalRecord {
+            split: "test".into(),
+            loss: 0.5,
+            accuracy: 0.5,
+            samples: u64::from_le_bytes(FILE_MAGIC),
+        }],
+    };
+    recs.push(RawRecord {
+        kind: RecordKind::Epoch as u8,
+        flags: 0,
+        step: epoch.step,
+        payload: encode_epoch_payload(&epoch)?,
+    });
+    out.push(BadFixture {
+        name: "unfinished_ends_in_magic.sgdw",
+        description: "unfinished (steps 0..=6, then an EPOCH record whose `samples` bytes equal the magic): it ends in the magic, so it reads as finished and its trailer fails; readers must not fall back to scanning",
+        bytes: assemble(&prefix, &recs, Ending::Unfinished)?,
+    });
+    Ok(out)
+}
+
+/// A valid file of `fixtures/edge/`: bytes the reference writer never produces but every
+/// reader must accept, holding exactly the data of `v1/basic_pred2.sgdw`.
+pub struct EdgeFixture {
+    /// File name.
+    pub name: &'static str,
+    /// What is unusual.
+    pub description: &'static str,
+    /// Whether the file is finished.
+    pub finished: bool,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// The valid-but-unusual files of `fixtures/edge/`, derived from the bytes of
+/// `basic_pred2.sgdw`; each holds the same steps, states, ids, augmentation, scalars, epoch and
+/// resume records as it (the generator inputs of that fixture spec).
+pub fn edge_fixtures(basic: &[u8]) -> Result<Vec<EdgeFixture>, FormatError> {
+    let spec = spec_named("basic_pred2.sgdw")?;
+    let (prefix, records) = split_records(basic)?;
+    let mut out = Vec::new();
+
+    // SKIPPABLE on every record of a known kind, and two records of unknown kinds that may be
+    // skipped (one without a step, one with an empty payload).
+    let mut skippable: Vec<RawRecord> = records
+        .iter()
+        .map(|r| RawRecord {
+            flags: RECORD_FLAG_SKIPPABLE,
+            ..r.clone()
+        })
+        .collect();
+    skippable.insert(
+        1,
+        RawRecord {
+            kind: 200,
+            flags: RECORD_FLAG_SKIPPABLE,
+            step: NO_STEP,
+            payload: b"a record kind from the future".to_vec(),
+        },
+    );
+    let after5 = skippable
+        .iter()
+        .rposition(|r| r.step == 5)
+        .ok_or(FormatError::StepNotFound { step: 5 })?;
+    skippable.insert(
+        after5 + 1,
+        RawRecord {
+            kind: 255,
+            flags: RECORD_FLAG_SKIPPABLE,
+            step: 5,
+            payload: Vec::new(),
+        },
+    );
+    let mut skippable_prefix = prefix.clone();
+    skippable_prefix[PROLOGUE_ENCODED_SIZE_BYTES + 5] = RECORD_FLAG_SKIPPABLE;
+    reseal_record(&mut skippable_prefix, PROLOGUE_ENCODED_SIZE_BYTES);
+    out.push(EdgeFixture {
+        name: "skippable_flags.sgdw",
+        description: "every record (HEADER, data, INDEX, FOOTER) has SKIPPABLE set, plus unknown SKIPPABLE kinds 200 (after step 0, step NO_STEP) and 255 (after step 5's records, step 5, empty payload), both in the index; finished",
+        finished: true,
+        bytes: assemble(
+            &skippable_prefix,
+            &skippable,
+            Ending::Finished {
+                record_flags: RECORD_FLAG_SKIPPABLE,
+            },
+        )?,
+    });
+    out.push(EdgeFixture {
+        name: "skippable_flags_unfinished.sgdw",
+        description: "the records of skippable_flags.sgdw without INDEX, FOOTER and trailer (read by scanning)",
+        finished: false,
+        bytes: assemble(&skippable_prefix, &skippable, Ending::Unfinished)?,
+    });
+
+    // The last step (S = 0) with both blobs as one zstd frame of empty content.
+    let empty_frame = crate::codec::zstd_bytes(&[], 1)?;
+    let mut recs = records.clone();
+    replace_blobs(
+        &mut recs,
+        &spec.header,
+        23,
+        (BLOB_SHUFFLE4_ZSTD, &empty_frame),
+        (BLOB_ZSTD, &empty_frame),
+    )?;
+    out.push(EdgeFixture {
+        name: "empty_zstd_blobs.sgdw",
+        description: "the last step (S = 0) stores ids (codec 1) and augmentation (codec 2) as one zstd frame of empty content each, instead of raw with length 0; finished",
+        finished: true,
+        bytes: assemble(&prefix, &recs, Ending::Finished { record_flags: 0 })?,
+    });
+    Ok(out)
 }

@@ -8,16 +8,91 @@ use crate::consts::{
 };
 use crate::error::FormatError;
 
-/// Element type of a tensor in the layout. v1 recordings hold only `f32`.
+/// Element type of a tensor in the layout. Format 1.0 holds only `f32`; 1.1 adds the others
+/// (SPEC.md §4.2): a tensor of another dtype is stored as its little-endian bytes packed into
+/// 4-byte words of the flat state, zero-padded to a whole word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum DType {
-    /// IEEE-754 binary32, little endian.
+    /// IEEE-754 binary32, little endian (one word per element).
     F32,
+    /// IEEE-754 binary64.
+    F64,
+    /// IEEE-754 binary16.
+    F16,
+    /// bfloat16 (the upper half of a binary32).
+    BF16,
+    /// Two's complement 64-bit integer.
+    I64,
+    /// Two's complement 32-bit integer.
+    I32,
+    /// Two's complement 16-bit integer.
+    I16,
+    /// Two's complement 8-bit integer.
+    I8,
+    /// Unsigned 8-bit integer.
+    U8,
+    /// Boolean, one byte: 0 or 1.
+    Bool,
 }
 
-/// One tensor of the canonical state: a contiguous range of the flat state vector.
+impl DType {
+    /// Every dtype, `f32` first.
+    pub const ALL: [DType; 10] = [
+        DType::F32,
+        DType::F64,
+        DType::F16,
+        DType::BF16,
+        DType::I64,
+        DType::I32,
+        DType::I16,
+        DType::I8,
+        DType::U8,
+        DType::Bool,
+    ];
+
+    /// Bytes per element.
+    pub fn size_bytes(self) -> u64 {
+        match self {
+            DType::F64 | DType::I64 => 8,
+            DType::F32 | DType::I32 => 4,
+            DType::F16 | DType::BF16 | DType::I16 => 2,
+            DType::I8 | DType::U8 | DType::Bool => 1,
+        }
+    }
+
+    /// 4-byte words that `numel` elements occupy in the flat state: `ceil(numel × size / 4)`
+    /// (`numel` for `f32`); `None` on overflow.
+    pub fn words(self, numel: u64) -> Option<u64> {
+        Some(numel.checked_mul(self.size_bytes())?.div_ceil(4))
+    }
+
+    /// The name in layout JSON (`"f32"`, `"i64"`, `"bf16"`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::I64 => "i64",
+            DType::I32 => "i32",
+            DType::I16 => "i16",
+            DType::I8 => "i8",
+            DType::U8 => "u8",
+            DType::Bool => "bool",
+        }
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One tensor of the canonical state: a contiguous range of 4-byte words of the flat state
+/// vector.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TensorSpec {
     /// Tensor name (e.g. `layers.0.weight`), UTF-8, unique.
@@ -26,8 +101,26 @@ pub struct TensorSpec {
     pub dtype: DType,
     /// Shape (row-major). The element count is the product (1 for a scalar).
     pub shape: Vec<u64>,
-    /// Offset of the first element in the flat state vector, in elements.
+    /// Offset of the first word in the flat state vector (= elements before it when every
+    /// tensor is `f32`).
     pub offset_elements: u64,
+}
+
+impl TensorSpec {
+    /// Elements of the tensor (the product of its shape); `None` on overflow.
+    pub fn numel(&self) -> Option<u64> {
+        shape_elements(&self.shape)
+    }
+
+    /// 4-byte words the tensor occupies in the flat state; `None` on overflow.
+    pub fn len_words(&self) -> Option<u64> {
+        self.dtype.words(self.numel()?)
+    }
+
+    /// Word range of the tensor in the flat state; `None` on overflow.
+    pub fn word_range(&self) -> Option<std::ops::Range<u64>> {
+        Some(self.offset_elements..self.offset_elements.checked_add(self.len_words()?)?)
+    }
 }
 
 /// Codec of one stored chunk (the `codec` byte of a chunk table entry).
@@ -175,7 +268,8 @@ pub struct Header {
     pub created_unix_ms: u64,
     /// Tensors of the canonical state, in the given order: contiguous, no holes, no overlap.
     pub layout: Vec<TensorSpec>,
-    /// Total elements of the state; must equal the sum of the layout's element counts.
+    /// Total 4-byte words (elements) of the state; must equal the sum of the layout's word
+    /// counts ([`TensorSpec::len_words`]).
     pub state_len_elements: u64,
     /// Bytes of opaque augmentation choice per sample id.
     pub augmentation_bytes_per_sample: u32,
@@ -209,24 +303,39 @@ impl Header {
         Ok(header)
     }
 
-    /// Builds a contiguous layout from `(name, shape)` pairs in the given order.
+    /// Builds a contiguous layout of `f32` tensors from `(name, shape)` pairs in the given order.
     pub fn contiguous_layout(tensors: &[(&str, &[u64])]) -> Result<Vec<TensorSpec>, FormatError> {
+        let typed: Vec<(&str, DType, &[u64])> =
+            tensors.iter().map(|&(n, s)| (n, DType::F32, s)).collect();
+        Header::typed_layout(&typed)
+    }
+
+    /// Builds a contiguous layout from `(name, dtype, shape)` triples in the given order: each
+    /// tensor takes [`DType::words`] of its element count.
+    pub fn typed_layout(tensors: &[(&str, DType, &[u64])]) -> Result<Vec<TensorSpec>, FormatError> {
         let mut offset_elements = 0u64;
         let mut layout = Vec::with_capacity(tensors.len());
-        for (name, shape) in tensors {
-            let n = shape_elements(shape)
+        for &(name, dtype, shape) in tensors {
+            let words = shape_elements(shape)
+                .and_then(|n| dtype.words(n))
                 .ok_or_else(|| FormatError::invalid_layout(format!("shape of {name} overflows")))?;
             layout.push(TensorSpec {
-                name: (*name).to_owned(),
-                dtype: DType::F32,
+                name: name.to_owned(),
+                dtype,
                 shape: shape.to_vec(),
                 offset_elements,
             });
             offset_elements = offset_elements
-                .checked_add(n)
+                .checked_add(words)
                 .ok_or_else(|| FormatError::invalid_layout("total size overflows"))?;
         }
         Ok(layout)
+    }
+
+    /// Whether some tensor of the layout is not `f32` (the file then needs the incompat
+    /// feature bit [`crate::INCOMPAT_TYPED_LAYOUT`], format 1.1).
+    pub fn has_typed_layout(&self) -> bool {
+        self.layout.iter().any(|t| t.dtype != DType::F32)
     }
 
     /// Checks every rule of SPEC.md "Header record" (the writer runs this before writing, the
@@ -266,8 +375,8 @@ fn shape_elements(shape: &[u64]) -> Option<u64> {
     shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
 }
 
-/// Validates the layout (contiguous from 0, in order, unique non-empty names) and returns the
-/// total element count.
+/// Validates the layout (contiguous from 0 in 4-byte words, in order, unique non-empty names)
+/// and returns the total word count.
 fn layout_len_elements(layout: &[TensorSpec]) -> Result<u64, FormatError> {
     if layout.len() > MAX_LAYOUT_TENSORS {
         return Err(FormatError::SizeCap {
@@ -298,7 +407,7 @@ fn layout_len_elements(layout: &[TensorSpec]) -> Result<u64, FormatError> {
                 t.name, t.offset_elements
             )));
         }
-        let n = shape_elements(&t.shape).ok_or_else(|| {
+        let n = t.len_words().ok_or_else(|| {
             FormatError::invalid_layout(format!("shape of {:?} overflows", t.name))
         })?;
         next_offset = next_offset
@@ -486,4 +595,40 @@ pub struct StepInfo {
     pub keyframe: bool,
     /// Bytes of the step record on disk.
     pub stored_bytes: u64,
+}
+
+/// One attachment of a recording (an ATTACHMENT record, SPEC.md §4.9): a named blob such as
+/// the TorchScript module file `model.pt`. Read its bytes with [`crate::Reader::attachment`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AttachmentInfo {
+    /// Name, 1..=256 bytes of UTF-8, unique in the file.
+    pub name: String,
+    /// Length of the data.
+    pub len_bytes: u64,
+    /// SHA-256 of the data as stored in the record (checked when the data is read).
+    #[serde(serialize_with = "serialize_hex")]
+    pub sha256: [u8; 32],
+    /// Offset of the ATTACHMENT record header.
+    pub record_offset: u64,
+    /// Offset of the first data byte in the file.
+    pub data_offset: u64,
+}
+
+impl AttachmentInfo {
+    /// The SHA-256 as lowercase hex.
+    pub fn sha256_hex(&self) -> String {
+        hex_string(&self.sha256)
+    }
+}
+
+pub(crate) fn hex_string(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn serialize_hex<S: serde::Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex_string(bytes))
 }

@@ -34,6 +34,9 @@ pub struct Writer {
     standalone_len: Vec<u64>,
     raw_bytes_total: u64,
     poisoned: bool,
+    /// Format version of the file's prologue, repeated in the trailer (a reopened 1.0 file
+    /// stays 1.0).
+    version: (u16, u16),
 }
 
 impl std::fmt::Debug for Writer {
@@ -102,18 +105,76 @@ impl Writer {
         header: Header,
         options: WriterOptions,
     ) -> Result<Writer, FormatError> {
+        Writer::create_with_attachments(path, header, options, &[])
+    }
+
+    /// Creates a new recording whose first data records are `attachments` (`(name, data)`,
+    /// in this order: ATTACHMENT records, SPEC.md §4.9), written and (unless
+    /// [`FsyncPolicy::Never`]) synced with the HEADER record before this returns. Names must be
+    /// unique, 1..=256 bytes; data at most 4 GiB each. [`Writer::reopen`] keeps them.
+    pub fn create_with_attachments(
+        path: &Path,
+        header: Header,
+        options: WriterOptions,
+        attachments: &[(&str, &[u8])],
+    ) -> Result<Writer, FormatError> {
         header.validate()?;
+        cap(
+            "attachments",
+            attachments.len() as u64,
+            MAX_ATTACHMENTS as u64,
+        )?;
+        for (i, (name, _)) in attachments.iter().enumerate() {
+            if attachments[..i].iter().any(|(n, _)| n == name) {
+                return Err(FormatError::invalid_input(format!(
+                    "attachment name {name:?} given twice"
+                )));
+            }
+        }
         let header_payload = encode_header_payload(&header)?;
+        let attachment_payloads = attachments
+            .iter()
+            .map(|(name, data)| encode_attachment_payload(name, data))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(path)
             .map_err(|e| FormatError::io(path, e))?;
-        let mut bytes = Prologue::current().encode().to_vec();
+        let prologue = Prologue::for_header(&header);
+        let mut bytes = prologue.encode().to_vec();
         encode_record(RecordKind::Header, 0, NO_STEP, &header_payload, &mut bytes);
         file.write_all(&bytes)
             .map_err(|e| FormatError::io(path, e))?;
+        let mut end_offset = bytes.len() as u64;
+        let mut entries = Vec::with_capacity(attachments.len());
+        for payload in &attachment_payloads {
+            let h = RecordHeader::for_payload(
+                RecordKind::Attachment,
+                RECORD_FLAG_SKIPPABLE,
+                NO_STEP,
+                payload,
+            );
+            let total = h.total_len_bytes().ok_or(FormatError::SizeCap {
+                what: "record payload_len_bytes",
+                value: payload.len() as u64,
+                cap: MAX_PAYLOAD_BYTES,
+            })?;
+            file.write_all(&h.encode())
+                .and_then(|()| file.write_all(payload))
+                .and_then(|()| file.write_all(&[0u8; 8][..padding_len(payload.len() as u64)]))
+                .map_err(|e| FormatError::io(path, e))?;
+            entries.push(IndexEntry {
+                record_offset: end_offset,
+                record_len_bytes: total,
+                step: NO_STEP,
+                chain_start_step: NO_STEP,
+                kind: RecordKind::Attachment as u8,
+                flags: 0,
+            });
+            end_offset += total;
+        }
         if options.fsync != FsyncPolicy::Never {
             file.sync_all().map_err(|e| FormatError::io(path, e))?;
         }
@@ -125,8 +186,8 @@ impl Writer {
             header,
             options,
             pool,
-            end_offset: bytes.len() as u64,
-            entries: Vec::new(),
+            end_offset,
+            entries,
             last_step: None,
             chain_start: 0,
             prev: None,
@@ -134,6 +195,7 @@ impl Writer {
             standalone_len: vec![0; chunk_count],
             raw_bytes_total: 0,
             poisoned: false,
+            version: (prologue.major, prologue.minor),
         })
     }
 
@@ -151,7 +213,7 @@ impl Writer {
     }
 
     /// Reopens a file whose writer died or finished: validates it, truncates the torn tail (and
-    /// index, footer, trailer), and with `keep_through_step = Some(t)` also drops every record
+    /// index, footer, trailer), keeps its attachments (they precede every step), and with `keep_through_step = Some(t)` also drops every record
     /// after the last record that belongs to step t, so a resumed run appends exactly what an
     /// uninterrupted run would have. Rebuilds the index and the delta bases from the file.
     pub fn reopen(
@@ -184,6 +246,7 @@ impl Writer {
             cut = entries[last].end_offset();
         }
         let header = reader.header().clone();
+        let version = (reader.prologue().major, reader.prologue().minor);
         let chunk_count = header.chunk_count() as usize;
         let last_step = entries.iter().rev().find(|e| e.is_step()).map(|e| e.step);
         let mut state = Writer::rebuild_bases(&reader, last_step, chunk_count)?;
@@ -237,6 +300,7 @@ impl Writer {
             standalone_len: std::mem::take(&mut state.standalone_len),
             raw_bytes_total: complete_steps.saturating_mul(raw_per_state),
             poisoned: false,
+            version,
         };
         Ok((writer, report))
     }
@@ -659,8 +723,8 @@ impl Writer {
         let trailer = Trailer {
             footer_record_offset: footer_offset,
             footer_record_len_bytes: footer_len,
-            major: FORMAT_MAJOR,
-            minor: FORMAT_MINOR,
+            major: self.version.0,
+            minor: self.version.1,
         };
         self.file
             .write_all(&trailer.encode())
