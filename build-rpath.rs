@@ -3,7 +3,7 @@
 // (torch-sys passes its rpath only to its own C++ compile), and where the CUDA build of libtorch
 // is present it force-links libtorch_cuda, which `--as-needed` would otherwise drop, so that
 // `tch::Cuda::is_available()` sees the GPU.
-fn main() {
+pub fn main() {
     println!("cargo:rerun-if-changed=../build-rpath.rs");
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
         return;

@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
     let order = epoch_permutation(1, 0, &data.split_ids(Split::Train));
     for (step, ids) in order.chunks(batch).enumerate() {
         let (x, y) = data.batch(Split::Train, ids, None, Device::Cpu)?;
-        let loss = mean_loss(&model.forward_t(&x, true), &y)?;
+        let loss = mean_loss(&model.forward_t(&x, true)?, &y)?;
         let grads = Tensor::f_run_backward(&[&loss], &params, false, false)?;
         tch::no_grad(|| -> anyhow::Result<()> {
             for (p, g) in params.iter().zip(&grads) {

@@ -8,3 +8,6 @@ if [ -z "${LIBTORCH_USE_PYTORCH:-}" ]; then
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SGDWALK_CACHE/target}"
 export SGDWALK_QUERY_PYTHON="${SGDWALK_QUERY_PYTHON:-$SGDWALK_CACHE/venv-q/bin/python}"
+# PyTorch 2.11.0 (+ numpy, safetensors, zstandard, xxhash): TorchScript/safetensors export, fixtures,
+# and the PyTorch cross-check of torchscript recordings.
+export SGDWALK_TORCH_PYTHON="${SGDWALK_TORCH_PYTHON:-$SGDWALK_CACHE/venv-torch/bin/python}"

@@ -10,7 +10,8 @@ use sgdwalk_analyzer::analyze::analyze;
 use sgdwalk_analyzer::curvature::symmetric_eigen;
 use sgdwalk_analyzer::replay::Session;
 use sgdwalk_analyzer::tables::{
-    BarrierRow, CurvatureRow, EpochRow, FloorRow, InterpRow, StepRow, TableRows, read_rows,
+    BarrierRow, CurvatureRow, EpochRow, EvalSampleRow, FloorRow, InterpRow, StepRow, TableRows,
+    read_rows,
 };
 use sgdwalk_analyzer::{AnalyzeArgs, AnalyzeError};
 use sgdwalk_format::Reader;
@@ -166,6 +167,18 @@ fn interpolation_ends_and_batch_loss_match_direct_evaluations() {
             row.loss
         );
     }
+    // The probe's ids, in evaluation order with their train-mode batches, are in the folder;
+    // `batch` ids are the recording's own and are not repeated.
+    let samples: Vec<EvalSampleRow> = rows(&out);
+    assert_eq!(samples.len(), 300);
+    for (i, (row, &id)) in samples.iter().zip(&probe).enumerate() {
+        assert_eq!(
+            (row.eval_set.as_str(), row.split.as_str()),
+            ("probe:300", "train")
+        );
+        assert_eq!((row.position, row.sample_id), (i as u32, id));
+        assert_eq!(row.bn_batch, i as u32 / 100);
+    }
     // Each floor lies at the grid argmin's bracket and is no higher than the grid minimum.
     let floors: Vec<FloorRow> = rows(&out);
     assert_eq!(floors.len(), 6 * 2 * 2);
@@ -315,30 +328,25 @@ fn geometry_matches_a_direct_computation_and_epochs_are_copied() {
     );
 }
 
+/// An MLP on 4×4 synthetic images (16 inputs, `hidden` widths, 10 classes) recorded for one
+/// epoch of 400 synthetic samples without augmentation; its validation split has 40 samples.
+fn small_mlp_recording(rec: &Path, hidden: Vec<i64>, batch_norm: bool) {
+    let flags = ["--synthetic-size", "4", "--augment", "false", "--epochs", "1"];
+    let mut cfg = synthetic_args(rec, &flags).validate().unwrap();
+    cfg.model = ModelSpec::Mlp {
+        input_features: 16,
+        hidden,
+        classes: 10,
+        batch_norm,
+    };
+    record(&cfg, &StopFlag::default()).unwrap();
+}
+
 #[test]
 fn curvature_matches_the_explicit_hessian_of_a_linear_model() {
     let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("lin.walk");
-    let mut cfg = synthetic_args(
-        &rec,
-        &[
-            "--synthetic-size",
-            "4",
-            "--augment",
-            "false",
-            "--epochs",
-            "1",
-        ],
-    )
-    .validate()
-    .unwrap();
-    cfg.model = ModelSpec::Mlp {
-        input_features: 16,
-        hidden: vec![],
-        classes: 10,
-        batch_norm: false,
-    };
-    record(&cfg, &StopFlag::default()).unwrap();
+    small_mlp_recording(&rec, vec![], false);
     let out = dir.path().join("c");
     run_analysis(
         &rec,
@@ -381,6 +389,7 @@ fn curvature_matches_the_explicit_hessian_of_a_linear_model() {
     let x = x.flatten(1, -1);
     let p = model
         .forward_t(&x.view([-1, 1, 4, 4]), false)
+        .unwrap()
         .softmax(-1, tch::Kind::Double);
     let xs = Vec::<Vec<f64>>::try_from(x.to_kind(tch::Kind::Double)).unwrap();
     let ps = Vec::<Vec<f64>>::try_from(p).unwrap();
@@ -426,6 +435,229 @@ fn curvature_matches_the_explicit_hessian_of_a_linear_model() {
         "trace {} ± {se} vs exact {exact_trace}",
         tr.value
     );
+}
+
+/// A small BatchNorm MLP (16 → 4 with BatchNorm1d and ReLU → 10), see [`small_mlp_recording`].
+fn batchnorm_mlp_recording(dir: &Path) -> PathBuf {
+    let rec = dir.join("bn.walk");
+    small_mlp_recording(&rec, vec![4], true);
+    rec
+}
+
+/// The Hessian (f64, m × m, canonical order of the trainable tensors) of the mean
+/// cross-entropy of [`batchnorm_mlp_recording`]'s network at `state`, over `batches` weighted
+/// by size, written here from the layer definitions (not the workload's model): train mode
+/// normalizes each batch with its own mean and biased variance, eval mode with the recorded
+/// running statistics. Columns are central differences of the f64 autograd gradient.
+fn explicit_bn_mlp_hessian(
+    layout: &sgdwalk_workload::StateLayout,
+    state: &[f32],
+    batches: &[(tch::Tensor, tch::Tensor)],
+    policy: BnPolicy,
+) -> Vec<f64> {
+    use tch::{Kind, Tensor};
+    let get = |name: &str| -> Tensor {
+        let e = layout.entries.iter().find(|e| e.name == name).unwrap();
+        let v: Vec<f64> = state[e.offset_elements..e.offset_elements + e.len_elements]
+            .iter()
+            .map(|&x| f64::from(x))
+            .collect();
+        Tensor::from_slice(&v).view(e.shape.as_slice())
+    };
+    let trainable: Vec<&sgdwalk_workload::StateEntry> =
+        layout.entries.iter().filter(|e| e.trainable).collect();
+    let names: Vec<&str> = trainable.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "bn0.bias",
+            "bn0.weight",
+            "fc0.bias",
+            "fc0.weight",
+            "out.bias",
+            "out.weight"
+        ]
+    );
+    let (running_mean, running_var) = (get("bn0.running_mean"), get("bn0.running_var"));
+    let theta: Vec<f64> = trainable
+        .iter()
+        .flat_map(|e| &state[e.offset_elements..e.offset_elements + e.len_elements])
+        .map(|&x| f64::from(x))
+        .collect();
+    let m = theta.len();
+    let total: i64 = batches.iter().map(|(x, _)| x.size()[0]).sum();
+    let grad = |p: &[f64]| -> Vec<f64> {
+        let flat = Tensor::from_slice(p).set_requires_grad(true);
+        let mut parts = Vec::new();
+        let mut at = 0i64;
+        for e in &trainable {
+            let n = e.len_elements as i64;
+            parts.push(flat.narrow(0, at, n).view(e.shape.as_slice()));
+            at += n;
+        }
+        let (beta, gamma, b0, w0, b1, w1) = (
+            &parts[0], &parts[1], &parts[2], &parts[3], &parts[4], &parts[5],
+        );
+        let mut terms = Vec::new();
+        for (x, y) in batches {
+            let x = x.flatten(1, -1).to_kind(Kind::Double);
+            let h = x.matmul(&w0.tr()) + b0;
+            let (mean, var) = match policy {
+                BnPolicy::TrainMode => {
+                    (h.mean_dim(0, true, Kind::Double), h.var_dim(0, false, true))
+                }
+                BnPolicy::EvalMode => (running_mean.shallow_clone(), running_var.shallow_clone()),
+            };
+            let z = ((h - mean) / (var + 1e-5).sqrt() * gamma + beta).relu();
+            let logits = z.matmul(&w1.tr()) + b1;
+            let ce = logits.cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Mean, -100, 0.0);
+            terms.push(ce * (x.size()[0] as f64 / total as f64));
+        }
+        let loss = Tensor::stack(&terms, 0).sum(Kind::Double);
+        let g = Tensor::run_backward(&[&loss], &[&flat], false, false);
+        Vec::<f64>::try_from(&g[0]).unwrap()
+    };
+    let step = 1e-5;
+    let mut h = vec![0f64; m * m];
+    for i in 0..m {
+        let (mut plus, mut minus) = (theta.clone(), theta.clone());
+        plus[i] += step;
+        minus[i] -= step;
+        let (gp, gm) = (grad(&plus), grad(&minus));
+        for j in 0..m {
+            h[j * m + i] = (gp[j] - gm[j]) / (2.0 * step);
+        }
+    }
+    // Symmetric by definition; average away the difference error.
+    for i in 0..m {
+        for j in 0..i {
+            let a = 0.5 * (h[i * m + j] + h[j * m + i]);
+            h[i * m + j] = a;
+            h[j * m + i] = a;
+        }
+    }
+    h
+}
+
+#[test]
+fn curvature_follows_the_batchnorm_policy_of_its_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = batchnorm_mlp_recording(dir.path());
+    let out = dir.path().join("c");
+    run_analysis(
+        &rec,
+        &out,
+        &[
+            "--phases",
+            "curvature",
+            "--eval",
+            "val",
+            "--bn",
+            "train-mode,eval-mode",
+            "--eval-batch-size",
+            "20",
+            "--curvature-steps",
+            "6",
+            "--top-k",
+            "3",
+            "--trace-probes",
+            "300",
+        ],
+    );
+    let curv: Vec<CurvatureRow> = rows(&out);
+    let mut reader = Reader::open(&rec).unwrap();
+    let desc = sgdwalk_analyzer::replay::run_description(&reader, &rec).unwrap();
+    let data = Dataset::load(&desc.dataset, Path::new(".")).unwrap();
+    let state = reader.state(6).unwrap();
+    // The partition train-mode sees: the validation split in order, in batches of 20.
+    let ids = data.split_ids(Split::Val);
+    assert_eq!(ids.len(), 40);
+    let batches: Vec<_> = ids
+        .chunks(20)
+        .map(|c| data.batch(Split::Val, c, None, tch::Device::Cpu).unwrap())
+        .collect();
+    let mut lambda_max = Vec::new();
+    for policy in [BnPolicy::TrainMode, BnPolicy::EvalMode] {
+        let h = explicit_bn_mlp_hessian(&desc.layout, &state, &batches, policy);
+        let m = (h.len() as f64).sqrt() as usize;
+        let (mut eig, _) = symmetric_eigen(&h, m);
+        eig.sort_by(|a, b| b.total_cmp(a));
+        let mine: Vec<&CurvatureRow> = curv
+            .iter()
+            .filter(|r| r.bn_policy == policy.as_str() && r.step == 6)
+            .collect();
+        for rank in 0..3 {
+            let row = mine
+                .iter()
+                .find(|r| r.quantity == "eigenvalue" && r.rank == Some(rank))
+                .unwrap();
+            assert!(row.converged, "{row:?}");
+            assert!(
+                (row.value - eig[rank as usize]).abs() <= 1e-3 * eig[0],
+                "{} rank {rank}: {} vs explicit {}",
+                policy.as_str(),
+                row.value,
+                eig[rank as usize]
+            );
+        }
+        let exact_trace: f64 = (0..m).map(|i| h[i * m + i]).sum();
+        let tr = mine.iter().find(|r| r.quantity == "trace").unwrap();
+        let se = tr.stderr.unwrap();
+        assert!(
+            (tr.value - exact_trace).abs() <= 4.0 * se,
+            "{} trace {} ± {se} vs explicit {exact_trace}",
+            policy.as_str(),
+            tr.value
+        );
+        lambda_max.push(eig[0]);
+    }
+    // The fixture must tell the policies apart, or the comparison above proves nothing.
+    assert!(
+        (lambda_max[0] - lambda_max[1]).abs() > 0.05 * lambda_max[0].max(lambda_max[1]),
+        "train-mode λ_max {} vs eval-mode {}",
+        lambda_max[0],
+        lambda_max[1]
+    );
+}
+
+#[test]
+fn eval_mode_curvature_of_an_earlier_analyzer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = batchnorm_mlp_recording(dir.path());
+    let out = dir.path().join("c");
+    let flags = [
+        "--phases",
+        "curvature",
+        "--eval",
+        "val",
+        "--bn",
+        "eval-mode",
+        "--curvature-steps",
+        "2",
+        "--top-k",
+        "1",
+    ];
+    run_analysis(&rec, &out, &flags);
+    // A folder written before the fix has no revision in its manifest.
+    let manifest = out.join("_sgdwalk_analysis.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    assert_eq!(m["revision"], 2);
+    m.as_object_mut().unwrap().remove("revision");
+    std::fs::write(&manifest, serde_json::to_string(&m).unwrap()).unwrap();
+    let err = analysis_error(&rec, &out, &flags).to_string();
+    assert!(err.contains("batch statistics"), "{err}");
+    let report = sgdwalk_analyzer::report::report(&sgdwalk_analyzer::report::ReportArgs {
+        analyses: vec![out.clone()],
+        out: dir.path().join("r"),
+        preamble: None,
+        barrier_threshold: 1e-3,
+        font: None,
+        no_plots: true,
+        json: false,
+    });
+    let err = report.unwrap_err().to_string();
+    assert!(err.contains("batch statistics"), "{err}");
 }
 
 #[test]
@@ -686,19 +918,7 @@ pub fn small_full_analysis(rec: &Path, out: &Path) {
 /// The Python used for the query examples: `SGDWALK_QUERY_PYTHON`, else the venv that
 /// `scripts/setup` creates. Missing means the set-up was not run: the test fails, it does not skip.
 pub fn query_python() -> PathBuf {
-    let p = std::env::var_os("SGDWALK_QUERY_PYTHON").map_or_else(
-        || {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/sgdwalk/venv-q/bin/python")
-        },
-        PathBuf::from,
-    );
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/setup (it installs duckdb and polars)",
-        p.display()
-    );
-    p
+    crate::util::setup_python("SGDWALK_QUERY_PYTHON", "venv-q", "duckdb and polars")
 }
 
 #[test]
@@ -724,6 +944,89 @@ fn example_queries_run_on_a_real_analysis() {
         stdout.contains("share_interior_min") && stdout.contains("lambda_max"),
         "{stdout}"
     );
+}
+
+/// The probe's sample ids join to the dataset in DuckDB: the labels of the evaluated samples,
+/// read by numpy from the idx file and joined on `sample_id`, equal the labels the analyzer's
+/// dataset gives those ids, and every probe `interp` row's sample count equals the ids listed.
+#[test]
+fn probe_sample_ids_join_to_the_data_in_duckdb() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = fashion_recording(dir.path());
+    let out = dir.path().join("p");
+    let data_dir = crate::util::fashion_mnist_dir();
+    run_analysis(
+        &rec,
+        &out,
+        &[
+            "--data-dir",
+            &data_dir.display().to_string(),
+            "--phases",
+            "interp",
+            "--eval",
+            "probe:250",
+            "--steps",
+            "0..2",
+            "--grid",
+            "0:1:3",
+        ],
+    );
+    let script = r#"
+import gzip, json, sys
+import duckdb, numpy as np
+out, labels_path = sys.argv[1], sys.argv[2]
+raw = gzip.open(labels_path).read() if labels_path.endswith('.gz') else open(labels_path, 'rb').read()
+assert int.from_bytes(raw[:4], 'big') == 2049
+labels = np.frombuffer(raw[8:], dtype=np.uint8)
+data = {'sample_id': np.arange(len(labels), dtype=np.uint32), 'label': labels.astype(np.int64)}
+con = duckdb.connect()
+con.register('train_file', data)
+rows = con.execute(f"""
+    SELECT s.position, s.sample_id, t.label
+    FROM read_parquet('{out}/table=eval_samples/*/*.parquet', hive_partitioning = true) s
+    JOIN train_file t USING (sample_id)
+    WHERE s.eval_set = 'probe:250'
+    ORDER BY s.position""").fetchall()
+counts = con.execute(f"""
+    SELECT DISTINCT i.samples, (SELECT count(*) FROM read_parquet('{out}/table=eval_samples/*/*.parquet',
+        hive_partitioning = true) s WHERE s.eval_set = i.eval_set) AS listed
+    FROM read_parquet('{out}/table=interp/*/*.parquet', hive_partitioning = true) i""").fetchall()
+print(json.dumps({'rows': rows, 'counts': counts}))
+"#;
+    let labels = ["train-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte"]
+        .iter()
+        .map(|f| data_dir.join(f))
+        .find(|p| p.exists())
+        .unwrap();
+    let res = std::process::Command::new(query_python())
+        .arg("-c")
+        .arg(script)
+        .arg(&out)
+        .arg(&labels)
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    assert_eq!(v["counts"], serde_json::json!([[250, 250]]));
+    let joined = v["rows"].as_array().unwrap();
+    assert_eq!(joined.len(), 250);
+    let reader = Reader::open(&rec).unwrap();
+    let desc = sgdwalk_analyzer::replay::run_description(&reader, &rec).unwrap();
+    let data = Dataset::load(&desc.dataset, &data_dir).unwrap();
+    let probe = sgdwalk_workload::sampling::probe_subset(0, &data.split_ids(Split::Train), 250);
+    let (_, y) = data
+        .batch(Split::Train, &probe, None, tch::Device::Cpu)
+        .unwrap();
+    let expected = Vec::<i64>::try_from(&y).unwrap();
+    for (i, row) in joined.iter().enumerate() {
+        assert_eq!(row[0], i as u64);
+        assert_eq!(row[1], probe[i]);
+        assert_eq!(row[2], expected[i], "label of sample {}", probe[i]);
+    }
 }
 
 /// A recording still being written (no footer yet, a torn last record) is analyzed up to the

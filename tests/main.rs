@@ -9,5 +9,7 @@ mod interop;
 mod recorder;
 mod report;
 mod spec_reader;
+mod tensors_dataset;
+mod torchscript;
 mod util;
 mod workload;

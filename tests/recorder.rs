@@ -89,7 +89,7 @@ pub fn run(args: &RecordArgs) -> sgdwalk_recorder::RecordSummary {
     record(&args.validate().unwrap(), &StopFlag::default()).unwrap()
 }
 
-fn bits(v: &[f32]) -> Vec<u32> {
+pub fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
@@ -161,24 +161,21 @@ fn tiny_fashion_mnist_run_verifies_and_records_everything() {
     );
 }
 
-/// Re-running step t from θ_t on the recorded batch gives θ_{t+1} bit-exactly (plain SGD with
-/// weight decay; augmentation on).
-#[test]
-fn replaying_a_recorded_step_reproduces_the_next_state_bit_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run.walk");
-    let a = synthetic_args(&out, &["--epochs", "2"]);
-    run(&a);
-    let mut reader = Reader::open(&out).unwrap();
-    let desc = run_description(reader.header(), &out).unwrap();
-    let cfg = a.validate().unwrap();
-    let data = Dataset::load(&desc.dataset, &cfg.data_dir).unwrap();
-    let mut trainer = Trainer::new(desc, data, tch::Device::Cpu).unwrap();
+/// Replays every recorded pair of the recording `out` with the data at `data_dir`: θ_0 from the
+/// init seed, then each step's plan (ids, augmentation) equals the recorded one and re-running
+/// it from θ_t gives θ_{t+1} bit-exactly. Returns (pairs, pairs with augmentation choices).
+pub fn replay_pairs_bit_exactly(out: &Path, data_dir: &Path) -> (usize, usize) {
+    let mut reader = Reader::open(out).unwrap();
+    let desc = run_description(reader.header(), out).unwrap();
+    let data = Dataset::load(&desc.dataset, data_dir).unwrap();
+    let module = sgdwalk_analyzer::replay::recorded_module(&reader, &desc, out).unwrap();
+    let mut trainer = Trainer::new(desc, data, tch::Device::Cpu, module.as_deref()).unwrap();
     assert_eq!(
         bits(&trainer.model.flatten().unwrap()),
         bits(&reader.state(0).unwrap()),
-        "θ_0 from the init seed"
+        "θ_0 from the init seed (or the module)"
     );
+    let (mut pairs, mut augmented) = (0, 0);
     for t in reader.consecutive_pairs() {
         let info = reader.step_info(t).unwrap();
         let plan = trainer.plan(t);
@@ -188,7 +185,6 @@ fn replaying_a_recorded_step_reproduces_the_next_state_bit_exactly() {
             info.augmentation,
             "augmentation of step {t}"
         );
-        assert!(!info.augmentation.is_empty());
         trainer.model.load_flat(&reader.state(t).unwrap()).unwrap();
         trainer.apply(&plan).unwrap();
         assert_eq!(
@@ -197,7 +193,27 @@ fn replaying_a_recorded_step_reproduces_the_next_state_bit_exactly() {
             "θ_{} from θ_{t}",
             t + 1
         );
+        pairs += 1;
+        augmented += usize::from(!info.augmentation.is_empty());
     }
+    (pairs, augmented)
+}
+
+/// Re-running step t from θ_t on the recorded batch gives θ_{t+1} bit-exactly (plain SGD with
+/// weight decay; augmentation on).
+#[test]
+fn replaying_a_recorded_step_reproduces_the_next_state_bit_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run.walk");
+    let a = synthetic_args(&out, &["--epochs", "2"]);
+    run(&a);
+    let cfg = a.validate().unwrap();
+    let (pairs, augmented) = replay_pairs_bit_exactly(&out, &cfg.data_dir);
+    assert_eq!(
+        (pairs, augmented),
+        (24, 24),
+        "every step replayed, with augmentation"
+    );
 }
 
 /// Decoded contents, without the documented run-specific fields (run id, creation time, wall
@@ -347,7 +363,7 @@ fn full_batch_gd_and_noise_runs_record_one_step_per_epoch() {
     // Deterministic full-batch GD: the same step twice gives the same update.
     let desc = run_description(r.header(), &gd).unwrap();
     let data = Dataset::load(&desc.dataset, Path::new(".")).unwrap();
-    let mut t = Trainer::new(desc, data, tch::Device::Cpu).unwrap();
+    let mut t = Trainer::new(desc, data, tch::Device::Cpu, None).unwrap();
     t.model.load_flat(&r.state(1).unwrap()).unwrap();
     let plan = t.plan(1);
     t.apply(&plan).unwrap();

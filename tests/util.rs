@@ -24,3 +24,24 @@ pub fn fashion_mnist_dir() -> PathBuf {
     );
     dir
 }
+
+/// A Python of a venv that `scripts/setup` makes: the variable `var` (set by scripts/env.sh),
+/// else `~/.cache/sgdwalk/<venv>/bin/python`. Missing means the set-up was not run: the test
+/// fails naming what to run, it does not skip.
+pub fn setup_python(var: &str, venv: &str, what: &str) -> PathBuf {
+    let p = std::env::var_os(var).map_or_else(
+        || {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/sgdwalk")
+                .join(venv)
+                .join("bin/python")
+        },
+        PathBuf::from,
+    );
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup (it installs {what})",
+        p.display()
+    );
+    p
+}

@@ -36,7 +36,9 @@ fn models_run_forward_with_expected_output_shape() {
         (ModelSpec::vgg11(), [4, 3, 32, 32]),
     ] {
         let m = Model::new(&spec, Device::Cpu, 1).unwrap();
-        let y = m.forward_t(&Tensor::randn(shape, (Kind::Float, Device::Cpu)), false);
+        let y = m
+            .forward_t(&Tensor::randn(shape, (Kind::Float, Device::Cpu)), false)
+            .unwrap();
         assert_eq!(y.size(), vec![4, 10], "{spec:?}");
     }
 }

@@ -10,32 +10,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use clap::Parser;
+use clap::Parser as _;
 use sgdwalk_analyzer::config::{AnalyzeConfig, EvalSet, RunSettings};
 use sgdwalk_analyzer::metrics::{GeometryTracker, TotalScope};
 use sgdwalk_analyzer::replay::{Session, interpolate};
-use sgdwalk_recorder::{RecordArgs, StopFlag, record};
+use sgdwalk_recorder::{StopFlag, record};
 use sgdwalk_workload::BnPolicy;
 
-#[derive(Parser)]
-#[command(args_override_self = true)]
-struct RecCli {
-    #[command(flatten)]
-    args: RecordArgs,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
+mod common;
+use common::{RecCli, arg, median};
 
 fn main() -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

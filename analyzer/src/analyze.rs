@@ -11,15 +11,15 @@ use serde::{Deserialize, Serialize};
 use sgdwalk_workload::BnPolicy;
 
 use crate::barrier::barrier;
-use crate::config::{AnalyzeConfig, RunSettings};
+use crate::config::{AnalyzeConfig, EvalSet, RunSettings};
 use crate::curvature::{self, LanczosOptions, TraceOptions, Which, hutchinson_trace, lanczos};
 use crate::error::AnalyzeError;
 use crate::floor::{FloorError, FloorOptions, valley_floor};
 use crate::metrics::{GeometryTracker, StepGeometry, TotalScope};
-use crate::replay::{Session, interpolate};
+use crate::replay::Session;
 use crate::tables::{
-    BarrierRow, CurvatureRow, EpochRow, FloorRow, InterpRow, StepRow, TableMeta, TableName,
-    TableRows, nan_as_absent, part_path, write_rows,
+    BarrierRow, CurvatureRow, EpochRow, EvalSampleRow, FloorRow, InterpRow, StepRow, TableMeta,
+    TableName, TableRows, nan_as_absent, part_path, write_rows,
 };
 
 /// What an analysis did.
@@ -78,7 +78,18 @@ impl std::fmt::Display for AnalyzeSummary {
 struct Manifest {
     recording_id: String,
     shard_count: u32,
+    /// Revision of how the numbers are computed; folders without it are revision 1.
+    #[serde(default = "first_revision")]
+    revision: u32,
     config: AnalyzeConfig,
+}
+
+/// Revision 2: `eval-mode` curvature rows are computed with running statistics (revision 1
+/// computed them with batch statistics, equal to the `train-mode` rows).
+const ANALYSIS_REVISION: u32 = 2;
+
+fn first_revision() -> u32 {
+    1
 }
 
 const MANIFEST: &str = "_sgdwalk_analysis.json";
@@ -135,6 +146,16 @@ fn check_manifest(out: &Path, m: &Manifest) -> Result<(), AnalyzeError> {
                     path.display()
                 ))
             })?;
+            if existing.revision < 2
+                && existing.config.has("curvature")
+                && existing.config.bn.contains(&BnPolicy::EvalMode)
+            {
+                return Err(invalid(format!(
+                    "{} holds eval-mode curvature rows computed with batch statistics by an \
+                     earlier sgdwalk (they equal the train-mode rows); analyze into a new --out",
+                    out.display()
+                )));
+            }
             let (old, new) = (&existing.config, &m.config);
             let mut cmp = old.clone();
             cmp.adopt_unrun_phase_settings(new);
@@ -157,6 +178,7 @@ fn check_manifest(out: &Path, m: &Manifest) -> Result<(), AnalyzeError> {
                 let mut merged = Manifest {
                     recording_id: existing.recording_id,
                     shard_count: existing.shard_count,
+                    revision: ANALYSIS_REVISION,
                     config: new.clone(),
                 };
                 merged.config.phases = union;
@@ -252,6 +274,7 @@ pub fn analyze(
         &Manifest {
             recording_id: s.run_id.clone(),
             shard_count,
+            revision: ANALYSIS_REVISION,
             config: cfg.clone(),
         },
     )?;
@@ -357,8 +380,39 @@ pub fn analyze(
             .collect();
         write_counted(&settings.out, &meta, "epochs", &rows, &mut summary)?;
     }
+    let evaluates = ["interp", "floors", "barriers", "curvature"]
+        .iter()
+        .any(|p| cfg.has(p));
+    if evaluates && shard_index == 0 {
+        let rows = eval_sample_rows(&s, cfg)?;
+        if !rows.is_empty() {
+            write_counted(&settings.out, &meta, "eval-samples", &rows, &mut summary)?;
+        }
+    }
     summary.wall_secs = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The ids of every evaluation set drawn from a split (`probe:N`); whole splits need none and
+/// `batch` ids are the recording's own.
+fn eval_sample_rows(s: &Session, cfg: &AnalyzeConfig) -> Result<Vec<EvalSampleRow>, AnalyzeError> {
+    let mut rows = Vec::new();
+    for set in cfg.eval.iter().filter(|e| matches!(e, EvalSet::Probe(_))) {
+        let (split, ids, _) = s.eval_samples(set, 0)?;
+        let name = set.name();
+        for (position, &sample_id) in ids.iter().enumerate() {
+            let position = position as u32;
+            rows.push(EvalSampleRow {
+                run_id: s.run_id.clone(),
+                eval_set: name.clone(),
+                split: split.as_str().to_string(),
+                position,
+                sample_id,
+                bn_batch: position / cfg.eval_batch_size.max(1),
+            });
+        }
+    }
+    Ok(rows)
 }
 
 fn progress(show: bool, len: u64) -> ProgressBar {
@@ -438,8 +492,14 @@ impl ItemContext<'_> {
         let layers = s.desc.layout.layer_ranges();
         let names: Vec<String> = layers.iter().map(|(n, _)| n.clone()).collect();
         let len = s.desc.layout.len_elements();
-        let mut tracker =
-            GeometryTracker::new(layers, len, TotalScope::AllElements).map_err(metrics_err)?;
+        // `all` is every f32 tensor; tensors of other dtypes (integer buffers) are in no layer
+        // and would be read as floats by AllElements.
+        let scope = if s.desc.layout.non_float_ranges().is_empty() {
+            TotalScope::AllElements
+        } else {
+            TotalScope::LayersOnly
+        };
+        let mut tracker = GeometryTracker::new(layers, len, scope).map_err(metrics_err)?;
         // The paper's definitions (cos, distance) use the trainable parameters only: BatchNorm
         // running statistics move with every batch and would dominate both.
         let mut params = GeometryTracker::new(
@@ -565,7 +625,7 @@ impl ItemContext<'_> {
                     let batches = s.prepared(set, t)?;
                     let mut losses = Vec::with_capacity(alphas.len());
                     for &alpha in &alphas {
-                        interpolate(&a, &b, alpha, &mut buf);
+                        s.interpolate(&a, &b, alpha, &mut buf);
                         let e = s.evaluate_state(&buf, &batches, bn)?;
                         summary.forward_evaluations += 1;
                         let loss = e.mean_loss();
@@ -603,7 +663,7 @@ impl ItemContext<'_> {
                             |alpha| -> Result<f64, AnalyzeError> {
                                 evals += 1;
                                 let mut v = Vec::new();
-                                interpolate(&a, &b, alpha, &mut v);
+                                s.interpolate(&a, &b, alpha, &mut v);
                                 Ok(s.evaluate_state(&v, &batches, bn)?.mean_loss())
                             },
                             &FloorOptions {
@@ -647,12 +707,8 @@ impl ItemContext<'_> {
                         let vt = match floors_at.get(&key(t)) {
                             Some(&at) if at.is_finite() => {
                                 let mut vt = Vec::new();
-                                interpolate(
-                                    &s.reader.state(t)?,
-                                    &s.reader.state(t + 1)?,
-                                    at,
-                                    &mut vt,
-                                );
+                                let (a, b) = (s.reader.state(t)?, s.reader.state(t + 1)?);
+                                s.interpolate(&a, &b, at, &mut vt);
                                 Some(vt)
                             }
                             _ => None,
@@ -664,12 +720,8 @@ impl ItemContext<'_> {
                                 && au.is_finite()
                             {
                                 let mut vu = Vec::new();
-                                interpolate(
-                                    &s.reader.state(u)?,
-                                    &s.reader.state(u + 1)?,
-                                    au,
-                                    &mut vu,
-                                );
+                                let (a, b) = (s.reader.state(u)?, s.reader.state(u + 1)?);
+                                s.interpolate(&a, &b, au, &mut vu);
                                 let losses =
                                     self.segment(s, vt, &vu, &seg_alphas, &batches, bn, summary)?;
                                 barriers.push(barrier_row(
@@ -730,7 +782,7 @@ impl ItemContext<'_> {
         let mut buf = Vec::new();
         let mut out = Vec::with_capacity(alphas.len());
         for &alpha in alphas {
-            interpolate(a, b, alpha, &mut buf);
+            s.interpolate(a, b, alpha, &mut buf);
             let loss = s.evaluate_state(&buf, batches, bn)?.mean_loss();
             summary.forward_evaluations += 1;
             if !loss.is_finite() {
@@ -776,7 +828,8 @@ impl ItemContext<'_> {
                         && s.reader.has_step(t + 1)
                     {
                         let mut v = Vec::new();
-                        interpolate(&theta, &s.reader.state(t + 1)?, alpha, &mut v);
+                        let next = s.reader.state(t + 1)?;
+                        s.interpolate(&theta, &next, alpha, &mut v);
                         points.push(("floor", v));
                     }
                     for (point, state) in points {
@@ -801,7 +854,7 @@ impl ItemContext<'_> {
                         let mut matvecs = 0u64;
                         let op = |vs: &[Vec<f32>]| -> Result<Vec<Vec<f32>>, AnalyzeError> {
                             matvecs += vs.len() as u64;
-                            Ok(s.hvp(&state, &batches, vs)?.1)
+                            Ok(s.hvp(&state, &batches, bn, vs)?.1)
                         };
                         let opts = LanczosOptions {
                             k: cfg.top_k as usize,
@@ -840,7 +893,7 @@ impl ItemContext<'_> {
                         self.warm.insert(key, eig.eigenvectors.clone());
                         if cfg.trace_probes > 0 {
                             let op = |vs: &[Vec<f32>]| -> Result<Vec<Vec<f32>>, AnalyzeError> {
-                                Ok(s.hvp(&state, &batches, vs)?.1)
+                                Ok(s.hvp(&state, &batches, bn, vs)?.1)
                             };
                             let tr = hutchinson_trace(
                                 op,
@@ -955,7 +1008,7 @@ fn eps_sharpness(
         let total: i64 = batches.iter().map(|(b, _)| b.size()[0]).sum();
         for (images, labels) in batches {
             let w = images.size()[0] as f32 / total as f32;
-            let (_, g) = sgdwalk_workload::eval::loss_and_grad(&s.model, images, labels)?;
+            let (_, g) = sgdwalk_workload::eval::loss_and_grad(&s.model, images, labels, bn)?;
             let flat = s.model.layout().flatten_tensors(&g)?;
             for (acc, v) in grad.iter_mut().zip(flat) {
                 *acc += w * v;

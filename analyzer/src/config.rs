@@ -70,7 +70,9 @@ pub struct AnalyzeArgs {
     /// TOML file with any of the settings below (flags given on the command line win).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Folder with the dataset files (default: data/<dataset>).
+    /// Folder with the dataset files (default: data/<dataset>). For a tensors dataset: the
+    /// file, or a folder holding a file of the recorded name (default: the path it was recorded
+    /// from); its sha256 must be the recorded one.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Phases to run: comma-separated of geometry, interp, floors, barriers, curvature, epochs

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use sgdwalk_format::Reader;
 use sgdwalk_workload::augment::decode_choices;
 use sgdwalk_workload::eval::{evaluate_batches, hessian_vector_products, trainable_tensors};
+use sgdwalk_workload::models::MODULE_ATTACHMENT;
 use sgdwalk_workload::run::RunDescription;
 use sgdwalk_workload::sampling::probe_subset;
 use sgdwalk_workload::{BnPolicy, Dataset, EvalSums, Model, Split};
@@ -30,6 +31,9 @@ pub struct Session {
     /// A checksum identifying the recording's header (run, layout, settings).
     pub recording_checksum: String,
     pub path: PathBuf,
+    /// Word ranges of the state's tensors that are not f32 (integer buffers and the like):
+    /// never interpolated, taken from the nearer end.
+    discrete_ranges: Vec<std::ops::Range<usize>>,
     eval_batch_size: usize,
     seed: u64,
     prepared: HashMap<String, Rc<Vec<(Tensor, Tensor)>>>,
@@ -45,6 +49,26 @@ pub fn run_description(reader: &Reader, path: &Path) -> Result<RunDescription, A
     })
 }
 
+/// The TorchScript module a recording embeds (for `torchscript` runs; `None` otherwise).
+pub fn recorded_module(
+    reader: &Reader,
+    desc: &RunDescription,
+    path: &Path,
+) -> Result<Option<Vec<u8>>, AnalyzeError> {
+    if !matches!(desc.model, sgdwalk_workload::ModelSpec::TorchScript { .. }) {
+        return Ok(None);
+    }
+    match reader.attachment(MODULE_ATTACHMENT)? {
+        Some(bytes) => Ok(Some(bytes.to_vec())),
+        None => Err(AnalyzeError::NoRunDescription {
+            path: path.to_path_buf(),
+            reason: format!(
+                "it describes a TorchScript model but holds no {MODULE_ATTACHMENT} attachment"
+            ),
+        }),
+    }
+}
+
 impl Session {
     /// Opens the recording, loads the recorded dataset (checking its identity) and builds the
     /// recorded model on the requested device.
@@ -55,14 +79,15 @@ impl Session {
         let data_dir = settings
             .data_dir
             .clone()
-            .unwrap_or_else(|| PathBuf::from("data").join(desc.dataset.name.as_str()));
+            .unwrap_or_else(|| desc.dataset.default_location());
         let data = Dataset::load(&desc.dataset, &data_dir)?;
         if data.identity != desc.dataset_identity {
             let describe = |i: &sgdwalk_workload::DatasetIdentity| {
+                // Full hashes: a truncated one cannot be checked against `sha256sum`.
                 let files: Vec<String> = i
                     .files
                     .iter()
-                    .map(|f| format!("{} sha256 {}", f.file, &f.sha256[..f.sha256.len().min(12)]))
+                    .map(|f| format!("{} sha256 {}", f.file, f.sha256))
                     .collect();
                 format!("{} [{}]", i.name.as_str(), files.join(", "))
             };
@@ -72,7 +97,16 @@ impl Session {
                 found: describe(&data.identity),
             });
         }
-        let model = Model::new(&desc.model, settings.device, desc.seeds.init)?;
+        if cfg.eval.contains(&crate::config::EvalSet::Test) {
+            data.require_split(Split::Test)?;
+        }
+        let module = recorded_module(&reader, &desc, &path)?;
+        let model = Model::load(
+            &desc.model,
+            settings.device,
+            desc.seeds.init,
+            module.as_deref(),
+        )?;
         if model.layout() != &desc.layout {
             return Err(AnalyzeError::NoRunDescription {
                 path,
@@ -86,6 +120,7 @@ impl Session {
             "{:08x}",
             crc32c::crc32c(header.metadata_json.as_bytes()) ^ crc32c::crc32c(&header.run_id)
         );
+        let discrete_ranges = desc.layout.non_float_ranges();
         Ok(Session {
             reader,
             desc,
@@ -94,6 +129,7 @@ impl Session {
             run_id,
             recording_checksum,
             path,
+            discrete_ranges,
             eval_batch_size: cfg.eval_batch_size as usize,
             seed: cfg.seed,
             prepared: HashMap::new(),
@@ -169,12 +205,13 @@ impl Session {
         Ok(evaluate_batches(&self.model, batches, bn)?)
     }
 
-    /// Hessian-vector products of the mean loss over `batches` at `state` for flat vectors over
-    /// the trainable parameters (canonical order).
+    /// Hessian-vector products of the mean loss over `batches` at `state` under BatchNorm
+    /// policy `bn`, for flat vectors over the trainable parameters (canonical order).
     pub fn hvp(
         &self,
         state: &[f32],
         batches: &[(Tensor, Tensor)],
+        bn: BnPolicy,
         vectors: &[Vec<f32>],
     ) -> Result<(f64, Vec<Vec<f32>>), AnalyzeError> {
         self.model.load_flat(state)?;
@@ -183,12 +220,23 @@ impl Session {
             .iter()
             .map(|v| split_like(v, &params))
             .collect::<Result<_, _>>()?;
-        let (loss, products) = hessian_vector_products(&self.model, batches, &shaped)?;
+        let (loss, products) = hessian_vector_products(&self.model, batches, &shaped, bn)?;
         let flat = products
             .iter()
             .map(|p| self.model.layout().flatten_tensors(p))
             .collect::<Result<_, _>>()?;
         Ok((loss, flat))
+    }
+
+    /// θ_t + α·(θ_u − θ_t) for the f32 tensors ([`interpolate`]); tensors of other dtypes
+    /// (e.g. BatchNorm's `num_batches_tracked`) cannot be interpolated and are taken from θ_t
+    /// for α < 0.5 and from θ_u otherwise, so both ends stay exact.
+    pub fn interpolate(&self, a: &[f32], b: &[f32], alpha: f64, out: &mut Vec<f32>) {
+        interpolate(a, b, alpha, out);
+        let from = if alpha < 0.5 { a } else { b };
+        for r in &self.discrete_ranges {
+            out[r.clone()].copy_from_slice(&from[r.clone()]);
+        }
     }
 
     /// Number of trainable parameters.

@@ -61,16 +61,18 @@ pub enum TableName {
     Barriers,
     Curvature,
     Epochs,
+    EvalSamples,
 }
 
 impl TableName {
-    pub const ALL: [TableName; 6] = [
+    pub const ALL: [TableName; 7] = [
         TableName::Steps,
         TableName::Interp,
         TableName::Floors,
         TableName::Barriers,
         TableName::Curvature,
         TableName::Epochs,
+        TableName::EvalSamples,
     ];
 
     /// The name used in paths (`table=<name>`).
@@ -82,6 +84,7 @@ impl TableName {
             TableName::Barriers => "barriers",
             TableName::Curvature => "curvature",
             TableName::Epochs => "epochs",
+            TableName::EvalSamples => "eval_samples",
         }
     }
 }
@@ -465,6 +468,26 @@ table_rows! {
     }
 }
 
+table_rows! {
+    /// `eval_samples`: the sample ids of every evaluation set that is a drawn subset of a split
+    /// (`probe:N`), in evaluation order, so that what each number was computed on can be rebuilt
+    /// without this tool's random number generator.
+    pub struct EvalSampleRow => TableName::EvalSamples;
+    {
+        run_id: String,
+        /// The set's name as in the other tables' `eval_set`, e.g. `probe:1000`.
+        eval_set: String,
+        /// The split the ids belong to.
+        split: String,
+        /// 0-based place in evaluation order.
+        position: u32,
+        /// Index into the dataset's training file (the recording's sample-id space).
+        sample_id: u32,
+        /// The train-mode BatchNorm batch the sample is evaluated in: position / eval_batch_size.
+        bn_batch: u32,
+    }
+}
+
 /// A recorded scalar that uses NaN for "not recorded" becomes a null (the `steps` contract).
 pub fn nan_as_absent(x: f64) -> Option<f64> {
     (!x.is_nan()).then_some(x)
@@ -837,6 +860,15 @@ mod tests {
         accuracy: Float64
         samples: UInt64
         ");
+        insta::assert_snapshot!(schema_string::<EvalSampleRow>(), @r"
+        table eval_samples
+        run_id: Utf8
+        eval_set: Utf8
+        split: Utf8
+        position: UInt32
+        sample_id: UInt32
+        bn_batch: UInt32
+        ");
         assert_eq!(
             SCHEMA_VERSION, "1",
             "bump together with the snapshots above"
@@ -1153,7 +1185,8 @@ mod tests {
                 "floors",
                 "barriers",
                 "curvature",
-                "epochs"
+                "epochs",
+                "eval_samples"
             ]
         );
         assert_eq!(StepRow::COLUMNS.len(), StepRow::fields().len());

@@ -1,11 +1,14 @@
 //! Command-line arguments (clap) and their validated form.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use sgdwalk_format::FsyncPolicy;
 use sgdwalk_workload::run::{FullBatchSpec, OptimizerSpec, ScheduleKind, ScheduleSpec, Seeds};
-use sgdwalk_workload::{DatasetName, DatasetSpec, ModelSpec, SyntheticSpec};
+use sgdwalk_workload::tensors::parse_numbers;
+use sgdwalk_workload::{
+    DatasetName, DatasetSpec, ModelSpec, SyntheticSpec, TensorsHeader, TensorsSpec,
+};
 
 use crate::error::RecordError;
 use crate::policy::RecordPolicy;
@@ -37,21 +40,40 @@ pub struct RecordArgs {
     /// Model: mlp, small-cnn, vgg11, resnet20, resnet56.
     #[arg(long, default_value = "small-cnn")]
     pub model: String,
-    /// Dataset: fashion-mnist, mnist, cifar10, synthetic.
+    /// Dataset: fashion-mnist, mnist, cifar10, synthetic, or tensors:PATH (a safetensors file:
+    /// train_x [N, ...] u8 or f32, train_y [N] integers; optional val_x/val_y, test_x/test_y).
     #[arg(long, default_value = "fashion-mnist")]
     pub dataset: String,
-    /// Folder with the dataset files (default: data/<dataset>).
+    /// Folder with the dataset files (default: data/<dataset>). For tensors:PATH: the file, or
+    /// a folder holding a file of that name (default: PATH).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Training split as START..END indices of the training file (default: the paper's).
+    /// Training split as START..END indices of the training file (default: the paper's; for
+    /// tensors:PATH all of train_x).
     #[arg(long, value_parser = parse_range)]
     pub train_samples: Option<(u32, u32)>,
-    /// Validation split as START..END indices of the training file.
+    /// Validation split as START..END indices of the training file (default: the paper's; for
+    /// tensors:PATH the ids after train_x, which are val_x, or none without val_x).
     #[arg(long, value_parser = parse_range)]
     pub val_samples: Option<(u32, u32)>,
-    /// Augment training batches (crop with padding 4 + flip); default: on for CIFAR-10 only.
-    #[arg(long)]
+    /// Augment training batches: crop-flip (random crop with padding 4, then flip; also
+    /// `true`) or none (also `false`); images [N, C, H, W] only. Default: crop-flip for
+    /// CIFAR-10, none otherwise.
+    #[arg(long, value_parser = parse_augment)]
     pub augment: Option<bool>,
+    /// tensors:PATH: mean subtracted per entry of dim 1 after u8 inputs are scaled to [0, 1]
+    /// (comma-separated, one per channel or one for all). Default: the file's sgdwalk.mean
+    /// metadata, else 0.
+    #[arg(long)]
+    pub input_mean: Option<String>,
+    /// tensors:PATH: std divided by after the mean, as --input-mean. Default: the file's
+    /// sgdwalk.std metadata, else 1.
+    #[arg(long)]
+    pub input_std: Option<String>,
+    /// tensors:PATH: number of classes (labels in [0, classes)). Default: the file's
+    /// sgdwalk.classes metadata, else the largest label + 1 over all splits.
+    #[arg(long)]
+    pub classes: Option<i64>,
     /// Synthetic data: training-file samples (test file: a quarter of it).
     #[arg(long, default_value_t = 2000)]
     pub synthetic_samples: u32,
@@ -133,8 +155,9 @@ pub struct RecordArgs {
     #[arg(long, value_enum, default_value = "keyframe")]
     pub fsync: FsyncName,
     /// Splits evaluated after every epoch (comma-separated: train,val,test; empty = none).
-    #[arg(long, default_value = "train,val,test")]
-    pub eval_splits: String,
+    /// Default: train,val,test (train,val for a tensors:PATH file without test_x).
+    #[arg(long)]
+    pub eval_splits: Option<String>,
     /// Batch size of the per-epoch evaluation.
     #[arg(long, default_value_t = 1000)]
     pub eval_batch_size: u32,
@@ -156,6 +179,17 @@ pub struct RecordArgs {
     pub json: bool,
 }
 
+/// `true`/`crop-flip` turn augmentation on, `false`/`none` off.
+fn parse_augment(s: &str) -> Result<bool, String> {
+    match s {
+        "true" | "crop-flip" => Ok(true),
+        "false" | "none" => Ok(false),
+        other => Err(format!(
+            "{other:?} (expected crop-flip, none, true or false)"
+        )),
+    }
+}
+
 fn parse_range(s: &str) -> Result<(u32, u32), String> {
     let (a, b) = s
         .split_once("..")
@@ -168,13 +202,73 @@ fn parse_range(s: &str) -> Result<(u32, u32), String> {
     Ok((a, b))
 }
 
+/// The bytes of a TorchScript module file (embedded in the recording).
+#[derive(Clone)]
+pub struct ModuleFile {
+    /// File name as given (informative).
+    pub file_name: String,
+    pub bytes: std::sync::Arc<[u8]>,
+}
+
+impl std::fmt::Debug for ModuleFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ModuleFile({}, {} bytes)",
+            self.file_name,
+            self.bytes.len()
+        )
+    }
+}
+
+impl std::ops::Deref for ModuleFile {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl ModuleFile {
+    /// Reads a module file; a missing or unreadable file is an error naming it.
+    pub fn read(path: &Path) -> Result<Self, RecordError> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            invalid(
+                "model",
+                format!("cannot read TorchScript module {}: {e}", path.display()),
+            )
+        })?;
+        Ok(ModuleFile {
+            file_name: path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
+            bytes: bytes.into(),
+        })
+    }
+
+    /// Its description for a dataset of `classes` classes.
+    pub fn spec(&self, classes: i64) -> ModelSpec {
+        use sha2::Digest;
+        ModelSpec::TorchScript {
+            file_name: self.file_name.clone(),
+            sha256: hex::encode(sha2::Sha256::digest(&self.bytes)),
+            len_bytes: self.bytes.len() as u64,
+            classes,
+        }
+    }
+}
+
 /// Validated settings of a recording run.
 #[derive(Clone, Debug)]
 pub struct RecordConfig {
     pub out: PathBuf,
     pub model: ModelSpec,
+    /// The TorchScript module's file, for `--model torchscript:PATH`.
+    pub module: Option<ModuleFile>,
     pub dataset: DatasetSpec,
     pub data_dir: PathBuf,
+    /// Whether `--data-dir` was given (a resumed run otherwise uses the recorded location).
+    pub data_dir_given: bool,
     pub epochs: u32,
     pub max_steps: Option<u64>,
     pub batch_size: u32,
@@ -213,10 +307,109 @@ pub fn derive_seed(seed: u64, purpose: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// `[N, d1, d2, ...]` of a tensors file's `train_x`.
+fn sample_dims(h: &TensorsHeader) -> String {
+    let dims: Vec<String> = h.sample_shape.iter().map(ToString::to_string).collect();
+    format!("[N, {}]", dims.join(", "))
+}
+
+/// Adapts a built-in model made by [`ModelSpec::from_name`] to a tensors dataset: its classes,
+/// and for the MLP the elements of one sample as input features. The conv nets need square
+/// images (VGG-11 exactly 32x32: five halvings down to its 512-wide head).
+fn fit_to_tensors(
+    mut model: ModelSpec,
+    h: &TensorsHeader,
+    classes: i64,
+) -> Result<ModelSpec, RecordError> {
+    let square = h
+        .image_shape()
+        .filter(|&(_, height, width)| height == width);
+    let name = model.short_name();
+    let needs = |what: &str| {
+        invalid(
+            "model",
+            format!(
+                "{name} needs {what}; train_x is {} in {}: use --model mlp",
+                sample_dims(h),
+                h.path.display()
+            ),
+        )
+    };
+    match &mut model {
+        ModelSpec::Mlp {
+            input_features,
+            classes: k,
+            ..
+        } => {
+            *input_features = h.sample_elements();
+            *k = classes;
+        }
+        ModelSpec::Vgg11Bn { classes: k, .. } => {
+            if !matches!(square, Some((_, 32, _))) {
+                return Err(needs("images [N, C, 32, 32]"));
+            }
+            *k = classes;
+        }
+        ModelSpec::PreactResnet { classes: k, .. } | ModelSpec::SmallCnn { classes: k, .. } => {
+            if square.is_none() {
+                return Err(needs("square images [N, C, S, S]"));
+            }
+            *k = classes;
+        }
+        // Its output width is set from the dataset's classes when the run is described.
+        ModelSpec::TorchScript { .. } => {}
+    }
+    Ok(model)
+}
+
 impl RecordArgs {
+    /// The dataset named by --dataset; for `tensors:PATH` also the file's checked header (read
+    /// alone, without the data) and its resolved normalization and classes.
+    fn dataset_source(
+        &self,
+    ) -> Result<(DatasetName, Option<(TensorsHeader, TensorsSpec)>), RecordError> {
+        let Some(path) = self.dataset.strip_prefix("tensors:") else {
+            if self.dataset == "tensors" {
+                return Err(invalid("dataset", "tensors needs its file: tensors:PATH"));
+            }
+            for (flag, given) in [
+                ("input-mean", self.input_mean.is_some()),
+                ("input-std", self.input_std.is_some()),
+                ("classes", self.classes.is_some()),
+            ] {
+                if given {
+                    return Err(invalid(flag, "only for --dataset tensors:PATH"));
+                }
+            }
+            return Ok((DatasetName::parse(&self.dataset)?, None));
+        };
+        if path.is_empty() {
+            return Err(invalid(
+                "dataset",
+                "tensors:PATH needs the path of a safetensors file",
+            ));
+        }
+        let numbers = |flag: &'static str, value: &Option<String>| {
+            value
+                .as_deref()
+                .map(|v| parse_numbers(v).map_err(|reason| invalid(flag, reason)))
+                .transpose()
+        };
+        let mean = numbers("input-mean", &self.input_mean)?;
+        let std = numbers("input-std", &self.input_std)?;
+        if let Some(c) = self.classes
+            && c < 1
+        {
+            return Err(invalid("classes", format!("{c} (must be at least 1)")));
+        }
+        let header = TensorsHeader::read(Path::new(path))?;
+        let spec = TensorsSpec::resolve(&header, mean, std, self.classes)?;
+        Ok((DatasetName::Tensors, Some((header, spec))))
+    }
+
     /// Checks every setting before anything is trained or written.
     pub fn validate(&self) -> Result<RecordConfig, RecordError> {
-        let name = DatasetName::parse(&self.dataset)?;
+        let (name, tensors) = self.dataset_source()?;
         let mut dataset = match name {
             DatasetName::Synthetic => {
                 if self.synthetic_samples < 20 {
@@ -231,6 +424,10 @@ impl RecordArgs {
                     seed: derive_seed(self.seed, 5),
                 })
             }
+            DatasetName::Tensors => match &tensors {
+                Some((header, spec)) => DatasetSpec::tensors(spec.clone(), header),
+                None => DatasetSpec::paper(name),
+            },
             other => DatasetSpec::paper(other),
         };
         if let Some(r) = self.train_samples {
@@ -242,16 +439,46 @@ impl RecordArgs {
         if let Some(a) = self.augment {
             dataset.augment = a;
         }
+        if let Some((h, _)) = &tensors
+            && dataset.augment
+            && h.image_shape().is_none()
+        {
+            return Err(invalid(
+                "augment",
+                format!(
+                    "crop-flip needs images [N, C, H, W]; train_x is {} in {}",
+                    sample_dims(h),
+                    h.path.display()
+                ),
+            ));
+        }
         let (channels, size) = match name {
             DatasetName::Cifar10 => (3, 32),
             DatasetName::Mnist | DatasetName::FashionMnist => (1, 28),
             DatasetName::Synthetic => (self.synthetic_channels, self.synthetic_size),
+            // Square images give the conv nets their shape; anything else suits only the MLP
+            // (checked in `fit_to_tensors`).
+            DatasetName::Tensors => match tensors.as_ref().and_then(|(h, _)| h.image_shape()) {
+                Some((c, h, w)) if h == w => (c, h),
+                _ => (1, 1),
+            },
         };
-        let model = ModelSpec::from_name(&self.model, channels, size)?;
+        let (model, module) = match self.model.strip_prefix("torchscript:") {
+            Some(path) => {
+                let file = ModuleFile::read(Path::new(path))?;
+                // The dataset's class count replaces this once the data is loaded (describe).
+                (file.spec(1), Some(file))
+            }
+            None => (ModelSpec::from_name(&self.model, channels, size)?, None),
+        };
+        let model = match &tensors {
+            Some((h, t)) => fit_to_tensors(model, h, t.classes)?,
+            None => model,
+        };
         let data_dir = self
             .data_dir
             .clone()
-            .unwrap_or_else(|| PathBuf::from("data").join(name.as_str()));
+            .unwrap_or_else(|| dataset.default_location());
         if self.epochs == 0 {
             return Err(invalid("epochs", "must be at least 1"));
         }
@@ -322,8 +549,20 @@ impl RecordArgs {
         if !self.keyframe_interval.is_power_of_two() {
             return Err(invalid("keyframe-interval", "must be a power of two"));
         }
+        // A tensors file without test_x has no test split: left out of the default, an error
+        // when asked for.
+        let has_test = tensors
+            .as_ref()
+            .is_none_or(|(h, _)| h.test_samples.is_some());
+        let default_splits = if has_test {
+            "train,val,test"
+        } else {
+            "train,val"
+        };
         let eval_splits = self
             .eval_splits
+            .as_deref()
+            .unwrap_or(default_splits)
             .split(',')
             .filter(|s| !s.is_empty())
             .map(|s| {
@@ -334,11 +573,22 @@ impl RecordArgs {
                     .ok_or_else(|| invalid("eval-splits", format!("unknown split {s:?}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some((h, _)) = &tensors
+            && !has_test
+            && eval_splits.contains(&sgdwalk_workload::Split::Test)
+        {
+            return Err(invalid(
+                "eval-splits",
+                format!("test: the file has no test_x: {}", h.path.display()),
+            ));
+        }
         Ok(RecordConfig {
             out: self.out.clone(),
             model,
+            module,
             dataset,
             data_dir,
+            data_dir_given: self.data_dir.is_some(),
             epochs: self.epochs,
             max_steps: self.max_steps,
             batch_size: self.batch_size,

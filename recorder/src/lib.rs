@@ -25,10 +25,11 @@ use sgdwalk_format::{
     CodecSettings, DType, EpochRecord, EvalRecord, Header, Reader, StepScalars, TensorSpec, Writer,
     WriterOptions,
 };
+use sgdwalk_workload::models::MODULE_ATTACHMENT;
 use sgdwalk_workload::run::{
     AugmentationSpec, Provenance, RUN_DESCRIPTION_VERSION, RunDescription,
 };
-use sgdwalk_workload::{AUG_BYTES_PER_SAMPLE, BnPolicy, Dataset, evaluate};
+use sgdwalk_workload::{AUG_BYTES_PER_SAMPLE, BnPolicy, Dataset, ModelSpec, evaluate};
 
 pub use config::{RecordArgs, RecordConfig};
 pub use error::RecordError;
@@ -194,6 +195,23 @@ fn device_name(d: tch::Device) -> String {
     }
 }
 
+/// The recording format's name for a state tensor's element type.
+fn format_dtype(d: sgdwalk_workload::StateDType) -> DType {
+    use sgdwalk_workload::StateDType as S;
+    match d {
+        S::F32 => DType::F32,
+        S::F64 => DType::F64,
+        S::F16 => DType::F16,
+        S::Bf16 => DType::BF16,
+        S::I64 => DType::I64,
+        S::I32 => DType::I32,
+        S::I16 => DType::I16,
+        S::I8 => DType::I8,
+        S::U8 => DType::U8,
+        S::Bool => DType::Bool,
+    }
+}
+
 /// The header of a new recording for `desc`.
 fn header_for(desc: &RunDescription, cfg: &RecordConfig) -> Result<Header, RecordError> {
     let layout = desc
@@ -202,7 +220,7 @@ fn header_for(desc: &RunDescription, cfg: &RecordConfig) -> Result<Header, Recor
         .iter()
         .map(|e| TensorSpec {
             name: e.name.clone(),
-            dtype: DType::F32,
+            dtype: format_dtype(e.dtype),
             shape: e.shape.iter().map(|&d| d as u64).collect(),
             offset_elements: e.offset_elements as u64,
         })
@@ -270,7 +288,11 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
         (desc, data, None)
     };
 
-    let mut trainer = Trainer::new(desc.clone(), data, cfg.device)?;
+    let module = match &resume {
+        Some(r) => r.module.as_deref(),
+        None => cfg.module.as_deref(),
+    };
+    let mut trainer = Trainer::new(desc.clone(), data, cfg.device, module)?;
     let (writer, start_step, wall_offset) = match &resume {
         Some(r) => {
             trainer.model.load_flat(&r.state)?;
@@ -291,13 +313,24 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
                     source,
                 })?;
             }
-            let writer = Writer::create(&cfg.out, header, writer_options).map_err(|e| match e {
-                sgdwalk_format::FormatError::Io { source, .. } => RecordError::OutputUnwritable {
-                    path: cfg.out.clone(),
-                    source,
-                },
-                other => RecordError::Format(other),
-            })?;
+            // A TorchScript run carries its module, so the recording alone rebuilds the model.
+            let attachments: Vec<(&str, &[u8])> = cfg
+                .module
+                .as_deref()
+                .map(|m| (MODULE_ATTACHMENT, m))
+                .into_iter()
+                .collect();
+            let writer =
+                Writer::create_with_attachments(&cfg.out, header, writer_options, &attachments)
+                    .map_err(|e| match e {
+                        sgdwalk_format::FormatError::Io { source, .. } => {
+                            RecordError::OutputUnwritable {
+                                path: cfg.out.clone(),
+                                source,
+                            }
+                        }
+                        other => RecordError::Format(other),
+                    })?;
             (writer, 0, 0.0)
         }
     };
@@ -431,7 +464,22 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
 }
 
 fn describe(cfg: &RecordConfig, data: &Dataset) -> Result<RunDescription, RecordError> {
-    let model = sgdwalk_workload::Model::new(&cfg.model, tch::Device::Cpu, 0)?;
+    let spec = match &cfg.model {
+        ModelSpec::TorchScript {
+            file_name,
+            sha256,
+            len_bytes,
+            ..
+        } => ModelSpec::TorchScript {
+            file_name: file_name.clone(),
+            sha256: sha256.clone(),
+            len_bytes: *len_bytes,
+            classes: data.classes,
+        },
+        other => other.clone(),
+    };
+    let model = sgdwalk_workload::Model::load(&spec, tch::Device::Cpu, 0, cfg.module.as_deref())?;
+    check_output_shape(&model, data)?;
     let train_len = u64::from(cfg.dataset.train_range.1 - cfg.dataset.train_range.0);
     let steps_per_epoch = if cfg.full_batch.is_some() {
         1
@@ -442,7 +490,7 @@ fn describe(cfg: &RecordConfig, data: &Dataset) -> Result<RunDescription, Record
     let total_steps = cfg.max_steps.map_or(all, |m| m.min(all));
     Ok(RunDescription {
         schema_version: RUN_DESCRIPTION_VERSION,
-        model: cfg.model.clone(),
+        model: spec,
         dataset: cfg.dataset.clone(),
         dataset_identity: data.identity.clone(),
         layout: model.layout().clone(),
@@ -477,8 +525,37 @@ fn describe(cfg: &RecordConfig, data: &Dataset) -> Result<RunDescription, Record
     })
 }
 
+/// The model must map a batch of the dataset's inputs to `[batch, classes]` logits; checked on
+/// two training samples in eval mode (no state changes) before anything is trained.
+fn check_output_shape(model: &sgdwalk_workload::Model, data: &Dataset) -> Result<(), RecordError> {
+    let ids: Vec<u32> = data
+        .split_ids(sgdwalk_workload::Split::Train)
+        .into_iter()
+        .take(2)
+        .collect();
+    if ids.is_empty() {
+        return Err(sgdwalk_workload::WorkloadError::EmptyEvaluation.into());
+    }
+    let (x, _) = data.batch(sgdwalk_workload::Split::Train, &ids, None, model.device())?;
+    let logits = tch::no_grad(|| model.forward_t(&x, false))?;
+    let batch = ids.len() as i64;
+    if logits.size() != [batch, data.classes] {
+        return Err(sgdwalk_workload::WorkloadError::ModelOutput {
+            module: model.spec().short_name(),
+            input: x.size(),
+            found: logits.size(),
+            batch,
+            classes: data.classes,
+        }
+        .into());
+    }
+    Ok(())
+}
+
 struct ResumePoint {
     step: u64,
+    /// The recording's TorchScript module, for a TorchScript run.
+    module: Option<Vec<u8>>,
     state: Vec<f32>,
     buffers: Vec<f32>,
     descriptor: String,
@@ -505,8 +582,26 @@ fn prepare_resume(
         .resume_state(step)?
         .ok_or_else(|| cannot(format!("the resume state of step {step} is missing")))?;
     let wall_secs = reader.step_info(step)?.scalars.wall_time_secs;
+    let module = match &desc.model {
+        ModelSpec::TorchScript { .. } => Some(
+            reader
+                .attachment(MODULE_ATTACHMENT)?
+                .ok_or_else(|| {
+                    cannot(format!(
+                        "it describes a TorchScript model but holds no {MODULE_ATTACHMENT} attachment (killed before it was written: record again)"
+                    ))
+                })?
+                .to_vec(),
+        ),
+        _ => None,
+    };
     drop(reader);
-    let data_dir = cfg.data_dir.clone();
+    // The recorded dataset, where it was recorded unless --data-dir says otherwise.
+    let data_dir = if cfg.data_dir_given {
+        cfg.data_dir.clone()
+    } else {
+        desc.dataset.default_location()
+    };
     let data = Dataset::load(&desc.dataset, &data_dir)?;
     if data.identity != desc.dataset_identity {
         return Err(cannot(format!(
@@ -519,6 +614,7 @@ fn prepare_resume(
         data,
         Some(ResumePoint {
             step,
+            module,
             state,
             buffers,
             descriptor,

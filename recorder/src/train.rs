@@ -57,9 +57,15 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// Builds the model at θ_0 (from the init seed) for the run `desc` on `device`.
-    pub fn new(desc: RunDescription, data: Dataset, device: Device) -> Result<Self, RecordError> {
-        let model = Model::new(&desc.model, device, desc.seeds.init)?;
+    /// Builds the model at θ_0 (from the init seed, or the TorchScript module's saved tensors
+    /// in `module`) for the run `desc` on `device`.
+    pub fn new(
+        desc: RunDescription,
+        data: Dataset,
+        device: Device,
+        module: Option<&[u8]>,
+    ) -> Result<Self, RecordError> {
+        let model = Model::load(&desc.model, device, desc.seeds.init, module)?;
         let params = trainable_tensors(&model)?;
         let optimizer = Optimizer::new(desc.optimizer.clone(), params.len());
         let train_ids = data.split_ids(Split::Train);
@@ -141,7 +147,7 @@ impl Trainer {
                 .as_deref()
                 .map(|a| &a[i * chunk..i * chunk + ids.len()]);
             let (x, y) = self.data.batch(Split::Train, ids, aug, device)?;
-            let loss = mean_loss(&self.model.forward_t(&x, true), &y)?;
+            let loss = mean_loss(&self.model.forward_t(&x, true)?, &y)?;
             let share = ids.len() as f64 / n_total as f64;
             let weight = if sum_of_means { 1.0 } else { share };
             loss_mean += share * loss.f_double_value(&[])?;
@@ -165,7 +171,10 @@ impl Trainer {
         if self.desc.noise_std > 0.0 {
             // libtorch's generator, reseeded per step from the noise seed: the same noise on a
             // resumed run, and fast on any device.
-            tch::manual_seed(derive_seed(self.desc.seeds.noise, plan.step) as i64);
+            let _seeded = sgdwalk_workload::models::seeded_generator(derive_seed(
+                self.desc.seeds.noise,
+                plan.step,
+            ));
             grads = grads
                 .iter()
                 .map(|g| g.f_add(&g.f_randn_like()?.f_mul_scalar(self.desc.noise_std)?))
@@ -192,7 +201,7 @@ impl Trainer {
 
     /// The full state as one flat f32 tensor on the model's device (a copy).
     pub fn snapshot_on_device(&self) -> Result<Tensor, RecordError> {
-        Ok(self.model.layout().concat(&self.model.vs)?)
+        Ok(self.model.concat()?)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Datasets: MNIST and Fashion-MNIST idx files (plain or .gz), CIFAR-10 binary batches (any
-//! record count), and a seeded synthetic set; index-based splits; normalization as the paper's
-//! code; a dataset identity (file checksums) that recordings store and analyses check.
+//! record count), a seeded synthetic set, and your own safetensors file (`tensors:PATH`, see
+//! [`crate::tensors`]); index-based splits; normalization as the paper's code; a dataset
+//! identity (file checksums) that recordings store and analyses check.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::augment::AugChoice;
 use crate::error::WorkloadError;
+use crate::tensors::{FilePart, InputDtype, TensorsFile, TensorsSpec};
 
 /// The datasets the workload knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,10 +24,12 @@ pub enum DatasetName {
     FashionMnist,
     Cifar10,
     Synthetic,
+    /// A safetensors file of your own (`tensors:PATH` on the command line).
+    Tensors,
 }
 
 impl DatasetName {
-    /// Parses a command-line name.
+    /// Parses a command-line name (`tensors` needs its file: see [`DatasetSpec::tensors`]).
     pub fn parse(name: &str) -> Result<Self, WorkloadError> {
         match name {
             "mnist" => Ok(DatasetName::Mnist),
@@ -45,6 +49,7 @@ impl DatasetName {
             DatasetName::FashionMnist => "fashion-mnist",
             DatasetName::Cifar10 => "cifar10",
             DatasetName::Synthetic => "synthetic",
+            DatasetName::Tensors => "tensors",
         }
     }
 }
@@ -73,11 +78,16 @@ pub struct DatasetSpec {
     /// Only for [`DatasetName::Synthetic`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synthetic: Option<SyntheticSpec>,
+    /// Only for [`DatasetName::Tensors`]: the file, its preprocessing and classes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensors: Option<TensorsSpec>,
 }
 
 impl DatasetSpec {
     /// The paper's splits: MNIST-like train 0..45000, val 50000..60000, no augmentation;
-    /// CIFAR-10 train 0..45000, val 45000..50000, crop + flip.
+    /// CIFAR-10 train 0..45000, val 45000..50000, crop + flip. A tensors dataset has no
+    /// paper split and needs its file: this gives empty ranges and no file, which do not load;
+    /// use [`DatasetSpec::tensors`].
     pub fn paper(name: DatasetName) -> Self {
         match name {
             DatasetName::Mnist | DatasetName::FashionMnist => DatasetSpec {
@@ -86,6 +96,7 @@ impl DatasetSpec {
                 val_range: (50_000, 60_000),
                 augment: false,
                 synthetic: None,
+                tensors: None,
             },
             DatasetName::Cifar10 => DatasetSpec {
                 name,
@@ -93,6 +104,15 @@ impl DatasetSpec {
                 val_range: (45_000, 50_000),
                 augment: true,
                 synthetic: None,
+                tensors: None,
+            },
+            DatasetName::Tensors => DatasetSpec {
+                name,
+                train_range: (0, 0),
+                val_range: (0, 0),
+                augment: false,
+                synthetic: None,
+                tensors: None,
             },
             DatasetName::Synthetic => Self::synthetic(SyntheticSpec {
                 channels: 1,
@@ -114,6 +134,31 @@ impl DatasetSpec {
             val_range: (s.train_samples - val, s.train_samples),
             augment: false,
             synthetic: Some(s),
+            tensors: None,
+        }
+    }
+
+    /// A tensors dataset: the training file is `train_x` followed by `val_x`, so the train
+    /// split is `0..train_samples` and the validation split is `val_x` (empty without it).
+    pub fn tensors(t: TensorsSpec, header: &crate::tensors::TensorsHeader) -> Self {
+        let train = header.train_samples as u32;
+        let pool = header.training_file_samples() as u32;
+        DatasetSpec {
+            name: DatasetName::Tensors,
+            train_range: (0, train),
+            val_range: (train, pool),
+            augment: false,
+            synthetic: None,
+            tensors: Some(t),
+        }
+    }
+
+    /// Where [`Dataset::load`] looks when no location is given: `data/<name>` for the built-in
+    /// datasets, the file as named when recording for a tensors dataset.
+    pub fn default_location(&self) -> PathBuf {
+        match (&self.name, &self.tensors) {
+            (DatasetName::Tensors, Some(t)) => t.path.clone(),
+            _ => PathBuf::from("data").join(self.name.as_str()),
         }
     }
 }
@@ -158,7 +203,9 @@ pub struct DatasetIdentity {
     pub test_samples: u32,
 }
 
-/// Images as u8 `[N, C, H, W]` on the CPU and labels as i64 `[N]`.
+/// Images as u8 `[N, C, H, W]` on the CPU and labels as i64 `[N]`. For a tensors dataset the
+/// inputs stay in the mapped file and `images` is empty, `[0, ...sample shape]`, of the stored
+/// kind (u8 or f32): only the labels are in memory, and [`Dataset::batch`] reads the inputs.
 #[derive(Debug)]
 pub struct ImageSet {
     pub images: Tensor,
@@ -181,20 +228,28 @@ impl ImageSet {
 #[derive(Debug)]
 pub struct Dataset {
     pub spec: DatasetSpec,
-    /// The training file (train and val splits index into it).
+    /// The training file (train and val splits index into it); for a tensors dataset
+    /// `train_x` followed by `val_x`.
     pub pool: ImageSet,
-    /// The test file.
+    /// The test file (empty for a tensors dataset without `test_x`).
     pub test: ImageSet,
     pub identity: DatasetIdentity,
-    /// Per-channel mean and std applied after scaling to [0, 1].
+    /// Per-channel (dim 1) mean and std applied after scaling u8 inputs to [0, 1]; one value
+    /// applies to every channel.
     pub mean: Vec<f64>,
     pub std: Vec<f64>,
     pub classes: i64,
+    /// The memory-mapped file of a tensors dataset, where batches read their inputs.
+    mapped: Option<TensorsFile>,
 }
 
 impl Dataset {
-    /// Loads `spec` from `dir` (ignored for synthetic data) and checks the splits.
+    /// Loads `spec` from `dir` (ignored for synthetic data) and checks the splits. For a
+    /// tensors dataset `dir` is the file itself or a folder holding a file of the recorded name
+    /// (see [`DatasetSpec::default_location`]); its labels, f32 inputs and sha256 are checked
+    /// by one pass over the file, which stays mapped.
     pub fn load(spec: &DatasetSpec, dir: &Path) -> Result<Self, WorkloadError> {
+        let mut mapped = None;
         let (pool, test, files, mean, std, classes) = match spec.name {
             DatasetName::Mnist | DatasetName::FashionMnist => {
                 let (pool, f1) = load_idx_pair(dir, "train")?;
@@ -230,6 +285,11 @@ impl Dataset {
                 }];
                 let c = s.channels as usize;
                 (pool, test, files, vec![0.5; c], vec![0.25; c], s.classes)
+            }
+            DatasetName::Tensors => {
+                let (parts, file) = load_tensors(spec, dir)?;
+                mapped = Some(file);
+                parts
             }
         };
         let pool_images = pool.images.size();
@@ -267,13 +327,43 @@ impl Dataset {
             mean,
             std,
             classes,
+            mapped,
         })
     }
 
-    /// Channels, height, width of one image.
+    /// Shape of one input sample: `[C, H, W]` for images, `[D]` for a table, as stored.
+    pub fn input_shape(&self) -> Vec<i64> {
+        self.pool.images.size()[1..].to_vec()
+    }
+
+    /// Channels, height, width of one image; inputs that are not `[C, H, W]` per sample give
+    /// `(1, 1, elements per sample)`.
     pub fn image_shape(&self) -> (i64, i64, i64) {
-        let s = self.pool.images.size();
-        (s[1], s[2], s[3])
+        match self.input_shape()[..] {
+            [c, h, w] => (c, h, w),
+            ref other => (1, 1, other.iter().product()),
+        }
+    }
+
+    /// Whether the dataset has `split` (a tensors file may lack `test_x`; train and val
+    /// always exist, val possibly empty).
+    pub fn has_split(&self, split: Split) -> bool {
+        match (&self.mapped, split) {
+            (Some(f), Split::Test) => f.header().has(FilePart::Test),
+            _ => true,
+        }
+    }
+
+    /// [`Dataset::has_split`] as an error naming the missing tensor and the file.
+    pub fn require_split(&self, split: Split) -> Result<(), WorkloadError> {
+        match &self.mapped {
+            Some(f) if !self.has_split(split) => Err(WorkloadError::SplitMissing {
+                split: split.as_str(),
+                tensor: FilePart::Test.x_name(),
+                path: f.header().path.clone(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Ids of a whole split, in order.
@@ -302,6 +392,7 @@ impl Dataset {
         aug: Option<&[AugChoice]>,
         device: Device,
     ) -> Result<(Tensor, Tensor), WorkloadError> {
+        self.require_split(split)?;
         let src = self.source(split);
         let len = src.len();
         if let Some(bad) = ids.iter().find(|&&i| i as usize >= len) {
@@ -312,26 +403,142 @@ impl Dataset {
             });
         }
         let index = Tensor::f_from_slice(&ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>())?;
-        let mut images = src
-            .images
-            .f_index_select(0, &index)?
-            .f_to_kind(Kind::Float)?
-            .f_div_scalar(255.0)?;
+        let stored = match &self.mapped {
+            None => src.images.f_index_select(0, &index)?,
+            Some(file) => {
+                // Ids of the training file run through train_x, then val_x.
+                let train_len = file.header().train_samples;
+                let rows: Vec<(FilePart, usize)> = ids
+                    .iter()
+                    .map(|&i| match (split, i as usize) {
+                        (Split::Test, i) => (FilePart::Test, i),
+                        (_, i) if i < train_len => (FilePart::Train, i),
+                        (_, i) => (FilePart::Val, i - train_len),
+                    })
+                    .collect();
+                file.gather(&rows)?
+            }
+        };
+        let mut images = if stored.kind() == Kind::Uint8 {
+            stored.f_to_kind(Kind::Float)?.f_div_scalar(255.0)?
+        } else {
+            stored
+        };
         let labels = src.labels.f_index_select(0, &index)?;
         if let Some(choices) = aug {
             images = crate::augment::apply(&images, choices)?;
         }
-        let c = images.size()[1];
-        let mean = Tensor::f_from_slice(&self.mean)?
-            .f_to_kind(Kind::Float)?
-            .f_view([1, c, 1, 1])?;
-        let std = Tensor::f_from_slice(&self.std)?
-            .f_to_kind(Kind::Float)?
-            .f_view([1, c, 1, 1])?;
+        // [1, C, 1, ...]: one value per entry of dim 1, or one for all of them.
+        let per_channel = |values: &[f64]| -> Result<Tensor, WorkloadError> {
+            let mut shape = vec![1i64; images.dim()];
+            shape[1] = values.len() as i64;
+            Ok(Tensor::f_from_slice(values)?
+                .f_to_kind(Kind::Float)?
+                .f_view(shape.as_slice())?)
+        };
+        let mean = per_channel(&self.mean)?;
+        let std = per_channel(&self.std)?;
         let images = images.f_sub(&mean)?.f_div(&std)?;
         Ok((images.f_to_device(device)?, labels.f_to_device(device)?))
     }
 }
+
+/// Opens and checks a tensors dataset at `location` (the file, or a folder holding the
+/// recorded file name): header, normalization lengths, labels in `[0, classes)`, finite f32
+/// inputs, and the sha256 of the whole file. Labels are decoded to i64; inputs stay mapped.
+fn load_tensors(
+    spec: &DatasetSpec,
+    location: &Path,
+) -> Result<(LoadedParts, TensorsFile), WorkloadError> {
+    let t = spec
+        .tensors
+        .as_ref()
+        .ok_or_else(|| WorkloadError::DatasetInconsistent {
+            name: "tensors".into(),
+            reason: "no file in the dataset description (use tensors:PATH)".into(),
+        })?;
+    let file = TensorsFile::open(&t.file_at(location))?;
+    let h = file.header();
+    crate::tensors::check_normalization(
+        "mean of the dataset description",
+        &t.mean,
+        h.channels(),
+        false,
+    )?;
+    crate::tensors::check_normalization(
+        "std of the dataset description",
+        &t.std,
+        h.channels(),
+        true,
+    )?;
+    if t.classes <= 0 {
+        return Err(WorkloadError::DatasetInconsistent {
+            name: "tensors".into(),
+            reason: format!("{} classes in the dataset description", t.classes),
+        });
+    }
+    if spec.augment && h.image_shape().is_none() {
+        return Err(WorkloadError::BadAugmentation {
+            reason: format!(
+                "crop-flip needs images [N, C, H, W]; train_x is [N, {}] in {}",
+                h.sample_shape
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                h.path.display()
+            ),
+        });
+    }
+    let labels_of = |parts: &[FilePart]| -> Result<Vec<i64>, WorkloadError> {
+        let mut all = Vec::new();
+        for &part in parts.iter().filter(|&&p| h.has(p)) {
+            let labels = file.labels(part)?;
+            file.check_labels(part, &labels, t.classes)?;
+            file.check_finite(part)?;
+            all.extend(labels);
+        }
+        Ok(all)
+    };
+    let pool_labels = labels_of(&[FilePart::Train, FilePart::Val])?;
+    let test_labels = labels_of(&[FilePart::Test])?;
+    let kind = match h.input_dtype {
+        InputDtype::U8 => Kind::Uint8,
+        InputDtype::F32 => Kind::Float,
+    };
+    let mut empty_shape = vec![0i64];
+    empty_shape.extend_from_slice(&h.sample_shape);
+    let set = |labels: Vec<i64>| -> Result<ImageSet, WorkloadError> {
+        Ok(ImageSet {
+            images: Tensor::f_zeros(empty_shape.as_slice(), (kind, Device::Cpu))?,
+            labels: Tensor::f_from_slice(&labels)?,
+        })
+    };
+    let (pool, test) = (set(pool_labels)?, set(test_labels)?);
+    let (sha256, len_bytes) = file.sha256();
+    // Named as recorded: the content is the identity, so a moved or renamed copy matches.
+    let name = t
+        .path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let digest = FileDigest {
+        file: name,
+        sha256,
+        len_bytes,
+    };
+    let parts = (
+        pool,
+        test,
+        vec![digest],
+        t.mean.clone(),
+        t.std.clone(),
+        t.classes,
+    );
+    Ok((parts, file))
+}
+
+/// Training file, test file, file digests, mean, std, classes.
+type LoadedParts = (ImageSet, ImageSet, Vec<FileDigest>, Vec<f64>, Vec<f64>, i64);
 
 fn read_file_maybe_gz(path: &Path) -> Result<(Vec<u8>, PathBuf), WorkloadError> {
     let gz = PathBuf::from(format!("{}.gz", path.display()));

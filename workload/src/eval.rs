@@ -92,16 +92,23 @@ struct BnGuard {
 
 impl BnGuard {
     fn save(model: &Model) -> Result<Self, WorkloadError> {
-        let tensors = model.layout().tensors(&model.vs)?;
         let saved = model
             .layout()
             .entries
             .iter()
-            .zip(tensors)
+            .zip(model.tensors())
             .filter(|(e, _)| !e.trainable)
-            .map(|(_, t)| Ok((t.f_detach()?.copy(), t)))
+            .map(|(_, t)| Ok((t.f_detach()?.copy(), t.shallow_clone())))
             .collect::<Result<_, WorkloadError>>()?;
         Ok(BnGuard { saved })
+    }
+
+    /// A guard where the policy updates running statistics (train mode), none otherwise.
+    fn for_policy(model: &Model, policy: BnPolicy) -> Result<Option<Self>, WorkloadError> {
+        match policy {
+            BnPolicy::TrainMode => Ok(Some(BnGuard::save(model)?)),
+            BnPolicy::EvalMode => Ok(None),
+        }
     }
 
     fn restore(self) -> Result<(), WorkloadError> {
@@ -190,14 +197,11 @@ pub fn evaluate_batches(
     if batches.is_empty() {
         return Err(WorkloadError::EmptyEvaluation);
     }
-    let guard = match policy {
-        BnPolicy::TrainMode => Some(BnGuard::save(model)?),
-        BnPolicy::EvalMode => None,
-    };
+    let guard = BnGuard::for_policy(model, policy)?;
     let result = tch::no_grad(|| -> Result<EvalSums, WorkloadError> {
         let mut total = EvalSums::default();
         for (x, y) in batches {
-            let logits = model.forward_t(x, policy == BnPolicy::TrainMode);
+            let logits = model.forward_t(x, policy == BnPolicy::TrainMode)?;
             total.add(&sums_of(&logits, y)?);
         }
         Ok(total)
@@ -208,46 +212,51 @@ pub fn evaluate_batches(
     result
 }
 
-/// Mean minibatch loss (as training computes it) and its gradient with respect to the trainable
-/// parameters, in canonical order, at the model's current state. BatchNorm uses batch statistics
-/// and its running statistics are left unchanged.
+/// Mean loss of one batch and its gradient with respect to the trainable parameters under a
+/// BatchNorm policy: `TrainMode` normalizes with the batch's statistics (running statistics are
+/// restored afterwards), `EvalMode` with the stored running statistics, held fixed.
 pub fn loss_and_grad(
     model: &Model,
     images: &Tensor,
     labels: &Tensor,
+    policy: BnPolicy,
 ) -> Result<(f64, Vec<Tensor>), WorkloadError> {
-    let guard = BnGuard::save(model)?;
+    let guard = BnGuard::for_policy(model, policy)?;
     let params = trainable_tensors(model)?;
-    let logits = model.forward_t(images, true);
+    let logits = model.forward_t(images, policy == BnPolicy::TrainMode)?;
     let loss = mean_loss(&logits, labels)?;
     let grads = Tensor::f_run_backward(&[&loss], &params, false, false)?;
-    guard.restore()?;
+    if let Some(g) = guard {
+        g.restore()?;
+    }
     Ok((loss.f_double_value(&[])?, grads))
 }
 
 /// The trainable parameters in canonical order.
 pub fn trainable_tensors(model: &Model) -> Result<Vec<Tensor>, WorkloadError> {
-    let tensors = model.layout().tensors(&model.vs)?;
     Ok(model
         .layout()
         .entries
         .iter()
-        .zip(tensors)
+        .zip(model.tensors())
         .filter(|(e, _)| e.trainable)
-        .map(|(_, t)| t)
+        .map(|(_, t)| t.shallow_clone())
         .collect())
 }
 
 /// Hessian-vector products of the mean loss over `batches` (averaged with weights
 /// proportional to batch size) for each vector in `vs` (each a list of tensors shaped like the
-/// trainable parameters), by double backward. BatchNorm uses batch statistics; running
-/// statistics are left unchanged. Returns the mean loss and one product per vector.
+/// trainable parameters), by double backward, under a BatchNorm policy: `TrainMode` uses each
+/// batch's statistics (the loss, and so the Hessian, depends on the partition into batches),
+/// `EvalMode` the stored running statistics as constants. Running statistics are left
+/// unchanged. Returns the mean loss and one product per vector.
 pub fn hessian_vector_products(
     model: &Model,
     batches: &[(Tensor, Tensor)],
     vs: &[Vec<Tensor>],
+    policy: BnPolicy,
 ) -> Result<(f64, Vec<Vec<Tensor>>), WorkloadError> {
-    let guard = BnGuard::save(model)?;
+    let guard = BnGuard::for_policy(model, policy)?;
     let params = trainable_tensors(model)?;
     let total: i64 = batches.iter().map(|(x, _)| x.size()[0]).sum();
     let mut loss_sum = 0.0;
@@ -257,7 +266,7 @@ pub fn hessian_vector_products(
         .collect();
     for (x, y) in batches {
         let weight = x.size()[0] as f64 / total as f64;
-        let logits = model.forward_t(x, true);
+        let logits = model.forward_t(x, policy == BnPolicy::TrainMode)?;
         let loss = mean_loss(&logits, y)?;
         loss_sum += weight * loss.f_double_value(&[])?;
         let grads = Tensor::f_run_backward(&[&loss], &params, true, true)?;
@@ -273,6 +282,8 @@ pub fn hessian_vector_products(
             }
         }
     }
-    guard.restore()?;
+    if let Some(g) = guard {
+        g.restore()?;
+    }
     Ok((loss_sum, out))
 }

@@ -6,7 +6,8 @@
 //! - [`StateLayout`]: parameters and BatchNorm buffers sorted by name, flattened to one f32
 //!   vector and back, bit-exactly.
 //! - [`Dataset`]: MNIST / Fashion-MNIST idx (plain or .gz), CIFAR-10 binary (any record count),
-//!   synthetic data; index-based splits; a [`DatasetIdentity`] of file checksums.
+//!   synthetic data, your own safetensors file ([`tensors`], memory-mapped); index-based
+//!   splits; a [`DatasetIdentity`] of file checksums.
 //! - [`AugChoice`]: crop/flip choices recorded per sample and replayed exactly.
 //! - [`evaluate`]: exact mean loss and accuracy under a [`BnPolicy`]; gradients and
 //!   Hessian-vector products for curvature.
@@ -15,10 +16,12 @@ pub mod augment;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod jit;
 pub mod models;
 pub mod run;
 pub mod sampling;
 pub mod state;
+pub mod tensors;
 
 pub use augment::{AUG_BYTES_PER_SAMPLE, AugChoice};
 pub use data::{Dataset, DatasetIdentity, DatasetName, DatasetSpec, Split, SyntheticSpec};
@@ -26,7 +29,8 @@ pub use error::WorkloadError;
 pub use eval::{BnPolicy, EvalSums, evaluate};
 pub use models::{Model, ModelSpec};
 pub use run::RunDescription;
-pub use state::{StateEntry, StateLayout};
+pub use state::{StateDType, StateEntry, StateLayout};
+pub use tensors::{TensorsHeader, TensorsSpec};
 
 /// Parses `auto`, `cpu`, `cuda` or `cuda:N` into a device; `auto` picks CUDA when available.
 pub fn parse_device(s: &str) -> Result<tch::Device, String> {

@@ -1,11 +1,14 @@
 //! The networks of the paper (and a small CPU one), each built from a serializable [`ModelSpec`]
 //! that a recording stores so the analyzer can rebuild the identical model.
 
+use std::cell::Cell;
+
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
 
 use crate::error::WorkloadError;
+use crate::jit::ScriptModule;
 use crate::state::StateLayout;
 
 /// A model description: name plus configuration. Stored verbatim (JSON) in recordings.
@@ -32,6 +35,19 @@ pub enum ModelSpec {
     SmallCnn {
         in_channels: i64,
         image_size: i64,
+        classes: i64,
+    },
+    /// A TorchScript module saved from PyTorch (`--model torchscript:PATH`). Its bytes travel
+    /// with the recording (see [`Model::load`]); θ_0 is the module's saved tensors, under
+    /// PyTorch's own names.
+    #[serde(rename = "torchscript")]
+    TorchScript {
+        /// File name the module was recorded from (informative).
+        file_name: String,
+        /// sha256 of the module file's bytes (hex).
+        sha256: String,
+        len_bytes: u64,
+        /// Output width of the module: the dataset's classes.
         classes: i64,
     },
 }
@@ -124,6 +140,12 @@ impl ModelSpec {
             ModelSpec::Vgg11Bn { .. } => "vgg11".to_string(),
             ModelSpec::PreactResnet { depth, .. } => format!("resnet{depth}"),
             ModelSpec::SmallCnn { .. } => "small-cnn".to_string(),
+            ModelSpec::TorchScript { file_name, .. } => {
+                let stem = file_name
+                    .rsplit_once('.')
+                    .map_or(file_name.as_str(), |(s, _)| s);
+                format!("torchscript-{stem}")
+            }
         }
     }
 
@@ -174,30 +196,105 @@ impl ModelSpec {
                     return bad("image size must be a positive multiple of 4");
                 }
             }
+            ModelSpec::TorchScript { classes, .. } => {
+                if *classes <= 0 {
+                    return bad("classes must be positive");
+                }
+            }
         }
         Ok(())
     }
 }
 
-/// A built network with its variables, in canonical order (see [`StateLayout`]).
+/// Seeds libtorch's process-wide generator and holds it for the caller's draws: two threads
+/// that seed and draw at once (tests, an embedding program) would otherwise mix their streams.
+pub fn seeded_generator(seed: u64) -> std::sync::MutexGuard<'static, ()> {
+    static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = GENERATOR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    tch::manual_seed(seed as i64);
+    guard
+}
+
+/// Name of the attachment that holds a TorchScript module's file inside a recording.
+pub const MODULE_ATTACHMENT: &str = "model.pt";
+
+/// What computes the logits: a network built by tch from its description, or a TorchScript
+/// module.
+enum Net {
+    Builtin {
+        /// Owns every parameter and BatchNorm buffer.
+        _vs: nn::VarStore,
+        net: Box<dyn ModuleT>,
+        flatten_input: bool,
+    },
+    Script {
+        module: ScriptModule,
+        /// The mode last set on the module (setting it walks every submodule).
+        train: Cell<Option<bool>>,
+    },
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Net::Builtin { .. } => f.write_str("Builtin"),
+            Net::Script { module, .. } => write!(f, "Script({:?})", module.device()),
+        }
+    }
+}
+
+/// A built network with its tensors in canonical order (see [`StateLayout`]).
 #[derive(Debug)]
 pub struct Model {
-    /// Holds every parameter and BatchNorm buffer.
-    pub vs: nn::VarStore,
-    net: Box<dyn ModuleT>,
+    net: Net,
+    /// Every parameter and buffer, in layout order, aliasing the network's own tensors.
+    tensors: Vec<Tensor>,
     spec: ModelSpec,
     layout: StateLayout,
-    flatten_input: bool,
+    device: Device,
 }
 
 impl Model {
-    /// Builds the network on `device`, initialised from libtorch's generator seeded with
-    /// `init_seed` (so the same seed gives the same θ_0 on the same machine).
+    /// Builds a built-in network on `device`, initialised from libtorch's generator seeded
+    /// with `init_seed` (so the same seed gives the same θ_0 on the same machine). A
+    /// TorchScript description needs its module's bytes: use [`Model::load`].
     pub fn new(spec: &ModelSpec, device: Device, init_seed: u64) -> Result<Self, WorkloadError> {
+        Self::load(spec, device, init_seed, None)
+    }
+
+    /// Builds the model of `spec`: a built-in network (as [`Model::new`]), or the TorchScript
+    /// module in `module_bytes`, whose sha256 must equal the description's.
+    pub fn load(
+        spec: &ModelSpec,
+        device: Device,
+        init_seed: u64,
+        module_bytes: Option<&[u8]>,
+    ) -> Result<Self, WorkloadError> {
         spec.validate()?;
+        if let ModelSpec::TorchScript {
+            file_name, sha256, ..
+        } = spec
+        {
+            let bytes = module_bytes.ok_or_else(|| WorkloadError::TorchScript {
+                what: file_name.clone(),
+                reason: "the module's bytes are missing".into(),
+            })?;
+            let found = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
+            if &found != sha256 {
+                return Err(WorkloadError::TorchScript {
+                    what: file_name.clone(),
+                    reason: format!(
+                        "module bytes have sha256 {found}, the run description says {sha256}"
+                    ),
+                });
+            }
+            return Self::from_script(spec.clone(), ScriptModule::load(bytes, device)?, file_name);
+        }
         // libtorch's generator is global: seeding right before construction makes θ_0 a
-        // function of the seed alone.
-        tch::manual_seed(init_seed as i64);
+        // function of the seed alone, as long as no other thread draws in between.
+        let _seeded = seeded_generator(init_seed);
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let (net, flatten_input): (Box<dyn ModuleT>, bool) = match spec {
@@ -230,14 +327,63 @@ impl Model {
                 Box::new(small_cnn(&root, *in_channels, *image_size, *classes)),
                 false,
             ),
+            // Handled above; kept as an error rather than a panic.
+            ModelSpec::TorchScript { file_name, .. } => {
+                return Err(WorkloadError::TorchScript {
+                    what: file_name.clone(),
+                    reason: "not a built-in network".into(),
+                });
+            }
         };
-        let layout = StateLayout::of(&vs);
+        let named = vs.variables().into_iter().map(|(n, t)| {
+            let trainable = t.requires_grad();
+            (n, t, trainable)
+        });
+        let (layout, tensors) = StateLayout::from_named_tensors(named, &spec.short_name())?;
         Ok(Model {
-            vs,
-            net,
+            net: Net::Builtin {
+                _vs: vs,
+                net,
+                flatten_input,
+            },
+            tensors,
             spec: spec.clone(),
             layout,
-            flatten_input,
+            device,
+        })
+    }
+
+    /// A model around a loaded TorchScript module: its parameters (trainable when they require
+    /// gradients) and buffers, checked to be something a recording can hold.
+    fn from_script(
+        spec: ModelSpec,
+        module: ScriptModule,
+        file_name: &str,
+    ) -> Result<Self, WorkloadError> {
+        let device = module.device();
+        let mut named: Vec<(String, Tensor, bool)> = Vec::new();
+        for (name, t) in module.named_parameters()? {
+            let trainable = t.requires_grad();
+            named.push((name, t, trainable));
+        }
+        for (name, t) in module.named_buffers()? {
+            named.push((name, t, false));
+        }
+        if !named.iter().any(|(_, _, trainable)| *trainable) {
+            return Err(WorkloadError::NoTrainableParameters {
+                module: file_name.to_string(),
+            });
+        }
+        let (layout, tensors) = StateLayout::from_named_tensors(named, file_name)?;
+        Ok(Model {
+            net: Net::Script {
+                module,
+                train: Cell::new(None),
+            },
+            tensors,
+            spec,
+            layout,
+            device,
         })
     }
 
@@ -251,9 +397,14 @@ impl Model {
         &self.layout
     }
 
+    /// Every parameter and buffer in canonical order (aliases: writing them changes the model).
+    pub fn tensors(&self) -> &[Tensor] {
+        &self.tensors
+    }
+
     /// Device the variables live on.
     pub fn device(&self) -> Device {
-        self.vs.device()
+        self.device
     }
 
     /// Number of trainable parameters (BatchNorm running statistics excluded).
@@ -261,24 +412,52 @@ impl Model {
         self.layout.parameter_count()
     }
 
-    /// Logits for a batch of images `[N, C, H, W]`. `train` selects BatchNorm batch statistics
-    /// (and then updates the running statistics, as in training).
-    pub fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
-        if self.flatten_input {
-            self.net.forward_t(&images.flatten(1, -1), train)
-        } else {
-            self.net.forward_t(images, train)
+    /// Logits for a batch of inputs (`[N, C, H, W]` images or `[N, ...]` tensors). `train`
+    /// selects BatchNorm batch statistics (and then updates the running statistics, as in
+    /// training) and, for TorchScript modules, the module's train/eval mode.
+    pub fn forward_t(&self, images: &Tensor, train: bool) -> Result<Tensor, WorkloadError> {
+        match &self.net {
+            Net::Builtin {
+                net, flatten_input, ..
+            } => Ok(if *flatten_input {
+                net.forward_t(&images.f_flatten(1, -1)?, train)
+            } else {
+                net.forward_t(images, train)
+            }),
+            Net::Script {
+                module,
+                train: mode,
+            } => {
+                if mode.get() != Some(train) {
+                    module.set_train(train)?;
+                    mode.set(Some(train));
+                }
+                module.forward(images)
+            }
         }
     }
 
-    /// θ in canonical order as one f32 vector (copied to the host).
+    /// The TorchScript module, for a model loaded from one.
+    pub fn script_module(&self) -> Option<&ScriptModule> {
+        match &self.net {
+            Net::Script { module, .. } => Some(module),
+            Net::Builtin { .. } => None,
+        }
+    }
+
+    /// θ in canonical order as one f32-word vector (copied to the host).
     pub fn flatten(&self) -> Result<Vec<f32>, WorkloadError> {
-        self.layout.flatten(&self.vs)
+        self.layout.flatten(&self.tensors)
+    }
+
+    /// θ in canonical order as one flat tensor on the model's device (a copy).
+    pub fn concat(&self) -> Result<Tensor, WorkloadError> {
+        tch::no_grad(|| self.layout.concat(&self.tensors))
     }
 
     /// Loads θ (canonical order) into the variables.
     pub fn load_flat(&self, state: &[f32]) -> Result<(), WorkloadError> {
-        self.layout.unflatten(&self.vs, state)
+        self.layout.unflatten(&self.tensors, state)
     }
 }
 

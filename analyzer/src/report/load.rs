@@ -328,6 +328,9 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportErr
 
 #[derive(serde::Deserialize)]
 struct ManifestView {
+    /// Absent in folders of revision 1 (see `analyze`'s manifest).
+    #[serde(default)]
+    revision: u32,
     config: AnalyzeConfig,
 }
 
@@ -461,6 +464,17 @@ pub fn load_run(dir: &Path, barrier_threshold: f64) -> Result<RunData, ReportErr
         });
     }
     let manifest: ManifestView = read_json(&manifest_path)?;
+    if manifest.revision < 2
+        && manifest.config.has("curvature")
+        && manifest.config.bn.first() == Some(&sgdwalk_workload::BnPolicy::EvalMode)
+    {
+        return Err(ReportError::BadFile {
+            path: manifest_path,
+            reason: "its eval-mode curvature rows were computed with batch statistics by an \
+                     earlier sgdwalk-analyze; analyze the recording again into a new folder"
+                .into(),
+        });
+    }
     let info_path = dir.join(RUN_DESCRIPTION);
     if !info_path.is_file() {
         return Err(ReportError::NotAnAnalysis {
