@@ -331,7 +331,14 @@ fn geometry_matches_a_direct_computation_and_epochs_are_copied() {
 /// An MLP on 4×4 synthetic images (16 inputs, `hidden` widths, 10 classes) recorded for one
 /// epoch of 400 synthetic samples without augmentation; its validation split has 40 samples.
 fn small_mlp_recording(rec: &Path, hidden: Vec<i64>, batch_norm: bool) {
-    let flags = ["--synthetic-size", "4", "--augment", "false", "--epochs", "1"];
+    let flags = [
+        "--synthetic-size",
+        "4",
+        "--augment",
+        "false",
+        "--epochs",
+        "1",
+    ];
     let mut cfg = synthetic_args(rec, &flags).validate().unwrap();
     cfg.model = ModelSpec::Mlp {
         input_features: 16,

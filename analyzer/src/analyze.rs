@@ -56,7 +56,7 @@ impl std::fmt::Display for AnalyzeSummary {
             self.pairs_analyzed
         )?;
         for (table, rows) in &self.rows {
-            writeln!(f, "  {table:10} {rows} rows")?;
+            writeln!(f, "  {table:12} {rows} rows")?;
         }
         if self.nonfinite_losses > 0 {
             writeln!(
