@@ -7,18 +7,18 @@
 //!   cargo bench -p sgdwalk-analyzer --bench interp [-- --model mlp --points 40]
 //! Data: Fashion-MNIST in data/fashion-mnist (run scripts/setup).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use clap::Parser as _;
-use sgdwalk_analyzer::config::{AnalyzeConfig, EvalSet, RunSettings};
+use sgdwalk_analyzer::config::{AnalyzeConfig, EvalSet};
 use sgdwalk_analyzer::metrics::{GeometryTracker, TotalScope};
 use sgdwalk_analyzer::replay::{Session, interpolate};
 use sgdwalk_recorder::{StopFlag, record};
 use sgdwalk_workload::BnPolicy;
 
 mod common;
-use common::{RecCli, arg, median};
+use common::{RecCli, arg, cpu_settings, median};
 
 fn main() -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -55,16 +55,7 @@ fn main() -> anyhow::Result<()> {
         eval_batch_size: 500,
         ..AnalyzeConfig::default()
     };
-    let settings = RunSettings {
-        recording: rec.clone(),
-        out: PathBuf::from("unused"),
-        data_dir: Some(PathBuf::from("data/fashion-mnist")),
-        shard: (0, 1),
-        device: tch::Device::Cpu,
-        threads: 0,
-        force: false,
-        progress: false,
-    };
+    let settings = cpu_settings(&rec);
     let mut s = Session::open(&settings, &cfg)?;
     let batches = s.prepared(&EvalSet::Probe(probe), 0)?;
     let a = s.reader.state(10)?;

@@ -12,13 +12,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Parser as _;
-use sgdwalk_analyzer::config::{AnalyzeConfig, EvalSet, RunSettings};
+use sgdwalk_analyzer::config::{AnalyzeConfig, EvalSet};
 use sgdwalk_analyzer::replay::Session;
 use sgdwalk_recorder::{StopFlag, record};
 use sgdwalk_workload::{BnPolicy, ModelSpec};
 
 mod common;
-use common::{RecCli, arg, median};
+use common::{RecCli, arg, cpu_settings, median};
 
 fn record_args(
     out: &Path,
@@ -105,21 +105,8 @@ fn main() -> anyhow::Result<()> {
         eval_batch_size: 500,
         ..AnalyzeConfig::default()
     };
-    let session = |rec: &PathBuf| -> anyhow::Result<Session> {
-        Ok(Session::open(
-            &RunSettings {
-                recording: rec.clone(),
-                out: PathBuf::from("unused"),
-                data_dir: Some(PathBuf::from("data/fashion-mnist")),
-                shard: (0, 1),
-                device: tch::Device::Cpu,
-                threads: 0,
-                force: false,
-                progress: false,
-            },
-            &cfg,
-        )?)
-    };
+    let session =
+        |rec: &PathBuf| -> anyhow::Result<Session> { Ok(Session::open(&cpu_settings(rec), &cfg)?) };
     let mut sessions = [session(&builtin_rec)?, session(&script_rec)?];
     for bn in [BnPolicy::EvalMode, BnPolicy::TrainMode] {
         let (mut per_point, mut ratios) = ([Vec::new(), Vec::new()], Vec::new());

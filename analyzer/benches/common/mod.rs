@@ -1,6 +1,9 @@
 //! Helpers shared by the analyzer's bench binaries (each includes this file as a module).
 
+use std::path::{Path, PathBuf};
+
 use clap::Parser;
+use sgdwalk_analyzer::config::RunSettings;
 use sgdwalk_recorder::RecordArgs;
 
 /// `sgdwalk-record`'s flags, parsed from a list.
@@ -24,4 +27,19 @@ pub fn arg(name: &str, default: &str) -> String {
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
         .unwrap_or_else(|| default.to_string())
+}
+
+/// Settings of an analysis of `rec` on the CPU with Fashion-MNIST from data/fashion-mnist (the
+/// benches measure in-process and write no tables).
+pub fn cpu_settings(rec: &Path) -> RunSettings {
+    RunSettings {
+        recording: rec.to_path_buf(),
+        out: PathBuf::from("unused"),
+        data_dir: Some(PathBuf::from("data/fashion-mnist")),
+        shard: (0, 1),
+        device: tch::Device::Cpu,
+        threads: 0,
+        force: false,
+        progress: false,
+    }
 }
