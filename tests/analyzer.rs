@@ -322,10 +322,7 @@ fn geometry_matches_a_direct_computation_and_epochs_are_copied() {
     );
     // Once curvature has run, its settings are fixed for this folder.
     let err = analysis_error(&rec, &out, &curvature_only("2"));
-    assert!(
-        matches!(err, AnalyzeError::InvalidSetting { setting: "out", .. }),
-        "{err}"
-    );
+    assert!(matches!(err, AnalyzeError::FolderInUse { .. }), "{err}");
 }
 
 /// An MLP on 4×4 synthetic images (16 inputs, `hidden` widths, 10 classes) recorded for one
@@ -750,9 +747,76 @@ fn shards_together_equal_one_run_and_reruns_skip_finished_items() {
         &sharded,
         &[&b[..], &["--shard", "1/2", "--grid", "0:1:3"]].concat(),
     );
+    assert!(matches!(err, AnalyzeError::FolderInUse { .. }), "{err}");
+}
+
+/// Phases added to a folder later read what earlier runs stored instead of recomputing it, and
+/// give the rows a single run gives: floors refine the stored interpolation grid, curvature at
+/// the valley floor finds the stored floors (it used to write no floor rows at all).
+#[test]
+fn phases_added_later_reuse_the_stored_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("s.walk");
+    run(&synthetic_args(&rec, &["--epochs", "2"]));
+    let common = [
+        "--eval",
+        "probe:100",
+        "--curvature-every",
+        "10",
+        "--curvature-at-floor",
+        "true",
+    ];
+    let once = dir.path().join("once");
+    run_analysis(
+        &rec,
+        &once,
+        &[&common[..], &["--phases", "interp,floors,curvature"]].concat(),
+    );
+    let staged = dir.path().join("staged");
+    let first = run_analysis(
+        &rec,
+        &staged,
+        &[&common[..], &["--phases", "interp"]].concat(),
+    );
+    let grid_evaluations = first.forward_evaluations;
+    let second = run_analysis(
+        &rec,
+        &staged,
+        &[&common[..], &["--phases", "floors"]].concat(),
+    );
     assert!(
-        matches!(err, AnalyzeError::InvalidSetting { setting: "out", .. }),
-        "{err}"
+        !second.rows.contains_key("interp"),
+        "interp is not rewritten: {:?}",
+        second.rows
+    );
+    let floors: Vec<FloorRow> = rows(&staged);
+    let refinements: u64 = floors.iter().map(|f| u64::from(f.evaluations)).sum();
+    assert_eq!(
+        second.forward_evaluations, refinements,
+        "only the refinement is evaluated (the grid of {grid_evaluations} evaluations is read back)"
+    );
+    let third = run_analysis(
+        &rec,
+        &staged,
+        &[&common[..], &["--phases", "curvature"]].concat(),
+    );
+    assert_eq!(third.work_items_skipped, 0);
+    let curvature: Vec<CurvatureRow> = rows(&staged);
+    assert!(
+        curvature.iter().any(|r| r.point == "floor"),
+        "curvature at the stored floors"
+    );
+    assert_eq!(
+        sorted_debug(&rows::<FloorRow>(&once)),
+        sorted_debug(&floors)
+    );
+    assert_eq!(
+        sorted_debug(&rows::<CurvatureRow>(&once)),
+        sorted_debug(&curvature)
+    );
+    assert_eq!(
+        sorted_debug(&rows::<InterpRow>(&once)),
+        sorted_debug(&rows::<InterpRow>(&staged))
     );
 }
 
@@ -881,19 +945,34 @@ fn bad_inputs_get_named_errors() {
         "{err}"
     );
 
-    // Flags that cannot work.
-    for bad in [
-        &["--grid", "1:0:5"][..],
-        &["--eval", "probe:0"],
-        &["--shard", "2/2"],
-        &["--bn", "frozen"],
-        &["--phases", "magic"],
+    // Flags that cannot work: refused when parsed (the value names what was expected) or when
+    // checked against each other.
+    for (bad, expected) in [
+        (&["--eval", "probe:0"][..], "probe:N"),
+        (&["--shard", "2/2"], "need 0 <= I < N"),
+        (&["--bn", "frozen"], "train-mode or eval-mode"),
+        (&["--phases", "magic"], "known: geometry"),
+        (&["--grid", "0:1"], "LO:HI:POINTS"),
+        (&["--steps", "5"], "START..END"),
     ] {
+        let argv = [&["analyze", "r.walk", "-o", "o4"][..], bad].concat();
+        let err = match Cli::try_parse_from(argv) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{bad:?} parsed"),
+        };
+        assert!(err.contains(expected), "{bad:?}: {err}");
+    }
+    for (bad, setting) in [
+        (&["--grid", "1:0:5"][..], "grid"),
+        (&["--strides", "0"], "strides"),
+        (&["--top-k", "50"], "top-k"),
+    ] {
+        let err = analyze_args(&rec, &dir.path().join("o4"), bad)
+            .validate()
+            .unwrap_err();
         assert!(
-            analyze_args(&rec, &dir.path().join("o4"), bad)
-                .validate()
-                .is_err(),
-            "{bad:?}"
+            matches!(&err, AnalyzeError::InvalidSetting { setting: s, .. } if *s == setting),
+            "{bad:?}: {err}"
         );
     }
 }

@@ -2,7 +2,7 @@
 //! sample ids and steps as the Rust reader, on a finished and on a killed (cut) recording,
 //! rejects every corrupt fixture with the Rust reader's error class, accepts every edge
 //! fixture, and reads the same trainable flags from the run description (SPEC Appendix A) as
-//! the Rust reader and the independent reader of `tests/spec_reader.rs`.
+//! the Rust reader and the independent reader of `format-spec/tests/spec_reader/reader.rs`.
 
 use std::path::{Path, PathBuf};
 

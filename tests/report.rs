@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use arrow::array::{Array, Float64Array, StringArray, UInt32Array};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
+use sgdwalk_analyzer::dir::{AnalysisDir, DirError};
 use sgdwalk_analyzer::report::{ReportArgs, ReportError, report};
 use sgdwalk_analyzer::tables::{
-    BarrierRow, CurvatureRow, EpochRow, FloorRow, StepRow, read_batches,
+    BarrierRow, CurvatureRow, EpochRow, FloorRow, StepRow, TableName, read_batches,
 };
 
 use crate::analyzer::{rows, small_full_analysis};
@@ -264,10 +265,17 @@ fn report_errors_name_the_input_and_a_missing_font_loses_no_numbers() {
     let a = analysis(dir.path(), "only", "0.05");
     let out = dir.path().join("r");
 
-    // Not an analysis folder.
+    // Not an analysis folder: the folder and the missing manifest named.
     let err = report(&args(vec![dir.path().join("nowhere")], &out)).unwrap_err();
-    assert!(matches!(err, ReportError::NotAnAnalysis { .. }), "{err}");
-    assert!(err.to_string().contains("nowhere"), "{err}");
+    assert!(
+        matches!(err, ReportError::Dir(DirError::NotAnAnalysis { .. })),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("nowhere") && msg.contains(AnalysisDir::MANIFEST_FILE),
+        "{err}"
+    );
 
     // The same run twice.
     let err = report(&args(vec![a.clone(), a.clone()], &out)).unwrap_err();
@@ -293,11 +301,24 @@ fn report_errors_name_the_input_and_a_missing_font_loses_no_numbers() {
         matches!(
             err,
             ReportError::Query {
-                table: "floors",
+                table: TableName::Floors,
                 ..
             }
         ),
         "{err}"
     );
     assert!(err.to_string().contains("only"), "{err}");
+
+    // A broken manifest: the error names the file.
+    let manifest = a.join(AnalysisDir::MANIFEST_FILE);
+    std::fs::write(&manifest, "{\"recording_id\": ").unwrap();
+    let err = report(&args(vec![a.clone()], &out)).unwrap_err();
+    assert!(
+        matches!(err, ReportError::Dir(DirError::BadFile { .. })),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&*manifest.to_string_lossy()),
+        "{err}"
+    );
 }

@@ -152,36 +152,6 @@ pub fn interpolate_into(
     Ok(())
 }
 
-/// Valley-floor point v_t = θ_t + α*_t·(θ_{t+1} − θ_t), written into `out`.
-pub fn floor_point_into(
-    theta_t: &[f32],
-    theta_next: &[f32],
-    alpha_star: f64,
-    out: &mut [f32],
-) -> Result<(), BarrierError> {
-    interpolate_into(theta_t, theta_next, alpha_star, out)
-}
-
-/// Valley-floor point from the state and its update: v_t = θ_t + α*_t·d_t.
-pub fn floor_point_from_update_into(
-    theta_t: &[f32],
-    update: &[f32],
-    alpha_star: f64,
-    out: &mut [f32],
-) -> Result<(), BarrierError> {
-    if theta_t.len() != update.len() || theta_t.len() != out.len() {
-        return Err(BarrierError::BufferLenMismatch {
-            from_len: theta_t.len(),
-            to_len: update.len(),
-            out_len: out.len(),
-        });
-    }
-    for ((o, &x), &d) in out.iter_mut().zip(theta_t).zip(update) {
-        *o = (f64::from(x) + alpha_star * f64::from(d)) as f32;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,13 +269,11 @@ mod tests {
 
     #[test]
     fn floor_points() {
+        // A valley-floor point v_t = θ_t + α*_t·(θ_{t+1} − θ_t).
         let theta = [1.0f32, 2.0, 3.0];
         let next = [2.0f32, 2.0, 1.0];
-        let update = [1.0f32, 0.0, -2.0];
-        let (mut v1, mut v2) = ([0.0f32; 3], [0.0f32; 3]);
-        floor_point_into(&theta, &next, 0.37, &mut v1).unwrap();
-        floor_point_from_update_into(&theta, &update, 0.37, &mut v2).unwrap();
-        assert_eq!(v1, [1.37, 2.0, 2.26]);
-        assert_eq!(v1, v2);
+        let mut v = [0.0f32; 3];
+        interpolate_into(&theta, &next, 0.37, &mut v).unwrap();
+        assert_eq!(v, [1.37, 2.0, 2.26]);
     }
 }

@@ -1,16 +1,126 @@
-//! What an analysis computes: from flags or a TOML file, validated into [`AnalyzeConfig`],
-//! which is written (as JSON) into the metadata of every output file.
+//! What an analysis computes: flags (parsed by clap into typed values) over an optional TOML
+//! file, merged once and checked into [`AnalyzeConfig`], which is written as JSON into the
+//! manifest and the metadata of every output file.
+//!
+//! The file and JSON form ([`ConfigFile`]) is flat and stable (`grid_lo`, `grid_hi`,
+//! `grid_points`, phases as names): folders written by earlier versions keep reading.
 
+use std::fmt;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use sgdwalk_workload::BnPolicy;
 
 use crate::error::AnalyzeError;
+use crate::tables::TableName;
+
+/// A phase of the analysis: what it computes and the table it writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// ‖d_t‖, cos(d_{t−1}, d_t), ‖θ_t − θ_0‖ per step, total and per layer.
+    Geometry,
+    /// L(θ_t + α·d_t) on the α grid.
+    Interp,
+    /// The valley floor α* of each step's interpolation.
+    Floors,
+    /// Barriers along the valley floor and between iterates.
+    Barriers,
+    /// Hessian eigenvalues, trace, ε-sharpness at chosen steps.
+    Curvature,
+    /// The per-epoch evaluations recorded during training.
+    Epochs,
+}
+
+impl Phase {
+    /// Every phase, in the order they run.
+    pub const ALL: [Phase; 6] = [
+        Phase::Geometry,
+        Phase::Interp,
+        Phase::Floors,
+        Phase::Barriers,
+        Phase::Curvature,
+        Phase::Epochs,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Geometry => "geometry",
+            Phase::Interp => "interp",
+            Phase::Floors => "floors",
+            Phase::Barriers => "barriers",
+            Phase::Curvature => "curvature",
+            Phase::Epochs => "epochs",
+        }
+    }
+
+    /// The table the phase writes.
+    pub fn table(self) -> TableName {
+        match self {
+            Phase::Geometry => TableName::Steps,
+            Phase::Interp => TableName::Interp,
+            Phase::Floors => TableName::Floors,
+            Phase::Barriers => TableName::Barriers,
+            Phase::Curvature => TableName::Curvature,
+            Phase::Epochs => TableName::Epochs,
+        }
+    }
+
+    /// Phases whose results this one needs, run with it (floors refine the interpolation grid;
+    /// barriers run along the floors).
+    pub fn requires(self) -> &'static [Phase] {
+        match self {
+            Phase::Floors => &[Phase::Interp],
+            Phase::Barriers => &[Phase::Interp, Phase::Floors],
+            _ => &[],
+        }
+    }
+
+    /// Whether it measures consecutive pairs (θ_t, θ_{t+1}) and so needs at least one.
+    pub fn needs_pairs(self) -> bool {
+        matches!(
+            self,
+            Phase::Geometry | Phase::Interp | Phase::Floors | Phase::Barriers
+        )
+    }
+
+    /// Whether it evaluates the model on an evaluation set.
+    pub fn evaluates(self) -> bool {
+        matches!(
+            self,
+            Phase::Interp | Phase::Floors | Phase::Barriers | Phase::Curvature
+        )
+    }
+
+    /// Whether it runs per work item (all but `epochs`, which is one table per run).
+    pub fn per_item(self) -> bool {
+        self != Phase::Epochs
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Phase {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Phase::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
+                format!("unknown phase {s:?} (known: {})", known.join(", "))
+            })
+    }
+}
 
 /// An evaluation set of the interpolation and curvature phases.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EvalSet {
     /// The whole training split (as the paper).
@@ -24,33 +134,9 @@ pub enum EvalSet {
 }
 
 impl EvalSet {
-    /// Parses `train`, `probe:N`, `batch`, `val`, `test`.
-    pub fn parse(s: &str) -> Result<Self, AnalyzeError> {
-        let bad = || AnalyzeError::InvalidSetting {
-            setting: "eval",
-            reason: format!("{s:?} (expected train, probe:N, batch, val or test)"),
-        };
-        Ok(match s {
-            "train" => EvalSet::Train,
-            "batch" => EvalSet::Batch,
-            "val" => EvalSet::Val,
-            "test" => EvalSet::Test,
-            other => match other.strip_prefix("probe:").map(str::parse::<u32>) {
-                Some(Ok(n)) if n > 0 => EvalSet::Probe(n),
-                _ => return Err(bad()),
-            },
-        })
-    }
-
     /// The name written in tables.
     pub fn name(&self) -> String {
-        match self {
-            EvalSet::Train => "train".into(),
-            EvalSet::Probe(n) => format!("probe:{n}"),
-            EvalSet::Batch => "batch".into(),
-            EvalSet::Val => "val".into(),
-            EvalSet::Test => "test".into(),
-        }
+        self.to_string()
     }
 
     /// Whether the set is a sample of a larger population (standard errors apply).
@@ -59,7 +145,183 @@ impl EvalSet {
     }
 }
 
-/// Flags of `sgdwalk-analyze analyze`.
+impl fmt::Display for EvalSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EvalSet::Train => f.write_str("train"),
+            EvalSet::Probe(n) => write!(f, "probe:{n}"),
+            EvalSet::Batch => f.write_str("batch"),
+            EvalSet::Val => f.write_str("val"),
+            EvalSet::Test => f.write_str("test"),
+        }
+    }
+}
+
+impl FromStr for EvalSet {
+    type Err = String;
+    /// Parses `train`, `probe:N`, `batch`, `val`, `test`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "train" => EvalSet::Train,
+            "batch" => EvalSet::Batch,
+            "val" => EvalSet::Val,
+            "test" => EvalSet::Test,
+            other => match other.strip_prefix("probe:").map(str::parse::<u32>) {
+                Some(Ok(n)) if n > 0 => EvalSet::Probe(n),
+                _ => {
+                    return Err(format!(
+                        "{s:?} (expected train, probe:N, batch, val or test)"
+                    ));
+                }
+            },
+        })
+    }
+}
+
+/// Parses `train-mode` / `eval-mode`.
+pub fn parse_bn(s: &str) -> Result<BnPolicy, String> {
+    match s {
+        "train-mode" => Ok(BnPolicy::TrainMode),
+        "eval-mode" => Ok(BnPolicy::EvalMode),
+        other => Err(format!("{other:?} (expected train-mode or eval-mode)")),
+    }
+}
+
+/// One evaluation setting: an evaluation set under a BatchNorm policy. Results of different
+/// settings never mix; this is their key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Setting {
+    pub eval: EvalSet,
+    pub bn: BnPolicy,
+}
+
+impl Setting {
+    /// The `eval_set` column value.
+    pub fn eval_name(&self) -> String {
+        self.eval.name()
+    }
+
+    /// The `bn_policy` column value.
+    pub fn bn_name(&self) -> &'static str {
+        self.bn.as_str()
+    }
+}
+
+/// The interpolation grid: `points` values of α evenly spaced over [lo, hi].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Grid {
+    pub lo: f64,
+    pub hi: f64,
+    pub points: u32,
+}
+
+impl Grid {
+    /// The α values, in order.
+    pub fn alphas(&self) -> Vec<f64> {
+        let n = self.points as usize;
+        (0..n)
+            .map(|i| self.lo + (self.hi - self.lo) * i as f64 / (n - 1) as f64)
+            .collect()
+    }
+
+    /// The same number of points over [0, 1]: the grid of segments between two points
+    /// (barriers), whose ends are the two points themselves.
+    pub fn unit(&self) -> Grid {
+        Grid {
+            lo: 0.0,
+            hi: 1.0,
+            points: self.points,
+        }
+    }
+
+    /// Whether the grid runs from θ_t (α = 0) to θ_{t+1} (α = 1) exactly.
+    pub fn is_unit(&self) -> bool {
+        self.lo == 0.0 && self.hi == 1.0
+    }
+}
+
+impl FromStr for Grid {
+    type Err = String;
+    /// Parses `LO:HI:POINTS`, e.g. `-0.5:1.5:21`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let [lo, hi, n] = parts.as_slice() else {
+            return Err(format!("{s:?} is not LO:HI:POINTS"));
+        };
+        let num_err = |x: &str| format!("{x:?} is not a number");
+        Ok(Grid {
+            lo: lo.trim().parse().map_err(|_| num_err(lo))?,
+            hi: hi.trim().parse().map_err(|_| num_err(hi))?,
+            points: n.trim().parse().map_err(|_| num_err(n))?,
+        })
+    }
+}
+
+/// Steps START..END (END exclusive).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl FromStr for StepRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s
+            .split_once("..")
+            .ok_or_else(|| format!("{s:?} is not START..END"))?;
+        let num = |x: &str| {
+            x.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("{x:?} is not a step"))
+        };
+        Ok(StepRange {
+            start: num(a)?,
+            end: num(b)?,
+        })
+    }
+}
+
+/// Slice `index` of `count` of the work items (`--shard 2/8`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { index: 0, count: 1 }
+    }
+}
+
+impl fmt::Display for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not I/N"))?;
+        let num = |x: &str| {
+            x.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("{x:?} is not a number"))
+        };
+        let (index, count) = (num(i)?, num(n)?);
+        if count == 0 || index >= count {
+            return Err(format!("{s}: need 0 <= I < N"));
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+/// Flags of `sgdwalk-analyze analyze`. Settings left out come from `--config`, then the
+/// defaults ([`AnalyzeConfig::default`]).
 #[derive(Clone, Debug, Args)]
 pub struct AnalyzeArgs {
     /// The recording (.walk); it may still be being written.
@@ -77,29 +339,29 @@ pub struct AnalyzeArgs {
     pub data_dir: Option<PathBuf>,
     /// Phases to run: comma-separated of geometry, interp, floors, barriers, curvature, epochs
     /// (floors and barriers imply interp).
-    #[arg(long)]
-    pub phases: Option<String>,
+    #[arg(long, value_delimiter = ',')]
+    pub phases: Option<Vec<Phase>>,
     /// Evaluation sets (comma-separated): train, probe:N, batch, val, test.
-    #[arg(long)]
-    pub eval: Option<String>,
+    #[arg(long, value_delimiter = ',')]
+    pub eval: Option<Vec<EvalSet>>,
     /// BatchNorm policies (comma-separated): train-mode, eval-mode.
-    #[arg(long)]
-    pub bn: Option<String>,
+    #[arg(long, value_delimiter = ',', value_parser = parse_bn)]
+    pub bn: Option<Vec<BnPolicy>>,
     /// Interpolation grid LO:HI:POINTS in α (default 0:1:11), e.g. -0.5:1.5:21.
     #[arg(long, allow_hyphen_values = true)]
-    pub grid: Option<String>,
+    pub grid: Option<Grid>,
     /// α tolerance of the valley-floor refinement.
     #[arg(long)]
     pub floor_tolerance: Option<f64>,
     /// Barrier strides k (comma-separated), between floor points v_t → v_{t+k}.
-    #[arg(long)]
-    pub strides: Option<String>,
+    #[arg(long, value_delimiter = ',')]
+    pub strides: Option<Vec<u32>>,
     /// Curvature at every N-th recorded step (0 = none).
     #[arg(long)]
     pub curvature_every: Option<u64>,
     /// Curvature at these steps (comma-separated).
-    #[arg(long)]
-    pub curvature_steps: Option<String>,
+    #[arg(long, value_delimiter = ',')]
+    pub curvature_steps: Option<Vec<u64>>,
     /// Also measure curvature at the valley floor of those steps.
     #[arg(long)]
     pub curvature_at_floor: Option<bool>,
@@ -113,8 +375,8 @@ pub struct AnalyzeArgs {
     #[arg(long)]
     pub eps_sharpness: Option<f64>,
     /// Analyze only steps in START..END.
-    #[arg(long)]
-    pub steps: Option<String>,
+    #[arg(long = "steps")]
+    pub step_range: Option<StepRange>,
     /// Batch size of evaluations (also the train-mode BatchNorm partition).
     #[arg(long)]
     pub eval_batch_size: Option<u32>,
@@ -122,14 +384,14 @@ pub struct AnalyzeArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Compute slice I of N (0-based) of the work items: `--shard 2/8`.
-    #[arg(long)]
-    pub shard: Option<String>,
+    #[arg(long, default_value_t)]
+    pub shard: Shard,
     /// Device: auto (CPU unless CUDA is present), cpu, cuda, cuda:N.
-    #[arg(long)]
-    pub device: Option<String>,
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: tch::Device,
     /// libtorch intra-op threads (0 = default).
-    #[arg(long)]
-    pub threads: Option<u32>,
+    #[arg(long, default_value_t = 0)]
+    pub threads: u32,
     /// Recompute work items whose outputs exist.
     #[arg(long)]
     pub force: bool,
@@ -141,26 +403,19 @@ pub struct AnalyzeArgs {
     pub json: bool,
 }
 
-/// Every phase, in the order they run.
-pub const PHASES: [&str; 6] = [
-    "geometry",
-    "interp",
-    "floors",
-    "barriers",
-    "curvature",
-    "epochs",
-];
+fn parse_device(s: &str) -> Result<tch::Device, String> {
+    sgdwalk_workload::parse_device(s)
+}
 
 /// The validated analysis settings (serialized into every output file).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(try_from = "ConfigFile", into = "ConfigFile")]
 pub struct AnalyzeConfig {
-    pub phases: Vec<String>,
+    /// As given; [`AnalyzeConfig::has`] adds what they require.
+    pub phases: Vec<Phase>,
     pub eval: Vec<EvalSet>,
     pub bn: Vec<BnPolicy>,
-    pub grid_lo: f64,
-    pub grid_hi: f64,
-    pub grid_points: u32,
+    pub grid: Grid,
     pub floor_tolerance: f64,
     pub strides: Vec<u32>,
     pub curvature_every: u64,
@@ -171,7 +426,7 @@ pub struct AnalyzeConfig {
     pub eigen_tolerance: f64,
     pub trace_probes: u32,
     pub eps_sharpness: f64,
-    pub step_range: Option<(u64, u64)>,
+    pub step_range: Option<StepRange>,
     pub eval_batch_size: u32,
     pub seed: u64,
     /// Steps per work item (the unit of sharding and of skip-on-rerun).
@@ -181,12 +436,14 @@ pub struct AnalyzeConfig {
 impl Default for AnalyzeConfig {
     fn default() -> Self {
         AnalyzeConfig {
-            phases: PHASES.map(String::from).to_vec(),
+            phases: Phase::ALL.to_vec(),
             eval: vec![EvalSet::Probe(1000)],
             bn: vec![BnPolicy::TrainMode],
-            grid_lo: 0.0,
-            grid_hi: 1.0,
-            grid_points: 11,
+            grid: Grid {
+                lo: 0.0,
+                hi: 1.0,
+                points: 11,
+            },
             floor_tolerance: 1e-3,
             strides: vec![1],
             curvature_every: 0,
@@ -205,13 +462,102 @@ impl Default for AnalyzeConfig {
     }
 }
 
+/// The TOML and JSON form of [`AnalyzeConfig`]: flat, every key optional in a file (missing
+/// keys take the defaults), unknown keys refused.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfigFile {
+    pub phases: Vec<Phase>,
+    pub eval: Vec<EvalSet>,
+    pub bn: Vec<BnPolicy>,
+    pub grid_lo: f64,
+    pub grid_hi: f64,
+    pub grid_points: u32,
+    pub floor_tolerance: f64,
+    pub strides: Vec<u32>,
+    pub curvature_every: u64,
+    pub curvature_steps: Vec<u64>,
+    pub curvature_at_floor: bool,
+    pub top_k: u32,
+    pub lanczos_iterations: u32,
+    pub eigen_tolerance: f64,
+    pub trace_probes: u32,
+    pub eps_sharpness: f64,
+    pub step_range: Option<(u64, u64)>,
+    pub eval_batch_size: u32,
+    pub seed: u64,
+    pub steps_per_item: u64,
+}
+
+impl Default for ConfigFile {
+    fn default() -> Self {
+        AnalyzeConfig::default().into()
+    }
+}
+
+impl From<AnalyzeConfig> for ConfigFile {
+    fn from(c: AnalyzeConfig) -> Self {
+        ConfigFile {
+            phases: c.phases,
+            eval: c.eval,
+            bn: c.bn,
+            grid_lo: c.grid.lo,
+            grid_hi: c.grid.hi,
+            grid_points: c.grid.points,
+            floor_tolerance: c.floor_tolerance,
+            strides: c.strides,
+            curvature_every: c.curvature_every,
+            curvature_steps: c.curvature_steps,
+            curvature_at_floor: c.curvature_at_floor,
+            top_k: c.top_k,
+            lanczos_iterations: c.lanczos_iterations,
+            eigen_tolerance: c.eigen_tolerance,
+            trace_probes: c.trace_probes,
+            eps_sharpness: c.eps_sharpness,
+            step_range: c.step_range.map(|r| (r.start, r.end)),
+            eval_batch_size: c.eval_batch_size,
+            seed: c.seed,
+            steps_per_item: c.steps_per_item,
+        }
+    }
+}
+
+impl From<ConfigFile> for AnalyzeConfig {
+    fn from(f: ConfigFile) -> Self {
+        AnalyzeConfig {
+            phases: f.phases,
+            eval: f.eval,
+            bn: f.bn,
+            grid: Grid {
+                lo: f.grid_lo,
+                hi: f.grid_hi,
+                points: f.grid_points,
+            },
+            floor_tolerance: f.floor_tolerance,
+            strides: f.strides,
+            curvature_every: f.curvature_every,
+            curvature_steps: f.curvature_steps,
+            curvature_at_floor: f.curvature_at_floor,
+            top_k: f.top_k,
+            lanczos_iterations: f.lanczos_iterations,
+            eigen_tolerance: f.eigen_tolerance,
+            trace_probes: f.trace_probes,
+            eps_sharpness: f.eps_sharpness,
+            step_range: f.step_range.map(|(start, end)| StepRange { start, end }),
+            eval_batch_size: f.eval_batch_size,
+            seed: f.seed,
+            steps_per_item: f.steps_per_item,
+        }
+    }
+}
+
 /// Settings of the run that do not change the numbers.
 #[derive(Clone, Debug)]
 pub struct RunSettings {
     pub recording: PathBuf,
     pub out: PathBuf,
     pub data_dir: Option<PathBuf>,
-    pub shard: (u32, u32),
+    pub shard: Shard,
     pub device: tch::Device,
     pub threads: u32,
     pub force: bool,
@@ -225,43 +571,8 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> AnalyzeError {
     }
 }
 
-fn list<T>(
-    s: &str,
-    setting: &'static str,
-    f: impl Fn(&str) -> Result<T, AnalyzeError>,
-) -> Result<Vec<T>, AnalyzeError> {
-    let items: Vec<T> = s
-        .split(',')
-        .map(str::trim)
-        .filter(|x| !x.is_empty())
-        .map(f)
-        .collect::<Result<_, _>>()?;
-    if items.is_empty() {
-        return Err(invalid(setting, "empty list"));
-    }
-    Ok(items)
-}
-
-fn number<T: std::str::FromStr>(s: &str, setting: &'static str) -> Result<T, AnalyzeError> {
-    s.trim()
-        .parse()
-        .map_err(|_| invalid(setting, format!("{s:?} is not a number")))
-}
-
-/// Parses `train-mode` / `eval-mode`.
-pub fn parse_bn(s: &str) -> Result<BnPolicy, AnalyzeError> {
-    match s {
-        "train-mode" => Ok(BnPolicy::TrainMode),
-        "eval-mode" => Ok(BnPolicy::EvalMode),
-        other => Err(invalid(
-            "bn",
-            format!("{other:?} (expected train-mode or eval-mode)"),
-        )),
-    }
-}
-
 impl AnalyzeArgs {
-    /// Merges the TOML file (if any) and the flags, and checks everything.
+    /// Merges the flags over the TOML file (if any) over the defaults, and checks everything.
     pub fn validate(&self) -> Result<(AnalyzeConfig, RunSettings), AnalyzeError> {
         let mut c = match &self.config {
             Some(path) => {
@@ -276,85 +587,41 @@ impl AnalyzeArgs {
             }
             None => AnalyzeConfig::default(),
         };
-        if let Some(p) = &self.phases {
-            c.phases = list(p, "phases", |x| Ok(x.to_string()))?;
-        }
-        if let Some(e) = &self.eval {
-            c.eval = list(e, "eval", EvalSet::parse)?;
-        }
-        if let Some(b) = &self.bn {
-            c.bn = list(b, "bn", parse_bn)?;
-        }
-        if let Some(g) = &self.grid {
-            let parts: Vec<&str> = g.split(':').collect();
-            let [lo, hi, n] = parts.as_slice() else {
-                return Err(invalid("grid", format!("{g:?} is not LO:HI:POINTS")));
+        // The one merge: every setting flag given on the command line replaces the value.
+        macro_rules! flags_win {
+            ($($field:ident),* $(,)?) => {
+                $(if let Some(v) = &self.$field {
+                    c.$field = v.clone().into();
+                })*
             };
-            c.grid_lo = number(lo, "grid")?;
-            c.grid_hi = number(hi, "grid")?;
-            c.grid_points = number(n, "grid")?;
         }
-        if let Some(t) = self.floor_tolerance {
-            c.floor_tolerance = t;
-        }
-        if let Some(s) = &self.strides {
-            c.strides = list(s, "strides", |x| number(x, "strides"))?;
-        }
-        if let Some(e) = self.curvature_every {
-            c.curvature_every = e;
-        }
-        if let Some(s) = &self.curvature_steps {
-            c.curvature_steps = list(s, "curvature-steps", |x| number(x, "curvature-steps"))?;
-        }
-        if let Some(f) = self.curvature_at_floor {
-            c.curvature_at_floor = f;
-        }
-        if let Some(k) = self.top_k {
-            c.top_k = k;
-        }
-        if let Some(p) = self.trace_probes {
-            c.trace_probes = p;
-        }
-        if let Some(e) = self.eps_sharpness {
-            c.eps_sharpness = e;
-        }
-        if let Some(r) = &self.steps {
-            let (a, b) = r
-                .split_once("..")
-                .ok_or_else(|| invalid("steps", format!("{r:?} is not START..END")))?;
-            c.step_range = Some((number(a, "steps")?, number(b, "steps")?));
-        }
-        if let Some(b) = self.eval_batch_size {
-            c.eval_batch_size = b;
-        }
-        if let Some(s) = self.seed {
-            c.seed = s;
-        }
+        flags_win!(
+            phases,
+            eval,
+            bn,
+            grid,
+            floor_tolerance,
+            strides,
+            curvature_every,
+            curvature_steps,
+            curvature_at_floor,
+            top_k,
+            trace_probes,
+            eps_sharpness,
+            step_range,
+            eval_batch_size,
+            seed,
+        );
         c.check()?;
-        let shard = match &self.shard {
-            None => (0, 1),
-            Some(s) => {
-                let (i, n) = s
-                    .split_once('/')
-                    .ok_or_else(|| invalid("shard", format!("{s:?} is not I/N")))?;
-                let (i, n): (u32, u32) = (number(i, "shard")?, number(n, "shard")?);
-                if n == 0 || i >= n {
-                    return Err(invalid("shard", format!("{s}: need 0 <= I < N")));
-                }
-                (i, n)
-            }
-        };
-        let device = sgdwalk_workload::parse_device(self.device.as_deref().unwrap_or("auto"))
-            .map_err(|reason| invalid("device", reason))?;
         Ok((
             c,
             RunSettings {
                 recording: self.recording.clone(),
                 out: self.out.clone(),
                 data_dir: self.data_dir.clone(),
-                shard,
-                device,
-                threads: self.threads.unwrap_or(0),
+                shard: self.shard,
+                device: self.device,
+                threads: self.threads,
                 force: self.force,
                 progress: !self.quiet,
             },
@@ -365,23 +632,17 @@ impl AnalyzeArgs {
 impl AnalyzeConfig {
     /// Checks the settings against each other.
     pub fn check(&self) -> Result<(), AnalyzeError> {
-        if let Some(p) = self.phases.iter().find(|p| !PHASES.contains(&p.as_str())) {
-            return Err(invalid(
-                "phases",
-                format!("unknown phase {p:?} (known: {})", PHASES.join(", ")),
-            ));
+        let g = &self.grid;
+        if self.phases.is_empty() {
+            return Err(invalid("phases", "empty list"));
         }
-        if self.grid_points < 2
-            || self.grid_lo >= self.grid_hi
-            || !self.grid_lo.is_finite()
-            || !self.grid_hi.is_finite()
-        {
+        if g.points < 2 || g.lo >= g.hi || !g.lo.is_finite() || !g.hi.is_finite() {
             return Err(invalid("grid", "need LO < HI and at least 2 points"));
         }
         if self.floor_tolerance.is_nan() || self.floor_tolerance <= 0.0 {
             return Err(invalid("floor-tolerance", "must be > 0"));
         }
-        if self.strides.contains(&0) {
+        if self.strides.is_empty() || self.strides.contains(&0) {
             return Err(invalid("strides", "strides are >= 1"));
         }
         if self.eval.is_empty() || self.bn.is_empty() {
@@ -390,8 +651,11 @@ impl AnalyzeConfig {
                 "need at least one evaluation set and BatchNorm policy",
             ));
         }
-        if self.eval_batch_size == 0 || self.steps_per_item == 0 {
+        if self.eval_batch_size == 0 {
             return Err(invalid("eval-batch-size", "must be >= 1"));
+        }
+        if self.steps_per_item == 0 {
+            return Err(invalid("steps_per_item", "must be >= 1"));
         }
         if self.top_k == 0 || self.lanczos_iterations < self.top_k {
             return Err(invalid("top-k", "need 1 <= top-k <= lanczos_iterations"));
@@ -402,12 +666,11 @@ impl AnalyzeConfig {
     /// Takes from `new` the settings of every phase that has not run under `self` (an existing
     /// analysis): those may still be chosen freely when the phase is added later.
     pub fn adopt_unrun_phase_settings(&mut self, new: &AnalyzeConfig) {
-        let ran = |p: &str| self.has(p);
         let (curvature, interp, floors, barriers) = (
-            ran("curvature"),
-            ran("interp"),
-            ran("floors"),
-            ran("barriers"),
+            self.has(Phase::Curvature),
+            self.has(Phase::Interp),
+            self.has(Phase::Floors),
+            self.has(Phase::Barriers),
         );
         if !curvature {
             self.curvature_every = new.curvature_every;
@@ -420,8 +683,7 @@ impl AnalyzeConfig {
             self.eps_sharpness = new.eps_sharpness;
         }
         if !interp {
-            (self.grid_lo, self.grid_hi, self.grid_points) =
-                (new.grid_lo, new.grid_hi, new.grid_points);
+            self.grid = new.grid;
         }
         if !floors {
             self.floor_tolerance = new.floor_tolerance;
@@ -437,21 +699,105 @@ impl AnalyzeConfig {
         }
     }
 
-    /// Is a phase on? floors and barriers need interp; barriers need floors.
-    pub fn has(&self, phase: &str) -> bool {
-        let on = |p: &str| self.phases.iter().any(|x| x == p);
-        match phase {
-            "interp" => on("interp") || on("floors") || on("barriers"),
-            "floors" => on("floors") || on("barriers"),
-            other => on(other),
-        }
+    /// Is a phase on, named or required by a named one?
+    pub fn has(&self, phase: Phase) -> bool {
+        self.phases
+            .iter()
+            .any(|&p| p == phase || p.requires().contains(&phase))
     }
 
-    /// The α grid.
-    pub fn alphas(&self) -> Vec<f64> {
-        let n = self.grid_points as usize;
-        (0..n)
-            .map(|i| self.grid_lo + (self.grid_hi - self.grid_lo) * i as f64 / (n - 1) as f64)
+    /// The phases that run, in order.
+    pub fn running(&self) -> Vec<Phase> {
+        Phase::ALL.into_iter().filter(|&p| self.has(p)).collect()
+    }
+
+    /// Every (evaluation set, BatchNorm policy) pair, in the order rows are written.
+    pub fn settings(&self) -> Vec<Setting> {
+        self.eval
+            .iter()
+            .flat_map(|e| {
+                self.bn.iter().map(move |&bn| Setting {
+                    eval: e.clone(),
+                    bn,
+                })
+            })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_form_is_the_flat_one_of_earlier_versions() {
+        let json = serde_json::to_string(&AnalyzeConfig::default()).unwrap();
+        assert!(json.starts_with(r#"{"phases":["geometry","interp","floors","barriers","curvature","epochs"],"eval":[{"probe":1000}],"bn":["train-mode"],"grid_lo":0.0,"grid_hi":1.0,"grid_points":11,"#), "{json}");
+        let back: AnalyzeConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, AnalyzeConfig::default());
+        let partial: AnalyzeConfig =
+            toml::from_str("grid_points = 5\nphases = [\"floors\"]").unwrap();
+        assert_eq!(partial.grid.points, 5);
+        assert!(partial.has(Phase::Interp) && !partial.has(Phase::Barriers));
+        assert!(
+            toml::from_str::<AnalyzeConfig>("grid = 5").is_err(),
+            "unknown keys refused"
+        );
+        assert!(toml::from_str::<AnalyzeConfig>("phases = [\"bogus\"]").is_err());
+    }
+
+    #[test]
+    fn phases_know_their_tables_and_prerequisites() {
+        for p in Phase::ALL {
+            assert_eq!(p.as_str().parse::<Phase>().unwrap(), p);
+            for r in p.requires() {
+                assert!(
+                    Phase::ALL.iter().position(|x| x == r)
+                        < Phase::ALL.iter().position(|x| *x == p),
+                    "{r} runs before {p}"
+                );
+            }
+        }
+        assert_eq!(Phase::Geometry.table(), TableName::Steps);
+        assert!(
+            "nope"
+                .parse::<Phase>()
+                .unwrap_err()
+                .contains("known: geometry")
+        );
+    }
+
+    #[test]
+    fn typed_flag_values_parse_and_refuse() {
+        let g: Grid = "-0.5:1.5:5".parse().unwrap();
+        assert_eq!(g.alphas(), vec![-0.5, 0.0, 0.5, 1.0, 1.5]);
+        assert_eq!(g.unit().alphas(), vec![0.0, 0.25, 0.5, 0.75, 1.0]);
+        assert!("0:1".parse::<Grid>().is_err());
+        assert_eq!(
+            "3/8".parse::<Shard>().unwrap(),
+            Shard { index: 3, count: 8 }
+        );
+        assert!("8/8".parse::<Shard>().is_err());
+        assert_eq!(
+            "5..9".parse::<StepRange>().unwrap(),
+            StepRange { start: 5, end: 9 }
+        );
+        assert_eq!("probe:10".parse::<EvalSet>().unwrap(), EvalSet::Probe(10));
+        assert!("probe:0".parse::<EvalSet>().is_err());
+        assert_eq!(EvalSet::Probe(7).name(), "probe:7");
+    }
+
+    #[test]
+    fn a_zero_work_item_size_names_its_own_setting() {
+        let c = AnalyzeConfig {
+            steps_per_item: 0,
+            ..AnalyzeConfig::default()
+        };
+        assert!(
+            c.check()
+                .unwrap_err()
+                .to_string()
+                .contains("steps_per_item")
+        );
     }
 }

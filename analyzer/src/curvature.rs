@@ -7,10 +7,6 @@
 //! - [`lanczos`]: extreme eigenpairs by block Lanczos with full reorthogonalisation and thick
 //!   restarts, warm-startable from earlier eigenvectors. The small projected eigenproblem is
 //!   solved by our own cyclic Jacobi ([`symmetric_eigen`]); no LAPACK.
-//! - [`power_iteration`]: subspace (block power) iteration with Rayleigh–Ritz: the k eigenpairs of
-//!   largest |λ|, residuals exact at every step.
-//! - [`power_iteration_linf`]: the paper's variant (L∞ normalisation, fixed step count) for
-//!   parity with spectral_norm.py.
 //! - [`hutchinson_trace`]: tr H ≈ mean zᵀHz over Rademacher probes from a seeded ChaCha8 stream,
 //!   with its standard error.
 //! - [`eps_sharpness`]: Keskar et al.'s ε-sharpness formula.
@@ -329,7 +325,7 @@ impl Default for LanczosOptions {
     }
 }
 
-/// Eigenpairs from [`lanczos`] or [`power_iteration`], wanted end first (rank 0 = largest for
+/// Eigenpairs from [`lanczos`], wanted end first (rank 0 = largest for
 /// [`Which::LargestAlgebraic`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EigenResult {
@@ -358,6 +354,9 @@ pub struct EigenResult {
 /// Convergence is checked each call from the Lanczos residual estimate ‖E z‖ (E: coupling of
 /// the next block), which costs no products. When the residual of a new direction vanishes
 /// (an invariant subspace, e.g. an exact warm start), a random orthogonal vector replaces it.
+// One iteration (expand, project, check, restart) shares a dozen pieces of state; split into
+// functions it would pass them all around and read worse than the algorithm as written.
+#[allow(clippy::too_many_lines)]
 pub fn lanczos<E, Op>(
     mut op: Op,
     n: usize,
@@ -673,200 +672,6 @@ where
     Ok(())
 }
 
-/// Options of [`power_iteration`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PowerOptions {
-    pub k: usize,
-    /// Extra vectors iterated along (faster convergence when |λ_k| ≈ |λ_{k+1}|).
-    pub oversample: usize,
-    pub max_iterations: u32,
-    /// Converged when ‖Hv − λv‖ ≤ `rel_tolerance` · max|λ| for the k wanted pairs.
-    pub rel_tolerance: f64,
-    pub seed: u64,
-}
-
-impl Default for PowerOptions {
-    fn default() -> Self {
-        Self {
-            k: 1,
-            oversample: 2,
-            max_iterations: 100,
-            rel_tolerance: 1e-4,
-            seed: 0,
-        }
-    }
-}
-
-/// The k eigenpairs of largest |λ| by subspace iteration with Rayleigh–Ritz: each call applies H
-/// to a block of `k + oversample` orthonormal vectors V; the Ritz pairs of VᵀHV give eigenvalue
-/// estimates and exact residuals (HV is known); the next block is HV·Z, orthonormalised.
-/// Output is ordered by |λ| descending. Warm-startable like [`lanczos`].
-pub fn power_iteration<E, Op>(
-    mut op: Op,
-    n: usize,
-    start: &[Vec<f32>],
-    opts: &PowerOptions,
-) -> Result<EigenResult, CurvatureError<E>>
-where
-    E: std::error::Error + 'static,
-    Op: FnMut(&[Vec<f32>]) -> Result<Vec<Vec<f32>>, E>,
-{
-    let PowerOptions {
-        k,
-        oversample,
-        max_iterations,
-        rel_tolerance,
-        seed,
-    } = *opts;
-    if n == 0 || k == 0 || k > n {
-        return Err(CurvatureError::InvalidOption {
-            option: "k",
-            constraint: "in 1..=n",
-        });
-    }
-    if !(rel_tolerance.is_finite() && rel_tolerance > 0.0) {
-        return Err(CurvatureError::InvalidOption {
-            option: "rel_tolerance",
-            constraint: "> 0",
-        });
-    }
-    if max_iterations == 0 {
-        return Err(CurvatureError::InvalidOption {
-            option: "max_iterations",
-            constraint: "≥ 1",
-        });
-    }
-    check_start(start, n)?;
-    let p = (k + oversample).min(n);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut v = initial_block(start, p, n, &mut rng);
-    let (mut calls, mut matvecs) = (0u32, 0u64);
-    loop {
-        let hv = apply(&mut op, &v, n, &mut calls)?;
-        matvecs += v.len() as u64;
-        let p = v.len();
-        let mut g = vec![0.0; p * p];
-        for i in 0..p {
-            for j in 0..p {
-                g[i * p + j] = v[i]
-                    .iter()
-                    .zip(&hv[j])
-                    .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                    .sum();
-            }
-        }
-        let (values, z) = symmetric_eigen(&g, p);
-        let order = Which::LargestMagnitude.order(&values);
-        // Ritz vectors Y = V z and their images HY = HV z, in f64.
-        let lift = |vs: &[Vec<f32>], i: usize| -> Vec<f64> {
-            let mut y = vec![0.0; n];
-            for (c, vc) in vs.iter().enumerate() {
-                for (yi, &x) in y.iter_mut().zip(vc) {
-                    *yi += z[c * p + i] * f64::from(x);
-                }
-            }
-            y
-        };
-        let ys: Vec<Vec<f64>> = order.iter().map(|&i| lift(&v, i)).collect();
-        let hys: Vec<Vec<f64>> = order.iter().map(|&i| lift(&hv, i)).collect();
-        let lambdas: Vec<f64> = order.iter().map(|&i| values[i]).collect();
-        let residuals: Vec<f64> = ys
-            .iter()
-            .zip(&hys)
-            .zip(&lambdas)
-            .map(|((y, hy), &l)| {
-                let r: f64 = y.iter().zip(hy).map(|(a, b)| (b - l * a).powi(2)).sum();
-                r.sqrt() / norm_f64(y).max(f64::MIN_POSITIVE)
-            })
-            .collect();
-        let scale = lambdas.iter().fold(0.0f64, |s, l| s.max(l.abs()));
-        let converged = residuals[..k].iter().all(|&r| r <= rel_tolerance * scale);
-        if converged || calls >= max_iterations {
-            return Ok(EigenResult {
-                eigenvalues: lambdas[..k].to_vec(),
-                eigenvectors: ys[..k]
-                    .iter()
-                    .map(|y| to_f32(y, 1.0 / norm_f64(y).max(f64::MIN_POSITIVE)))
-                    .collect(),
-                residual_norms: residuals[..k].to_vec(),
-                iterations: calls,
-                matvecs,
-                restarts: 0,
-                converged,
-                rel_tolerance,
-            });
-        }
-        // Next block: orthonormalised HY (a random vector replaces a dependent one).
-        let mut next: Vec<Vec<f32>> = Vec::with_capacity(p);
-        for mut w in hys {
-            let before = norm_f64(&w);
-            let mut sink = vec![0.0; next.len()];
-            cgs2(next.iter().map(Vec::as_slice), &mut w, &mut sink);
-            let mut nw = norm_f64(&w);
-            if nw <= 1e-10 * before || nw == 0.0 || nw.is_nan() {
-                w = random_vector(&mut rng, n);
-                let mut sink = vec![0.0; next.len()];
-                cgs2(next.iter().map(Vec::as_slice), &mut w, &mut sink);
-                nw = norm_f64(&w);
-            }
-            if nw > 0.0 {
-                next.push(to_f32(&w, 1.0 / nw));
-            }
-        }
-        v = next;
-    }
-}
-
-/// Result of [`power_iteration_linf`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct LinfPower {
-    /// s_1..s_M: the signed largest-|·| entry of H·v at each step; the last is the estimate of
-    /// the eigenvalue of largest magnitude.
-    pub estimates: Vec<f64>,
-    /// The final v (L∞-normalised: its largest-|·| entry is 1).
-    pub vector: Vec<f32>,
-}
-
-/// The paper's power iteration (spectral_norm.py, paper.md §2.7): w = H v; s = the entry of w
-/// with the largest |·|, sign kept; v = w / s; `iterations` times (paper: 15). The caller
-/// supplies v_0 (the paper draws N(0, I) from numpy RandomState(777)).
-pub fn power_iteration_linf<E, Op>(
-    mut op: Op,
-    start: Vec<f32>,
-    iterations: u32,
-) -> Result<LinfPower, CurvatureError<E>>
-where
-    E: std::error::Error + 'static,
-    Op: FnMut(&[Vec<f32>]) -> Result<Vec<Vec<f32>>, E>,
-{
-    let n = start.len();
-    if n == 0 {
-        return Err(CurvatureError::InvalidOption {
-            option: "start",
-            constraint: "non-empty",
-        });
-    }
-    let mut v = vec![start];
-    let mut calls = 0;
-    let mut estimates = Vec::with_capacity(iterations as usize);
-    for _ in 0..iterations {
-        let w = apply(&mut op, &v, n, &mut calls)?.pop().unwrap_or_default();
-        let s = w.iter().copied().fold(
-            0.0f32,
-            |best, x| if x.abs() > best.abs() { x } else { best },
-        );
-        estimates.push(f64::from(s));
-        if s == 0.0 {
-            break; // H v = 0: the estimate is 0 and v cannot be normalised
-        }
-        v = vec![w.iter().map(|&x| x / s).collect()];
-    }
-    Ok(LinfPower {
-        estimates,
-        vector: v.pop().unwrap_or_default(),
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
 // Trace.
 
@@ -960,7 +765,7 @@ fn rademacher(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
 }
 
 /// Mean and standard error of the mean (`None` for fewer than two samples).
-pub fn mean_and_stderr(samples: &[f64]) -> (f64, Option<f64>) {
+fn mean_and_stderr(samples: &[f64]) -> (f64, Option<f64>) {
     let count = samples.len() as f64;
     let mean = samples.iter().sum::<f64>() / count;
     if samples.len() < 2 {
@@ -1280,44 +1085,6 @@ mod tests {
     }
 
     #[test]
-    fn power_iteration_finds_largest_magnitude() {
-        let h = Dense::with_spectrum(&spectrum30(), 8);
-        let opts = PowerOptions {
-            k: 2,
-            max_iterations: 500,
-            rel_tolerance: 1e-5,
-            ..Default::default()
-        };
-        let r = power_iteration(h.op(), h.n, &[], &opts).unwrap();
-        assert!(r.converged, "{r:?}");
-        assert!(
-            rel_err(r.eigenvalues[0], -12.0) < 1e-5,
-            "{:?}",
-            r.eigenvalues
-        );
-        assert!(rel_err(r.eigenvalues[1], 10.0) < 1e-5);
-        // Warm start from its own vectors: converged at the first check.
-        let again = power_iteration(h.op(), h.n, &r.eigenvectors, &opts).unwrap();
-        assert!(again.converged && again.iterations < r.iterations);
-    }
-
-    #[test]
-    fn linf_power_iteration_like_the_paper() {
-        let diag = [3.0f32, -5.0, 1.0];
-        let op = |vs: &[Vec<f32>]| -> Result<Vec<Vec<f32>>, Infallible> {
-            Ok(vs
-                .iter()
-                .map(|v| v.iter().zip(diag).map(|(x, d)| x * d).collect())
-                .collect())
-        };
-        let r = power_iteration_linf(op, vec![1.0, 1.0, 1.0], 15).unwrap();
-        assert_eq!(r.estimates.len(), 15);
-        assert_eq!(r.estimates[0], -5.0);
-        assert!((r.estimates[14] + 5.0).abs() < 1e-9);
-        assert_eq!(r.vector[1], 1.0);
-    }
-
-    #[test]
     fn hutchinson_within_three_stderr() {
         let h = Dense::with_spectrum(&spectrum30(), 9);
         let exact = h.trace();
@@ -1434,7 +1201,7 @@ mod tests {
         let nan = |vs: &[Vec<f32>]| -> Result<Vec<Vec<f32>>, DeviceLost> {
             Ok(vec![vec![f32::NAN; 4]; vs.len()])
         };
-        let err = power_iteration(nan, 4, &[], &PowerOptions::default()).unwrap_err();
+        let err = lanczos(nan, 4, &[], &LanczosOptions::default()).unwrap_err();
         assert!(matches!(err, CurvatureError::NonfiniteProduct { call: 1 }));
         let zero = |vs: &[Vec<f32>]| -> Result<Vec<Vec<f32>>, DeviceLost> {
             Ok(vec![vec![0.0; 4]; vs.len()])

@@ -269,7 +269,7 @@ fn argmin(grid: &[(f64, f64)]) -> usize {
 }
 
 /// Shape from the strict local minima of the curve with runs of equal values merged.
-pub fn classify_losses(losses: &[f64]) -> Shape {
+fn classify_losses(losses: &[f64]) -> Shape {
     if losses.iter().any(|l| !l.is_finite()) {
         return Shape::Nonfinite;
     }

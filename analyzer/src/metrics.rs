@@ -1,18 +1,17 @@
-//! Geometry of the trajectory on flat `f32` state vectors: norms, dot products, cosines and
-//! distances, whole-vector and per layer, plus [`GeometryTracker`], which streams states in step
-//! order and produces the per-step rows of the `steps` table (‖d_t‖, cos(d_{t−1}, d_t),
-//! ‖θ_t − θ_0‖, ‖θ_t‖).
+//! Geometry of the trajectory on flat `f32` state vectors: [`GeometryTracker`] streams states in
+//! step order and produces the per-step rows of the `steps` table (‖d_t‖, cos(d_{t−1}, d_t),
+//! ‖θ_t − θ_0‖, ‖θ_t‖), whole-vector and per layer.
 //!
 //! Everything accumulates in `f64`: a state holds millions of `f32` values and an `f32` sum would
 //! lose several digits. Sums run over [`LANES`] independent accumulators so the compiler can
-//! vectorise them; the summation order is fixed, so results are deterministic.
+//! vectorise them; the summation order is fixed, so results are deterministic. The unit tests
+//! check the tracker against plain whole-vector norms, distances and cosines (`mod reference`).
 //!
 //! Cosines here are exact (`⟨a,b⟩ / (‖a‖‖b‖)`, `None` for a zero vector). The paper's script adds
 //! `1e−6` to the denominator (paper.md §2.4); that only matters for near-zero updates and is not
 //! reproduced.
 //!
-//! The free functions are single-threaded (callers parallelise across layers or steps); the
-//! tracker splits each push over rayon's pool in fixed spans. Measured with 11M-element states
+//! The tracker splits each push over rayon's pool in fixed spans. Measured with 11M-element states
 //! and 60 layers on a shared 2-core VM (release, copy included): 44 ms per push on one thread
 //! (1.0 GB/s of state; a push reads four states, so it is memory-bound), 33 ms on two.
 
@@ -30,13 +29,10 @@ pub const SPAN_LEN: usize = 1 << 18;
 /// A layer: its name and the element ranges it owns in the flat state vector.
 pub type Layer = (String, Vec<Range<usize>>);
 
-/// Errors from the per-layer functions and [`GeometryTracker`].
+/// Errors from [`validate_layers`] and [`GeometryTracker`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MetricsError {
-    /// Two vectors that must have the same length do not.
-    #[error("vector lengths differ: {left_len} vs {right_len}")]
-    LengthMismatch { left_len: usize, right_len: usize },
     /// A layer range reaches past the end of the state vector.
     #[error("layer {layer:?} range {start}..{end} is out of bounds for a state of length {len}")]
     RangeOutOfBounds {
@@ -64,94 +60,6 @@ pub enum MetricsError {
     StepNotIncreasing { step: u64, previous_step: u64 },
 }
 
-fn check_same_len(a: &[f32], b: &[f32]) -> Result<(), MetricsError> {
-    if a.len() == b.len() {
-        Ok(())
-    } else {
-        Err(MetricsError::LengthMismatch {
-            left_len: a.len(),
-            right_len: b.len(),
-        })
-    }
-}
-
-/// Panics with a clear message; used by the flat two-vector functions whose callers build both
-/// vectors from the same model layout, so a mismatch is a programming error.
-fn assert_same_len(a: &[f32], b: &[f32]) {
-    assert_eq!(a.len(), b.len(), "vector lengths differ");
-}
-
-/// Σ f(a_i) in f64 over [`LANES`] accumulators.
-#[inline]
-fn reduce1(a: &[f32], f: impl Fn(f64) -> f64) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let mut chunks = a.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (slot, &x) in acc.iter_mut().zip(chunk) {
-            *slot += f(f64::from(x));
-        }
-    }
-    let mut tail = 0.0;
-    for &x in chunks.remainder() {
-        tail += f(f64::from(x));
-    }
-    acc.iter().sum::<f64>() + tail
-}
-
-/// Σ f(a_i, b_i) in f64 over [`LANES`] accumulators. Lengths must already be equal.
-#[inline]
-fn reduce2(a: &[f32], b: &[f32], f: impl Fn(f64, f64) -> f64) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let mut ca = a.chunks_exact(LANES);
-    let mut cb = b.chunks_exact(LANES);
-    for (xa, xb) in (&mut ca).zip(&mut cb) {
-        for ((slot, &x), &y) in acc.iter_mut().zip(xa).zip(xb) {
-            *slot += f(f64::from(x), f64::from(y));
-        }
-    }
-    let mut tail = 0.0;
-    for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
-        tail += f(f64::from(x), f64::from(y));
-    }
-    acc.iter().sum::<f64>() + tail
-}
-
-/// ‖a‖².
-pub fn norm_sq(a: &[f32]) -> f64 {
-    reduce1(a, |x| x * x)
-}
-
-/// ‖a‖.
-pub fn norm(a: &[f32]) -> f64 {
-    norm_sq(a).sqrt()
-}
-
-/// ⟨a, b⟩.
-///
-/// # Panics
-/// If the lengths differ.
-pub fn dot(a: &[f32], b: &[f32]) -> f64 {
-    assert_same_len(a, b);
-    reduce2(a, b, |x, y| x * y)
-}
-
-/// ‖a − b‖², with the difference taken in f64 (exact for f32 inputs of similar magnitude).
-///
-/// # Panics
-/// If the lengths differ.
-pub fn distance_sq(a: &[f32], b: &[f32]) -> f64 {
-    assert_same_len(a, b);
-    reduce2(a, b, |x, y| (x - y) * (x - y))
-}
-
-/// ‖a − b‖.
-///
-/// # Panics
-/// If the lengths differ.
-pub fn distance(a: &[f32], b: &[f32]) -> f64 {
-    distance_sq(a, b).sqrt()
-}
-
 /// Cosine from a dot product and two squared norms; `None` if either norm is zero. NaN inputs
 /// give `Some(NaN)` so a diverged run stays visible. Clamped to [−1, 1] against rounding.
 pub fn cosine_from_parts(dot: f64, norm_sq_a: f64, norm_sq_b: f64) -> Option<f64> {
@@ -159,137 +67,6 @@ pub fn cosine_from_parts(dot: f64, norm_sq_a: f64, norm_sq_b: f64) -> Option<f64
         return None;
     }
     Some((dot / (norm_sq_a.sqrt() * norm_sq_b.sqrt())).clamp(-1.0, 1.0))
-}
-
-/// cos(a, b) = ⟨a,b⟩ / (‖a‖‖b‖); `None` if either vector is zero.
-///
-/// # Panics
-/// If the lengths differ.
-pub fn cosine(a: &[f32], b: &[f32]) -> Option<f64> {
-    assert_same_len(a, b);
-    let mut acc = [0.0f64; 3];
-    for (&x, &y) in a.iter().zip(b) {
-        let (x, y) = (f64::from(x), f64::from(y));
-        acc[0] += x * y;
-        acc[1] += x * x;
-        acc[2] += y * y;
-    }
-    cosine_from_parts(acc[0], acc[1], acc[2])
-}
-
-/// Squared norms and dot product of two consecutive updates, from three consecutive states,
-/// without materialising the updates: u = `cur − prev`, v = `next − cur`.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct DiffNormAndDot {
-    /// ‖cur − prev‖².
-    pub prev_diff_norm_sq: f64,
-    /// ‖next − cur‖².
-    pub diff_norm_sq: f64,
-    /// ⟨cur − prev, next − cur⟩.
-    pub dot: f64,
-}
-
-impl DiffNormAndDot {
-    /// cos(u, v), `None` if either update is zero.
-    pub fn cosine(&self) -> Option<f64> {
-        cosine_from_parts(self.dot, self.prev_diff_norm_sq, self.diff_norm_sq)
-    }
-}
-
-/// One pass over three consecutive states θ_{t−1}, θ_t, θ_{t+1}: ‖d_{t−1}‖², ‖d_t‖² and
-/// ⟨d_{t−1}, d_t⟩. Differences are taken in f64, so no rounding from an f32 update buffer.
-///
-/// # Panics
-/// If the lengths differ.
-pub fn diff_norm_and_dot(prev: &[f32], cur: &[f32], next: &[f32]) -> DiffNormAndDot {
-    assert_same_len(prev, cur);
-    assert_same_len(cur, next);
-    let mut out = DiffNormAndDot::default();
-    for ((&p, &c), &n) in prev.iter().zip(cur).zip(next) {
-        let u = f64::from(c) - f64::from(p);
-        let v = f64::from(n) - f64::from(c);
-        out.prev_diff_norm_sq += u * u;
-        out.diff_norm_sq += v * v;
-        out.dot += u * v;
-    }
-    out
-}
-
-fn layer_slice<'a>(
-    a: &'a [f32],
-    name: &str,
-    range: &Range<usize>,
-) -> Result<&'a [f32], MetricsError> {
-    a.get(range.clone())
-        .ok_or_else(|| MetricsError::RangeOutOfBounds {
-            layer: name.to_owned(),
-            start: range.start,
-            end: range.end,
-            len: a.len(),
-        })
-}
-
-/// ‖a restricted to each layer‖, in layer order.
-pub fn layer_norms(a: &[f32], layers: &[Layer]) -> Result<Vec<f64>, MetricsError> {
-    layers
-        .iter()
-        .map(|(name, ranges)| {
-            let mut sq = 0.0;
-            for r in ranges {
-                sq += norm_sq(layer_slice(a, name, r)?);
-            }
-            Ok(sq.sqrt())
-        })
-        .collect()
-}
-
-/// Per-layer Σ f over paired slices; shared by the two-vector layer functions.
-fn layer_reduce2(
-    a: &[f32],
-    b: &[f32],
-    layers: &[Layer],
-    f: impl Fn(&[f32], &[f32]) -> f64,
-) -> Result<Vec<f64>, MetricsError> {
-    check_same_len(a, b)?;
-    layers
-        .iter()
-        .map(|(name, ranges)| {
-            let mut sum = 0.0;
-            for r in ranges {
-                sum += f(layer_slice(a, name, r)?, layer_slice(b, name, r)?);
-            }
-            Ok(sum)
-        })
-        .collect()
-}
-
-/// ⟨a, b⟩ per layer.
-pub fn layer_dots(a: &[f32], b: &[f32], layers: &[Layer]) -> Result<Vec<f64>, MetricsError> {
-    layer_reduce2(a, b, layers, dot)
-}
-
-/// ‖a − b‖ per layer.
-pub fn layer_distances(a: &[f32], b: &[f32], layers: &[Layer]) -> Result<Vec<f64>, MetricsError> {
-    Ok(layer_reduce2(a, b, layers, distance_sq)?
-        .into_iter()
-        .map(f64::sqrt)
-        .collect())
-}
-
-/// cos(a, b) per layer; `None` where either restriction is zero.
-pub fn layer_cosines(
-    a: &[f32],
-    b: &[f32],
-    layers: &[Layer],
-) -> Result<Vec<Option<f64>>, MetricsError> {
-    let dots = layer_dots(a, b, layers)?;
-    let na = layer_norms(a, layers)?;
-    let nb = layer_norms(b, layers)?;
-    Ok(dots
-        .iter()
-        .zip(na.iter().zip(&nb))
-        .map(|(&d, (&x, &y))| cosine_from_parts(d, x * x, y * y))
-        .collect())
 }
 
 /// Checks that every range lies within `len` and that no element belongs to two ranges.
@@ -677,8 +454,110 @@ fn into_step_geometry(mut p: Pending) -> StepGeometry {
     }
 }
 
+/// Straightforward whole-vector norms, dot products, distances and cosines (f64 sums over
+/// [`LANES`] accumulators, like the tracker's kernel): the references the tracker is tested
+/// against. Nothing outside the tests needs them.
+#[cfg(test)]
+mod reference {
+    use super::{LANES, cosine_from_parts};
+
+    /// Panics with a clear message; used by the flat two-vector functions whose callers build both
+    /// vectors from the same model layout, so a mismatch is a programming error.
+    pub(super) fn assert_same_len(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len(), "vector lengths differ");
+    }
+
+    /// Σ f(a_i) in f64 over [`LANES`] accumulators.
+    #[inline]
+    pub(super) fn reduce1(a: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+        let mut acc = [0.0f64; LANES];
+        let mut chunks = a.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for (slot, &x) in acc.iter_mut().zip(chunk) {
+                *slot += f(f64::from(x));
+            }
+        }
+        let mut tail = 0.0;
+        for &x in chunks.remainder() {
+            tail += f(f64::from(x));
+        }
+        acc.iter().sum::<f64>() + tail
+    }
+
+    /// Σ f(a_i, b_i) in f64 over [`LANES`] accumulators. Lengths must already be equal.
+    #[inline]
+    pub(super) fn reduce2(a: &[f32], b: &[f32], f: impl Fn(f64, f64) -> f64) -> f64 {
+        let mut acc = [0.0f64; LANES];
+        let mut ca = a.chunks_exact(LANES);
+        let mut cb = b.chunks_exact(LANES);
+        for (xa, xb) in (&mut ca).zip(&mut cb) {
+            for ((slot, &x), &y) in acc.iter_mut().zip(xa).zip(xb) {
+                *slot += f(f64::from(x), f64::from(y));
+            }
+        }
+        let mut tail = 0.0;
+        for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
+            tail += f(f64::from(x), f64::from(y));
+        }
+        acc.iter().sum::<f64>() + tail
+    }
+
+    /// ‖a‖².
+    pub(super) fn norm_sq(a: &[f32]) -> f64 {
+        reduce1(a, |x| x * x)
+    }
+
+    /// ‖a‖.
+    pub(super) fn norm(a: &[f32]) -> f64 {
+        norm_sq(a).sqrt()
+    }
+
+    /// ⟨a, b⟩.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    pub(super) fn dot(a: &[f32], b: &[f32]) -> f64 {
+        assert_same_len(a, b);
+        reduce2(a, b, |x, y| x * y)
+    }
+
+    /// ‖a − b‖², with the difference taken in f64 (exact for f32 inputs of similar magnitude).
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    pub(super) fn distance_sq(a: &[f32], b: &[f32]) -> f64 {
+        assert_same_len(a, b);
+        reduce2(a, b, |x, y| (x - y) * (x - y))
+    }
+
+    /// ‖a − b‖.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    pub(super) fn distance(a: &[f32], b: &[f32]) -> f64 {
+        distance_sq(a, b).sqrt()
+    }
+
+    /// cos(a, b) = ⟨a,b⟩ / (‖a‖‖b‖); `None` if either vector is zero.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    pub(super) fn cosine(a: &[f32], b: &[f32]) -> Option<f64> {
+        assert_same_len(a, b);
+        let mut acc = [0.0f64; 3];
+        for (&x, &y) in a.iter().zip(b) {
+            let (x, y) = (f64::from(x), f64::from(y));
+            acc[0] += x * y;
+            acc[1] += x * x;
+            acc[2] += y * y;
+        }
+        cosine_from_parts(acc[0], acc[1], acc[2])
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::reference::*;
     use super::*;
     use proptest::prelude::*;
 
@@ -743,58 +622,19 @@ mod tests {
         assert_eq!(norm_sq(&a), 20_000_001.0);
     }
 
-    #[test]
-    fn diff_norm_and_dot_matches_explicit_updates() {
-        let p = [1.0f32, 2.0, 3.0];
-        let c = [2.0f32, 2.0, 1.0];
-        let n = [2.5f32, 3.0, 0.0];
-        let d = diff_norm_and_dot(&p, &c, &n);
-        let (u, v) = (sub(&c, &p), sub(&n, &c));
-        assert_eq!(d.prev_diff_norm_sq, norm_sq(&u));
-        assert_eq!(d.diff_norm_sq, norm_sq(&v));
-        assert_eq!(d.dot, dot(&u, &v));
-        assert_eq!(d.cosine(), cosine(&u, &v));
-    }
-
     fn two_layers() -> Vec<Layer> {
         vec![("a".into(), vec![0..2, 5..6]), ("b".into(), one(2..4))]
     }
 
     #[test]
-    fn per_layer_functions() {
-        let x = [1.0f32, 2.0, 3.0, 4.0, 100.0, 2.0];
-        let y = [0.0f32, 2.0, -4.0, 3.0, 7.0, 0.0];
-        let layers = two_layers();
-        assert_eq!(layer_norms(&x, &layers).unwrap(), vec![3.0, 5.0]);
-        assert_eq!(layer_dots(&x, &y, &layers).unwrap(), vec![4.0, 0.0]);
+    fn layer_errors() {
         assert_eq!(
-            layer_distances(&x, &y, &layers).unwrap(),
-            vec![5f64.sqrt(), 50f64.sqrt()]
-        );
-        let cos = layer_cosines(&x, &y, &layers).unwrap();
-        assert!(close(cos[0].unwrap(), 4.0 / (3.0 * 2.0), 1e-15));
-        assert_eq!(cos[1], Some(0.0));
-        let zero = [0.0f32; 6];
-        assert_eq!(layer_cosines(&zero, &y, &layers).unwrap(), vec![None, None]);
-    }
-
-    #[test]
-    fn per_layer_errors() {
-        let layers = vec![("w".to_string(), one(0..10))];
-        assert_eq!(
-            layer_norms(&[1.0; 4], &layers),
+            validate_layers(&[("w".to_string(), one(0..10))], 4),
             Err(MetricsError::RangeOutOfBounds {
                 layer: "w".into(),
                 start: 0,
                 end: 10,
                 len: 4
-            })
-        );
-        assert_eq!(
-            layer_dots(&[1.0; 4], &[1.0; 3], &layers),
-            Err(MetricsError::LengthMismatch {
-                left_len: 4,
-                right_len: 3
             })
         );
         let overlapping = vec![("a".to_string(), one(0..3)), ("b".to_string(), one(2..4))];

@@ -7,7 +7,9 @@ use std::rc::Rc;
 
 use sgdwalk_format::Reader;
 use sgdwalk_workload::augment::decode_choices;
-use sgdwalk_workload::eval::{evaluate_batches, hessian_vector_products, trainable_tensors};
+use sgdwalk_workload::eval::{
+    evaluate_batches, hessian_vector_products, prepare_batches, trainable_tensors,
+};
 use sgdwalk_workload::models::MODULE_ATTACHMENT;
 use sgdwalk_workload::run::RunDescription;
 use sgdwalk_workload::sampling::probe_subset;
@@ -41,7 +43,7 @@ pub struct Session {
 
 /// Reads the run description that `sgdwalk-record` stores in a recording.
 pub fn run_description(reader: &Reader, path: &Path) -> Result<RunDescription, AnalyzeError> {
-    serde_json::from_str(&reader.header().metadata_json).map_err(|e| {
+    RunDescription::from_metadata_json(&reader.header().metadata_json).map_err(|e| {
         AnalyzeError::NoRunDescription {
             path: path.to_path_buf(),
             reason: e.to_string(),
@@ -76,10 +78,7 @@ impl Session {
         let path = settings.recording.clone();
         let reader = Reader::open(&path)?;
         let desc = run_description(&reader, &path)?;
-        let data_dir = settings
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| desc.dataset.default_location());
+        let data_dir = desc.dataset.location(settings.data_dir.as_deref());
         let data = Dataset::load(&desc.dataset, &data_dir)?;
         if data.identity != desc.dataset_identity {
             let describe = |i: &sgdwalk_workload::DatasetIdentity| {
@@ -182,12 +181,14 @@ impl Session {
         } else {
             self.eval_batch_size
         };
-        let mut batches = Vec::new();
-        for (i, chunk) in ids.chunks(bs.max(1)).enumerate() {
-            let a = aug.as_deref().map(|a| &a[i * bs..i * bs + chunk.len()]);
-            batches.push(self.data.batch(split, chunk, a, self.model.device())?);
-        }
-        let batches = Rc::new(batches);
+        let batches = Rc::new(prepare_batches(
+            &self.data,
+            split,
+            &ids,
+            aug.as_deref(),
+            bs,
+            self.model.device(),
+        )?);
         // Per-step sets are used once per step: keep only the latest.
         self.prepared.retain(|k, _| !k.starts_with("batch@"));
         self.prepared.insert(key, Rc::clone(&batches));

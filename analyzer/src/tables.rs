@@ -1,7 +1,7 @@
 //! The analyzer's output tables as Parquet files (overview §5): one row struct per table, the
 //! Arrow schema derived from it, and an atomic writer.
 //!
-//! Layout: `<out_dir>/table=<name>/shard=<i>/part-<work item>.parquet` (hive partitioning, so
+//! Layout ([`AnalysisDir`]): `<out>/table=<name>/shard=<i>/part-<work item>.parquet` (hive partitioning, so
 //! polars `scan_parquet` and DuckDB `read_parquet(..., hive_partitioning = true)` read every
 //! shard as one table; an unsharded run is shard 0 of 1).
 //!
@@ -34,6 +34,8 @@ use parquet::errors::ParquetError;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
+
+use crate::dir::{AnalysisDir, DurableWriteError, write_durably};
 
 /// Version of the table schemas, written as `sgdwalk.schema_version`. Bump on any column change.
 pub const SCHEMA_VERSION: &str = "1";
@@ -284,13 +286,20 @@ fn column<T: ColumnValue>(
 macro_rules! table_rows {
     (
         $(#[$meta:meta])*
-        pub struct $name:ident => $table:expr;
+        pub struct $name:ident => $table:expr, columns $cols:ident;
         { $( $(#[$fmeta:meta])* $field:ident : $ty:ty ),* $(,)? }
     ) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
         pub struct $name {
             $( $(#[$fmeta])* pub $field: $ty, )*
+        }
+
+        /// Column names of the table, one constant per column (named as the column), for
+        /// queries that must not spell them by hand.
+        #[allow(non_upper_case_globals)]
+        pub mod $cols {
+            $( pub const $field: &str = stringify!($field); )*
         }
 
         impl TableRows for $name {
@@ -335,7 +344,7 @@ macro_rules! table_rows {
 table_rows! {
     /// `steps`: per-step geometry, one row per step and layer ("all" = whole state).
     /// Recorded scalars (lr, losses, norms, wall time) are only on layer "all".
-    pub struct StepRow => TableName::Steps;
+    pub struct StepRow => TableName::Steps, columns steps_columns;
     {
         run_id: String,
         step: u64,
@@ -359,7 +368,7 @@ table_rows! {
 
 table_rows! {
     /// `interp`: L and accuracy at θ_t + α·d_t, one row per step, setting and α.
-    pub struct InterpRow => TableName::Interp;
+    pub struct InterpRow => TableName::Interp, columns interp_columns;
     {
         run_id: String,
         step: u64,
@@ -382,7 +391,7 @@ table_rows! {
 
 table_rows! {
     /// `floors`: the valley floor of each step's interpolation (see `floor.rs`).
-    pub struct FloorRow => TableName::Floors;
+    pub struct FloorRow => TableName::Floors, columns floors_columns;
     {
         run_id: String,
         step: u64,
@@ -407,7 +416,7 @@ table_rows! {
 
 table_rows! {
     /// `barriers`: the loss along v_t → v_{t+k} ("floor") or θ_t → θ_{t+k} ("iterate").
-    pub struct BarrierRow => TableName::Barriers;
+    pub struct BarrierRow => TableName::Barriers, columns barriers_columns;
     {
         run_id: String,
         step_from: u64,
@@ -432,7 +441,7 @@ table_rows! {
 
 table_rows! {
     /// `curvature`: eigenvalues, traces and ε-sharpness at chosen steps.
-    pub struct CurvatureRow => TableName::Curvature;
+    pub struct CurvatureRow => TableName::Curvature, columns curvature_columns;
     {
         run_id: String,
         step: u64,
@@ -456,7 +465,7 @@ table_rows! {
 
 table_rows! {
     /// `epochs`: per-epoch loss and accuracy recorded during training.
-    pub struct EpochRow => TableName::Epochs;
+    pub struct EpochRow => TableName::Epochs, columns epochs_columns;
     {
         run_id: String,
         epoch: u32,
@@ -472,7 +481,7 @@ table_rows! {
     /// `eval_samples`: the sample ids of every evaluation set that is a drawn subset of a split
     /// (`probe:N`), in evaluation order, so that what each number was computed on can be rebuilt
     /// without this tool's random number generator.
-    pub struct EvalSampleRow => TableName::EvalSamples;
+    pub struct EvalSampleRow => TableName::EvalSamples, columns eval_samples_columns;
     {
         run_id: String,
         /// The set's name as in the other tables' `eval_set`, e.g. `probe:1000`.
@@ -486,6 +495,17 @@ table_rows! {
         /// The train-mode BatchNorm batch the sample is evaluated in: position / eval_batch_size.
         bn_batch: u32,
     }
+}
+
+/// Column-name constants of every table: `cols::floors::alpha_star == "alpha_star"`.
+pub mod cols {
+    pub use super::barriers_columns as barriers;
+    pub use super::curvature_columns as curvature;
+    pub use super::epochs_columns as epochs;
+    pub use super::eval_samples_columns as eval_samples;
+    pub use super::floors_columns as floors;
+    pub use super::interp_columns as interp;
+    pub use super::steps_columns as steps;
 }
 
 /// A recorded scalar that uses NaN for "not recorded" becomes a null (the `steps` contract).
@@ -502,14 +522,6 @@ pub fn schema_string<R: TableRows>() -> String {
         out.push_str(&format!("{}: {}{}\n", f.name(), f.data_type(), null));
     }
     out
-}
-
-/// Where [`write_rows`] puts a part.
-pub fn part_path(out_dir: &Path, table: TableName, shard_index: u32, part_name: &str) -> PathBuf {
-    out_dir
-        .join(format!("table={table}"))
-        .join(format!("shard={shard_index}"))
-        .join(format!("part-{part_name}.parquet"))
 }
 
 fn check_part_name(part_name: &str) -> Result<(), TableError> {
@@ -552,14 +564,11 @@ fn writer_properties(fields: &[Field], meta: &TableMeta) -> Result<WriterPropert
 }
 
 /// Writes `rows` as one Parquet part of table `R::TABLE` and returns its path
-/// (`out_dir/table=<name>/shard=<i>/part-<part_name>.parquet`).
-///
-/// Atomic: the file is written to a hidden temporary file in the same directory (readers skip
-/// names starting with '.'), fsynced, then renamed over the final name, and the directory is
-/// fsynced; a crash leaves either the old complete file or the new one, never a partial one.
+/// (`<dir>/table=<name>/shard=<i>/part-<part_name>.parquet`), durably and atomically
+/// ([`crate::dir::write_durably`]): a crash leaves the old complete file or the new one.
 /// An empty `rows` writes a valid file with the schema and no rows (marks a finished work item).
 pub fn write_rows<R: TableRows>(
-    out_dir: &Path,
+    dir: &AnalysisDir,
     meta: &TableMeta,
     part_name: &str,
     rows: &[R],
@@ -570,11 +579,11 @@ pub fn write_rows<R: TableRows>(
     if index >= count {
         return Err(TableError::InvalidShard { index, count });
     }
-    let path = part_path(out_dir, table, index, part_name);
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    std::fs::create_dir_all(&dir).map_err(|source| TableError::CreateDir {
+    let path = dir.part_path(table, index, part_name);
+    let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    std::fs::create_dir_all(&parent).map_err(|source| TableError::CreateDir {
         table,
-        path: dir.clone(),
+        path: parent.clone(),
         source,
     })?;
 
@@ -588,65 +597,32 @@ pub fn write_rows<R: TableRows>(
         path: path.clone(),
         source: Box::new(source),
     };
-    let props = writer_properties(
-        schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect::<Vec<_>>()
-            .as_slice(),
-        meta,
-    )
-    .map_err(encode_err)?;
-
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".part-{part_name}."))
-        .suffix(".parquet.tmp")
-        .tempfile_in(&dir)
-        .map_err(|source| TableError::CreateTemp {
-            table,
-            dir: dir.clone(),
-            source,
-        })?;
-    {
-        let mut writer =
-            ArrowWriter::try_new(tmp.as_file_mut(), schema, Some(props)).map_err(encode_err)?;
+    let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let props = writer_properties(&fields, meta).map_err(encode_err)?;
+    let written = write_durably(&path, |file| {
+        let mut writer = ArrowWriter::try_new(file, schema, Some(props))?;
         if batch.num_rows() > 0 {
-            writer.write(&batch).map_err(encode_err)?;
+            writer.write(&batch)?;
         }
-        writer.close().map_err(encode_err)?;
-    }
-    tmp.as_file()
-        .sync_all()
-        .map_err(|source| TableError::Sync {
+        writer.close().map(|_| ())
+    });
+    written.map_err(|e| match e {
+        DurableWriteError::CreateTemp { dir, source } => {
+            TableError::CreateTemp { table, dir, source }
+        }
+        DurableWriteError::Fill(source) => encode_err(source),
+        DurableWriteError::Sync { path, source } => TableError::Sync {
             table,
-            path: tmp.path().to_path_buf(),
+            path,
             source,
-        })?;
-    tmp.persist(&path).map_err(|e| TableError::Persist {
-        table,
-        path: path.clone(),
-        source: e.error,
-    })?;
-    sync_dir(&dir).map_err(|source| TableError::Sync {
-        table,
-        path: dir.clone(),
-        source,
+        },
+        DurableWriteError::Persist { path, source } => TableError::Persist {
+            table,
+            path,
+            source,
+        },
     })?;
     Ok(path)
-}
-
-/// Makes the rename durable. Only Unix can open and fsync a directory.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir)?.sync_all()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        Ok(())
-    }
 }
 
 /// A Parquet file read back whole.
@@ -880,7 +856,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rows = step_rows();
         let m = meta(None);
-        let path = write_rows(dir.path(), &m, "steps-0-99", &rows).unwrap();
+        let path = write_rows(&AnalysisDir::new(dir.path()), &m, "steps-0-99", &rows).unwrap();
         assert_eq!(
             path,
             dir.path()
@@ -928,7 +904,13 @@ mod tests {
             grid_hi: 1.0,
         };
         let rows = vec![row(0.0, 2.3), row(0.5, f64::NAN), row(1.0, f64::INFINITY)];
-        let path = write_rows(dir.path(), &meta(None), "interp-7", &rows).unwrap();
+        let path = write_rows(
+            &AnalysisDir::new(dir.path()),
+            &meta(None),
+            "interp-7",
+            &rows,
+        )
+        .unwrap();
         let back = read_rows::<InterpRow>(&path).unwrap();
         assert!(back[1].loss.is_nan() && back[1].accuracy.is_nan());
         assert_eq!(back[2].loss, f64::INFINITY);
@@ -956,7 +938,7 @@ mod tests {
             evaluations: 5,
             converged: true,
         }];
-        let p = write_rows(dir.path(), &m, "a", &floors).unwrap();
+        let p = write_rows(&AnalysisDir::new(dir.path()), &m, "a", &floors).unwrap();
         assert_eq!(read_rows::<FloorRow>(&p).unwrap(), floors);
         let barriers = vec![BarrierRow {
             run_id: "ab".into(),
@@ -975,7 +957,7 @@ mod tests {
             alpha_at_max: 0.5,
             alpha_at_max_linear: 0.5,
         }];
-        let p = write_rows(dir.path(), &m, "a", &barriers).unwrap();
+        let p = write_rows(&AnalysisDir::new(dir.path()), &m, "a", &barriers).unwrap();
         assert_eq!(read_rows::<BarrierRow>(&p).unwrap(), barriers);
         let curv = vec![
             CurvatureRow {
@@ -1019,7 +1001,7 @@ mod tests {
                 })
             },
         ];
-        let p = write_rows(dir.path(), &m, "a", &curv).unwrap();
+        let p = write_rows(&AnalysisDir::new(dir.path()), &m, "a", &curv).unwrap();
         assert_eq!(read_rows::<CurvatureRow>(&p).unwrap(), curv);
         let epochs = vec![EpochRow {
             run_id: "ab".into(),
@@ -1030,7 +1012,7 @@ mod tests {
             accuracy: 0.55,
             samples: 5000,
         }];
-        let p = write_rows(dir.path(), &m, "a", &epochs).unwrap();
+        let p = write_rows(&AnalysisDir::new(dir.path()), &m, "a", &epochs).unwrap();
         assert_eq!(read_rows::<EpochRow>(&p).unwrap(), epochs);
         // Reading with the wrong row type names the missing column.
         let err = read_rows::<StepRow>(&p).unwrap_err();
@@ -1044,8 +1026,20 @@ mod tests {
     fn shards_use_hive_layout() {
         let dir = tempfile::tempdir().unwrap();
         let rows = step_rows();
-        let p0 = write_rows(dir.path(), &meta(Some((0, 2))), "w0", &rows[..2]).unwrap();
-        let p1 = write_rows(dir.path(), &meta(Some((1, 2))), "w1", &rows[2..]).unwrap();
+        let p0 = write_rows(
+            &AnalysisDir::new(dir.path()),
+            &meta(Some((0, 2))),
+            "w0",
+            &rows[..2],
+        )
+        .unwrap();
+        let p1 = write_rows(
+            &AnalysisDir::new(dir.path()),
+            &meta(Some((1, 2))),
+            "w1",
+            &rows[2..],
+        )
+        .unwrap();
         assert_eq!(p0, dir.path().join("table=steps/shard=0/part-w0.parquet"));
         assert_eq!(p1, dir.path().join("table=steps/shard=1/part-w1.parquet"));
         assert!(p0.is_file() && p1.is_file());
@@ -1054,7 +1048,12 @@ mod tests {
         all.extend(read_rows::<StepRow>(&p1).unwrap());
         assert_eq!(all, rows);
         assert!(matches!(
-            write_rows(dir.path(), &meta(Some((2, 2))), "w2", &rows),
+            write_rows(
+                &AnalysisDir::new(dir.path()),
+                &meta(Some((2, 2))),
+                "w2",
+                &rows
+            ),
             Err(TableError::InvalidShard { index: 2, count: 2 })
         ));
     }
@@ -1062,7 +1061,13 @@ mod tests {
     #[test]
     fn encodings_compression_and_page_index() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_rows(dir.path(), &meta(None), "enc", &step_rows()).unwrap();
+        let path = write_rows(
+            &AnalysisDir::new(dir.path()),
+            &meta(None),
+            "enc",
+            &step_rows(),
+        )
+        .unwrap();
         let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
         let md = reader.metadata();
         assert_eq!(md.num_row_groups(), 1);
@@ -1101,8 +1106,8 @@ mod tests {
     fn writes_are_atomic_and_replace() {
         let dir = tempfile::tempdir().unwrap();
         let rows = step_rows();
-        let p = write_rows(dir.path(), &meta(None), "x", &rows).unwrap();
-        let p2 = write_rows(dir.path(), &meta(None), "x", &rows[..1]).unwrap();
+        let p = write_rows(&AnalysisDir::new(dir.path()), &meta(None), "x", &rows).unwrap();
+        let p2 = write_rows(&AnalysisDir::new(dir.path()), &meta(None), "x", &rows[..1]).unwrap();
         assert_eq!(p, p2);
         assert_eq!(read_rows_count(&p).unwrap(), 1);
         let names: Vec<String> = std::fs::read_dir(p.parent().unwrap())
@@ -1119,7 +1124,8 @@ mod tests {
     #[test]
     fn empty_part_is_a_valid_file() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write_rows::<EpochRow>(dir.path(), &meta(None), "none", &[]).unwrap();
+        let p = write_rows::<EpochRow>(&AnalysisDir::new(dir.path()), &meta(None), "none", &[])
+            .unwrap();
         let back = read_batches(&p).unwrap();
         assert_eq!(back.num_rows, 0);
         assert_eq!(back.key_value[keys::TOOL_VERSION], "0.1.0");
@@ -1132,7 +1138,7 @@ mod tests {
         for bad in ["", ".hidden", "a/b", "../up", "sp ace", &"x".repeat(201)] {
             assert!(
                 matches!(
-                    write_rows::<EpochRow>(dir.path(), &meta(None), bad, &[]),
+                    write_rows::<EpochRow>(&AnalysisDir::new(dir.path()), &meta(None), bad, &[]),
                     Err(TableError::InvalidPartName { .. })
                 ),
                 "{bad:?}"
@@ -1154,7 +1160,7 @@ mod tests {
         let file_dir = dir.path().join("file");
         std::fs::write(&file_dir, b"").unwrap();
         assert!(matches!(
-            write_rows::<EpochRow>(&file_dir, &meta(None), "a", &[]),
+            write_rows::<EpochRow>(&AnalysisDir::new(&file_dir), &meta(None), "a", &[]),
             Err(TableError::CreateDir {
                 table: TableName::Epochs,
                 ..

@@ -13,8 +13,8 @@
 
 use std::time::Instant;
 
-use sgdwalk_format::codec::{bench_trajectory, format_bench_table};
-use sgdwalk_format::synth::sgd_trajectory;
+use sgdwalk_format::testkit::codec_bench::{bench_trajectory, format_bench_table};
+use sgdwalk_format::testkit::synth::sgd_trajectory;
 use sgdwalk_format::*;
 
 fn load_real(path: &str, max_steps: usize) -> Result<Vec<Vec<f32>>, FormatError> {

@@ -1,6 +1,6 @@
 //! Writes the golden files of `fixtures/v1/`, the corrupt files of `fixtures/bad/` and the
 //! valid-but-unusual files of `fixtures/edge/` from the seeded generator in
-//! `sgdwalk_format::synth`, plus README inventories.
+//! `sgdwalk_format::testkit::synth`, plus README inventories.
 //!
 //! `cargo run -p sgdwalk-format --example gen_fixtures [-- --out DIR] [--force]`
 //!
@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use sgdwalk_format::Reader;
-use sgdwalk_format::synth::{
+use sgdwalk_format::testkit::synth::{
     bad_fixtures, bad_fixtures_v1_1, edge_fixtures, fixture_specs_v1, write_fixture,
 };
 
@@ -31,9 +31,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut readme = String::from(
         "# Golden recordings, format v1 (1.0 and 1.1)\n\nWritten by `cargo run -p sgdwalk-format --example gen_fixtures` from the seeded\n\
-         generator `sgdwalk_format::synth::fixture_specs_v1` (states from `synth::sgd_trajectory`, seed\n\
+         generator `sgdwalk_format::testkit::synth::fixture_specs_v1` (states from `synth::sgd_trajectory`, seed\n\
          0x5eed2026). Never regenerate these files: `tests/format_golden.rs` decodes each one and compares it\n\
-         with the generator's inputs, and `tests/spec_reader.rs` decodes them with the independent reader.\n\
+         with the generator's inputs, and `tests/spec_reader/` decodes them with the independent reader.\n\
          The `typed_attachment*` files are format 1.1 (typed layout, attachments); all others are 1.0.\n\n\
          | file | bytes | exercises |\n|---|---:|---|\n",
     );
@@ -63,8 +63,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("no delta step in basic_pred2.sgdw")?;
     let mut readme = String::from(
         "# Corrupt recordings\n\nDerived from `v1/basic_pred2.sgdw` and `v1/killed_writer.sgdw` by\n\
-         `sgdwalk_format::synth::bad_fixtures`, and from `v1/typed_attachment.sgdw` (format 1.1) by\n\
-         `sgdwalk_format::synth::bad_fixtures_v1_1` (run the `gen_fixtures` example). Each file has a test in\n\
+         `sgdwalk_format::testkit::synth::bad_fixtures`, and from `v1/typed_attachment.sgdw` (format 1.1) by\n\
+         `sgdwalk_format::testkit::synth::bad_fixtures_v1_1` (run the `gen_fixtures` example). Each file has a test in\n\
          `tests/format_golden.rs` asserting its exact error; the inventory test fails on an untested file.\n\n\
          | file | bytes | broken how |\n|---|---:|---|\n",
     );
@@ -86,10 +86,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut readme = String::from(
         "# Valid but unusual recordings\n\nDerived from `v1/basic_pred2.sgdw` by\n\
-         `sgdwalk_format::synth::edge_fixtures` (run the `gen_fixtures` example): bytes the reference\n\
+         `sgdwalk_format::testkit::synth::edge_fixtures` (run the `gen_fixtures` example): bytes the reference\n\
          writer never produces but every reader must accept (SPEC.md §4.1, §4.3). Each holds exactly the\n\
          steps, states, ids, augmentation, scalars, epoch and resume records of `basic_pred2.sgdw`;\n\
-         `tests/format_golden.rs`, `tests/spec_reader.rs` and `tests/interop.rs` (Python) check that.\n\n\
+         `tests/format_golden.rs`, `tests/spec_reader/` and the workspace's `tests/interop.rs` (Python) check that.\n\n\
          | file | bytes | unusual how |\n|---|---:|---|\n",
     );
     for e in edge_fixtures(&basic)? {

@@ -8,7 +8,10 @@ mod reader;
 pub mod records;
 mod report;
 mod scan;
-pub mod synth;
+// A feature rather than a crate: the fixture builders need the crate-private record scanner
+// (`scan::open_bytes`), which should not become public API for their sake.
+#[cfg(feature = "testkit")]
+pub mod testkit;
 mod types;
 mod writer;
 

@@ -479,12 +479,62 @@ fn expect_record<'a>(
     }
 }
 
+/// Opens a finished file through its trailer, FOOTER and INDEX (SPEC.md §4.6–4.8, §8.5).
 fn open_finished(
     bytes: &[u8],
     prologue: Prologue,
     header: Header,
     header_end: u64,
 ) -> Result<Opened, FormatError> {
+    let len = bytes.len() as u64;
+    let located = locate_index(bytes, &prologue, header_end)?;
+    let (footer, footer_offset, index_offset) =
+        (located.footer, located.footer_offset, located.index_offset);
+    let entries = located.entries;
+    let data = check_index_entries(bytes, &header, header_end, index_offset, &entries)?;
+    let mut step_list = entries.iter().filter(|e| e.is_step()).map(|e| e.step);
+    let first = step_list.clone().next().unwrap_or(NO_STEP);
+    let last = step_list.next_back().unwrap_or(NO_STEP);
+    if footer.data_record_count != entries.len() as u64
+        || footer.step_count != data.steps
+        || footer.first_step != first
+        || footer.last_step != last
+    {
+        return Err(FormatError::corrupt(
+            footer_offset,
+            "footer record",
+            "counts do not match the index",
+        ));
+    }
+    Ok(Opened {
+        prologue,
+        header,
+        header_end,
+        footer: Some(footer),
+        entries,
+        data_end: index_offset,
+        scan_end: len,
+        torn_tail_bytes: 0,
+        chain: data.chain,
+        attachments: data.attachments,
+    })
+}
+
+/// The FOOTER and INDEX records of a finished file, found from its trailer.
+struct LocatedIndex {
+    footer: Footer,
+    footer_offset: u64,
+    index_offset: u64,
+    entries: Vec<IndexEntry>,
+}
+
+/// Follows the trailer to the FOOTER and the FOOTER to the INDEX, checking that each lies
+/// inside the file body where the one before says.
+fn locate_index(
+    bytes: &[u8],
+    prologue: &Prologue,
+    header_end: u64,
+) -> Result<LocatedIndex, FormatError> {
     let len = bytes.len() as u64;
     let trailer_offset = len - TRAILER_ENCODED_SIZE_BYTES as u64;
     let trailer = Trailer::decode(&bytes[trailer_offset as usize..], trailer_offset)?;
@@ -543,12 +593,38 @@ fn open_finished(
         )?,
         index_offset,
     )?;
+    Ok(LocatedIndex {
+        footer,
+        footer_offset,
+        index_offset,
+        entries,
+    })
+}
+
+/// What the index entries of a finished file say about its data region.
+struct IndexedData {
+    chain: ChainState,
+    attachments: Vec<AttachmentInfo>,
+    steps: u64,
+}
+
+/// Checks that the index entries tile `[header_end, index_offset)` exactly, in file order, and
+/// that each fits its record kind; follows the keyframe chain and reads the attachments.
+fn check_index_entries(
+    bytes: &[u8],
+    header: &Header,
+    header_end: u64,
+    index_offset: u64,
+    entries: &[IndexEntry],
+) -> Result<IndexedData, FormatError> {
+    let bad =
+        |offset: u64, kind: &'static str, reason: &str| FormatError::corrupt(offset, kind, reason);
     // The data records must tile [header_end, index_offset) exactly, in file order.
     let mut chain = ChainState::default();
     let mut attachments = Vec::new();
     let mut expected_offset = header_end;
     let mut steps = 0u64;
-    for e in &entries {
+    for e in entries {
         if e.record_offset != expected_offset
             || e.record_len_bytes < RECORD_HEADER_ENCODED_SIZE_BYTES as u64
             || !e.record_len_bytes.is_multiple_of(RECORD_ALIGNMENT_BYTES)
@@ -640,31 +716,10 @@ fn open_finished(
             "entries do not cover the data region",
         ));
     }
-    let mut step_list = entries.iter().filter(|e| e.is_step()).map(|e| e.step);
-    let first = step_list.clone().next().unwrap_or(NO_STEP);
-    let last = step_list.next_back().unwrap_or(NO_STEP);
-    if footer.data_record_count != entries.len() as u64
-        || footer.step_count != steps
-        || footer.first_step != first
-        || footer.last_step != last
-    {
-        return Err(bad(
-            footer_offset,
-            "footer record",
-            "counts do not match the index",
-        ));
-    }
-    Ok(Opened {
-        prologue,
-        header,
-        header_end,
-        footer: Some(footer),
-        entries,
-        data_end: index_offset,
-        scan_end: len,
-        torn_tail_bytes: 0,
+    Ok(IndexedData {
         chain,
         attachments,
+        steps,
     })
 }
 

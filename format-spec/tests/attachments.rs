@@ -8,7 +8,7 @@
     reason = "test helpers fail the test on setup errors"
 )]
 
-use sgdwalk_format::synth::sgd_trajectory;
+use sgdwalk_format::testkit::synth::sgd_trajectory;
 use sgdwalk_format::*;
 
 fn typed_header() -> Header {

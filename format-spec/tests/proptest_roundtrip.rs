@@ -8,7 +8,7 @@
 )]
 
 use proptest::prelude::*;
-use sgdwalk_format::synth::SplitMix64;
+use sgdwalk_format::testkit::synth::SplitMix64;
 use sgdwalk_format::*;
 
 fn arb_codec() -> impl Strategy<Value = CodecId> {

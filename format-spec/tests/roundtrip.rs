@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use sgdwalk_format::synth::{SplitMix64, sgd_trajectory};
+use sgdwalk_format::testkit::synth::{SplitMix64, sgd_trajectory};
 use sgdwalk_format::*;
 
 fn header(n: u64, chunk: u32, k: u32, delta: CodecId) -> Header {

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use sgdwalk_format::FsyncPolicy;
-use sgdwalk_workload::run::{FullBatchSpec, OptimizerSpec, ScheduleKind, ScheduleSpec, Seeds};
+use sgdwalk_workload::run::{
+    FullBatchSpec, OptimizerSpec, ScheduleKind, ScheduleSpec, Seeds, derive_seed,
+};
 use sgdwalk_workload::tensors::parse_numbers;
 use sgdwalk_workload::{
     DatasetName, DatasetSpec, ModelSpec, SyntheticSpec, TensorsHeader, TensorsSpec,
@@ -299,14 +301,6 @@ fn invalid(flag: &'static str, reason: impl Into<String>) -> RecordError {
     }
 }
 
-/// Derives an independent seed for one purpose from the run seed (SplitMix64 finalizer).
-pub fn derive_seed(seed: u64, purpose: u64) -> u64 {
-    let mut z = seed ^ purpose.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// `[N, d1, d2, ...]` of a tensors file's `train_x`.
 fn sample_dims(h: &TensorsHeader) -> String {
     let dims: Vec<String> = h.sample_shape.iter().map(ToString::to_string).collect();
@@ -410,178 +404,19 @@ impl RecordArgs {
     /// Checks every setting before anything is trained or written.
     pub fn validate(&self) -> Result<RecordConfig, RecordError> {
         let (name, tensors) = self.dataset_source()?;
-        let mut dataset = match name {
-            DatasetName::Synthetic => {
-                if self.synthetic_samples < 20 {
-                    return Err(invalid("synthetic-samples", "need at least 20"));
-                }
-                DatasetSpec::synthetic(SyntheticSpec {
-                    channels: self.synthetic_channels,
-                    image_size: self.synthetic_size,
-                    classes: 10,
-                    train_samples: self.synthetic_samples,
-                    test_samples: (self.synthetic_samples / 4).max(10),
-                    seed: derive_seed(self.seed, 5),
-                })
-            }
-            DatasetName::Tensors => match &tensors {
-                Some((header, spec)) => DatasetSpec::tensors(spec.clone(), header),
-                None => DatasetSpec::paper(name),
-            },
-            other => DatasetSpec::paper(other),
-        };
-        if let Some(r) = self.train_samples {
-            dataset.train_range = r;
-        }
-        if let Some(r) = self.val_samples {
-            dataset.val_range = r;
-        }
-        if let Some(a) = self.augment {
-            dataset.augment = a;
-        }
-        if let Some((h, _)) = &tensors
-            && dataset.augment
-            && h.image_shape().is_none()
-        {
-            return Err(invalid(
-                "augment",
-                format!(
-                    "crop-flip needs images [N, C, H, W]; train_x is {} in {}",
-                    sample_dims(h),
-                    h.path.display()
-                ),
-            ));
-        }
-        let (channels, size) = match name {
-            DatasetName::Cifar10 => (3, 32),
-            DatasetName::Mnist | DatasetName::FashionMnist => (1, 28),
-            DatasetName::Synthetic => (self.synthetic_channels, self.synthetic_size),
-            // Square images give the conv nets their shape; anything else suits only the MLP
-            // (checked in `fit_to_tensors`).
-            DatasetName::Tensors => match tensors.as_ref().and_then(|(h, _)| h.image_shape()) {
-                Some((c, h, w)) if h == w => (c, h),
-                _ => (1, 1),
-            },
-        };
-        let (model, module) = match self.model.strip_prefix("torchscript:") {
-            Some(path) => {
-                let file = ModuleFile::read(Path::new(path))?;
-                // The dataset's class count replaces this once the data is loaded (describe).
-                (file.spec(1), Some(file))
-            }
-            None => (ModelSpec::from_name(&self.model, channels, size)?, None),
-        };
-        let model = match &tensors {
-            Some((h, t)) => fit_to_tensors(model, h, t.classes)?,
-            None => model,
-        };
-        let data_dir = self
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| dataset.default_location());
-        if self.epochs == 0 {
-            return Err(invalid("epochs", "must be at least 1"));
-        }
-        if self.batch_size == 0 {
-            return Err(invalid("batch-size", "must be at least 1"));
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(invalid(
-                "lr",
-                format!("{} is not a positive number", self.lr),
-            ));
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(invalid("weight-decay", "must be >= 0"));
-        }
-        if !(self.noise_std.is_finite() && self.noise_std >= 0.0) {
-            return Err(invalid("noise-std", "must be >= 0"));
-        }
-        if self.sum_of_chunk_means && !self.full_batch {
-            return Err(invalid("sum-of-chunk-means", "needs --full-batch"));
-        }
-        if !(0.0..1.0).contains(&self.momentum) {
-            return Err(invalid("momentum", "must be in [0, 1)"));
-        }
-        let sgd = |momentum: f64, nesterov: bool| OptimizerSpec::Sgd {
-            momentum,
-            nesterov,
-            weight_decay: self.weight_decay,
-            decoupled_weight_decay: self.decoupled_wd,
-        };
-        let adam = |decoupled: bool| OptimizerSpec::Adam {
-            beta1: self.beta1,
-            beta2: self.beta2,
-            eps: self.adam_eps,
-            weight_decay: self.weight_decay,
-            decoupled_weight_decay: decoupled,
-        };
-        let optimizer = match self.optimizer {
-            OptimizerName::Sgd => sgd(0.0, false),
-            OptimizerName::Momentum => sgd(self.momentum, false),
-            OptimizerName::Nesterov => sgd(self.momentum, true),
-            OptimizerName::Adam => adam(self.decoupled_wd),
-            OptimizerName::Adamw => adam(true),
-        };
-        let kind = match self.schedule.as_str() {
-            "constant" => ScheduleKind::Constant,
-            "cosine" => ScheduleKind::Cosine,
-            s => match s.strip_prefix("step:").and_then(|r| r.split_once(',')) {
-                Some((e, g)) => ScheduleKind::Step {
-                    every_epochs: e.parse().map_err(|_| {
-                        invalid("schedule", format!("{e:?} is not a number of epochs"))
-                    })?,
-                    gamma: g
-                        .parse()
-                        .map_err(|_| invalid("schedule", format!("{g:?} is not a factor")))?,
-                },
-                None => {
-                    return Err(invalid(
-                        "schedule",
-                        format!("{s:?} (expected constant, cosine or step:EVERY_EPOCHS,GAMMA)"),
-                    ));
-                }
-            },
-        };
+        let dataset = self.dataset_spec(name, tensors.as_ref())?;
+        let (model, module) = self.model_spec(name, tensors.as_ref())?;
+        let data_dir = dataset.location(self.data_dir.as_deref());
+        self.check_training_numbers()?;
+        let optimizer = self.optimizer_spec();
+        let kind = self.schedule_kind()?;
         let device = sgdwalk_workload::parse_device(&self.device)
             .map_err(|reason| invalid("device", reason))?;
         let policy: RecordPolicy = self.record.parse()?;
         if !self.keyframe_interval.is_power_of_two() {
             return Err(invalid("keyframe-interval", "must be a power of two"));
         }
-        // A tensors file without test_x has no test split: left out of the default, an error
-        // when asked for.
-        let has_test = tensors
-            .as_ref()
-            .is_none_or(|(h, _)| h.test_samples.is_some());
-        let default_splits = if has_test {
-            "train,val,test"
-        } else {
-            "train,val"
-        };
-        let eval_splits = self
-            .eval_splits
-            .as_deref()
-            .unwrap_or(default_splits)
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                use sgdwalk_workload::Split::{Test, Train, Val};
-                [Train, Val, Test]
-                    .into_iter()
-                    .find(|x| x.as_str() == s)
-                    .ok_or_else(|| invalid("eval-splits", format!("unknown split {s:?}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if let Some((h, _)) = &tensors
-            && !has_test
-            && eval_splits.contains(&sgdwalk_workload::Split::Test)
-        {
-            return Err(invalid(
-                "eval-splits",
-                format!("test: the file has no test_x: {}", h.path.display()),
-            ));
-        }
+        let eval_splits = self.eval_splits(tensors.as_ref())?;
         Ok(RecordConfig {
             out: self.out.clone(),
             model,
@@ -626,5 +461,206 @@ impl RecordArgs {
             queue: self.queue.max(1),
             progress: !self.quiet,
         })
+    }
+
+    /// The dataset description: the named dataset with the split and augmentation flags
+    /// applied.
+    fn dataset_spec(
+        &self,
+        name: DatasetName,
+        tensors: Option<&(TensorsHeader, TensorsSpec)>,
+    ) -> Result<DatasetSpec, RecordError> {
+        let mut dataset = match name {
+            DatasetName::Synthetic => {
+                if self.synthetic_samples < 20 {
+                    return Err(invalid("synthetic-samples", "need at least 20"));
+                }
+                DatasetSpec::synthetic(SyntheticSpec {
+                    channels: self.synthetic_channels,
+                    image_size: self.synthetic_size,
+                    classes: 10,
+                    train_samples: self.synthetic_samples,
+                    test_samples: (self.synthetic_samples / 4).max(10),
+                    seed: derive_seed(self.seed, 5),
+                })
+            }
+            DatasetName::Tensors => match tensors {
+                Some((header, spec)) => DatasetSpec::tensors(spec.clone(), header),
+                None => DatasetSpec::paper(name),
+            },
+            other => DatasetSpec::paper(other),
+        };
+        if let Some(r) = self.train_samples {
+            dataset.train_range = r;
+        }
+        if let Some(r) = self.val_samples {
+            dataset.val_range = r;
+        }
+        if let Some(a) = self.augment {
+            dataset.augment = a;
+        }
+        if let Some((h, _)) = tensors
+            && dataset.augment
+            && h.image_shape().is_none()
+        {
+            return Err(invalid(
+                "augment",
+                format!(
+                    "crop-flip needs images [N, C, H, W]; train_x is {} in {}",
+                    sample_dims(h),
+                    h.path.display()
+                ),
+            ));
+        }
+        Ok(dataset)
+    }
+
+    /// The model description, shaped for the dataset's images (or a tensors file's samples),
+    /// and the TorchScript module file for `--model torchscript:PATH`.
+    fn model_spec(
+        &self,
+        name: DatasetName,
+        tensors: Option<&(TensorsHeader, TensorsSpec)>,
+    ) -> Result<(ModelSpec, Option<ModuleFile>), RecordError> {
+        let (channels, size) = match name {
+            DatasetName::Cifar10 => (3, 32),
+            DatasetName::Mnist | DatasetName::FashionMnist => (1, 28),
+            DatasetName::Synthetic => (self.synthetic_channels, self.synthetic_size),
+            // Square images give the conv nets their shape; anything else suits only the MLP
+            // (checked in `fit_to_tensors`).
+            DatasetName::Tensors => match tensors.and_then(|(h, _)| h.image_shape()) {
+                Some((c, h, w)) if h == w => (c, h),
+                _ => (1, 1),
+            },
+        };
+        let (model, module) = match self.model.strip_prefix("torchscript:") {
+            Some(path) => {
+                let file = ModuleFile::read(Path::new(path))?;
+                // The dataset's class count replaces this once the data is loaded (describe).
+                (file.spec(1), Some(file))
+            }
+            None => (ModelSpec::from_name(&self.model, channels, size)?, None),
+        };
+        let model = match tensors {
+            Some((h, t)) => fit_to_tensors(model, h, t.classes)?,
+            None => model,
+        };
+        Ok((model, module))
+    }
+
+    /// The run length, batch size and optimizer numbers must be in range.
+    fn check_training_numbers(&self) -> Result<(), RecordError> {
+        if self.epochs == 0 {
+            return Err(invalid("epochs", "must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(invalid("batch-size", "must be at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(invalid(
+                "lr",
+                format!("{} is not a positive number", self.lr),
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(invalid("weight-decay", "must be >= 0"));
+        }
+        if !(self.noise_std.is_finite() && self.noise_std >= 0.0) {
+            return Err(invalid("noise-std", "must be >= 0"));
+        }
+        if self.sum_of_chunk_means && !self.full_batch {
+            return Err(invalid("sum-of-chunk-means", "needs --full-batch"));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(invalid("momentum", "must be in [0, 1)"));
+        }
+        Ok(())
+    }
+
+    /// The optimizer and its hyper-parameters (checked by [`Self::check_training_numbers`]).
+    fn optimizer_spec(&self) -> OptimizerSpec {
+        let sgd = |momentum: f64, nesterov: bool| OptimizerSpec::Sgd {
+            momentum,
+            nesterov,
+            weight_decay: self.weight_decay,
+            decoupled_weight_decay: self.decoupled_wd,
+        };
+        let adam = |decoupled: bool| OptimizerSpec::Adam {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.adam_eps,
+            weight_decay: self.weight_decay,
+            decoupled_weight_decay: decoupled,
+        };
+        match self.optimizer {
+            OptimizerName::Sgd => sgd(0.0, false),
+            OptimizerName::Momentum => sgd(self.momentum, false),
+            OptimizerName::Nesterov => sgd(self.momentum, true),
+            OptimizerName::Adam => adam(self.decoupled_wd),
+            OptimizerName::Adamw => adam(true),
+        }
+    }
+
+    /// The learning-rate schedule named by --schedule.
+    fn schedule_kind(&self) -> Result<ScheduleKind, RecordError> {
+        Ok(match self.schedule.as_str() {
+            "constant" => ScheduleKind::Constant,
+            "cosine" => ScheduleKind::Cosine,
+            s => match s.strip_prefix("step:").and_then(|r| r.split_once(',')) {
+                Some((e, g)) => ScheduleKind::Step {
+                    every_epochs: e.parse().map_err(|_| {
+                        invalid("schedule", format!("{e:?} is not a number of epochs"))
+                    })?,
+                    gamma: g
+                        .parse()
+                        .map_err(|_| invalid("schedule", format!("{g:?} is not a factor")))?,
+                },
+                None => {
+                    return Err(invalid(
+                        "schedule",
+                        format!("{s:?} (expected constant, cosine or step:EVERY_EPOCHS,GAMMA)"),
+                    ));
+                }
+            },
+        })
+    }
+
+    /// The splits evaluated at every epoch end.
+    fn eval_splits(
+        &self,
+        tensors: Option<&(TensorsHeader, TensorsSpec)>,
+    ) -> Result<Vec<sgdwalk_workload::Split>, RecordError> {
+        // A tensors file without test_x has no test split: left out of the default, an error
+        // when asked for.
+        let has_test = tensors.is_none_or(|(h, _)| h.test_samples.is_some());
+        let default_splits = if has_test {
+            "train,val,test"
+        } else {
+            "train,val"
+        };
+        let eval_splits = self
+            .eval_splits
+            .as_deref()
+            .unwrap_or(default_splits)
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                use sgdwalk_workload::Split::{Test, Train, Val};
+                [Train, Val, Test]
+                    .into_iter()
+                    .find(|x| x.as_str() == s)
+                    .ok_or_else(|| invalid("eval-splits", format!("unknown split {s:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some((h, _)) = tensors
+            && !has_test
+            && eval_splits.contains(&sgdwalk_workload::Split::Test)
+        {
+            return Err(invalid(
+                "eval-splits",
+                format!("test: the file has no test_x: {}", h.path.display()),
+            ));
+        }
+        Ok(eval_splits)
     }
 }

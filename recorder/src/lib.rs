@@ -19,15 +19,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 use sgdwalk_format::{
     CodecSettings, DType, EpochRecord, EvalRecord, Header, Reader, StepScalars, TensorSpec, Writer,
     WriterOptions,
 };
 use sgdwalk_workload::models::MODULE_ATTACHMENT;
+use sgdwalk_workload::progress::progress_bar;
 use sgdwalk_workload::run::{
-    AugmentationSpec, Provenance, RUN_DESCRIPTION_VERSION, RunDescription,
+    AugmentationSpec, Provenance, RUN_DESCRIPTION_VERSION, RunDescription, derive_seed,
 };
 use sgdwalk_workload::{AUG_BYTES_PER_SAMPLE, BnPolicy, Dataset, ModelSpec, evaluate};
 
@@ -225,17 +226,19 @@ fn header_for(desc: &RunDescription, cfg: &RecordConfig) -> Result<Header, Recor
             offset_elements: e.offset_elements as u64,
         })
         .collect();
-    let metadata_json = serde_json::to_string(desc).map_err(|e| RecordError::InvalidSetting {
-        flag: "model",
-        reason: format!("cannot describe the run as JSON: {e}"),
-    })?;
+    let metadata_json = desc
+        .to_metadata_json()
+        .map_err(|e| RecordError::InvalidSetting {
+            flag: "model",
+            reason: format!("cannot describe the run as JSON: {e}"),
+        })?;
     let now = now_unix();
     // The run id only has to be unique: time, process and run description mixed.
-    let mix = config::derive_seed(
+    let mix = derive_seed(
         now.as_nanos() as u64 ^ u64::from(std::process::id()),
         desc.seeds.init,
     );
-    let mix2 = config::derive_seed(mix, 7);
+    let mix2 = derive_seed(mix, 7);
     let mut run_id = [0u8; 16];
     run_id[..8].copy_from_slice(&mix.to_le_bytes());
     run_id[8..].copy_from_slice(&mix2.to_le_bytes());
@@ -256,9 +259,11 @@ fn header_for(desc: &RunDescription, cfg: &RecordConfig) -> Result<Header, Recor
 
 /// Reads the run description a recording stores.
 pub fn run_description(header: &Header, path: &Path) -> Result<RunDescription, RecordError> {
-    serde_json::from_str(&header.metadata_json).map_err(|e| RecordError::CannotResume {
-        path: path.to_path_buf(),
-        reason: format!("its metadata is not an sgdwalk-record run description: {e}"),
+    RunDescription::from_metadata_json(&header.metadata_json).map_err(|e| {
+        RecordError::CannotResume {
+            path: path.to_path_buf(),
+            reason: format!("its metadata is not an sgdwalk-record run description: {e}"),
+        }
     })
 }
 
@@ -269,130 +274,223 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
         tch::set_num_threads(cfg.threads as i32);
     }
     let started = Instant::now();
-    let writer_options = WriterOptions {
-        fsync: cfg.fsync,
-        threads: cfg.encode_threads as usize,
-    };
 
     // Settings, data and output, all before training.
     let (desc, data, resume) = if cfg.resume {
         prepare_resume(cfg)?
     } else {
-        if cfg.out.exists() && !cfg.overwrite {
-            return Err(RecordError::OutputExists {
-                path: cfg.out.clone(),
-            });
-        }
-        let data = Dataset::load(&cfg.dataset, &cfg.data_dir)?;
-        let desc = describe(cfg, &data)?;
-        (desc, data, None)
+        prepare_new(cfg)?
     };
-
     let module = match &resume {
         Some(r) => r.module.as_deref(),
         None => cfg.module.as_deref(),
     };
     let mut trainer = Trainer::new(desc.clone(), data, cfg.device, module)?;
-    let (writer, start_step, wall_offset) = match &resume {
-        Some(r) => {
-            trainer.model.load_flat(&r.state)?;
-            trainer.set_optimizer(Optimizer::import(
-                desc.optimizer.clone(),
-                trainer.params(),
-                &r.buffers,
-                &r.descriptor,
-            )?);
-            let (writer, _report) = Writer::reopen(&cfg.out, writer_options, Some(r.step))?;
-            (writer, r.step, r.wall_secs)
-        }
-        None => {
-            let header = header_for(&desc, cfg)?;
-            if cfg.overwrite && cfg.out.exists() {
-                std::fs::remove_file(&cfg.out).map_err(|source| RecordError::OutputUnwritable {
-                    path: cfg.out.clone(),
-                    source,
-                })?;
-            }
-            // A TorchScript run carries its module, so the recording alone rebuilds the model.
-            let attachments: Vec<(&str, &[u8])> = cfg
-                .module
-                .as_deref()
-                .map(|m| (MODULE_ATTACHMENT, m))
-                .into_iter()
-                .collect();
-            let writer =
-                Writer::create_with_attachments(&cfg.out, header, writer_options, &attachments)
-                    .map_err(|e| match e {
-                        sgdwalk_format::FormatError::Io { source, .. } => {
-                            RecordError::OutputUnwritable {
-                                path: cfg.out.clone(),
-                                source,
-                            }
-                        }
-                        other => RecordError::Format(other),
-                    })?;
-            (writer, 0, 0.0)
-        }
-    };
+    let start = open_output(cfg, &desc, resume.as_ref(), &mut trainer)?;
     let on_cpu = cfg.device == tch::Device::Cpu;
-    let mut sink = Sink::start(writer, cfg.queue, cfg.out.clone(), !on_cpu)?;
+    let mut sink = Sink::start(start.writer, cfg.queue, cfg.out.clone(), !on_cpu)?;
 
     let total = desc.total_steps;
-    let spe = desc.steps_per_epoch.max(1);
-    let policy = &cfg.policy;
-    let k = u64::from(cfg.keyframe_interval.max(1));
-    let bar = progress_bar(cfg.progress, total, start_step);
+    let bar = progress_bar(cfg.progress, total, "steps");
+    bar.set_position(start.step);
+    let ctx = LoopContext {
+        cfg,
+        desc: &desc,
+        on_cpu,
+        resumed_at: resume.as_ref().map(|r| r.step),
+        wall_offset_secs: start.wall_offset_secs,
+        loop_started: Instant::now(),
+    };
+    let walked = train_loop(&ctx, stop, &mut trainer, &mut sink, &bar, start.step)?;
+    let t = walked.step;
+    let mut first_step = walked.first_step;
+    // The state after the last update: it closes the last pair, and like θ_0 it is always kept
+    // (distance travelled and flatness at the end of training need it under sparse policies).
+    let interrupted = t < total;
+    if !matches!(cfg.policy, policy::RecordPolicy::Nothing) {
+        first_step.get_or_insert(t);
+        sink.send(Record::Step {
+            step: t,
+            state: trainer.snapshot(on_cpu)?,
+            sample_ids: Vec::new(),
+            augmentation: Vec::new(),
+            scalars: StepScalars {
+                learning_rate: f64::NAN,
+                minibatch_loss: f64::NAN,
+                grad_norm: f64::NAN,
+                update_norm: f64::NAN,
+                wall_time_secs: ctx.wall_time_secs(),
+            },
+        })?;
+    }
+    let counters = Arc::clone(&sink.counters);
+    let written = sink.finish()?;
+    bar.finish_and_clear();
+    let raw = counters.raw_bytes.load(Ordering::Relaxed);
+    let stored = counters.stored_bytes.load(Ordering::Relaxed);
+    let wall = started.elapsed().as_secs_f64();
+    let updates = t - start.step;
+    Ok(RecordSummary {
+        out: cfg.out.display().to_string(),
+        device: device_name(cfg.device),
+        updates,
+        first_step,
+        last_step: t,
+        steps_recorded: counters.steps_written.load(Ordering::Relaxed),
+        keyframes: counters.keyframes.load(Ordering::Relaxed),
+        interrupted_by_signal: if interrupted { stop.signal() } else { None },
+        resumed_from_step: ctx.resumed_at,
+        raw_state_bytes: raw,
+        stored_state_bytes: stored,
+        file_bytes: written.file_bytes,
+        compression_ratio: if stored > 0 {
+            raw as f64 / stored as f64
+        } else {
+            f64::NAN
+        },
+        wall_secs: wall,
+        updates_per_sec: updates as f64 / ctx.loop_started.elapsed().as_secs_f64().max(1e-9),
+        writer_copy_secs: counters.copy_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
+        writer_encode_write_secs: counters.write_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
+        training_blocked_secs: counters.blocked_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
+        epochs: walked.epochs,
+    })
+}
+
+/// A new run: refuses an existing output unless `--overwrite`, loads the data and describes
+/// the run.
+fn prepare_new(
+    cfg: &RecordConfig,
+) -> Result<(RunDescription, Dataset, Option<ResumePoint>), RecordError> {
+    if cfg.out.exists() && !cfg.overwrite {
+        return Err(RecordError::OutputExists {
+            path: cfg.out.clone(),
+        });
+    }
+    let data = Dataset::load(&cfg.dataset, &cfg.data_dir)?;
+    let desc = describe(cfg, &data)?;
+    Ok((desc, data, None))
+}
+
+/// Where this process starts writing.
+struct Start {
+    writer: Writer,
+    /// The first step this process trains (0, or the resume point).
+    step: u64,
+    /// Wall-clock seconds the recording had reached at `step`.
+    wall_offset_secs: f64,
+}
+
+/// Opens the recording: reopened at the resume point (the trainer gets the recorded state and
+/// optimizer), or created afresh with its header and attachments.
+fn open_output(
+    cfg: &RecordConfig,
+    desc: &RunDescription,
+    resume: Option<&ResumePoint>,
+    trainer: &mut Trainer,
+) -> Result<Start, RecordError> {
+    let writer_options = WriterOptions {
+        fsync: cfg.fsync,
+        threads: cfg.encode_threads as usize,
+    };
+    if let Some(r) = resume {
+        trainer.model.load_flat(&r.state)?;
+        trainer.set_optimizer(Optimizer::import(
+            desc.optimizer.clone(),
+            trainer.params(),
+            &r.buffers,
+            &r.descriptor,
+        )?);
+        let (writer, _report) = Writer::reopen(&cfg.out, writer_options, Some(r.step))?;
+        return Ok(Start {
+            writer,
+            step: r.step,
+            wall_offset_secs: r.wall_secs,
+        });
+    }
+    let header = header_for(desc, cfg)?;
+    if cfg.overwrite && cfg.out.exists() {
+        std::fs::remove_file(&cfg.out).map_err(|source| RecordError::OutputUnwritable {
+            path: cfg.out.clone(),
+            source,
+        })?;
+    }
+    // A TorchScript run carries its module, so the recording alone rebuilds the model.
+    let attachments: Vec<(&str, &[u8])> = cfg
+        .module
+        .as_deref()
+        .map(|m| (MODULE_ATTACHMENT, m))
+        .into_iter()
+        .collect();
+    let writer = Writer::create_with_attachments(&cfg.out, header, writer_options, &attachments)
+        .map_err(|e| match e {
+            sgdwalk_format::FormatError::Io { source, .. } => RecordError::OutputUnwritable {
+                path: cfg.out.clone(),
+                source,
+            },
+            other => RecordError::Format(other),
+        })?;
+    Ok(Start {
+        writer,
+        step: 0,
+        wall_offset_secs: 0.0,
+    })
+}
+
+/// What the training loop needs besides the trainer and the sink; fixed for the whole run.
+struct LoopContext<'a> {
+    cfg: &'a RecordConfig,
+    desc: &'a RunDescription,
+    on_cpu: bool,
+    /// The resume point: its state and optimizer state are already in the file.
+    resumed_at: Option<u64>,
+    /// Wall-clock seconds the recording had reached when this process started training.
+    wall_offset_secs: f64,
+    loop_started: Instant,
+}
+
+impl LoopContext<'_> {
+    /// The `wall_time_secs` scalar of a step recorded now.
+    fn wall_time_secs(&self) -> f64 {
+        self.wall_offset_secs + self.loop_started.elapsed().as_secs_f64()
+    }
+}
+
+/// Where the training loop stopped.
+struct LoopEnd {
+    /// The step reached: `total_steps`, or earlier when asked to stop.
+    step: u64,
+    /// The first step this process recorded.
+    first_step: Option<u64>,
+    epochs: Vec<EpochSummary>,
+}
+
+/// Applies updates from `start_step` on, recording as the policy says and evaluating at every
+/// epoch end, until the run's last update or until `stop` is set.
+fn train_loop(
+    ctx: &LoopContext<'_>,
+    stop: &StopFlag,
+    trainer: &mut Trainer,
+    sink: &mut Sink,
+    bar: &ProgressBar,
+    start_step: u64,
+) -> Result<LoopEnd, RecordError> {
+    let total = ctx.desc.total_steps;
+    let spe = ctx.desc.steps_per_epoch.max(1);
     let mut epochs = Vec::new();
     let mut first_step = None;
     let mut t = start_step;
-    let loop_started = Instant::now();
     while t < total {
         if stop.is_set() {
             break;
         }
-        let plan = trainer.plan(t);
-        let recorded = policy.records(t, spe);
-        let already_in_file = resume.as_ref().is_some_and(|r| r.step == t);
-        let snapshot = if recorded && !already_in_file {
-            Some(trainer.snapshot(on_cpu)?)
-        } else {
-            None
-        };
-        let resume_point =
-            recorded && (t % k == 0 || !policy.records(t.wrapping_sub(1), spe) || t == 0);
-        let optimizer_state = if resume_point && !already_in_file {
-            Some(trainer.export_optimizer()?)
-        } else {
-            None
-        };
-        let outcome = trainer.apply(&plan)?;
-        if let Some(state) = snapshot {
+        if apply_and_record(ctx, trainer, sink, t)? {
             first_step.get_or_insert(t);
-            sink.send(Record::Step {
-                step: t,
-                state,
-                augmentation: plan.augmentation_bytes(),
-                sample_ids: plan.sample_ids,
-                scalars: StepScalars {
-                    learning_rate: plan.lr,
-                    minibatch_loss: outcome.minibatch_loss,
-                    grad_norm: outcome.grad_norm,
-                    update_norm: outcome.update_norm,
-                    wall_time_secs: wall_offset + loop_started.elapsed().as_secs_f64(),
-                },
-            })?;
-        }
-        if let Some((buffers, descriptor)) = optimizer_state {
-            sink.send(Record::Resume {
-                step: t,
-                buffers,
-                descriptor,
-            })?;
         }
         t += 1;
-        if t % spe == 0 && !cfg.eval_splits.is_empty() {
+        if t.is_multiple_of(spe) && !ctx.cfg.eval_splits.is_empty() {
             let epoch = (t / spe) as u32;
-            let evals = evaluate_epoch(&trainer, cfg)?;
+            let evals = evaluate_epoch(trainer, ctx.cfg)?;
             for e in &evals {
                 epochs.push(EpochSummary {
                     epoch,
@@ -408,59 +506,67 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
                 evals,
             }))?;
         }
-        update_bar(&bar, &sink, t);
+        update_bar(bar, sink, t);
     }
-    // The state after the last update: it closes the last pair, and like θ_0 it is always kept
-    // (distance travelled and flatness at the end of training need it under sparse policies).
-    let interrupted = t < total;
-    if !matches!(policy, policy::RecordPolicy::Nothing) {
-        first_step.get_or_insert(t);
+    Ok(LoopEnd {
+        step: t,
+        first_step,
+        epochs,
+    })
+}
+
+/// Update `t`: θ_t and, at a resume point, the optimizer state are taken before the update
+/// when the policy records step `t` (and the file does not hold them already), then sent with
+/// the update's samples and scalars. Returns whether θ_t was sent.
+fn apply_and_record(
+    ctx: &LoopContext<'_>,
+    trainer: &mut Trainer,
+    sink: &mut Sink,
+    t: u64,
+) -> Result<bool, RecordError> {
+    let policy = &ctx.cfg.policy;
+    let spe = ctx.desc.steps_per_epoch.max(1);
+    let k = u64::from(ctx.cfg.keyframe_interval.max(1));
+    let plan = trainer.plan(t);
+    let recorded = policy.records(t, spe);
+    let already_in_file = ctx.resumed_at == Some(t);
+    let snapshot = if recorded && !already_in_file {
+        Some(trainer.snapshot(ctx.on_cpu)?)
+    } else {
+        None
+    };
+    let resume_point =
+        recorded && (t.is_multiple_of(k) || !policy.records(t.wrapping_sub(1), spe) || t == 0);
+    let optimizer_state = if resume_point && !already_in_file {
+        Some(trainer.export_optimizer()?)
+    } else {
+        None
+    };
+    let outcome = trainer.apply(&plan)?;
+    let sent = snapshot.is_some();
+    if let Some(state) = snapshot {
         sink.send(Record::Step {
             step: t,
-            state: trainer.snapshot(on_cpu)?,
-            sample_ids: Vec::new(),
-            augmentation: Vec::new(),
+            state,
+            augmentation: plan.augmentation_bytes(),
+            sample_ids: plan.sample_ids,
             scalars: StepScalars {
-                learning_rate: f64::NAN,
-                minibatch_loss: f64::NAN,
-                grad_norm: f64::NAN,
-                update_norm: f64::NAN,
-                wall_time_secs: wall_offset + loop_started.elapsed().as_secs_f64(),
+                learning_rate: plan.lr,
+                minibatch_loss: outcome.minibatch_loss,
+                grad_norm: outcome.grad_norm,
+                update_norm: outcome.update_norm,
+                wall_time_secs: ctx.wall_time_secs(),
             },
         })?;
     }
-    let counters = Arc::clone(&sink.counters);
-    let written = sink.finish()?;
-    bar.finish_and_clear();
-    let raw = counters.raw_bytes.load(Ordering::Relaxed);
-    let stored = counters.stored_bytes.load(Ordering::Relaxed);
-    let wall = started.elapsed().as_secs_f64();
-    let updates = t - start_step;
-    Ok(RecordSummary {
-        out: cfg.out.display().to_string(),
-        device: device_name(cfg.device),
-        updates,
-        first_step,
-        last_step: t,
-        steps_recorded: counters.steps_written.load(Ordering::Relaxed),
-        keyframes: counters.keyframes.load(Ordering::Relaxed),
-        interrupted_by_signal: if interrupted { stop.signal() } else { None },
-        resumed_from_step: resume.as_ref().map(|r| r.step),
-        raw_state_bytes: raw,
-        stored_state_bytes: stored,
-        file_bytes: written.file_bytes,
-        compression_ratio: if stored > 0 {
-            raw as f64 / stored as f64
-        } else {
-            f64::NAN
-        },
-        wall_secs: wall,
-        updates_per_sec: updates as f64 / loop_started.elapsed().as_secs_f64().max(1e-9),
-        writer_copy_secs: counters.copy_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
-        writer_encode_write_secs: counters.write_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
-        training_blocked_secs: counters.blocked_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
-        epochs,
-    })
+    if let Some((buffers, descriptor)) = optimizer_state {
+        sink.send(Record::Resume {
+            step: t,
+            buffers,
+            descriptor,
+        })?;
+    }
+    Ok(sent)
 }
 
 fn describe(cfg: &RecordConfig, data: &Dataset) -> Result<RunDescription, RecordError> {
@@ -597,11 +703,9 @@ fn prepare_resume(
     };
     drop(reader);
     // The recorded dataset, where it was recorded unless --data-dir says otherwise.
-    let data_dir = if cfg.data_dir_given {
-        cfg.data_dir.clone()
-    } else {
-        desc.dataset.default_location()
-    };
+    let data_dir = desc
+        .dataset
+        .location(cfg.data_dir_given.then_some(cfg.data_dir.as_path()));
     let data = Dataset::load(&desc.dataset, &data_dir)?;
     if data.identity != desc.dataset_identity {
         return Err(cannot(format!(
@@ -651,24 +755,6 @@ fn evaluate_epoch(trainer: &Trainer, cfg: &RecordConfig) -> Result<Vec<EvalRecor
         });
     }
     Ok(out)
-}
-
-fn progress_bar(show: bool, total: u64, start: u64) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(
-        Some(total),
-        if show {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        },
-    );
-    if let Ok(style) = ProgressStyle::with_template(
-        "{elapsed_precise} [{bar:30}] {pos}/{len} steps ({per_sec}, eta {eta}) {msg}",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_position(start);
-    bar
 }
 
 fn update_bar(bar: &ProgressBar, sink: &Sink, t: u64) {

@@ -4,13 +4,12 @@
 use std::collections::HashMap;
 
 use sgdwalk_workload::augment::{self, AugChoice};
-use sgdwalk_workload::eval::{mean_loss, trainable_tensors};
-use sgdwalk_workload::run::RunDescription;
+use sgdwalk_workload::eval::{bn_batches, mean_loss, trainable_tensors};
+use sgdwalk_workload::run::{RunDescription, derive_seed};
 use sgdwalk_workload::sampling::epoch_permutation;
 use sgdwalk_workload::{Dataset, Model, Split};
 use tch::{Device, Kind, Tensor};
 
-use crate::config::derive_seed;
 use crate::error::RecordError;
 use crate::optim::Optimizer;
 
@@ -141,11 +140,7 @@ impl Trainer {
             .is_some_and(|f| f.sum_of_chunk_means);
         let mut grads: Option<Vec<Tensor>> = None;
         let mut loss_mean = 0.0;
-        for (i, ids) in plan.sample_ids.chunks(chunk.max(1)).enumerate() {
-            let aug = plan
-                .augmentation
-                .as_deref()
-                .map(|a| &a[i * chunk..i * chunk + ids.len()]);
+        for (ids, aug) in bn_batches(&plan.sample_ids, plan.augmentation.as_deref(), chunk)? {
             let (x, y) = self.data.batch(Split::Train, ids, aug, device)?;
             let loss = mean_loss(&self.model.forward_t(&x, true)?, &y)?;
             let share = ids.len() as f64 / n_total as f64;

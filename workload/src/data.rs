@@ -161,6 +161,12 @@ impl DatasetSpec {
             _ => PathBuf::from("data").join(self.name.as_str()),
         }
     }
+
+    /// Where to load the data from: `given` when the user named a location (`--data-dir`),
+    /// else [`Self::default_location`].
+    pub fn location(&self, given: Option<&Path>) -> PathBuf {
+        given.map_or_else(|| self.default_location(), Path::to_path_buf)
+    }
 }
 
 /// Which part of the data a sample id refers to.

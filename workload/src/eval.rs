@@ -10,7 +10,7 @@ use crate::error::WorkloadError;
 use crate::models::Model;
 
 /// How BatchNorm layers normalize during an evaluation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BnPolicy {
     /// Batch statistics of each evaluation batch (as the paper's interpolation script); the
@@ -170,6 +170,19 @@ pub fn evaluate(
     if ids.is_empty() {
         return Err(WorkloadError::EmptyEvaluation);
     }
+    let batches = prepare_batches(data, split, ids, aug, batch_size, model.device())?;
+    evaluate_batches(model, &batches, policy)
+}
+
+/// The train-mode BatchNorm partition of `ids`: consecutive batches of `batch_size` samples
+/// (the last one may be shorter), each with its augmentation choices (`aug` holds one per id).
+/// Training, per-epoch evaluation and the analyzer's replay all cut their samples here, so
+/// train-mode BatchNorm sees the same batches everywhere.
+pub fn bn_batches<'a>(
+    ids: &'a [u32],
+    aug: Option<&'a [AugChoice]>,
+    batch_size: usize,
+) -> Result<impl Iterator<Item = (&'a [u32], Option<&'a [AugChoice]>)> + 'a, WorkloadError> {
     if let Some(a) = aug
         && a.len() != ids.len()
     {
@@ -178,12 +191,27 @@ pub fn evaluate(
         });
     }
     let batch_size = batch_size.max(1);
-    let mut batches = Vec::with_capacity(ids.len().div_ceil(batch_size));
-    for (i, chunk) in ids.chunks(batch_size).enumerate() {
-        let a = aug.map(|a| &a[i * batch_size..i * batch_size + chunk.len()]);
-        batches.push(data.batch(split, chunk, a, model.device())?);
+    Ok(ids.chunks(batch_size).enumerate().map(move |(i, chunk)| {
+        let start = i * batch_size;
+        (chunk, aug.map(|a| &a[start..start + chunk.len()]))
+    }))
+}
+
+/// The batches `(images, labels)` of [`bn_batches`] on `device`, ready to be evaluated at many
+/// states (as interpolation does).
+pub fn prepare_batches(
+    data: &Dataset,
+    split: Split,
+    ids: &[u32],
+    aug: Option<&[AugChoice]>,
+    batch_size: usize,
+    device: tch::Device,
+) -> Result<Vec<(Tensor, Tensor)>, WorkloadError> {
+    let mut batches = Vec::with_capacity(ids.len().div_ceil(batch_size.max(1)));
+    for (chunk, a) in bn_batches(ids, aug, batch_size)? {
+        batches.push(data.batch(split, chunk, a, device)?);
     }
-    evaluate_batches(model, &batches, policy)
+    Ok(batches)
 }
 
 /// Evaluates the model's current state on prepared batches `(images, labels)`; each batch is
@@ -286,4 +314,40 @@ pub fn hessian_vector_products(
         g.restore()?;
     }
     Ok((loss_sum, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bn_batches_cut_consecutive_batches_with_their_choices() {
+        let ids = [10, 11, 12, 13, 14];
+        let aug: Vec<AugChoice> = (0..5)
+            .map(|i| AugChoice {
+                dx: i,
+                dy: 0,
+                flip: false,
+            })
+            .collect();
+        let got: Vec<(Vec<u32>, Vec<u8>)> = bn_batches(&ids, Some(&aug), 2)
+            .unwrap()
+            .map(|(b, a)| (b.to_vec(), a.unwrap().iter().map(|c| c.dx).collect()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (vec![10, 11], vec![0, 1]),
+                (vec![12, 13], vec![2, 3]),
+                (vec![14], vec![4])
+            ]
+        );
+        // A batch size of 0 means 1, and no augmentation gives no choices.
+        assert_eq!(bn_batches(&ids, None, 0).unwrap().count(), 5);
+        assert!(bn_batches(&ids, None, 3).unwrap().all(|(_, a)| a.is_none()));
+        assert!(matches!(
+            bn_batches(&ids, Some(&aug[..4]), 2).map(|_| ()),
+            Err(WorkloadError::BadAugmentation { .. })
+        ));
+    }
 }

@@ -9,8 +9,11 @@
 //!   synthetic data, your own safetensors file ([`tensors`], memory-mapped); index-based
 //!   splits; a [`DatasetIdentity`] of file checksums.
 //! - [`AugChoice`]: crop/flip choices recorded per sample and replayed exactly.
-//! - [`evaluate`]: exact mean loss and accuracy under a [`BnPolicy`]; gradients and
-//!   Hessian-vector products for curvature.
+//! - [`evaluate`]: exact mean loss and accuracy under a [`BnPolicy`] over the batches of
+//!   [`eval::bn_batches`]; gradients and Hessian-vector products for curvature.
+//! - [`RunDescription`]: what a recording's metadata says about its run, and
+//!   [`run::derive_seed`], from which every seed of a run derives.
+//! - [`progress::progress_bar`]: the command-line tools' progress bar.
 
 pub mod augment;
 pub mod data;
@@ -18,6 +21,7 @@ pub mod error;
 pub mod eval;
 pub mod jit;
 pub mod models;
+pub mod progress;
 pub mod run;
 pub mod sampling;
 pub mod state;

@@ -185,74 +185,7 @@ impl TensorsHeader {
             let Some(p) = &parts[part.index()] else {
                 continue;
             };
-            let (xn, yn) = (part.x_name(), part.y_name());
-            if p.x.dtype != train.x.dtype {
-                return Err(WorkloadError::TensorDtype {
-                    path: path.to_path_buf(),
-                    tensor: xn,
-                    found: p.x.dtype.to_string(),
-                    allowed: format!("{} (the dtype of train_x)", train.x.dtype),
-                });
-            }
-            if !is_label_dtype(p.y.dtype) {
-                return Err(WorkloadError::TensorDtype {
-                    path: path.to_path_buf(),
-                    tensor: yn,
-                    found: p.y.dtype.to_string(),
-                    allowed: LABEL_DTYPES.into(),
-                });
-            }
-            let shape_err =
-                |tensor, found: &[usize], expected: String| WorkloadError::TensorShape {
-                    path: path.to_path_buf(),
-                    tensor,
-                    found: found.to_vec(),
-                    expected,
-                };
-            if p.x.shape.len() < 2 {
-                return Err(shape_err(
-                    xn,
-                    &p.x.shape,
-                    "[N, ...] (at least 2 dims)".into(),
-                ));
-            }
-            if p.y.shape.len() != 1 {
-                return Err(shape_err(yn, &p.y.shape, "[N] (1 dim)".into()));
-            }
-            let (nx, ny) = (p.x.shape[0], p.y.shape[0]);
-            if nx != ny {
-                return Err(WorkloadError::SampleCountMismatch {
-                    path: path.to_path_buf(),
-                    x_tensor: xn,
-                    x_samples: nx,
-                    y_tensor: yn,
-                    y_samples: ny,
-                });
-            }
-            if nx == 0 {
-                return Err(WorkloadError::NoSamples {
-                    path: path.to_path_buf(),
-                    tensor: xn,
-                });
-            }
-            if p.x.shape[1..] != train_sample_shape[..] {
-                return Err(shape_err(
-                    xn,
-                    &p.x.shape,
-                    format!(
-                        "[N, {}] (the sample shape of train_x)",
-                        dims(&train_sample_shape)
-                    ),
-                ));
-            }
-            if train_sample_shape.contains(&0) {
-                return Err(shape_err(
-                    xn,
-                    &p.x.shape,
-                    "samples of at least one element".into(),
-                ));
-            }
-            samples[part.index()] = Some(nx);
+            samples[part.index()] = Some(check_part(path, part, p, &train.x, &train_sample_shape)?);
         }
         let train_samples = samples[0].unwrap_or(0);
         let val_samples = samples[1];
@@ -459,6 +392,84 @@ pub fn parse_numbers(s: &str) -> Result<Vec<f64>, String> {
                 .map_err(|_| format!("{:?} is not a number", v.trim()))
         })
         .collect()
+}
+
+/// Checks one split's `x`/`y` pair against `train_x` (dtype, per-sample shape) and against each
+/// other (label dtype, ranks, sample counts); returns its sample count.
+fn check_part(
+    path: &Path,
+    part: FilePart,
+    p: &PartSlots,
+    train_x: &Slot,
+    train_sample_shape: &[usize],
+) -> Result<usize, WorkloadError> {
+    let (xn, yn) = (part.x_name(), part.y_name());
+    if p.x.dtype != train_x.dtype {
+        return Err(WorkloadError::TensorDtype {
+            path: path.to_path_buf(),
+            tensor: xn,
+            found: p.x.dtype.to_string(),
+            allowed: format!("{} (the dtype of train_x)", train_x.dtype),
+        });
+    }
+    if !is_label_dtype(p.y.dtype) {
+        return Err(WorkloadError::TensorDtype {
+            path: path.to_path_buf(),
+            tensor: yn,
+            found: p.y.dtype.to_string(),
+            allowed: LABEL_DTYPES.into(),
+        });
+    }
+    let shape_err = |tensor, found: &[usize], expected: String| WorkloadError::TensorShape {
+        path: path.to_path_buf(),
+        tensor,
+        found: found.to_vec(),
+        expected,
+    };
+    if p.x.shape.len() < 2 {
+        return Err(shape_err(
+            xn,
+            &p.x.shape,
+            "[N, ...] (at least 2 dims)".into(),
+        ));
+    }
+    if p.y.shape.len() != 1 {
+        return Err(shape_err(yn, &p.y.shape, "[N] (1 dim)".into()));
+    }
+    let (nx, ny) = (p.x.shape[0], p.y.shape[0]);
+    if nx != ny {
+        return Err(WorkloadError::SampleCountMismatch {
+            path: path.to_path_buf(),
+            x_tensor: xn,
+            x_samples: nx,
+            y_tensor: yn,
+            y_samples: ny,
+        });
+    }
+    if nx == 0 {
+        return Err(WorkloadError::NoSamples {
+            path: path.to_path_buf(),
+            tensor: xn,
+        });
+    }
+    if p.x.shape[1..] != train_sample_shape[..] {
+        return Err(shape_err(
+            xn,
+            &p.x.shape,
+            format!(
+                "[N, {}] (the sample shape of train_x)",
+                dims(train_sample_shape)
+            ),
+        ));
+    }
+    if train_sample_shape.contains(&0) {
+        return Err(shape_err(
+            xn,
+            &p.x.shape,
+            "samples of at least one element".into(),
+        ));
+    }
+    Ok(nx)
 }
 
 fn is_label_dtype(d: Dtype) -> bool {

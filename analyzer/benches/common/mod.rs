@@ -36,7 +36,7 @@ pub fn cpu_settings(rec: &Path) -> RunSettings {
         recording: rec.to_path_buf(),
         out: PathBuf::from("unused"),
         data_dir: Some(PathBuf::from("data/fashion-mnist")),
-        shard: (0, 1),
+        shard: sgdwalk_analyzer::config::Shard::default(),
         device: tch::Device::Cpu,
         threads: 0,
         force: false,

@@ -1,10 +1,13 @@
-//! The paper's claims, each with the rule that decides its verdict from the measured numbers,
-//! and the Markdown report. Pure functions of [`RunData`]: unit-tested without any file.
+//! The paper's claims as data. Each [`ClaimSpec`] of [`CLAIMS`] restates one claim, names its
+//! source and the rule that decides its verdict, and points to the function that measures it
+//! on the runs; [`assess`] runs them all in the table's order, and [`super::markdown`] renders
+//! the result. Pure functions of [`RunData`]: unit-tested without any file.
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 
 use super::load::{RunData, RunKind};
+use super::markdown::{fmt_opt, pct};
 
 /// Outcome of one claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +39,53 @@ impl fmt::Display for Verdict {
     }
 }
 
-/// One assessed claim.
+/// One claim of the paper: what it says, where, how it is decided and how it is measured.
+#[derive(Debug)]
+pub struct ClaimSpec {
+    /// `C1` … `C7`, as in the report's headings.
+    pub id: &'static str,
+    /// The claim, restated.
+    pub statement: &'static str,
+    /// Where it comes from.
+    pub source: &'static str,
+    /// How the verdict is decided. [`BARRIER_THRESHOLD_PCT`] in it stands for
+    /// `--barrier-threshold`, in percent with two decimals.
+    pub rule: &'static str,
+    /// Measures the claim on the runs: the evidence and the verdict.
+    pub assess: fn(&Runs<'_>) -> Finding,
+}
+
+/// The placeholder of the barrier threshold in a [`ClaimSpec::rule`].
+pub const BARRIER_THRESHOLD_PCT: &str = "{barrier_threshold_pct}";
+
+impl ClaimSpec {
+    /// The rule with the barrier threshold filled in.
+    pub fn rule(&self, barrier_threshold: f64) -> String {
+        self.rule.replace(
+            BARRIER_THRESHOLD_PCT,
+            &format!("{:.2}", 100.0 * barrier_threshold),
+        )
+    }
+}
+
+/// What a claim's measurement found.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// Markdown with the numbers (a table, a sentence), or what is missing to measure it.
+    pub evidence: String,
+    pub verdict: Verdict,
+}
+
+impl Finding {
+    fn not_measured(why: &str) -> Self {
+        Finding {
+            evidence: why.into(),
+            verdict: Verdict::NotMeasured,
+        }
+    }
+}
+
+/// One assessed claim: a [`ClaimSpec`] with its rule filled in and its [`Finding`].
 #[derive(Debug, Clone)]
 pub struct Assessed {
     pub id: &'static str,
@@ -51,31 +100,192 @@ pub struct Assessed {
     pub verdict: Verdict,
 }
 
-fn fmt_opt(x: Option<f64>, digits: usize) -> String {
-    match x {
-        Some(v) if v.is_nan() => "NaN".into(),
-        Some(v) => format!("{v:.digits$}"),
-        None => "–".into(),
-    }
-}
+/// The rule shared by the two interior-floor claims.
+const INTERIOR_RULE: &str = "held when, in every run, more than half of the analyzed steps after the first epoch \
+     (the initial descent, where every step is downhill; all steps for one-epoch runs) have an \
+     interior valley floor (shape `interior_min`)";
 
-fn pct(x: Option<f64>) -> String {
-    match x {
-        Some(v) if v.is_nan() => "NaN".into(),
-        Some(v) => format!("{:.1}%", 100.0 * v),
-        None => "–".into(),
-    }
-}
+/// Every claim the report assesses, in the report's order.
+pub const CLAIMS: &[ClaimSpec] = &[
+    ClaimSpec {
+        id: "C1",
+        statement: "For most of training, the loss along each SGD step θ_t → θ_{t+1} is roughly convex with a minimum in between (the valley floor).",
+        source: "abstract, claim 1",
+        rule: INTERIOR_RULE,
+        assess: interior_floors_minibatch,
+    },
+    ClaimSpec {
+        id: "C1-GD",
+        statement: "Full-batch GD with a large learning rate overshoots the minimum along every step too (interior floor).",
+        source: "expected from the authors' code (GD, effective lr 0.9)",
+        rule: INTERIOR_RULE,
+        assess: interior_floors_full_batch,
+    },
+    ClaimSpec {
+        id: "C2",
+        statement: "SGD moves in valley-like regions by jumping from one valley wall to the other, at a height above the floor.",
+        source: "abstract, claim 2",
+        rule: "held when, in every minibatch run, more than half of the steps have an interior \
+               floor, the median cos(d_{t−1}, d_t) is negative, and both iterates sit above the \
+               floor on average (mean height at α=0 and at α=1 > 0)",
+        assess: bouncing_between_walls,
+    },
+    ClaimSpec {
+        id: "C3a",
+        statement: "A larger learning rate lets SGD travel farther from initialization.",
+        source: "abstract, claim 3",
+        rule: "held when, at every batch size with two or more learning rates, ‖θ − θ_0‖ at the \
+               last epoch all those runs reached increases strictly with the learning rate",
+        assess: distance_by_lr,
+    },
+    ClaimSpec {
+        id: "C3b",
+        statement: "A smaller batch size lets SGD travel farther from initialization (same epochs).",
+        source: "abstract, claim 3",
+        rule: "held when, at every learning rate with two or more batch sizes, ‖θ − θ_0‖ at the \
+               last epoch all those runs reached decreases strictly as the batch size grows",
+        assess: distance_by_batch,
+    },
+    ClaimSpec {
+        id: "C3c",
+        statement: "A large learning rate maintains a large height above the valley floor.",
+        source: "abstract, claim 3",
+        rule: "held when, at every batch size with two or more learning rates, the mean height of \
+               θ_t above its step's floor after the first epoch increases strictly with the \
+               learning rate",
+        assess: height_by_lr,
+    },
+    ClaimSpec {
+        id: "C3d",
+        statement: "Learning rate and batch size play different roles: a large learning rate keeps SGD high above the floor, a small batch injects noise that helps exploration.",
+        source: "abstract, claim 3",
+        rule: "elasticities d log(height) / d log(lr) at fixed batch size and d log(height) / \
+               d log(batch) at fixed lr, averaged over groups; held when height responds more \
+               to the learning rate than to the batch size (|lr elasticity| > |batch \
+               elasticity|) while the distance travelled still grows as the batch shrinks (C3b)",
+        assess: roles_of_lr_and_batch,
+    },
+    ClaimSpec {
+        id: "C4a",
+        statement: "The valley floor has barriers.",
+        source: "abstract, claim 4",
+        rule: "a segment v_t → v_{t+k} between floor points has a barrier when max L − \
+               max(L(v_t), L(v_{t+k})) exceeds {barrier_threshold_pct}% of the higher end; held \
+               when at least 1% of the floor segments of the minibatch runs have one",
+        assess: floor_barriers,
+    },
+    ClaimSpec {
+        id: "C4b",
+        statement: "Exploring above the floor lets SGD move far without being hindered by the floor's barriers.",
+        source: "abstract, claim 4",
+        rule: "compares, at each stride k > 1, the share of segments with a barrier along the \
+               iterates (θ_t → θ_{t+k}, above the floor) with the share along the floor (v_t → \
+               v_{t+k}); held when the iterate path has fewer barriers at every such stride",
+        assess: iterates_avoid_barriers,
+    },
+    ClaimSpec {
+        id: "C4c",
+        statement: "Larger learning rates and smaller batches find flatter regions (smaller top Hessian eigenvalue).",
+        source: "abstract, claims 3–4; λ_max plots of the authors' code",
+        rule: "held when λ_max at the final curvature step decreases strictly with the learning \
+               rate at every batch size and increases strictly with the batch size at every \
+               learning rate",
+        assess: flatter_with_lr_and_batch,
+    },
+    ClaimSpec {
+        id: "C4d",
+        statement: "Flatter regions generalize better.",
+        source: "abstract, claim 4",
+        rule: "held when the rank correlation between final λ_max and final test accuracy across \
+               minibatch runs is negative (at least 3 runs)",
+        assess: flatness_and_generalization,
+    },
+    ClaimSpec {
+        id: "C5",
+        statement: "The top Hessian eigenvalue λ_max decreases over training.",
+        source: "the authors' spectral-norm plots (epochs 1, 10, 25, 100)",
+        rule: "held when λ_max at the last curvature step is below its value at the first \
+               curvature step after θ_0, in every minibatch run",
+        assess: lambda_max_decreases,
+    },
+    ClaimSpec {
+        id: "C6",
+        statement: "The distance from initialization grows monotonically during early training.",
+        source: "expected from the authors' code (parameter-distance panels)",
+        rule: "held when ‖θ − θ_0‖ at the end of each epoch increases strictly in every run with \
+               two or more epochs",
+        assess: distance_grows_early,
+    },
+    ClaimSpec {
+        id: "C7",
+        statement: "Full-batch GD with isotropic Gaussian noise does not reproduce what SGD achieves.",
+        source: "abstract of the first version",
+        rule: "held when every GD+noise run ends with a lower test accuracy than the median \
+               plain-SGD run",
+        assess: isotropic_noise_falls_short,
+    },
+];
 
-fn minibatch(runs: &[RunData]) -> Vec<&RunData> {
-    runs.iter()
-        .filter(|r| matches!(r.kind, RunKind::Sgd | RunKind::OtherMinibatch))
+/// Decides every claim of [`CLAIMS`] on the given runs, in order.
+pub fn assess(runs: &[RunData], barrier_threshold: f64) -> Vec<Assessed> {
+    let runs = Runs::new(runs);
+    CLAIMS
+        .iter()
+        .map(|spec| {
+            let Finding { evidence, verdict } = (spec.assess)(&runs);
+            Assessed {
+                id: spec.id,
+                claim: spec.statement,
+                source: spec.source,
+                rule: spec.rule(barrier_threshold),
+                evidence,
+                verdict,
+            }
+        })
         .collect()
 }
 
-fn plain_sgd(runs: &[RunData]) -> Vec<&RunData> {
-    runs.iter().filter(|r| r.kind == RunKind::Sgd).collect()
+/// The runs as the claims compare them.
+pub struct Runs<'a> {
+    pub all: &'a [RunData],
+    /// Minibatch runs: plain SGD, SGD with momentum, Adam.
+    pub minibatch: Vec<&'a RunData>,
+    /// Plain-SGD runs (no momentum): the paper's setting.
+    pub sgd: Vec<&'a RunData>,
+    /// Full-batch runs: GD and GD with noise.
+    pub full_batch: Vec<&'a RunData>,
+    /// Plain-SGD runs by batch size (the learning rate varies), each group sorted by lr.
+    pub by_batch: Groups<'a>,
+    /// Plain-SGD runs by learning rate (the batch size varies), each sorted by batch size.
+    pub by_lr: Groups<'a>,
 }
+
+impl<'a> Runs<'a> {
+    pub fn new(all: &'a [RunData]) -> Self {
+        let of = |keep: fn(RunKind) -> bool| -> Vec<&'a RunData> {
+            all.iter().filter(|r| keep(r.kind)).collect()
+        };
+        let minibatch = of(|k| matches!(k, RunKind::Sgd | RunKind::OtherMinibatch));
+        let sgd = of(|k| k == RunKind::Sgd);
+        let full_batch = of(|k| matches!(k, RunKind::Gd | RunKind::GdNoise));
+        let by_batch = groups(&sgd, |r| r.batch_label(), |r| r.lr);
+        let by_lr = groups(
+            &sgd,
+            |r| r.lr.to_string(),
+            |r| f64::from(r.batch_size.unwrap_or(0)),
+        );
+        Runs {
+            all,
+            minibatch,
+            sgd,
+            full_batch,
+            by_batch,
+            by_lr,
+        }
+    }
+}
+
+// --- Helpers shared by the claims
 
 /// Runs of the same model and data grouped by a key, each group sorted by `x`.
 fn groups<'a>(
@@ -200,7 +410,7 @@ fn log_slope(points: &[(f64, f64)]) -> Option<f64> {
 }
 
 /// Plain-SGD runs of one model and data grouped by the setting held fixed.
-type Groups<'a> = BTreeMap<(String, String, String), Vec<&'a RunData>>;
+pub type Groups<'a> = BTreeMap<(String, String, String), Vec<&'a RunData>>;
 
 /// The group's fixed setting: "mlp fashion-mnist batch 32" (lr varies) or "… lr 0.1".
 fn group_title(model: &str, data: &str, first: &RunData, lr_varies: bool) -> String {
@@ -243,29 +453,23 @@ fn mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
-/// Interior-floor share per epoch; held when above one half in every epoch of every run.
-fn interior_claim(
-    id: &'static str,
-    claim: &'static str,
-    source: &'static str,
-    runs: &[&RunData],
-    what: &str,
-) -> Assessed {
-    let rule =
-        "held when, in every run, more than half of the analyzed steps after the first epoch \
-                (the initial descent, where every step is downhill; all steps for one-epoch runs) \
-                have an interior valley floor (shape `interior_min`)"
-            .to_string();
+// --- The claims' measurements, in the order of CLAIMS
+
+fn interior_floors_minibatch(runs: &Runs<'_>) -> Finding {
+    interior_floors(&runs.minibatch, "minibatch")
+}
+
+fn interior_floors_full_batch(runs: &Runs<'_>) -> Finding {
+    interior_floors(&runs.full_batch, "full-batch")
+}
+
+/// Interior-floor share per epoch; held when above one half after the first epoch of every run.
+fn interior_floors(runs: &[&RunData], what: &str) -> Finding {
     let measured: Vec<&&RunData> = runs.iter().filter(|r| r.whole.floors > 0).collect();
     if measured.is_empty() {
-        return Assessed {
-            id,
-            claim,
-            source,
-            rule,
-            evidence: format!("No {what} run with valley floors (phase `floors`) was given."),
-            verdict: Verdict::NotMeasured,
-        };
+        return Finding::not_measured(&format!(
+            "No {what} run with valley floors (phase `floors`) was given."
+        ));
     }
     let mut ev = String::from(
         "| run | epoch | steps | interior floor | NaN segments |\n| --- | ---: | ---: | ---: | ---: |\n",
@@ -314,125 +518,298 @@ fn interior_claim(
             );
         }
     }
-    Assessed {
-        id,
-        claim,
-        source,
-        rule,
+    Finding {
         evidence: ev,
         verdict: if ok { Verdict::Held } else { Verdict::NotHeld },
     }
 }
 
-/// Decides every claim on the given runs.
-pub fn assess(runs: &[RunData], barrier_threshold: f64) -> Vec<Assessed> {
-    let mb = minibatch(runs);
-    let sgd = plain_sgd(runs);
-    let gd: Vec<&RunData> = runs
-        .iter()
-        .filter(|r| matches!(r.kind, RunKind::Gd | RunKind::GdNoise))
-        .collect();
-    // Plain-SGD runs by batch size (learning rate varies) and by learning rate (batch varies).
-    let by_batch = groups(&sgd, |r| r.batch_label(), |r| r.lr);
-    let by_lr = groups(
-        &sgd,
-        |r| r.lr.to_string(),
-        |r| f64::from(r.batch_size.unwrap_or(0)),
+/// C2: interior floors, negative median cos, both iterates above the floor.
+fn bouncing_between_walls(runs: &Runs<'_>) -> Finding {
+    let mut ev = String::from(
+        "| run | median cos | cos < 0 | std cos | mean height θ_t | mean height θ_{t+1} | median α* |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
-    let mut out = vec![
-        interior_claim(
-            "C1",
-            "For most of training, the loss along each SGD step θ_t → θ_{t+1} is roughly convex with a minimum in between (the valley floor).",
-            "abstract, claim 1",
-            &mb,
-            "minibatch",
-        ),
-        interior_claim(
-            "C1-GD",
-            "Full-batch GD with a large learning rate overshoots the minimum along every step too (interior floor).",
-            "expected from the authors' code (GD, effective lr 0.9)",
-            &gd,
-            "full-batch",
-        ),
-    ];
-
-    // C2: bouncing between the walls.
-    {
-        let rule = "held when, in every minibatch run, more than half of the steps have an interior \
-                    floor, the median cos(d_{t−1}, d_t) is negative, and both iterates sit above the \
-                    floor on average (mean height at α=0 and at α=1 > 0)"
-            .to_string();
-        let mut ev = String::from(
-            "| run | median cos | cos < 0 | std cos | mean height θ_t | mean height θ_{t+1} | median α* |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    let mut ok = true;
+    let mut any = false;
+    for r in &runs.minibatch {
+        if r.whole.cos_count == 0 || r.whole.floors == 0 {
+            continue;
+        }
+        any = true;
+        let w = &r.whole;
+        let _ = writeln!(
+            ev,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.label,
+            fmt_opt(w.cos_median, 3),
+            pct(w.cos_negative_share),
+            fmt_opt(w.cos_std, 3),
+            fmt_opt(w.height_start_mean, 4),
+            fmt_opt(w.height_end_mean, 4),
+            fmt_opt(w.alpha_star_median, 2)
         );
-        let mut ok = true;
-        let mut any = false;
-        for r in &mb {
-            if r.whole.cos_count == 0 || r.whole.floors == 0 {
-                continue;
-            }
-            any = true;
-            let w = &r.whole;
+        ok &= w.interior_share.is_some_and(|v| v > 0.5)
+            && w.cos_median.is_some_and(|c| c < 0.0)
+            && w.height_start_mean.is_some_and(|h| h > 0.0)
+            && w.height_end_mean.is_some_and(|h| h > 0.0);
+    }
+    if !any {
+        return Finding::not_measured("Needs geometry and floors of a minibatch run.");
+    }
+    Finding {
+        evidence: ev,
+        verdict: if ok { Verdict::Held } else { Verdict::NotHeld },
+    }
+}
+
+/// C3a: distance from initialization grows with the learning rate.
+fn distance_by_lr(runs: &Runs<'_>) -> Finding {
+    distance_from_init(runs, true)
+}
+
+/// C3b: distance from initialization shrinks as the batch grows.
+fn distance_by_batch(runs: &Runs<'_>) -> Finding {
+    distance_from_init(runs, false)
+}
+
+/// ‖θ − θ_0‖ at the last epoch every run of a group reached, monotone in the setting that
+/// varies (lr: increasing; batch size: decreasing).
+fn distance_from_init(runs: &Runs<'_>, lr_varies: bool) -> Finding {
+    let g = if lr_varies {
+        &runs.by_batch
+    } else {
+        &runs.by_lr
+    };
+    if g.is_empty() {
+        return Finding::not_measured(
+            "Needs two or more plain-SGD runs that differ only in this setting.",
+        );
+    }
+    let mut ev = String::from(
+        "| group | epoch | runs (distance from init) | monotone |\n| --- | ---: | --- | --- |\n",
+    );
+    let mut all = Some(true);
+    for ((model, data, _), rs) in g {
+        let epoch = rs.iter().map(|r| last_epoch_with_dist(r)).min().flatten();
+        let ys: Vec<Option<f64>> = rs.iter().map(|r| dist_at(r, epoch)).collect();
+        let m = monotone(&ys, if lr_varies { 1.0 } else { -1.0 });
+        let items: Vec<String> = rs
+            .iter()
+            .zip(&ys)
+            .map(|(r, y)| member(r, lr_varies, &fmt_opt(*y, 2)))
+            .collect();
+        let _ = writeln!(
+            ev,
+            "| {} | {} | {} | {} |",
+            group_title(model, data, rs[0], lr_varies),
+            epoch.map_or("–".into(), |e| e.to_string()),
+            items.join(", "),
+            yes_no(m)
+        );
+        all = and_strict(all, m);
+    }
+    Finding {
+        evidence: ev,
+        verdict: Verdict::from_test(all),
+    }
+}
+
+/// C3c: height above the floor grows with the learning rate.
+fn height_by_lr(runs: &Runs<'_>) -> Finding {
+    let g = &runs.by_batch;
+    if g.is_empty() {
+        return Finding::not_measured(
+            "Needs two or more plain-SGD runs with floors that differ only in learning rate.",
+        );
+    }
+    let mut ev = String::from(
+        "| batch | runs (mean height after epoch 1; relative height over the run) | monotone |\n| --- | --- | --- |\n",
+    );
+    let mut all = Some(true);
+    for ((model, data, b), rs) in g {
+        let ys: Vec<Option<f64>> = rs.iter().map(|r| late_height(r)).collect();
+        let m = monotone(&ys, 1.0);
+        let items: Vec<String> = rs
+            .iter()
+            .map(|r| {
+                format!(
+                    "lr {}: {} ({})",
+                    r.lr,
+                    fmt_opt(late_height(r), 4),
+                    pct(r.whole.rel_height_mean)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            ev,
+            "| {model} {data} {b} | {} | {} |",
+            items.join(", "),
+            yes_no(m)
+        );
+        all = and_strict(all, m);
+    }
+    Finding {
+        evidence: ev,
+        verdict: Verdict::from_test(all),
+    }
+}
+
+/// Least-squares slopes of log y on log x, one per group that has two or more usable points.
+fn group_slopes(g: &Groups<'_>, point: impl Fn(&RunData) -> Option<(f64, f64)>) -> Vec<f64> {
+    g.values()
+        .filter_map(|rs| {
+            let p: Vec<(f64, f64)> = rs.iter().filter_map(|r| point(r)).collect();
+            log_slope(&p)
+        })
+        .collect()
+}
+
+/// C3d: height elasticity to lr vs to batch size; noise (std of cos) by batch size.
+fn roles_of_lr_and_batch(runs: &Runs<'_>) -> Finding {
+    let batch = |r: &RunData| f64::from(r.batch_size.unwrap_or(0));
+    let s_lr = group_slopes(&runs.by_batch, |r| late_height(r).map(|h| (r.lr, h)));
+    let s_b = group_slopes(&runs.by_lr, |r| late_height(r).map(|h| (batch(r), h)));
+    let noise = group_slopes(&runs.by_lr, |r| r.whole.cos_std.map(|s| (batch(r), s)));
+    let (mlr, mb_) = (mean(&s_lr), mean(&s_b));
+    let c3b_held = distance_by_batch(runs).verdict == Verdict::Held;
+    let verdict = match (mlr, mb_) {
+        (Some(a), Some(b)) if a.abs() > b.abs() && c3b_held => Verdict::Held,
+        (Some(_), Some(_)) => Verdict::NotHeld,
+        _ => Verdict::NotMeasured,
+    };
+    let evidence = format!(
+        "| quantity | value |\n| --- | ---: |\n| height elasticity to lr (mean over {} batch sizes) | {} |\n\
+         | height elasticity to batch size (mean over {} learning rates) | {} |\n\
+         | elasticity of std cos(d_{{t−1}}, d_t) to batch size | {} |\n| C3b (distance grows as batch shrinks) | {} |\n",
+        s_lr.len(),
+        fmt_opt(mlr, 3),
+        s_b.len(),
+        fmt_opt(mb_, 3),
+        fmt_opt(mean(&noise), 3),
+        if c3b_held {
+            "held"
+        } else {
+            "not held or not measured"
+        }
+    );
+    Finding { evidence, verdict }
+}
+
+/// Segments and segments with a barrier of the minibatch runs, per path and stride.
+#[derive(Default)]
+struct BarrierTotals {
+    /// Floor segments over every stride: (segments, with a barrier).
+    floor: (u64, u64),
+    /// stride → (segments, with a barrier).
+    floor_by_stride: BTreeMap<u32, (u64, u64)>,
+    iterate_by_stride: BTreeMap<u32, (u64, u64)>,
+}
+
+impl BarrierTotals {
+    fn of(runs: &[&RunData]) -> Self {
+        let mut t = BarrierTotals::default();
+        for b in runs.iter().flat_map(|r| &r.barriers) {
+            let e = if b.path == "floor" {
+                t.floor.0 += b.segments;
+                t.floor.1 += b.with_barrier;
+                t.floor_by_stride.entry(b.stride).or_default()
+            } else {
+                t.iterate_by_stride.entry(b.stride).or_default()
+            };
+            e.0 += b.segments;
+            e.1 += b.with_barrier;
+        }
+        t
+    }
+}
+
+/// C4a: at least 1% of the floor segments have a barrier.
+fn floor_barriers(runs: &Runs<'_>) -> Finding {
+    let (seg, with) = BarrierTotals::of(&runs.minibatch).floor;
+    if seg == 0 {
+        return Finding::not_measured("Needs the `barriers` phase on a minibatch run.");
+    }
+    let mut ev = String::from(
+        "| run | path | stride k | segments | with barrier | NaN | mean size (rel.) | max size (rel.) |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for r in &runs.minibatch {
+        for b in &r.barriers {
             let _ = writeln!(
                 ev,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.label,
-                fmt_opt(w.cos_median, 3),
-                pct(w.cos_negative_share),
-                fmt_opt(w.cos_std, 3),
-                fmt_opt(w.height_start_mean, 4),
-                fmt_opt(w.height_end_mean, 4),
-                fmt_opt(w.alpha_star_median, 2)
+                b.path,
+                b.stride,
+                b.segments,
+                b.with_barrier,
+                b.nonfinite,
+                pct(b.rel_mean),
+                pct(b.rel_max)
             );
-            ok &= w.interior_share.is_some_and(|v| v > 0.5)
-                && w.cos_median.is_some_and(|c| c < 0.0)
-                && w.height_start_mean.is_some_and(|h| h > 0.0)
-                && w.height_end_mean.is_some_and(|h| h > 0.0);
         }
-        out.push(Assessed {
-            id: "C2",
-            claim: "SGD moves in valley-like regions by jumping from one valley wall to the other, at a height above the floor.",
-            source: "abstract, claim 2",
-            rule,
-            evidence: if any { ev } else { "Needs geometry and floors of a minibatch run.".into() },
-            verdict: match (any, ok) {
-                (false, _) => Verdict::NotMeasured,
-                (true, true) => Verdict::Held,
-                (true, false) => Verdict::NotHeld,
-            },
-        });
     }
-
-    // C3a/C3b: distance from initialization by lr and batch size, at a common epoch.
-    let dist_claim = |id, claim, lr_varies: bool| -> Assessed {
-        let g = if lr_varies { &by_batch } else { &by_lr };
-        let rule = if lr_varies {
-            "held when, at every batch size with two or more learning rates, ‖θ − θ_0‖ at the last \
-             epoch all those runs reached increases strictly with the learning rate"
+    let share = with as f64 / seg as f64;
+    let _ = writeln!(
+        ev,
+        "\nAll minibatch runs: {with} of {seg} floor segments ({}) have a barrier.",
+        pct(Some(share))
+    );
+    Finding {
+        evidence: ev,
+        verdict: if share >= 0.01 {
+            Verdict::Held
         } else {
-            "held when, at every learning rate with two or more batch sizes, ‖θ − θ_0‖ at the last \
-             epoch all those runs reached decreases strictly as the batch size grows"
-        }
-        .to_string();
-        if g.is_empty() {
-            return Assessed {
-                id,
-                claim,
-                source: "abstract, claim 3",
-                rule,
-                evidence: "Needs two or more plain-SGD runs that differ only in this setting."
-                    .into(),
-                verdict: Verdict::NotMeasured,
-            };
-        }
-        let mut ev = String::from(
-            "| group | epoch | runs (distance from init) | monotone |\n| --- | ---: | --- | --- |\n",
+            Verdict::NotHeld
+        },
+    }
+}
+
+/// C4b: at every stride k > 1, fewer barriers along the iterates than along the floor.
+fn iterates_avoid_barriers(runs: &Runs<'_>) -> Finding {
+    let t = BarrierTotals::of(&runs.minibatch);
+    let mut ev = String::from("| stride k | floor path | iterate path |\n| --- | ---: | ---: |\n");
+    let mut verdict = None;
+    for (k, (fs, fw)) in t.floor_by_stride.iter().filter(|(k, _)| **k > 1) {
+        let Some((is, iw)) = t.iterate_by_stride.get(k) else {
+            continue;
+        };
+        let (f, i) = (
+            *fw as f64 / (*fs).max(1) as f64,
+            *iw as f64 / (*is).max(1) as f64,
         );
-        let mut all = Some(true);
+        let _ = writeln!(
+            ev,
+            "| {k} | {} ({fw}/{fs}) | {} ({iw}/{is}) |",
+            pct(Some(f)),
+            pct(Some(i))
+        );
+        // Only strides where the floor has barriers say anything about avoiding them.
+        and_measured(&mut verdict, (*fw > 0).then_some(i < f));
+    }
+    let evidence = match verdict {
+        Some(_) => ev,
+        None if t.floor_by_stride.keys().any(|k| *k > 1) => format!(
+            "{ev}\nNo barrier was found along the floor at any stride k > 1: there is \
+             nothing for the iterates to avoid on these runs."
+        ),
+        None => "Needs barriers at a stride k > 1 (`--strides 1,5`).".into(),
+    };
+    Finding {
+        evidence,
+        verdict: Verdict::from_test(verdict),
+    }
+}
+
+/// C4c: λ_max at the end decreases with lr and increases with batch size.
+fn flatter_with_lr_and_batch(runs: &Runs<'_>) -> Finding {
+    let mut ev = String::from(
+        "| group | λ_max at the last curvature step | flatter as expected |\n| --- | --- | --- |\n",
+    );
+    let mut all: Option<bool> = None;
+    for (lr_varies, g, sign) in [(true, &runs.by_batch, -1.0), (false, &runs.by_lr, 1.0)] {
         for ((model, data, _), rs) in g {
-            let epoch = rs.iter().map(|r| last_epoch_with_dist(r)).min().flatten();
-            let ys: Vec<Option<f64>> = rs.iter().map(|r| dist_at(r, epoch)).collect();
-            let m = monotone(&ys, if lr_varies { 1.0 } else { -1.0 });
+            let ys: Vec<Option<f64>> = rs.iter().map(|r| final_lambda(r)).collect();
+            let m = monotone(&ys, sign);
             let items: Vec<String> = rs
                 .iter()
                 .zip(&ys)
@@ -440,615 +817,192 @@ pub fn assess(runs: &[RunData], barrier_threshold: f64) -> Vec<Assessed> {
                 .collect();
             let _ = writeln!(
                 ev,
-                "| {} | {} | {} | {} |",
-                group_title(model, data, rs[0], lr_varies),
-                epoch.map_or("–".into(), |e| e.to_string()),
-                items.join(", "),
-                yes_no(m)
-            );
-            all = and_strict(all, m);
-        }
-        Assessed {
-            id,
-            claim,
-            source: "abstract, claim 3",
-            rule,
-            evidence: ev,
-            verdict: Verdict::from_test(all),
-        }
-    };
-    out.push(dist_claim(
-        "C3a",
-        "A larger learning rate lets SGD travel farther from initialization.",
-        true,
-    ));
-    out.push(dist_claim(
-        "C3b",
-        "A smaller batch size lets SGD travel farther from initialization (same epochs).",
-        false,
-    ));
-
-    // C3c: height by learning rate.
-    let height = late_height;
-    {
-        let g = &by_batch;
-        let rule =
-            "held when, at every batch size with two or more learning rates, the mean height of \
-                    θ_t above its step's floor after the first epoch increases strictly with the \
-                    learning rate"
-                .to_string();
-        let mut ev = String::from(
-            "| batch | runs (mean height after epoch 1; relative height over the run) | monotone |\n| --- | --- | --- |\n",
-        );
-        let mut all = (!g.is_empty()).then_some(true);
-        for ((model, data, b), rs) in g {
-            let ys: Vec<Option<f64>> = rs.iter().map(|r| height(r)).collect();
-            let m = monotone(&ys, 1.0);
-            let items: Vec<String> = rs
-                .iter()
-                .map(|r| {
-                    format!(
-                        "lr {}: {} ({})",
-                        r.lr,
-                        fmt_opt(height(r), 4),
-                        pct(r.whole.rel_height_mean)
-                    )
-                })
-                .collect();
-            let _ = writeln!(
-                ev,
-                "| {model} {data} {b} | {} | {} |",
-                items.join(", "),
-                yes_no(m)
-            );
-            all = and_strict(all, m);
-        }
-        out.push(Assessed {
-            id: "C3c",
-            claim: "A large learning rate maintains a large height above the valley floor.",
-            source: "abstract, claim 3",
-            rule,
-            evidence: if g.is_empty() {
-                "Needs two or more plain-SGD runs with floors that differ only in learning rate."
-                    .into()
-            } else {
-                ev
-            },
-            verdict: Verdict::from_test(all),
-        });
-    }
-
-    // C3d: different roles. Height elasticity to lr vs to batch size; noise (std of cos) by batch.
-    {
-        let s_lr: Vec<f64> = by_batch
-            .values()
-            .filter_map(|rs| {
-                let p: Vec<(f64, f64)> = rs
-                    .iter()
-                    .filter_map(|r| height(r).map(|h| (r.lr, h)))
-                    .collect();
-                log_slope(&p)
-            })
-            .collect();
-        let s_b: Vec<f64> = by_lr
-            .values()
-            .filter_map(|rs| {
-                let p: Vec<(f64, f64)> = rs
-                    .iter()
-                    .filter_map(|r| height(r).map(|h| (f64::from(r.batch_size.unwrap_or(0)), h)))
-                    .collect();
-                log_slope(&p)
-            })
-            .collect();
-        let noise: Vec<f64> = by_lr
-            .values()
-            .filter_map(|rs| {
-                let p: Vec<(f64, f64)> = rs
-                    .iter()
-                    .filter_map(|r| {
-                        r.whole
-                            .cos_std
-                            .map(|s| (f64::from(r.batch_size.unwrap_or(0)), s))
-                    })
-                    .collect();
-                log_slope(&p)
-            })
-            .collect();
-        let (mlr, mb_) = (mean(&s_lr), mean(&s_b));
-        let rule = "elasticities d log(height) / d log(lr) at fixed batch size and d log(height) / \
-                    d log(batch) at fixed lr, averaged over groups; held when height responds more \
-                    to the learning rate than to the batch size (|lr elasticity| > |batch \
-                    elasticity|) while the distance travelled still grows as the batch shrinks (C3b)"
-            .to_string();
-        let c3b_held = out
-            .iter()
-            .any(|a| a.id == "C3b" && a.verdict == Verdict::Held);
-        let verdict = match (mlr, mb_) {
-            (Some(a), Some(b)) if a.abs() > b.abs() && c3b_held => Verdict::Held,
-            (Some(_), Some(_)) => Verdict::NotHeld,
-            _ => Verdict::NotMeasured,
-        };
-        let evidence = format!(
-            "| quantity | value |\n| --- | ---: |\n| height elasticity to lr (mean over {} batch sizes) | {} |\n\
-             | height elasticity to batch size (mean over {} learning rates) | {} |\n\
-             | elasticity of std cos(d_{{t−1}}, d_t) to batch size | {} |\n| C3b (distance grows as batch shrinks) | {} |\n",
-            s_lr.len(),
-            fmt_opt(mlr, 3),
-            s_b.len(),
-            fmt_opt(mb_, 3),
-            fmt_opt(mean(&noise), 3),
-            if c3b_held {
-                "held"
-            } else {
-                "not held or not measured"
-            }
-        );
-        out.push(Assessed {
-            id: "C3d",
-            claim: "Learning rate and batch size play different roles: a large learning rate keeps SGD high above the floor, a small batch injects noise that helps exploration.",
-            source: "abstract, claim 3",
-            rule,
-            evidence,
-            verdict,
-        });
-    }
-
-    // C4a / C4b: barriers.
-    {
-        let rule = format!(
-            "a segment v_t → v_{{t+k}} between floor points has a barrier when max L − max(L(v_t), \
-             L(v_{{t+k}})) exceeds {:.2}% of the higher end; held when at least 1% of the floor \
-             segments of the minibatch runs have one",
-            100.0 * barrier_threshold
-        );
-        let mut ev = String::from(
-            "| run | path | stride k | segments | with barrier | NaN | mean size (rel.) | max size (rel.) |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-        );
-        let (mut seg, mut with) = (0u64, 0u64);
-        let mut floor_by_stride: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
-        let mut iter_by_stride: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
-        for r in &mb {
-            for b in &r.barriers {
-                let _ = writeln!(
-                    ev,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                    r.label,
-                    b.path,
-                    b.stride,
-                    b.segments,
-                    b.with_barrier,
-                    b.nonfinite,
-                    pct(b.rel_mean),
-                    pct(b.rel_max)
-                );
-                let e = if b.path == "floor" {
-                    seg += b.segments;
-                    with += b.with_barrier;
-                    floor_by_stride.entry(b.stride).or_default()
-                } else {
-                    iter_by_stride.entry(b.stride).or_default()
-                };
-                e.0 += b.segments;
-                e.1 += b.with_barrier;
-            }
-        }
-        let share = (seg > 0).then(|| with as f64 / seg as f64);
-        let _ = writeln!(
-            ev,
-            "\nAll minibatch runs: {with} of {seg} floor segments ({}) have a barrier.",
-            pct(share)
-        );
-        out.push(Assessed {
-            id: "C4a",
-            claim: "The valley floor has barriers.",
-            source: "abstract, claim 4",
-            rule,
-            evidence: if seg == 0 {
-                "Needs the `barriers` phase on a minibatch run.".into()
-            } else {
-                ev
-            },
-            verdict: match share {
-                None => Verdict::NotMeasured,
-                Some(s) if s >= 0.01 => Verdict::Held,
-                Some(_) => Verdict::NotHeld,
-            },
-        });
-        // C4b: the iterates' path avoids the barriers the floor path meets.
-        let rule = "compares, at each stride k > 1, the share of segments with a barrier along the \
-                    iterates (θ_t → θ_{t+k}, above the floor) with the share along the floor (v_t → \
-                    v_{t+k}); held when the iterate path has fewer barriers at every such stride"
-            .to_string();
-        let mut ev =
-            String::from("| stride k | floor path | iterate path |\n| --- | ---: | ---: |\n");
-        let mut verdict = None;
-        for (k, (fs, fw)) in floor_by_stride.iter().filter(|(k, _)| **k > 1) {
-            let Some((is, iw)) = iter_by_stride.get(k) else {
-                continue;
-            };
-            let (f, i) = (
-                *fw as f64 / (*fs).max(1) as f64,
-                *iw as f64 / (*is).max(1) as f64,
-            );
-            let _ = writeln!(
-                ev,
-                "| {k} | {} ({fw}/{fs}) | {} ({iw}/{is}) |",
-                pct(Some(f)),
-                pct(Some(i))
-            );
-            // Only strides where the floor has barriers say anything about avoiding them.
-            and_measured(&mut verdict, (*fw > 0).then_some(i < f));
-        }
-        out.push(Assessed {
-            id: "C4b",
-            claim: "Exploring above the floor lets SGD move far without being hindered by the floor's barriers.",
-            source: "abstract, claim 4",
-            rule,
-            evidence: match verdict {
-                Some(_) => ev,
-                None if floor_by_stride.keys().any(|k| *k > 1) => format!(
-                    "{ev}\nNo barrier was found along the floor at any stride k > 1: there is \
-                     nothing for the iterates to avoid on these runs."
-                ),
-                None => "Needs barriers at a stride k > 1 (`--strides 1,5`).".into(),
-            },
-            verdict: Verdict::from_test(verdict),
-        });
-    }
-
-    // C4c: flatter with larger lr / smaller batch.
-    {
-        let mut ev = String::from(
-            "| group | λ_max at the last curvature step | flatter as expected |\n| --- | --- | --- |\n",
-        );
-        let mut all: Option<bool> = None;
-        for (lr_varies, g, sign) in [(true, &by_batch, -1.0), (false, &by_lr, 1.0)] {
-            for ((model, data, _), rs) in g {
-                let ys: Vec<Option<f64>> = rs.iter().map(|r| final_lambda(r)).collect();
-                let m = monotone(&ys, sign);
-                let items: Vec<String> = rs
-                    .iter()
-                    .zip(&ys)
-                    .map(|(r, y)| member(r, lr_varies, &fmt_opt(*y, 2)))
-                    .collect();
-                let _ = writeln!(
-                    ev,
-                    "| {} | {} | {} |",
-                    group_title(model, data, rs[0], lr_varies),
-                    items.join(", "),
-                    yes_no(m)
-                );
-                and_measured(&mut all, m);
-            }
-        }
-        out.push(Assessed {
-            id: "C4c",
-            claim: "Larger learning rates and smaller batches find flatter regions (smaller top Hessian eigenvalue).",
-            source: "abstract, claims 3–4; λ_max plots of the authors' code",
-            rule: "held when λ_max at the final curvature step decreases strictly with the learning \
-                   rate at every batch size and increases strictly with the batch size at every \
-                   learning rate"
-                .into(),
-            evidence: if all.is_none() {
-                "Needs curvature of two or more plain-SGD runs differing in lr or batch size.".into()
-            } else {
-                ev
-            },
-            verdict: Verdict::from_test(all),
-        });
-    }
-
-    // C4d: flatness vs generalization across runs.
-    {
-        let pairs: Vec<(&RunData, f64, f64)> = mb
-            .iter()
-            .filter_map(|r| {
-                let l = final_lambda(r).filter(|v| v.is_finite())?;
-                let a = r.final_eval("test")?.accuracy;
-                a.is_finite().then_some((*r, l, a))
-            })
-            .collect();
-        let xs: Vec<f64> = pairs.iter().map(|p| p.1).collect();
-        let ys: Vec<f64> = pairs.iter().map(|p| p.2).collect();
-        let rho = spearman(&xs, &ys);
-        let mut ev = String::from(
-            "| run | λ_max (last) | test accuracy | train − test accuracy |\n| --- | ---: | ---: | ---: |\n",
-        );
-        for (r, l, a) in &pairs {
-            let gap = r.final_eval("train").map(|t| t.accuracy - a);
-            let _ = writeln!(
-                ev,
-                "| {} | {l:.2} | {} | {} |",
-                r.label,
-                pct(Some(*a)),
-                pct(gap)
-            );
-        }
-        let _ = writeln!(
-            ev,
-            "\nSpearman ρ(λ_max, test accuracy) over {} runs: {}",
-            pairs.len(),
-            fmt_opt(rho, 3)
-        );
-        out.push(Assessed {
-            id: "C4d",
-            claim: "Flatter regions generalize better.",
-            source: "abstract, claim 4",
-            rule:
-                "held when the rank correlation between final λ_max and final test accuracy across \
-                   minibatch runs is negative (at least 3 runs)"
-                    .into(),
-            evidence: ev,
-            verdict: match rho {
-                None => Verdict::NotMeasured,
-                Some(r) if r < 0.0 => Verdict::Held,
-                Some(_) => Verdict::NotHeld,
-            },
-        });
-    }
-
-    // λ_max decreases over training.
-    {
-        let mut ev = String::from(
-            "| run | first (step) | last (step) | decreased |\n| --- | --- | --- | --- |\n",
-        );
-        let mut all: Option<bool> = None;
-        for r in &mb {
-            let pts: Vec<_> = r.curvature.iter().filter(|p| p.step > 0).collect();
-            let (Some(first), Some(last)) = (pts.first(), pts.last()) else {
-                continue;
-            };
-            if first.step == last.step {
-                continue;
-            }
-            let dec = last.lambda_max < first.lambda_max;
-            let _ = writeln!(
-                ev,
-                "| {} | {:.2} ({}) | {:.2} ({}) | {} |",
-                r.label,
-                first.lambda_max,
-                first.step,
-                last.lambda_max,
-                last.step,
-                if dec { "yes" } else { "no" }
-            );
-            and_measured(&mut all, Some(dec));
-        }
-        out.push(Assessed {
-            id: "C5",
-            claim: "The top Hessian eigenvalue λ_max decreases over training.",
-            source: "the authors' spectral-norm plots (epochs 1, 10, 25, 100)",
-            rule: "held when λ_max at the last curvature step is below its value at the first \
-                   curvature step after θ_0, in every minibatch run"
-                .into(),
-            evidence: if all.is_none() {
-                "Needs curvature at two or more steps after θ_0.".into()
-            } else {
-                ev
-            },
-            verdict: Verdict::from_test(all),
-        });
-    }
-
-    // Distance grows early.
-    {
-        let mut ev = String::from(
-            "| run | ‖θ − θ_0‖ at the end of each epoch | increasing |\n| --- | --- | --- |\n",
-        );
-        let mut all: Option<bool> = None;
-        for r in runs {
-            let ys: Vec<Option<f64>> = r
-                .per_epoch
-                .iter()
-                .filter(|s| s.dist_end.is_some())
-                .map(|s| s.dist_end)
-                .collect();
-            if ys.len() < 2 {
-                continue;
-            }
-            let m = monotone(&ys, 1.0);
-            let items: Vec<String> = ys.iter().map(|y| fmt_opt(*y, 2)).collect();
-            let _ = writeln!(
-                ev,
                 "| {} | {} | {} |",
-                r.label,
-                items.join(" → "),
+                group_title(model, data, rs[0], lr_varies),
+                items.join(", "),
                 yes_no(m)
             );
             and_measured(&mut all, m);
         }
-        out.push(Assessed {
-            id: "C6",
-            claim: "The distance from initialization grows monotonically during early training.",
-            source: "expected from the authors' code (parameter-distance panels)",
-            rule: "held when ‖θ − θ_0‖ at the end of each epoch increases strictly in every run with two or more epochs".into(),
-            evidence: if all.is_none() {
-                "Needs geometry over two or more epochs.".into()
-            } else {
-                ev
-            },
-            verdict: Verdict::from_test(all),
-        });
     }
-
-    // Isotropic noise does not reproduce SGD.
-    {
-        let noisy: Vec<&RunData> = runs.iter().filter(|r| r.kind == RunKind::GdNoise).collect();
-        let mut sgd_acc: Vec<f64> = sgd
-            .iter()
-            .filter_map(|r| r.final_eval("test").map(|e| e.accuracy))
-            .filter(|a| a.is_finite())
-            .collect();
-        sgd_acc.sort_by(f64::total_cmp);
-        let median = (!sgd_acc.is_empty()).then(|| sgd_acc[sgd_acc.len() / 2]);
-        let mut ev = String::from(
-            "| run | noise std per coordinate | noise norm (σ·√P) | steps | final train loss | test accuracy |\n| --- | ---: | ---: | ---: | ---: | ---: |\n",
+    if all.is_none() {
+        return Finding::not_measured(
+            "Needs curvature of two or more plain-SGD runs differing in lr or batch size.",
         );
-        for r in runs
-            .iter()
-            .filter(|r| matches!(r.kind, RunKind::Gd | RunKind::GdNoise))
-        {
-            let _ = writeln!(
-                ev,
-                "| {} | {} | {:.3} | {} | {} | {} |",
-                r.label,
-                r.noise_std,
-                r.noise_std * (r.trainable_params as f64).sqrt(),
-                r.total_steps,
-                fmt_opt(r.final_eval("train").map(|e| e.loss), 4),
-                pct(r.final_eval("test").map(|e| e.accuracy))
-            );
-        }
-        let _ = writeln!(
-            ev,
-            "\nMedian final test accuracy of the plain-SGD runs: {}",
-            pct(median)
-        );
-        let verdict = match (noisy.is_empty(), median) {
-            (false, Some(m)) => {
-                let worse = noisy
-                    .iter()
-                    .all(|r| r.final_eval("test").is_some_and(|e| e.accuracy < m));
-                if worse {
-                    Verdict::Held
-                } else {
-                    Verdict::NotHeld
-                }
-            }
-            _ => Verdict::NotMeasured,
-        };
-        out.push(Assessed {
-            id: "C7",
-            claim: "Full-batch GD with isotropic Gaussian noise does not reproduce what SGD achieves.",
-            source: "abstract of the first version",
-            rule: "held when every GD+noise run ends with a lower test accuracy than the median \
-                   plain-SGD run"
-                .into(),
-            evidence: ev,
-            verdict,
-        });
     }
-    out
+    Finding {
+        evidence: ev,
+        verdict: Verdict::from_test(all),
+    }
 }
 
-/// The Markdown report.
-pub fn markdown(
-    runs: &[RunData],
-    claims: &[Assessed],
-    preamble: Option<&str>,
-    figures: &[(String, String)],
-    barrier_threshold: f64,
-) -> String {
-    let mut md = String::from("# sgdwalk report: *A Walk with SGD*, measured\n\n");
-    if let Some(p) = preamble {
-        md.push_str(p.trim_end());
-        md.push_str("\n\n");
-    }
-    md.push_str("## Runs\n\n| run | kind | model | data | lr | batch | noise σ | epochs | steps | steps with floors | final train loss | final test acc. | ‖θ − θ_0‖ (end) | λ_max (last) |\n| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
-    for r in runs {
+/// C4d: rank correlation of final λ_max and final test accuracy across minibatch runs.
+fn flatness_and_generalization(runs: &Runs<'_>) -> Finding {
+    let pairs: Vec<(&RunData, f64, f64)> = runs
+        .minibatch
+        .iter()
+        .filter_map(|r| {
+            let l = final_lambda(r).filter(|v| v.is_finite())?;
+            let a = r.final_eval("test")?.accuracy;
+            a.is_finite().then_some((*r, l, a))
+        })
+        .collect();
+    let xs: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+    let ys: Vec<f64> = pairs.iter().map(|p| p.2).collect();
+    let rho = spearman(&xs, &ys);
+    let mut ev = String::from(
+        "| run | λ_max (last) | test accuracy | train − test accuracy |\n| --- | ---: | ---: | ---: |\n",
+    );
+    for (r, l, a) in &pairs {
+        let gap = r.final_eval("train").map(|t| t.accuracy - a);
         let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            ev,
+            "| {} | {l:.2} | {} | {} |",
             r.label,
-            r.kind.as_str(),
-            r.model,
-            r.dataset,
-            r.lr,
-            r.batch_label(),
-            r.noise_std,
-            r.epochs,
-            r.total_steps,
-            r.whole.floors,
-            fmt_opt(r.final_eval("train").map(|e| e.loss), 4),
-            pct(r.final_eval("test").map(|e| e.accuracy)),
-            fmt_opt(r.whole.dist_end, 2),
-            fmt_opt(final_lambda(r), 2)
+            pct(Some(*a)),
+            pct(gap)
         );
     }
-    let primary: Vec<String> = {
-        let mut v: Vec<String> = runs
-            .iter()
-            .map(|r| format!("`{}` with `{}` BatchNorm", r.eval_set, r.bn_policy))
-            .collect();
-        v.dedup();
-        v
-    };
-    let scopes: Vec<&str> = {
-        let mut v: Vec<&str> = runs.iter().map(|r| r.geometry_scope).collect();
-        v.sort_unstable();
-        v.dedup();
-        v
-    };
     let _ = writeln!(
-        md,
-        "\nLosses along steps are measured on {}. \"Steps with floors\" counts the analyzed steps \
-         (sparse recordings keep windows of consecutive steps). Cosines, update norms and \
-         distances are over {}.\n",
-        primary.join("; "),
-        if scopes == ["params"] {
-            "the trainable parameters (BatchNorm running statistics excluded, as the paper)"
-        } else {
-            "the whole state for some runs (analyses made before the `params` row existed; rerun their geometry phase)"
-        }
+        ev,
+        "\nSpearman ρ(λ_max, test accuracy) over {} runs: {}",
+        pairs.len(),
+        fmt_opt(rho, 3)
     );
-    md.push_str("## Verdicts\n\n| claim | verdict |\n| --- | --- |\n");
-    for c in claims {
-        let _ = writeln!(md, "| {} {} | **{}** |", c.id, c.claim, c.verdict);
+    Finding {
+        evidence: ev,
+        verdict: match rho {
+            None => Verdict::NotMeasured,
+            Some(r) if r < 0.0 => Verdict::Held,
+            Some(_) => Verdict::NotHeld,
+        },
     }
-    md.push('\n');
-    for c in claims {
+}
+
+/// C5: λ_max at the last curvature step below the first one after θ_0.
+fn lambda_max_decreases(runs: &Runs<'_>) -> Finding {
+    let mut ev = String::from(
+        "| run | first (step) | last (step) | decreased |\n| --- | --- | --- | --- |\n",
+    );
+    let mut all: Option<bool> = None;
+    for r in &runs.minibatch {
+        let pts: Vec<_> = r.curvature.iter().filter(|p| p.step > 0).collect();
+        let (Some(first), Some(last)) = (pts.first(), pts.last()) else {
+            continue;
+        };
+        if first.step == last.step {
+            continue;
+        }
+        let dec = last.lambda_max < first.lambda_max;
         let _ = writeln!(
-            md,
-            "## {}: {}\n\n*Source:* {}. *Rule:* {}.\n\n{}\n\n**Verdict: {}.**\n",
-            c.id,
-            c.claim,
-            c.source,
-            c.rule,
-            c.evidence.trim_end(),
-            c.verdict
+            ev,
+            "| {} | {:.2} ({}) | {:.2} ({}) | {} |",
+            r.label,
+            first.lambda_max,
+            first.step,
+            last.lambda_max,
+            last.step,
+            if dec { "yes" } else { "no" }
+        );
+        and_measured(&mut all, Some(dec));
+    }
+    if all.is_none() {
+        return Finding::not_measured("Needs curvature at two or more steps after θ_0.");
+    }
+    Finding {
+        evidence: ev,
+        verdict: Verdict::from_test(all),
+    }
+}
+
+/// C6: ‖θ − θ_0‖ at the end of each epoch increases.
+fn distance_grows_early(runs: &Runs<'_>) -> Finding {
+    let mut ev = String::from(
+        "| run | ‖θ − θ_0‖ at the end of each epoch | increasing |\n| --- | --- | --- |\n",
+    );
+    let mut all: Option<bool> = None;
+    for r in runs.all {
+        let ys: Vec<Option<f64>> = r
+            .per_epoch
+            .iter()
+            .filter(|s| s.dist_end.is_some())
+            .map(|s| s.dist_end)
+            .collect();
+        if ys.len() < 2 {
+            continue;
+        }
+        let m = monotone(&ys, 1.0);
+        let items: Vec<String> = ys.iter().map(|y| fmt_opt(*y, 2)).collect();
+        let _ = writeln!(
+            ev,
+            "| {} | {} | {} |",
+            r.label,
+            items.join(" → "),
+            yes_no(m)
+        );
+        and_measured(&mut all, m);
+    }
+    if all.is_none() {
+        return Finding::not_measured("Needs geometry over two or more epochs.");
+    }
+    Finding {
+        evidence: ev,
+        verdict: Verdict::from_test(all),
+    }
+}
+
+/// C7: every GD+noise run ends below the median plain-SGD test accuracy.
+fn isotropic_noise_falls_short(runs: &Runs<'_>) -> Finding {
+    let mut sgd_acc: Vec<f64> = runs
+        .sgd
+        .iter()
+        .filter_map(|r| r.final_eval("test").map(|e| e.accuracy))
+        .filter(|a| a.is_finite())
+        .collect();
+    sgd_acc.sort_by(f64::total_cmp);
+    let median = (!sgd_acc.is_empty()).then(|| sgd_acc[sgd_acc.len() / 2]);
+    let mut ev = String::from(
+        "| run | noise std per coordinate | noise norm (σ·√P) | steps | final train loss | test accuracy |\n| --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for r in &runs.full_batch {
+        let _ = writeln!(
+            ev,
+            "| {} | {} | {:.3} | {} | {} | {} |",
+            r.label,
+            r.noise_std,
+            r.noise_std * (r.trainable_params as f64).sqrt(),
+            r.total_steps,
+            fmt_opt(r.final_eval("train").map(|e| e.loss), 4),
+            pct(r.final_eval("test").map(|e| e.accuracy))
         );
     }
-    md.push_str("## Per epoch\n\n| run | epoch | steps | interior floor | mean height | median α* | median cos | cos < 0 | mean ‖d_t‖ | ‖θ − θ_0‖ (end) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
-    for r in runs {
-        for s in &r.per_epoch {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                r.label,
-                s.epoch.map_or("–".into(), |e| e.to_string()),
-                s.floors,
-                pct(s.interior_share),
-                fmt_opt(s.height_start_mean, 4),
-                fmt_opt(s.alpha_star_median, 2),
-                fmt_opt(s.cos_median, 3),
-                pct(s.cos_negative_share),
-                fmt_opt(s.update_norm_mean, 4),
-                fmt_opt(s.dist_end, 2)
-            );
-        }
-    }
-    if !figures.is_empty() {
-        md.push_str("\n## Figures\n\n");
-        for (file, caption) in figures {
-            let _ = writeln!(md, "**{caption}**\n\n![{caption}]({file})\n");
-        }
-    }
     let _ = writeln!(
-        md,
-        "## Definitions\n\n- θ_t: the state before update t; d_t = θ_{{t+1}} − θ_t (the applied update, \
-         weight decay and noise included); L(α) = L(θ_t + α·d_t), BatchNorm running statistics \
-         interpolated with the weights.\n\
-         - Valley floor of step t: the minimum of L(α) on the grid, refined by Brent's method; \
-         *interior* when it lies strictly inside (0, 1) below both ends. Height = L(0) − L(α*).\n\
-         - Barrier of a segment: max L − max(L(start), L(end)); counted when above {:.2}% of the \
-         higher end (`--barrier-threshold`).\n\
-         - λ_max: the top eigenvalue of the Hessian of the mean loss on the evaluation set \
-         (Lanczos on Hessian-vector products); trace by Hutchinson's estimator.\n\
-         - Every number comes from `summary.parquet` next to this file (tidy: run, epoch, metric, \
-         value), computed with polars from the analysis tables.",
-        100.0 * barrier_threshold
+        ev,
+        "\nMedian final test accuracy of the plain-SGD runs: {}",
+        pct(median)
     );
-    md
+    let noisy: Vec<&&RunData> = runs
+        .full_batch
+        .iter()
+        .filter(|r| r.kind == RunKind::GdNoise)
+        .collect();
+    let verdict = match (noisy.is_empty(), median) {
+        (false, Some(m)) => {
+            let worse = noisy
+                .iter()
+                .all(|r| r.final_eval("test").is_some_and(|e| e.accuracy < m));
+            if worse {
+                Verdict::Held
+            } else {
+                Verdict::NotHeld
+            }
+        }
+        _ => Verdict::NotMeasured,
+    };
+    Finding {
+        evidence: ev,
+        verdict,
+    }
 }
 
 #[cfg(test)]
@@ -1176,7 +1130,7 @@ mod tests {
         // No GD runs given.
         assert_eq!(verdict(&c, "C1-GD"), Verdict::NotMeasured);
         assert_eq!(verdict(&c, "C7"), Verdict::NotMeasured);
-        let md = markdown(&runs, &c, Some("made on a test"), &[], 1e-3);
+        let md = crate::report::markdown::markdown(&runs, &c, Some("made on a test"), &[], 1e-3);
         assert!(md.contains("made on a test"));
         assert!(md.contains("| C3a A larger learning rate"));
     }
@@ -1203,6 +1157,25 @@ mod tests {
         }
         let c = assess(&[a2, b], 1e-3);
         assert_eq!(verdict(&c, "C3a"), Verdict::NotMeasured);
+    }
+
+    #[test]
+    fn the_claim_table_has_unique_ids_and_fills_in_the_threshold() {
+        let mut ids: Vec<&str> = CLAIMS.iter().map(|c| c.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), CLAIMS.len());
+        for c in CLAIMS {
+            let rule = c.rule(0.0123);
+            assert!(!rule.contains(BARRIER_THRESHOLD_PCT), "{}: {rule}", c.id);
+            assert!(
+                !rule.contains("  ") && !c.statement.contains("  "),
+                "{}",
+                c.id
+            );
+        }
+        let c4a = CLAIMS.iter().find(|c| c.id == "C4a").unwrap();
+        assert!(c4a.rule(1e-3).contains("exceeds 0.10% of the higher end"));
     }
 
     #[test]

@@ -1,15 +1,21 @@
 //! The polars side of the report: lazy scans of one analysis folder's tables, aggregated per
 //! epoch and per run, and the raw series the figures need, as plain vectors.
+//!
+//! [`load_run`] reads the folder's contract ([`AnalysisDir`]: manifest and run description),
+//! then each table in turn: `steps` (geometry, per-epoch cosines and distances), `floors`,
+//! `interp`, `barriers`, `curvature` and `epochs`. A table whose phase did not run is empty.
 
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
-use sgdwalk_workload::run::OptimizerSpec;
+use sgdwalk_workload::BnPolicy;
+use sgdwalk_workload::run::{OptimizerSpec, RunDescription};
 
 use super::ReportError;
-use crate::analyze::{RUN_DESCRIPTION, RunInfo};
-use crate::config::AnalyzeConfig;
+use crate::dir::{AnalysisDir, Manifest, RunInfo};
+use crate::tables::TableName;
+use crate::tables::cols::{barriers, curvature, epochs, floors, interp, steps};
 
 /// How a run trained, as far as the paper's claims care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -198,44 +204,485 @@ fn label_of(dir: &Path) -> String {
     own
 }
 
-/// The Parquet files of one table, across shards; `None` when the phase did not run.
-fn table_files(dir: &Path, table: &str) -> Result<Option<Vec<PathBuf>>, ReportError> {
-    let table_dir = dir.join(format!("table={table}"));
-    if !table_dir.is_dir() {
-        return Ok(None);
+/// Reads one analysis folder.
+pub fn load_run(dir: &Path, barrier_threshold: f64) -> Result<RunData, ReportError> {
+    let folder = AnalysisDir::new(dir);
+    let (manifest, info) = read_contract(&folder)?;
+    let desc = &info.run;
+    let tables = Tables::new(&folder, &manifest);
+    let Geometry {
+        scope: geometry_scope,
+        points: geometry,
+        mut per_epoch,
+        mut whole,
+        step_epoch,
+    } = load_geometry(&tables)?;
+    let floors = load_floors(&tables, step_epoch, &mut per_epoch, &mut whole)?;
+    let interp = load_interp(&tables)?;
+    let Barriers {
+        stats: barriers,
+        floor_path: floor_barriers,
+    } = load_barriers(&tables, barrier_threshold)?;
+    let curvature = load_curvature(&tables, &geometry)?;
+    let evals = load_evals(&tables)?;
+    Ok(RunData {
+        dir: dir.to_path_buf(),
+        label: label_of(dir),
+        kind: run_kind(desc),
+        model: desc.model.short_name(),
+        dataset: desc.dataset.name.as_str().to_string(),
+        lr: desc.schedule.base_lr,
+        batch_size: desc.full_batch.is_none().then_some(desc.batch_size),
+        noise_std: desc.noise_std,
+        steps_per_epoch: desc.steps_per_epoch,
+        epochs: desc.epochs,
+        total_steps: desc.total_steps,
+        trainable_params: trainable_params(desc),
+        eval_set: tables.eval_set,
+        bn_policy: tables.bn_policy,
+        geometry_scope,
+        per_epoch,
+        whole,
+        barriers,
+        geometry,
+        floors,
+        interp,
+        floor_barriers,
+        curvature,
+        evals,
+    })
+}
+
+/// The folder's manifest and run description. Refuses a folder whose primary curvature rows
+/// are eval-mode ones computed with batch statistics by an earlier `analyze` (the report reads
+/// the first BatchNorm policy only, so a stale non-primary policy does not matter here).
+fn read_contract(folder: &AnalysisDir) -> Result<(Manifest, RunInfo), ReportError> {
+    let manifest = folder.require_manifest()?;
+    if manifest.has_stale_eval_mode_curvature()
+        && manifest.config.bn.first() == Some(&BnPolicy::EvalMode)
+    {
+        return Err(ReportError::BadFile {
+            path: folder.manifest_path(),
+            reason: "its eval-mode curvature rows were computed with batch statistics by an \
+                     earlier sgdwalk-analyze; analyze the recording again into a new folder"
+                .into(),
+        });
     }
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ReportError::Io { path, source }
+    let info = folder
+        .read_run_info()?
+        .ok_or_else(|| ReportError::NoRunInfo {
+            dir: folder.root().to_path_buf(),
+        })?;
+    Ok((manifest, info))
+}
+
+fn run_kind(desc: &RunDescription) -> RunKind {
+    match (&desc.full_batch, &desc.optimizer) {
+        (Some(_), _) if desc.noise_std > 0.0 => RunKind::GdNoise,
+        (Some(_), _) => RunKind::Gd,
+        (None, OptimizerSpec::Sgd { momentum, .. }) if *momentum == 0.0 => RunKind::Sgd,
+        (None, _) => RunKind::OtherMinibatch,
+    }
+}
+
+fn trainable_params(desc: &RunDescription) -> u64 {
+    desc.layout
+        .entries
+        .iter()
+        .filter(|e| e.trainable)
+        .map(|e| e.len_elements as u64)
+        .sum()
+}
+
+/// What the `steps` table gives: the per-step series and the per-epoch and whole-run
+/// aggregates of cos(d_{t−1}, d_t), ‖d_t‖ and ‖θ_t − θ_0‖.
+struct Geometry {
+    /// `params` or `all`, see [`RunData::geometry_scope`].
+    scope: &'static str,
+    points: Vec<StepPoint>,
+    per_epoch: Vec<EpochStats>,
+    whole: EpochStats,
+    /// (step, epoch) of every step, for the tables that have no epoch column.
+    step_epoch: Option<LazyFrame>,
+}
+
+/// Geometry over the trainable parameters (the paper's definition) when the analysis has it;
+/// analyses made before that row existed have the whole state only.
+fn load_geometry(tables: &Tables<'_>) -> Result<Geometry, ReportError> {
+    let layer = |name: &str| col(steps::layer).eq(lit(name));
+    let mut scope = "params";
+    let mut rows = tables.load(TableName::Steps, layer("params"))?;
+    if rows.as_ref().is_some_and(|df| df.height() == 0) {
+        scope = "all";
+        rows = tables.load(TableName::Steps, layer("all"))?;
+    }
+    let mut geometry = Geometry {
+        scope,
+        points: Vec::new(),
+        per_epoch: Vec::new(),
+        whole: EpochStats::default(),
+        step_epoch: None,
     };
-    let mut files = Vec::new();
-    for shard in std::fs::read_dir(&table_dir).map_err(io(&table_dir))? {
-        let shard = shard.map_err(io(&table_dir))?.path();
-        if !shard.is_dir() {
-            continue;
-        }
-        for f in std::fs::read_dir(&shard).map_err(io(&shard))? {
-            let f = f.map_err(io(&shard))?.path();
-            // Hidden files are a writer's temporaries.
-            let hidden = f
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-            if !hidden && f.extension().is_some_and(|e| e == "parquet") {
-                files.push(f);
+    let Some(lf) = rows.map(DataFrame::lazy) else {
+        return Ok(geometry);
+    };
+    let df = tables.collect(
+        TableName::Steps,
+        lf.clone()
+            .select([
+                col(steps::step),
+                col(steps::epoch),
+                col(steps::cos_prev_update),
+                col(steps::dist_from_init),
+            ])
+            .sort([steps::step], SortMultipleOptions::default()),
+    )?;
+    let c = tables.cols(TableName::Steps, &df);
+    let (step, epoch) = (c.u64(steps::step)?, c.u64(steps::epoch)?);
+    let (cos, dist) = (
+        c.f64(steps::cos_prev_update)?,
+        c.f64(steps::dist_from_init)?,
+    );
+    for i in 0..df.height() {
+        geometry.points.push(StepPoint {
+            step: step[i].unwrap_or_default(),
+            epoch: epoch[i].unwrap_or_default() as u32,
+            cos: cos[i],
+            dist: dist[i],
+        });
+    }
+    for (group, into_whole) in [(Some(steps::epoch), false), (None, true)] {
+        let df = cos_by(lf.clone(), group, tables)?;
+        for s in CosAgg::rows(&tables.cols(TableName::Steps, &df), group.is_some())? {
+            if into_whole {
+                geometry.whole = s;
+            } else {
+                geometry.per_epoch.push(s);
             }
         }
     }
-    files.sort();
-    Ok((!files.is_empty()).then_some(files))
+    geometry.step_epoch = Some(
+        lf.select([col(steps::step), col(steps::epoch)])
+            .unique(None, UniqueKeepStrategy::First),
+    );
+    Ok(geometry)
 }
 
+/// Valley floors on the primary set: the points, and the aggregates per epoch (joined on the
+/// geometry's epochs, adding epochs the geometry lacks) and over the run.
+fn load_floors(
+    tables: &Tables<'_>,
+    step_epoch: Option<LazyFrame>,
+    per_epoch: &mut Vec<EpochStats>,
+    whole: &mut EpochStats,
+) -> Result<Vec<FloorPoint>, ReportError> {
+    let primary = tables.primary(floors::eval_set, floors::bn_policy);
+    let Some(df) = tables.load(TableName::Floors, primary)? else {
+        return Ok(Vec::new());
+    };
+    let lf = df.lazy();
+    let df = tables.collect(
+        TableName::Floors,
+        lf.clone()
+            .select([
+                col(floors::step),
+                col(floors::alpha_star),
+                col(floors::loss_at_floor),
+                col(floors::height_start),
+            ])
+            .sort([floors::step], SortMultipleOptions::default()),
+    )?;
+    let c = tables.cols(TableName::Floors, &df);
+    let (step, a, l, h) = (
+        c.u64(floors::step)?,
+        c.f64(floors::alpha_star)?,
+        c.f64(floors::loss_at_floor)?,
+        c.f64(floors::height_start)?,
+    );
+    let points = (0..df.height())
+        .map(|i| FloorPoint {
+            step: step[i].unwrap_or_default(),
+            alpha_star: a[i].unwrap_or(f64::NAN),
+            loss_at_floor: l[i].unwrap_or(f64::NAN),
+            height_start: h[i].unwrap_or(f64::NAN),
+        })
+        .collect();
+    let df = floors_by(lf.clone(), None, tables)?;
+    if let [agg] = FloorAgg::rows(&tables.cols(TableName::Floors, &df))?.as_slice() {
+        agg.apply(whole);
+    }
+    if let Some(se) = step_epoch {
+        let joined = lf.join(
+            se,
+            [col(floors::step)],
+            [col(steps::step)],
+            JoinArgs::new(JoinType::Left),
+        );
+        let df = floors_by(joined, Some(steps::epoch), tables)?;
+        let c = tables.cols(TableName::Floors, &df);
+        let epochs = c.u64(steps::epoch)?;
+        for (agg, e) in FloorAgg::rows(&c)?.iter().zip(&epochs) {
+            let e = e.map(|e| e as u32);
+            let idx = match per_epoch.iter().position(|s| s.epoch == e) {
+                Some(i) => i,
+                None => {
+                    per_epoch.push(EpochStats {
+                        epoch: e,
+                        ..Default::default()
+                    });
+                    per_epoch.len() - 1
+                }
+            };
+            agg.apply(&mut per_epoch[idx]);
+        }
+        per_epoch.sort_by_key(|s| s.epoch);
+    }
+    Ok(points)
+}
+
+/// Interpolation curves on the primary set: (step, α, loss), sorted.
+fn load_interp(tables: &Tables<'_>) -> Result<Vec<(u64, f64, f64)>, ReportError> {
+    let primary = tables.primary(interp::eval_set, interp::bn_policy);
+    let Some(df) = tables.load(TableName::Interp, primary)? else {
+        return Ok(Vec::new());
+    };
+    let df = tables.collect(
+        TableName::Interp,
+        df.lazy()
+            .select([col(interp::step), col(interp::alpha), col(interp::loss)])
+            .sort(
+                [interp::step, interp::alpha],
+                SortMultipleOptions::default(),
+            ),
+    )?;
+    let c = tables.cols(TableName::Interp, &df);
+    let (s, a, l) = (
+        c.u64(interp::step)?,
+        c.f64(interp::alpha)?,
+        c.f64(interp::loss)?,
+    );
+    Ok((0..df.height())
+        .map(|i| {
+            (
+                s[i].unwrap_or_default(),
+                a[i].unwrap_or(f64::NAN),
+                l[i].unwrap_or(f64::NAN),
+            )
+        })
+        .collect())
+}
+
+/// What the `barriers` table gives, see [`RunData::barriers`] and [`RunData::floor_barriers`].
+#[derive(Default)]
+struct Barriers {
+    stats: Vec<BarrierStats>,
+    floor_path: Vec<(u32, u64, f64)>,
+}
+
+/// Barriers on the primary set: frequency and size per path and stride, and the relative
+/// floor-path barrier of every segment as (stride, step, relative barrier).
+fn load_barriers(tables: &Tables<'_>, barrier_threshold: f64) -> Result<Barriers, ReportError> {
+    let primary = tables.primary(barriers::eval_set, barriers::bn_policy);
+    let Some(df) = tables.load(TableName::Barriers, primary)? else {
+        return Ok(Barriers::default());
+    };
+    let rel = || {
+        col(barriers::barrier_max)
+            / when(col(barriers::loss_start).gt(col(barriers::loss_end)))
+                .then(col(barriers::loss_start))
+                .otherwise(col(barriers::loss_end))
+    };
+    let lf = df.lazy().with_column(rel().alias("rel"));
+    let has = || col("rel").gt(lit(barrier_threshold));
+    let df = tables.collect(
+        TableName::Barriers,
+        lf.clone()
+            .group_by([col(barriers::path), col(barriers::stride)])
+            .agg([
+                len().cast(DataType::UInt64).alias("segments"),
+                has().cast(DataType::UInt64).sum().alias("with_barrier"),
+                col("rel").filter(has()).mean().alias("rel_mean"),
+                col("rel").filter(has()).max().alias("rel_max"),
+                col("rel")
+                    .is_nan()
+                    .cast(DataType::UInt64)
+                    .sum()
+                    .alias("nonfinite"),
+            ])
+            .sort(
+                [barriers::path, barriers::stride],
+                SortMultipleOptions::default(),
+            ),
+    )?;
+    let c = tables.cols(TableName::Barriers, &df);
+    let (path, stride, seg, with, mean, max, nf) = (
+        c.string(barriers::path)?,
+        c.u64(barriers::stride)?,
+        c.u64("segments")?,
+        c.u64("with_barrier")?,
+        c.f64("rel_mean")?,
+        c.f64("rel_max")?,
+        c.u64("nonfinite")?,
+    );
+    let stats = (0..df.height())
+        .map(|i| BarrierStats {
+            path: path[i].clone().unwrap_or_default(),
+            stride: stride[i].unwrap_or_default() as u32,
+            segments: seg[i].unwrap_or_default(),
+            with_barrier: with[i].unwrap_or_default(),
+            rel_mean: mean[i],
+            rel_max: max[i],
+            nonfinite: nf[i].unwrap_or_default(),
+        })
+        .collect();
+    let df = tables.collect(
+        TableName::Barriers,
+        lf.filter(col(barriers::path).eq(lit("floor")))
+            .select([col(barriers::stride), col(barriers::step_from), col("rel")])
+            .sort(
+                [barriers::stride, barriers::step_from],
+                SortMultipleOptions::default(),
+            ),
+    )?;
+    let c = tables.cols(TableName::Barriers, &df);
+    let (k, s, r) = (
+        c.u64(barriers::stride)?,
+        c.u64(barriers::step_from)?,
+        c.f64("rel")?,
+    );
+    let floor_path = (0..df.height())
+        .map(|i| {
+            (
+                k[i].unwrap_or_default() as u32,
+                s[i].unwrap_or_default(),
+                r[i].unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
+    Ok(Barriers { stats, floor_path })
+}
+
+/// λ_max and the Hessian trace at the iterates, on the primary set, by step.
+fn load_curvature(
+    tables: &Tables<'_>,
+    geometry: &[StepPoint],
+) -> Result<Vec<CurvPoint>, ReportError> {
+    let iterate = tables
+        .primary(curvature::eval_set, curvature::bn_policy)
+        .and(col(curvature::point).eq(lit("iterate")));
+    let Some(df) = tables.load(TableName::Curvature, iterate)? else {
+        return Ok(Vec::new());
+    };
+    let lf = df.lazy();
+    let df = tables.collect(
+        TableName::Curvature,
+        lf.clone()
+            .filter(
+                col(curvature::quantity)
+                    .eq(lit("eigenvalue"))
+                    .and(col(curvature::rank).eq(lit(0u32))),
+            )
+            .select([col(curvature::step), col(curvature::value)])
+            .sort([curvature::step], SortMultipleOptions::default()),
+    )?;
+    let c = tables.cols(TableName::Curvature, &df);
+    let (s, v) = (c.u64(curvature::step)?, c.f64(curvature::value)?);
+    let mut points: Vec<CurvPoint> = (0..df.height())
+        .map(|i| {
+            let step = s[i].unwrap_or_default();
+            CurvPoint {
+                step,
+                epoch: geometry.iter().find(|g| g.step == step).map(|g| g.epoch),
+                lambda_max: v[i].unwrap_or(f64::NAN),
+                trace: None,
+            }
+        })
+        .collect();
+    let df = tables.collect(
+        TableName::Curvature,
+        lf.filter(col(curvature::quantity).eq(lit("trace")))
+            .select([col(curvature::step), col(curvature::value)]),
+    )?;
+    let c = tables.cols(TableName::Curvature, &df);
+    let (s, v) = (c.u64(curvature::step)?, c.f64(curvature::value)?);
+    for i in 0..df.height() {
+        if let Some(p) = points.iter_mut().find(|p| Some(p.step) == s[i]) {
+            p.trace = v[i];
+        }
+    }
+    Ok(points)
+}
+
+/// Per-epoch evaluation recorded during training.
+fn load_evals(tables: &Tables<'_>) -> Result<Vec<EpochEval>, ReportError> {
+    let Some(lf) = tables.scan(TableName::Epochs)? else {
+        return Ok(Vec::new());
+    };
+    let df = tables.collect(
+        TableName::Epochs,
+        lf.select([
+            col(epochs::epoch),
+            col(epochs::split),
+            col(epochs::loss),
+            col(epochs::accuracy),
+        ])
+        .sort(
+            [epochs::epoch, epochs::split],
+            SortMultipleOptions::default(),
+        ),
+    )?;
+    let c = tables.cols(TableName::Epochs, &df);
+    let (e, sp, l, a) = (
+        c.u64(epochs::epoch)?,
+        c.string(epochs::split)?,
+        c.f64(epochs::loss)?,
+        c.f64(epochs::accuracy)?,
+    );
+    Ok((0..df.height())
+        .map(|i| EpochEval {
+            epoch: e[i].unwrap_or_default() as u32,
+            split: sp[i].clone().unwrap_or_default(),
+            loss: l[i].unwrap_or(f64::NAN),
+            accuracy: a[i].unwrap_or(f64::NAN),
+        })
+        .collect())
+}
+
+// --- Queries
+
+/// The tables of one folder, and the evaluation set and BatchNorm policy the claims use (the
+/// analysis' first ones).
 struct Tables<'a> {
-    dir: &'a Path,
+    folder: &'a AnalysisDir,
+    eval_set: String,
+    bn_policy: String,
 }
 
-impl Tables<'_> {
-    fn scan(&self, table: &'static str) -> Result<Option<LazyFrame>, ReportError> {
-        let Some(files) = table_files(self.dir, table)? else {
+impl<'a> Tables<'a> {
+    fn new(folder: &'a AnalysisDir, manifest: &Manifest) -> Self {
+        let config = &manifest.config;
+        Tables {
+            folder,
+            eval_set: config
+                .eval
+                .first()
+                .map_or_else(|| "train".into(), ToString::to_string),
+            bn_policy: config
+                .bn
+                .first()
+                .map_or_else(|| "train-mode".into(), |b| b.as_str().to_string()),
+        }
+    }
+
+    /// Rows of the primary evaluation set and BatchNorm policy, given the table's columns.
+    fn primary(&self, eval_set_col: &str, bn_policy_col: &str) -> Expr {
+        col(eval_set_col)
+            .eq(lit(self.eval_set.as_str()))
+            .and(col(bn_policy_col).eq(lit(self.bn_policy.as_str())))
+    }
+
+    fn scan(&self, table: TableName) -> Result<Option<LazyFrame>, ReportError> {
+        let Some(files) = self.folder.table_files(table)? else {
             return Ok(None);
         };
         let paths: Vec<PlRefPath> = files
@@ -256,14 +703,14 @@ impl Tables<'_> {
 
     /// The rows of `table` that match `filter`, read from disk once; the report's several
     /// queries over a table then run on this frame in memory.
-    fn load(&self, table: &'static str, filter: Expr) -> Result<Option<DataFrame>, ReportError> {
+    fn load(&self, table: TableName, filter: Expr) -> Result<Option<DataFrame>, ReportError> {
         match self.scan(table)? {
             Some(lf) => self.collect(table, lf.filter(filter)).map(Some),
             None => Ok(None),
         }
     }
 
-    fn cols<'a>(&'a self, table: &'static str, df: &'a DataFrame) -> Cols<'a> {
+    fn cols<'b>(&'b self, table: TableName, df: &'b DataFrame) -> Cols<'b> {
         Cols {
             df,
             tables: self,
@@ -271,13 +718,13 @@ impl Tables<'_> {
         }
     }
 
-    fn collect(&self, table: &'static str, lf: LazyFrame) -> Result<DataFrame, ReportError> {
+    fn collect(&self, table: TableName, lf: LazyFrame) -> Result<DataFrame, ReportError> {
         lf.collect().map_err(|source| self.err(table, source))
     }
 
-    fn err(&self, table: &'static str, source: PolarsError) -> ReportError {
+    fn err(&self, table: TableName, source: PolarsError) -> ReportError {
         ReportError::Query {
-            dir: self.dir.to_path_buf(),
+            dir: self.folder.root().to_path_buf(),
             table,
             source,
         }
@@ -288,7 +735,7 @@ impl Tables<'_> {
 struct Cols<'a> {
     df: &'a DataFrame,
     tables: &'a Tables<'a>,
-    table: &'static str,
+    table: TableName,
 }
 
 impl Cols<'_> {
@@ -315,23 +762,48 @@ impl Cols<'_> {
     }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ReportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| ReportError::BadFile {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
-}
+// --- Aggregates
 
-#[derive(serde::Deserialize)]
-struct ManifestView {
-    /// Absent in folders of revision 1 (see `analyze`'s manifest).
-    #[serde(default)]
-    revision: u32,
-    config: AnalyzeConfig,
+/// Every row of [`cos_by`]'s aggregates as [`EpochStats`] (the floor fields left empty);
+/// `by_epoch`: the rows are grouped by epoch, else one row for the whole run.
+struct CosAgg;
+
+impl CosAgg {
+    fn rows(c: &Cols<'_>, by_epoch: bool) -> Result<Vec<EpochStats>, ReportError> {
+        let epochs = if by_epoch {
+            c.u64(steps::epoch)?
+        } else {
+            vec![None]
+        };
+        let (n, mean, median, std, neg, upd, dist, dstep) = (
+            c.u64("cos_count")?,
+            c.f64("cos_mean")?,
+            c.f64("cos_median")?,
+            c.f64("cos_std")?,
+            c.f64("cos_neg")?,
+            c.f64("upd_mean")?,
+            c.f64("dist_end")?,
+            c.u64("dist_step")?,
+        );
+        Ok((0..c.df.height())
+            .map(|i| EpochStats {
+                epoch: epochs[i].map(|e| e as u32),
+                cos_count: n[i].unwrap_or_default(),
+                cos_mean: mean[i],
+                cos_median: median[i],
+                cos_std: std[i],
+                cos_negative_share: if n[i].unwrap_or_default() > 0 {
+                    neg[i]
+                } else {
+                    None
+                },
+                update_norm_mean: upd[i],
+                dist_end: dist[i],
+                dist_end_step: dstep[i],
+                ..Default::default()
+            })
+            .collect())
+    }
 }
 
 /// One row of [`floors_by`]'s aggregates.
@@ -382,6 +854,7 @@ impl FloorAgg {
     }
 }
 
+/// Floor counts, shapes, heights and α* per `group` (a column), or over all rows.
 fn floors_by(
     lf: LazyFrame,
     group: Option<&str>,
@@ -389,23 +862,23 @@ fn floors_by(
 ) -> Result<DataFrame, ReportError> {
     let aggs = [
         len().cast(DataType::UInt64).alias("floors"),
-        col("shape")
+        col(floors::shape)
             .eq(lit("nonfinite"))
             .cast(DataType::UInt64)
             .sum()
             .alias("nonfinite"),
-        col("shape")
+        col(floors::shape)
             .eq(lit("interior_min"))
             .cast(DataType::Float64)
             .mean()
             .alias("interior_share"),
-        col("height_start").mean().alias("h_mean"),
-        col("height_start").median().alias("h_median"),
-        col("height_end").mean().alias("he_mean"),
-        (col("height_start") / col("loss_start"))
+        col(floors::height_start).mean().alias("h_mean"),
+        col(floors::height_start).median().alias("h_median"),
+        col(floors::height_end).mean().alias("he_mean"),
+        (col(floors::height_start) / col(floors::loss_start))
             .mean()
             .alias("rel_h"),
-        col("alpha_star").median().alias("alpha_median"),
+        col(floors::alpha_star).median().alias("alpha_median"),
     ];
     let lf = match group {
         Some(g) => lf
@@ -414,15 +887,18 @@ fn floors_by(
             .sort([g], SortMultipleOptions::default()),
         None => lf.select(aggs),
     };
-    tables.collect("floors", lf)
+    tables.collect(TableName::Floors, lf)
 }
 
+/// cos(d_{t−1}, d_t) statistics, mean ‖d_t‖ and the last ‖θ_t − θ_0‖ per `group` (a column),
+/// or over all rows.
 fn cos_by(
     lf: LazyFrame,
     group: Option<&str>,
     tables: &Tables<'_>,
 ) -> Result<DataFrame, ReportError> {
-    let cos = || col("cos_prev_update");
+    let cos = || col(steps::cos_prev_update);
+    let dist = || col(steps::dist_from_init);
     let aggs = [
         cos().count().cast(DataType::UInt64).alias("cos_count"),
         cos().mean().alias("cos_mean"),
@@ -433,17 +909,14 @@ fn cos_by(
             .cast(DataType::Float64)
             .mean()
             .alias("cos_neg"),
-        col("update_norm").mean().alias("upd_mean"),
-        col("dist_from_init")
-            .filter(col("dist_from_init").is_not_null())
-            .last()
-            .alias("dist_end"),
-        col("step")
-            .filter(col("dist_from_init").is_not_null())
+        col(steps::update_norm).mean().alias("upd_mean"),
+        dist().filter(dist().is_not_null()).last().alias("dist_end"),
+        col(steps::step)
+            .filter(dist().is_not_null())
             .last()
             .alias("dist_step"),
     ];
-    let lf = lf.sort(["step"], SortMultipleOptions::default());
+    let lf = lf.sort([steps::step], SortMultipleOptions::default());
     let lf = match group {
         Some(g) => lf
             .group_by_stable([col(g)])
@@ -451,508 +924,5 @@ fn cos_by(
             .sort([g], SortMultipleOptions::default()),
         None => lf.select(aggs),
     };
-    tables.collect("steps", lf)
-}
-
-/// Reads one analysis folder.
-pub fn load_run(dir: &Path, barrier_threshold: f64) -> Result<RunData, ReportError> {
-    let manifest_path = dir.join("_sgdwalk_analysis.json");
-    if !manifest_path.is_file() {
-        return Err(ReportError::NotAnAnalysis {
-            dir: dir.to_path_buf(),
-            missing: "_sgdwalk_analysis.json",
-        });
-    }
-    let manifest: ManifestView = read_json(&manifest_path)?;
-    if manifest.revision < 2
-        && manifest.config.has("curvature")
-        && manifest.config.bn.first() == Some(&sgdwalk_workload::BnPolicy::EvalMode)
-    {
-        return Err(ReportError::BadFile {
-            path: manifest_path,
-            reason: "its eval-mode curvature rows were computed with batch statistics by an \
-                     earlier sgdwalk-analyze; analyze the recording again into a new folder"
-                .into(),
-        });
-    }
-    let info_path = dir.join(RUN_DESCRIPTION);
-    if !info_path.is_file() {
-        return Err(ReportError::NotAnAnalysis {
-            dir: dir.to_path_buf(),
-            missing: "_sgdwalk_run.json (written by sgdwalk-analyze 0.1 and later; rerun analyze)",
-        });
-    }
-    let info: RunInfo = read_json(&info_path)?;
-    let desc = &info.run;
-    let kind = match (&desc.full_batch, &desc.optimizer) {
-        (Some(_), _) if desc.noise_std > 0.0 => RunKind::GdNoise,
-        (Some(_), _) => RunKind::Gd,
-        (None, OptimizerSpec::Sgd { momentum, .. }) if *momentum == 0.0 => RunKind::Sgd,
-        (None, _) => RunKind::OtherMinibatch,
-    };
-    let eval_set = manifest
-        .config
-        .eval
-        .first()
-        .map_or_else(|| "train".into(), |e| e.name());
-    let bn_policy = manifest
-        .config
-        .bn
-        .first()
-        .map_or_else(|| "train-mode".into(), |b| b.as_str().to_string());
-    let tables = Tables { dir };
-    let primary = || {
-        col("eval_set")
-            .eq(lit(eval_set.as_str()))
-            .and(col("bn_policy").eq(lit(bn_policy.as_str())))
-    };
-
-    // Geometry over the trainable parameters (the paper's definition) when the analysis has it;
-    // analyses made before that row existed have the whole state only.
-    let layer = |name: &str| col("layer").eq(lit(name));
-    let mut geometry_scope = "params";
-    let mut steps_all = tables.load("steps", layer("params"))?;
-    if steps_all.as_ref().is_some_and(|df| df.height() == 0) {
-        geometry_scope = "all";
-        steps_all = tables.load("steps", layer("all"))?;
-    }
-    let steps_all = steps_all.map(DataFrame::lazy);
-    let mut geometry = Vec::new();
-    let mut per_epoch: Vec<EpochStats> = Vec::new();
-    let mut whole = EpochStats::default();
-    if let Some(lf) = &steps_all {
-        let df = tables.collect(
-            "steps",
-            lf.clone()
-                .select([
-                    col("step"),
-                    col("epoch"),
-                    col("cos_prev_update"),
-                    col("dist_from_init"),
-                ])
-                .sort(["step"], SortMultipleOptions::default()),
-        )?;
-        let c = tables.cols("steps", &df);
-        let (step, epoch) = (c.u64("step")?, c.u64("epoch")?);
-        let (cos, dist) = (c.f64("cos_prev_update")?, c.f64("dist_from_init")?);
-        for i in 0..df.height() {
-            geometry.push(StepPoint {
-                step: step[i].unwrap_or_default(),
-                epoch: epoch[i].unwrap_or_default() as u32,
-                cos: cos[i],
-                dist: dist[i],
-            });
-        }
-        for (g, into_whole) in [(Some("epoch"), false), (None, true)] {
-            let df = cos_by(lf.clone(), g, &tables)?;
-            let c = tables.cols("steps", &df);
-            let epochs = if g.is_some() {
-                c.u64("epoch")?
-            } else {
-                vec![None]
-            };
-            let (n, mean, median, std, neg, upd, dist, dstep) = (
-                c.u64("cos_count")?,
-                c.f64("cos_mean")?,
-                c.f64("cos_median")?,
-                c.f64("cos_std")?,
-                c.f64("cos_neg")?,
-                c.f64("upd_mean")?,
-                c.f64("dist_end")?,
-                c.u64("dist_step")?,
-            );
-            for i in 0..df.height() {
-                let s = EpochStats {
-                    epoch: epochs[i].map(|e| e as u32),
-                    cos_count: n[i].unwrap_or_default(),
-                    cos_mean: mean[i],
-                    cos_median: median[i],
-                    cos_std: std[i],
-                    cos_negative_share: if n[i].unwrap_or_default() > 0 {
-                        neg[i]
-                    } else {
-                        None
-                    },
-                    update_norm_mean: upd[i],
-                    dist_end: dist[i],
-                    dist_end_step: dstep[i],
-                    ..Default::default()
-                };
-                if into_whole {
-                    whole = s;
-                } else {
-                    per_epoch.push(s);
-                }
-            }
-        }
-    }
-    let step_epoch = steps_all.as_ref().map(|lf| {
-        lf.clone()
-            .select([col("step"), col("epoch")])
-            .unique(None, UniqueKeepStrategy::First)
-    });
-
-    // Valley floors, per epoch (joined on the geometry's epochs) and over the run.
-    let mut floors = Vec::new();
-    if let Some(df) = tables.load("floors", primary())? {
-        let lf = df.lazy();
-        let df = tables.collect(
-            "floors",
-            lf.clone()
-                .select([
-                    col("step"),
-                    col("alpha_star"),
-                    col("loss_at_floor"),
-                    col("height_start"),
-                ])
-                .sort(["step"], SortMultipleOptions::default()),
-        )?;
-        let c = tables.cols("floors", &df);
-        let (step, a, l, h) = (
-            c.u64("step")?,
-            c.f64("alpha_star")?,
-            c.f64("loss_at_floor")?,
-            c.f64("height_start")?,
-        );
-        for i in 0..df.height() {
-            floors.push(FloorPoint {
-                step: step[i].unwrap_or_default(),
-                alpha_star: a[i].unwrap_or(f64::NAN),
-                loss_at_floor: l[i].unwrap_or(f64::NAN),
-                height_start: h[i].unwrap_or(f64::NAN),
-            });
-        }
-        let df = floors_by(lf.clone(), None, &tables)?;
-        if let [agg] = FloorAgg::rows(&tables.cols("floors", &df))?.as_slice() {
-            agg.apply(&mut whole);
-        }
-        if let Some(se) = &step_epoch {
-            let joined = lf.join(
-                se.clone(),
-                [col("step")],
-                [col("step")],
-                JoinArgs::new(JoinType::Left),
-            );
-            let df = floors_by(joined, Some("epoch"), &tables)?;
-            let c = tables.cols("floors", &df);
-            let epochs = c.u64("epoch")?;
-            for (agg, e) in FloorAgg::rows(&c)?.iter().zip(&epochs) {
-                let e = e.map(|e| e as u32);
-                let idx = match per_epoch.iter().position(|s| s.epoch == e) {
-                    Some(i) => i,
-                    None => {
-                        per_epoch.push(EpochStats {
-                            epoch: e,
-                            ..Default::default()
-                        });
-                        per_epoch.len() - 1
-                    }
-                };
-                agg.apply(&mut per_epoch[idx]);
-            }
-            per_epoch.sort_by_key(|s| s.epoch);
-        }
-    }
-
-    // Interpolation curves on the primary set.
-    let mut interp = Vec::new();
-    if let Some(df) = tables.load("interp", primary())? {
-        let df = tables.collect(
-            "interp",
-            df.lazy()
-                .select([col("step"), col("alpha"), col("loss")])
-                .sort(["step", "alpha"], SortMultipleOptions::default()),
-        )?;
-        let c = tables.cols("interp", &df);
-        let (s, a, l) = (c.u64("step")?, c.f64("alpha")?, c.f64("loss")?);
-        for i in 0..df.height() {
-            interp.push((
-                s[i].unwrap_or_default(),
-                a[i].unwrap_or(f64::NAN),
-                l[i].unwrap_or(f64::NAN),
-            ));
-        }
-    }
-
-    // Barriers: frequency and size per path and stride.
-    let mut barriers = Vec::new();
-    let mut floor_barriers = Vec::new();
-    if let Some(df) = tables.load("barriers", primary())? {
-        let rel = || {
-            col("barrier_max")
-                / when(col("loss_start").gt(col("loss_end")))
-                    .then(col("loss_start"))
-                    .otherwise(col("loss_end"))
-        };
-        let lf = df.lazy().with_column(rel().alias("rel"));
-        let has = || col("rel").gt(lit(barrier_threshold));
-        let df = tables.collect(
-            "barriers",
-            lf.clone()
-                .group_by([col("path"), col("stride")])
-                .agg([
-                    len().cast(DataType::UInt64).alias("segments"),
-                    has().cast(DataType::UInt64).sum().alias("with_barrier"),
-                    col("rel").filter(has()).mean().alias("rel_mean"),
-                    col("rel").filter(has()).max().alias("rel_max"),
-                    col("rel")
-                        .is_nan()
-                        .cast(DataType::UInt64)
-                        .sum()
-                        .alias("nonfinite"),
-                ])
-                .sort(["path", "stride"], SortMultipleOptions::default()),
-        )?;
-        let c = tables.cols("barriers", &df);
-        let (path, stride, seg, with, mean, max, nf) = (
-            c.string("path")?,
-            c.u64("stride")?,
-            c.u64("segments")?,
-            c.u64("with_barrier")?,
-            c.f64("rel_mean")?,
-            c.f64("rel_max")?,
-            c.u64("nonfinite")?,
-        );
-        for i in 0..df.height() {
-            barriers.push(BarrierStats {
-                path: path[i].clone().unwrap_or_default(),
-                stride: stride[i].unwrap_or_default() as u32,
-                segments: seg[i].unwrap_or_default(),
-                with_barrier: with[i].unwrap_or_default(),
-                rel_mean: mean[i],
-                rel_max: max[i],
-                nonfinite: nf[i].unwrap_or_default(),
-            });
-        }
-        let df = tables.collect(
-            "barriers",
-            lf.filter(col("path").eq(lit("floor")))
-                .select([col("stride"), col("step_from"), col("rel")])
-                .sort(["stride", "step_from"], SortMultipleOptions::default()),
-        )?;
-        let c = tables.cols("barriers", &df);
-        let (k, s, r) = (c.u64("stride")?, c.u64("step_from")?, c.f64("rel")?);
-        for i in 0..df.height() {
-            floor_barriers.push((
-                k[i].unwrap_or_default() as u32,
-                s[i].unwrap_or_default(),
-                r[i].unwrap_or(f64::NAN),
-            ));
-        }
-    }
-
-    // Curvature at the iterates.
-    let mut curvature: Vec<CurvPoint> = Vec::new();
-    let iterate = primary().and(col("point").eq(lit("iterate")));
-    if let Some(df) = tables.load("curvature", iterate)? {
-        let lf = df.lazy();
-        let df = tables.collect(
-            "curvature",
-            lf.clone()
-                .filter(
-                    col("quantity")
-                        .eq(lit("eigenvalue"))
-                        .and(col("rank").eq(lit(0u32))),
-                )
-                .select([col("step"), col("value")])
-                .sort(["step"], SortMultipleOptions::default()),
-        )?;
-        let c = tables.cols("curvature", &df);
-        let (s, v) = (c.u64("step")?, c.f64("value")?);
-        for i in 0..df.height() {
-            let step = s[i].unwrap_or_default();
-            curvature.push(CurvPoint {
-                step,
-                epoch: geometry.iter().find(|g| g.step == step).map(|g| g.epoch),
-                lambda_max: v[i].unwrap_or(f64::NAN),
-                trace: None,
-            });
-        }
-        let df = tables.collect(
-            "curvature",
-            lf.filter(col("quantity").eq(lit("trace")))
-                .select([col("step"), col("value")]),
-        )?;
-        let c = tables.cols("curvature", &df);
-        let (s, v) = (c.u64("step")?, c.f64("value")?);
-        for i in 0..df.height() {
-            if let Some(p) = curvature.iter_mut().find(|p| Some(p.step) == s[i]) {
-                p.trace = v[i];
-            }
-        }
-    }
-
-    // Per-epoch evaluation recorded during training.
-    let mut evals = Vec::new();
-    if let Some(lf) = tables.scan("epochs")? {
-        let df = tables.collect(
-            "epochs",
-            lf.select([col("epoch"), col("split"), col("loss"), col("accuracy")])
-                .sort(["epoch", "split"], SortMultipleOptions::default()),
-        )?;
-        let c = tables.cols("epochs", &df);
-        let (e, sp, l, a) = (
-            c.u64("epoch")?,
-            c.string("split")?,
-            c.f64("loss")?,
-            c.f64("accuracy")?,
-        );
-        for i in 0..df.height() {
-            evals.push(EpochEval {
-                epoch: e[i].unwrap_or_default() as u32,
-                split: sp[i].clone().unwrap_or_default(),
-                loss: l[i].unwrap_or(f64::NAN),
-                accuracy: a[i].unwrap_or(f64::NAN),
-            });
-        }
-    }
-
-    let trainable_params = desc
-        .layout
-        .entries
-        .iter()
-        .filter(|e| e.trainable)
-        .map(|e| e.len_elements as u64)
-        .sum();
-    Ok(RunData {
-        dir: dir.to_path_buf(),
-        label: label_of(dir),
-        kind,
-        model: desc.model.short_name(),
-        dataset: desc.dataset.name.as_str().to_string(),
-        lr: desc.schedule.base_lr,
-        batch_size: desc.full_batch.is_none().then_some(desc.batch_size),
-        noise_std: desc.noise_std,
-        steps_per_epoch: desc.steps_per_epoch,
-        epochs: desc.epochs,
-        total_steps: desc.total_steps,
-        trainable_params,
-        eval_set,
-        bn_policy,
-        geometry_scope,
-        per_epoch,
-        whole,
-        barriers,
-        geometry,
-        floors,
-        interp,
-        floor_barriers,
-        curvature,
-        evals,
-    })
-}
-
-/// Writes the runs' aggregates as one tidy table: one row per run, epoch (null = whole run)
-/// and metric. Returns the number of rows.
-pub fn write_summary(runs: &[RunData], path: &Path) -> Result<usize, ReportError> {
-    let mut run = Vec::new();
-    let mut kind = Vec::new();
-    let mut model = Vec::new();
-    let mut dataset = Vec::new();
-    let mut lr = Vec::new();
-    let mut batch: Vec<Option<u32>> = Vec::new();
-    let mut noise = Vec::new();
-    let mut eval_set = Vec::new();
-    let mut bn = Vec::new();
-    let mut epoch: Vec<Option<u32>> = Vec::new();
-    let mut metric: Vec<&'static str> = Vec::new();
-    let mut value: Vec<Option<f64>> = Vec::new();
-    let mut count: Vec<Option<u64>> = Vec::new();
-    for r in runs {
-        let mut push = |e: Option<u32>, m: &'static str, v: Option<f64>, n: Option<u64>| {
-            run.push(r.label.clone());
-            kind.push(r.kind.as_str());
-            model.push(r.model.clone());
-            dataset.push(r.dataset.clone());
-            lr.push(r.lr);
-            batch.push(r.batch_size);
-            noise.push(r.noise_std);
-            eval_set.push(r.eval_set.clone());
-            bn.push(r.bn_policy.clone());
-            epoch.push(e);
-            metric.push(m);
-            value.push(v);
-            count.push(n);
-        };
-        for s in r.per_epoch.iter().chain(std::iter::once(&r.whole)) {
-            let f = Some(s.floors);
-            let c = Some(s.cos_count);
-            push(s.epoch, "interior_floor_share", s.interior_share, f);
-            push(s.epoch, "height_start_mean", s.height_start_mean, f);
-            push(s.epoch, "height_start_median", s.height_start_median, f);
-            push(s.epoch, "height_end_mean", s.height_end_mean, f);
-            push(s.epoch, "relative_height_mean", s.rel_height_mean, f);
-            push(s.epoch, "alpha_star_median", s.alpha_star_median, f);
-            push(
-                s.epoch,
-                "nonfinite_floors",
-                Some(s.nonfinite_floors as f64),
-                f,
-            );
-            push(s.epoch, "cos_mean", s.cos_mean, c);
-            push(s.epoch, "cos_median", s.cos_median, c);
-            push(s.epoch, "cos_std", s.cos_std, c);
-            push(s.epoch, "cos_negative_share", s.cos_negative_share, c);
-            push(s.epoch, "update_norm_mean", s.update_norm_mean, c);
-            push(s.epoch, "dist_from_init_end", s.dist_end, s.dist_end_step);
-        }
-        for b in &r.barriers {
-            let m: &'static str = match (b.path.as_str(), b.stride) {
-                ("floor", 1) => "barrier_share_floor_stride1",
-                ("floor", _) => "barrier_share_floor_strideK",
-                (_, 1) => "barrier_share_iterate_stride1",
-                _ => "barrier_share_iterate_strideK",
-            };
-            push(
-                None,
-                m,
-                (b.segments > 0).then(|| b.with_barrier as f64 / b.segments as f64),
-                Some(b.segments),
-            );
-        }
-        for p in &r.curvature {
-            push(p.epoch, "lambda_max", Some(p.lambda_max), Some(p.step));
-            if let Some(t) = p.trace {
-                push(p.epoch, "hessian_trace", Some(t), Some(p.step));
-            }
-        }
-        for e in &r.evals {
-            let m = match e.split.as_str() {
-                "train" => ["train_loss", "train_accuracy"],
-                "val" => ["val_loss", "val_accuracy"],
-                "test" => ["test_loss", "test_accuracy"],
-                _ => continue,
-            };
-            push(Some(e.epoch), m[0], Some(e.loss), None);
-            push(Some(e.epoch), m[1], Some(e.accuracy), None);
-        }
-    }
-    let rows = run.len();
-    let columns = vec![
-        Column::new("run".into(), run),
-        Column::new("kind".into(), kind),
-        Column::new("model".into(), model),
-        Column::new("dataset".into(), dataset),
-        Column::new("lr".into(), lr),
-        Column::new("batch_size".into(), batch),
-        Column::new("noise_std".into(), noise),
-        Column::new("eval_set".into(), eval_set),
-        Column::new("bn_policy".into(), bn),
-        Column::new("epoch".into(), epoch),
-        Column::new("metric".into(), metric),
-        Column::new("value".into(), value),
-        Column::new("count".into(), count),
-    ];
-    let bad = |e: PolarsError| ReportError::BadFile {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let mut df = DataFrame::new(rows, columns).map_err(bad)?;
-    let mut bytes = Vec::new();
-    ParquetWriter::new(&mut bytes)
-        .with_compression(ParquetCompression::Zstd(None))
-        .finish(&mut df)
-        .map_err(bad)?;
-    super::write_atomic(path, &bytes)?;
-    Ok(rows)
+    tables.collect(TableName::Steps, lf)
 }

@@ -2,13 +2,22 @@
 //! queries), restates each claim of *A Walk with SGD* with the measured numbers and a verdict,
 //! and writes `report.md`, `summary.parquet` and PNG figures.
 //!
-//! - [`load`]: the polars queries; each analysis folder becomes one [`RunData`] of plain vectors.
-//! - [`claims`]: the paper's claims, the rule that decides each verdict, the Markdown.
+//! Built with the cargo feature `report` (on by default): polars and plotters are compiled only
+//! for it, so analysis-only builds (`--no-default-features`) leave them out.
+//!
+//! - [`load`]: the polars queries; each analysis folder ([`crate::dir::AnalysisDir`]) becomes
+//!   one [`RunData`] of plain vectors.
+//! - [`claims`]: the paper's claims as data ([`claims::ClaimSpec`]): statement, source, the rule
+//!   that decides each verdict, and the function that measures it.
+//! - [`markdown`]: `report.md`, rendered from the assessed claims and the runs.
+//! - [`summary`]: `summary.parquet`, every aggregate as one tidy table.
 //! - [`plots`]: the figures (plotters, bitmap back end, a TrueType font read from disk).
 
 pub mod claims;
 pub mod load;
+pub mod markdown;
 pub mod plots;
+pub mod summary;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -18,21 +27,34 @@ use serde::Serialize;
 
 pub use load::{RunData, RunKind};
 
+use crate::dir::{AnalysisDir, DirError};
+use crate::tables::TableName;
+
 /// Everything that stops a report.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReportError {
-    /// The folder is not the output of `sgdwalk-analyze analyze`.
-    #[error("not an sgdwalk analysis folder (no {missing}): {}", dir.display())]
-    NotAnAnalysis { dir: PathBuf, missing: &'static str },
-    /// A file of the analysis does not parse.
+    /// The analysis folder's own files: no manifest (not the output of `sgdwalk-analyze
+    /// analyze`: [`DirError::NotAnAnalysis`]), a manifest or run description that does not
+    /// parse ([`DirError::BadFile`]), or a folder that cannot be listed.
+    #[error(transparent)]
+    Dir(#[from] DirError),
+    /// The folder predates the run description (`sgdwalk-analyze` before 0.1).
+    #[error(
+        "not an sgdwalk analysis folder of sgdwalk-analyze 0.1 or later (no {}; rerun analyze): {}",
+        AnalysisDir::RUN_INFO_FILE,
+        dir.display()
+    )]
+    NoRunInfo { dir: PathBuf },
+    /// A file of the analysis cannot be used (stale numbers), or summary.parquet cannot be
+    /// encoded.
     #[error("cannot read {}: {reason}", path.display())]
     BadFile { path: PathBuf, reason: String },
     /// A polars query over a table failed (a missing column, a foreign file, a corrupt page).
     #[error("reading table {table} of {}: {source}", dir.display())]
     Query {
         dir: PathBuf,
-        table: &'static str,
+        table: TableName,
         #[source]
         source: polars::error::PolarsError,
     },
@@ -138,7 +160,7 @@ pub fn report(args: &ReportArgs) -> Result<ReportSummary, ReportError> {
         source,
     })?;
     let summary_path = args.out.join("summary.parquet");
-    let summary_rows = load::write_summary(&runs, &summary_path)?;
+    let summary_rows = summary::write_summary(&runs, &summary_path)?;
     let preamble = match &args.preamble {
         Some(p) => Some(
             std::fs::read_to_string(p).map_err(|source| ReportError::Io {
@@ -154,7 +176,7 @@ pub fn report(args: &ReportArgs) -> Result<ReportSummary, ReportError> {
     } else {
         plots::planned(&runs)
     };
-    let markdown = claims::markdown(
+    let report_md = markdown::markdown(
         &runs,
         &assessed,
         preamble.as_deref(),
@@ -162,7 +184,7 @@ pub fn report(args: &ReportArgs) -> Result<ReportSummary, ReportError> {
         args.barrier_threshold,
     );
     let report_path = args.out.join("report.md");
-    write_atomic(&report_path, markdown.as_bytes())?;
+    write_atomic(&report_path, report_md.as_bytes())?;
     let figures = if args.no_plots {
         Vec::new()
     } else {
@@ -182,10 +204,96 @@ pub fn report(args: &ReportArgs) -> Result<ReportSummary, ReportError> {
     })
 }
 
-/// Writes through a temporary file and a rename: a reader never sees half a report.
+/// Writes durably through a temporary file and a rename: a reader never sees half a report.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    crate::analyze::write_file_atomic(path, bytes).map_err(|source| ReportError::Io {
+    use std::io::Write;
+    crate::dir::write_durably(path, |f| f.write_all(bytes)).map_err(|e| ReportError::Io {
         path: path.to_path_buf(),
-        source,
+        source: e.into_io(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::config::{AnalyzeConfig, Phase};
+    use crate::dir::{ANALYSIS_REVISION, Manifest};
+    use sgdwalk_workload::BnPolicy;
+
+    fn manifest(revision: u32, bn: Vec<BnPolicy>) -> Manifest {
+        Manifest {
+            recording_id: "00".into(),
+            shard_count: 1,
+            revision,
+            config: AnalyzeConfig {
+                phases: vec![Phase::Curvature],
+                bn,
+                ..AnalyzeConfig::default()
+            },
+        }
+    }
+
+    /// Errors of reading a folder's contract, before any table is read.
+    fn load_err(dir: &Path) -> ReportError {
+        load::load_run(dir, 1e-3).unwrap_err()
+    }
+
+    #[test]
+    fn a_missing_or_broken_manifest_names_the_folder_and_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = AnalysisDir::new(tmp.path());
+        let err = load_err(folder.root());
+        assert!(
+            matches!(err, ReportError::Dir(DirError::NotAnAnalysis { .. })),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains(AnalysisDir::MANIFEST_FILE), "{msg}");
+        assert!(msg.contains(&*tmp.path().to_string_lossy()), "{msg}");
+
+        std::fs::write(folder.manifest_path(), "{\"revision\": 2").unwrap();
+        let err = load_err(folder.root());
+        assert!(
+            matches!(err, ReportError::Dir(DirError::BadFile { .. })),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&*folder.manifest_path().to_string_lossy()),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_folder_without_run_description_or_with_stale_curvature_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = AnalysisDir::new(tmp.path());
+        folder
+            .write_manifest(&manifest(ANALYSIS_REVISION, vec![BnPolicy::EvalMode]))
+            .unwrap();
+        let err = load_err(folder.root());
+        assert!(matches!(err, ReportError::NoRunInfo { .. }), "{err}");
+        assert!(
+            err.to_string().contains(AnalysisDir::RUN_INFO_FILE),
+            "{err}"
+        );
+
+        // Revision 1 computed eval-mode curvature with batch statistics: refused when the
+        // report would read it (the first policy), not when only a later policy is stale.
+        folder
+            .write_manifest(&manifest(1, vec![BnPolicy::EvalMode]))
+            .unwrap();
+        let err = load_err(folder.root());
+        assert!(matches!(err, ReportError::BadFile { .. }), "{err}");
+        assert!(err.to_string().contains("batch statistics"), "{err}");
+        folder
+            .write_manifest(&manifest(1, vec![BnPolicy::TrainMode, BnPolicy::EvalMode]))
+            .unwrap();
+        assert!(matches!(
+            load_err(folder.root()),
+            ReportError::NoRunInfo { .. }
+        ));
+    }
 }

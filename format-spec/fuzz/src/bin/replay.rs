@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sgdwalk_format::synth::SplitMix64;
+use sgdwalk_format::testkit::synth::SplitMix64;
 
 fn collect(path: &Path, out: &mut Vec<PathBuf>) {
     if path.is_dir() {

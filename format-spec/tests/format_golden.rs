@@ -1,5 +1,5 @@
 //! Golden files: every file in `format-spec/fixtures/v1/` decodes to exactly what the seeded
-//! generator (`sgdwalk_format::synth`) wrote, every file in `fixtures/bad/` fails with its
+//! generator (`sgdwalk_format::testkit::synth`) wrote, every file in `fixtures/bad/` fails with its
 //! exact error, and every file in `fixtures/edge/` (valid bytes the writer never produces)
 //! reads as the data of `v1/basic_pred2.sgdw`. Inventory checks fail on a missing or untested
 //! file.
@@ -13,14 +13,14 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use sgdwalk_format::synth::{
+use sgdwalk_format::testkit::synth::{
     FixtureSpec, edge_fixtures, fixture_inputs, fixture_resume, fixture_specs_v1,
 };
 use sgdwalk_format::{DType, FormatError, Reader, verify};
 use sha2::{Digest, Sha256};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../format-spec/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
 fn names_in(dir: &Path) -> BTreeSet<String> {

@@ -1,0 +1,216 @@
+//! Side-by-side benchmark of the chunk codecs over a trajectory, used by `benches/codec.rs`.
+//! Every decode is checked bit-exact and a mismatch panics: that is a benchmark's job, and the
+//! reason this lives in the test-kit rather than in [`crate::codec`].
+
+use std::time::Instant;
+
+use crate::codec::{decode_chunk, encode_chunk};
+use crate::types::CodecId;
+
+/// One row of [`bench_trajectory`]'s table.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CodecBenchRow {
+    /// Method name.
+    pub method: String,
+    /// Raw bytes processed (one encode pass).
+    pub raw_bytes: u64,
+    /// Bytes stored.
+    pub stored_bytes: u64,
+    /// raw / stored.
+    pub ratio: f64,
+    /// Raw MB/s of encoding on one thread (10^6 bytes).
+    pub encode_mb_per_s: f64,
+    /// Raw MB/s of decoding on one thread.
+    pub decode_mb_per_s: f64,
+}
+
+const BENCH_CHUNK: usize = 262_144;
+
+fn row(method: &str, raw: u64, stored: u64, enc_secs: f64, dec_secs: f64) -> CodecBenchRow {
+    CodecBenchRow {
+        method: method.to_owned(),
+        raw_bytes: raw,
+        stored_bytes: stored,
+        ratio: raw as f64 / stored.max(1) as f64,
+        encode_mb_per_s: raw as f64 / 1e6 / enc_secs.max(1e-9),
+        decode_mb_per_s: raw as f64 / 1e6 / dec_secs.max(1e-9),
+    }
+}
+
+/// Side-by-side benchmark over a trajectory (states of consecutive steps), on the calling
+/// thread, in 262 144-element chunks: plain zstd on the raw bytes, byte-shuffle + zstd (the key
+/// codec), each delta codec on every transition (pred2 falls back to zigzag for the first one,
+/// which has no t−2), and the writer's scheme "key every 32 + delta" for each delta codec.
+/// Every decode is checked bit-exact; a mismatch panics (this is a benchmark, not a library
+/// path). Returns an empty vector for fewer than 2 states.
+pub fn bench_trajectory(states: &[Vec<f32>], level: i32) -> Vec<CodecBenchRow> {
+    let mut rows = Vec::new();
+    if states.len() < 2 {
+        return rows;
+    }
+    let n = states[0].len();
+    if states.iter().any(|s| s.len() != n) || n == 0 {
+        return rows;
+    }
+    let raw_per_state = (n * 4) as u64;
+
+    // Plain zstd on the raw little-endian bytes.
+    {
+        let raw: Vec<Vec<u8>> = states
+            .iter()
+            .map(|s| s.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect())
+            .collect();
+        let mut enc = Vec::new();
+        let t = Instant::now();
+        for r in &raw {
+            for c in r.chunks(BENCH_CHUNK * 4) {
+                enc.push(zstd::bulk::compress(c, level).unwrap_or_default());
+            }
+        }
+        let enc_secs = t.elapsed().as_secs_f64();
+        let stored: u64 = enc.iter().map(|e| e.len() as u64).sum();
+        let t = Instant::now();
+        let mut dec = Vec::new();
+        for e in &enc {
+            dec.push(zstd::bulk::decompress(e, BENCH_CHUNK * 4).unwrap_or_default());
+        }
+        let dec_secs = t.elapsed().as_secs_f64();
+        let ok = dec.concat() == raw.concat();
+        assert!(ok, "plain zstd round trip failed");
+        rows.push(row(
+            &format!("zstd{level} raw bytes"),
+            raw_per_state * states.len() as u64,
+            stored,
+            enc_secs,
+            dec_secs,
+        ));
+    }
+
+    // Per-state sizes of each codec, for the K=32 mix.
+    let key_sizes = bench_codec(states, CodecId::Key, level, &mut rows);
+    for codec in [CodecId::XorPrev, CodecId::ZigzagDeltaPrev, CodecId::Pred2] {
+        let delta_sizes = bench_codec(states, codec, level, &mut rows);
+        let stored: u64 = (0..states.len())
+            .map(|t| {
+                if t % 32 == 0 {
+                    key_sizes[t]
+                } else {
+                    delta_sizes[t]
+                }
+            })
+            .sum();
+        let raw = raw_per_state * states.len() as u64;
+        rows.push(CodecBenchRow {
+            method: format!("key/32 + {}", codec.name()),
+            raw_bytes: raw,
+            stored_bytes: stored,
+            ratio: raw as f64 / stored.max(1) as f64,
+            encode_mb_per_s: f64::NAN,
+            decode_mb_per_s: f64::NAN,
+        });
+    }
+    rows
+}
+
+/// Benchmarks one codec over all states (Key) or all transitions (deltas); pushes a row and
+/// returns the stored size per state index (index 0 is the key size for deltas).
+fn bench_codec(
+    states: &[Vec<f32>],
+    codec: CodecId,
+    level: i32,
+    rows: &mut Vec<CodecBenchRow>,
+) -> Vec<u64> {
+    let n = states[0].len();
+    let first = if codec.is_standalone() { 0 } else { 1 };
+    let mut sizes = vec![0u64; states.len()];
+    let mut encoded: Vec<(CodecId, Vec<u8>)> = Vec::new();
+    let t = Instant::now();
+    for (ti, s) in states.iter().enumerate().skip(first) {
+        let prev = ti.checked_sub(1).map(|i| &states[i]);
+        let prev2 = ti.checked_sub(2).map(|i| &states[i]);
+        for c0 in (0..n).step_by(BENCH_CHUNK) {
+            let c1 = (c0 + BENCH_CHUNK).min(n);
+            let use_codec = codec.effective(prev2.is_some());
+            let mut out = Vec::new();
+            let len = encode_chunk(
+                use_codec,
+                &s[c0..c1],
+                prev.map(|p| &p[c0..c1]),
+                prev2.map(|p| &p[c0..c1]),
+                level,
+                &mut out,
+            )
+            .unwrap_or(0);
+            sizes[ti] += len as u64;
+            encoded.push((use_codec, out));
+        }
+    }
+    let enc_secs = t.elapsed().as_secs_f64();
+    let mut out = vec![0f32; n];
+    let mut it = encoded.iter();
+    let t = Instant::now();
+    let mut ok = true;
+    for (ti, s) in states.iter().enumerate().skip(first) {
+        let prev = ti.checked_sub(1).map(|i| &states[i]);
+        let prev2 = ti.checked_sub(2).map(|i| &states[i]);
+        for c0 in (0..n).step_by(BENCH_CHUNK) {
+            let c1 = (c0 + BENCH_CHUNK).min(n);
+            let Some((use_codec, bytes)) = it.next() else {
+                break;
+            };
+            ok &= decode_chunk(
+                *use_codec,
+                bytes,
+                prev.map(|p| &p[c0..c1]),
+                prev2.map(|p| &p[c0..c1]),
+                &mut out[c0..c1],
+            )
+            .is_ok();
+        }
+        ok &= out.iter().zip(s).all(|(a, b)| a.to_bits() == b.to_bits());
+    }
+    let dec_secs = t.elapsed().as_secs_f64();
+    assert!(ok, "{codec} round trip failed");
+    let raw = ((states.len() - first) * n * 4) as u64;
+    let name = match codec {
+        CodecId::Key => "shuffle+zstd (key)".to_owned(),
+        c => format!("{} (+shuffle+zstd)", c.name()),
+    };
+    rows.push(row(&name, raw, sizes.iter().sum(), enc_secs, dec_secs));
+    if !codec.is_standalone() {
+        // The first state has no delta; the K-mix uses the key size there.
+        sizes[0] = 0;
+    }
+    sizes
+}
+
+/// Formats bench rows as a fixed-width table.
+pub fn format_bench_table(rows: &[CodecBenchRow]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<34} {:>12} {:>12} {:>7} {:>10} {:>10}",
+        "method", "raw MB", "stored MB", "ratio", "enc MB/s", "dec MB/s"
+    );
+    for r in rows {
+        let f = |v: f64| {
+            if v.is_finite() {
+                format!("{v:.0}")
+            } else {
+                "-".to_owned()
+            }
+        };
+        let _ = writeln!(
+            s,
+            "{:<34} {:>12.2} {:>12.2} {:>7.3} {:>10} {:>10}",
+            r.method,
+            r.raw_bytes as f64 / 1e6,
+            r.stored_bytes as f64 / 1e6,
+            r.ratio,
+            f(r.encode_mb_per_s),
+            f(r.decode_mb_per_s)
+        );
+    }
+    s
+}
