@@ -1144,3 +1144,233 @@ fn a_recording_still_being_written_is_analyzed_up_to_its_last_complete_step() {
         present[..present.len() - 1].to_vec()
     );
 }
+
+fn same_rows<R: TableRows + std::fmt::Debug>(a: &Path, b: &Path) {
+    let (x, y) = (sorted_debug(&rows::<R>(a)), sorted_debug(&rows::<R>(b)));
+    assert!(!x.is_empty(), "{}", R::TABLE.as_str());
+    assert_eq!(x, y, "{}", R::TABLE.as_str());
+}
+
+/// An analysis of an unfinished recording marks the work items whose steps are not all there
+/// as partial and redoes them once the recording has grown: the rerun equals a fresh analysis
+/// (the last step seen first used to keep a null update norm for good).
+#[test]
+fn an_unfinished_recording_is_completed_by_rerunning_as_it_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.walk");
+    run(&synthetic_args(
+        &full,
+        &["--epochs", "2", "--eval-splits", ""],
+    ));
+    let bytes = std::fs::read(&full).unwrap();
+    let items = dir.path().join("items.toml");
+    std::fs::write(&items, "steps_per_item = 5\n").unwrap();
+    let flags = [
+        "--phases",
+        "geometry,interp,floors,barriers",
+        "--eval",
+        "probe:50",
+        "--grid",
+        "0:1:5",
+        "--strides",
+        "1,3",
+        "--config",
+        items.to_str().unwrap(),
+    ];
+    let growing = dir.path().join("growing.walk");
+    let out = dir.path().join("grown");
+    let mut partial_seen = 0;
+    for len in [bytes.len() / 2, bytes.len() * 3 / 4] {
+        std::fs::write(&growing, &bytes[..len]).unwrap();
+        let s = run_analysis(&growing, &out, &flags);
+        assert!(s.recording_unfinished, "{s}");
+        assert!(s.work_items_partial >= 1, "{s}");
+        assert!(s.to_string().contains("unfinished"), "{s}");
+        // A rerun on the same bytes keeps the partial items: nothing new to see.
+        let again = run_analysis(&growing, &out, &flags);
+        assert_eq!(
+            again.work_items_skipped, again.work_items_this_shard,
+            "{again}"
+        );
+        partial_seen += s.work_items_partial;
+    }
+    assert!(partial_seen >= 2);
+    std::fs::write(&growing, &bytes).unwrap();
+    let last = run_analysis(&growing, &out, &flags);
+    assert!(!last.recording_unfinished, "{last}");
+    assert_eq!(last.work_items_partial, 0);
+    assert!(
+        last.work_items_skipped < last.work_items_this_shard,
+        "{last}"
+    );
+    let fresh = dir.path().join("fresh");
+    run_analysis(&full, &fresh, &flags);
+    same_rows::<StepRow>(&out, &fresh);
+    same_rows::<InterpRow>(&out, &fresh);
+    same_rows::<FloorRow>(&out, &fresh);
+    same_rows::<BarrierRow>(&out, &fresh);
+    let steps: Vec<StepRow> = rows(&out);
+    let total = Reader::open(&full).unwrap().steps().len() as u64;
+    let distinct: std::collections::BTreeSet<u64> = steps.iter().map(|r| r.step).collect();
+    assert_eq!(distinct.len() as u64, total);
+    assert!(
+        steps
+            .iter()
+            .filter(|r| r.step + 1 < total)
+            .all(|r| r.update_norm.is_some()),
+        "every step but the last has its closing pair"
+    );
+}
+
+/// Analyzing while the recorder writes (in another thread), then again once it stopped,
+/// gives what a fresh analysis of the stopped recording gives.
+#[test]
+fn analyzing_while_the_recorder_writes_then_rerunning_equals_a_fresh_analysis() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("live.walk");
+    // Far more steps than the test waits for: the stop flag ends it.
+    let cfg = synthetic_args(&rec, &["--epochs", "1000", "--eval-splits", ""])
+        .validate()
+        .unwrap();
+    let stop = StopFlag::default();
+    let requested = std::sync::Arc::clone(&stop.requested);
+    let recorder = std::thread::spawn(move || record(&cfg, &stop));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Ok(r) = Reader::open(&rec)
+            && r.steps().len() >= 12
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no steps in 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let items = dir.path().join("items.toml");
+    std::fs::write(&items, "steps_per_item = 5\n").unwrap();
+    let flags = [
+        "--phases",
+        "geometry,interp",
+        "--eval",
+        "probe:50",
+        "--grid",
+        "0:1:3",
+        "--config",
+        items.to_str().unwrap(),
+    ];
+    let out = dir.path().join("live");
+    let during = run_analysis(&rec, &out, &flags);
+    requested.store(true, std::sync::atomic::Ordering::SeqCst);
+    let recorded = recorder.join().unwrap().unwrap();
+    assert!(during.recording_unfinished, "{during}");
+    assert!(during.work_items_partial >= 1, "{during}");
+    assert!(recorded.last_step > during.last_step.unwrap());
+    run_analysis(&rec, &out, &flags);
+    let fresh = dir.path().join("fresh");
+    run_analysis(&rec, &fresh, &flags);
+    same_rows::<StepRow>(&out, &fresh);
+    same_rows::<InterpRow>(&out, &fresh);
+}
+
+/// Sizes are checked against what exists before anything is allocated or written: a refused
+/// analysis leaves no folder or manifest behind, so the next command with other settings runs.
+#[test]
+fn infeasible_analyses_are_refused_before_the_folder_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("s.walk");
+    run(&synthetic_args(
+        &rec,
+        &["--max-steps", "6", "--eval-splits", ""],
+    ));
+    let out = dir.path().join("a");
+    // 32 GB of α values.
+    let err = analyze_args(&rec, &out, &["--grid", "0:1:4000000000"])
+        .validate()
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            AnalyzeError::InvalidSetting {
+                setting: "grid",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("at most 10000"), "{err}");
+    let err = analyze_args(&rec, &out, &["--eps-sharpness", "NaN"])
+        .validate()
+        .unwrap_err();
+    assert!(err.to_string().contains("eps-sharpness"), "{err}");
+    // A probe larger than the training split (400 samples, 20% held out for validation).
+    let err = analysis_error(&rec, &out, &["--eval", "probe:100000000"]);
+    assert!(
+        matches!(
+            &err,
+            AnalyzeError::InvalidSetting {
+                setting: "eval",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("probe:100000000"), "{err}");
+    // Curvature at a step the recording does not hold (it holds 0..=6).
+    let err = analysis_error(
+        &rec,
+        &out,
+        &[
+            "--phases",
+            "curvature",
+            "--curvature-steps",
+            "2,5000",
+            "--eval",
+            "probe:20",
+        ],
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("curvature-steps") && msg.contains("5000"),
+        "{msg}"
+    );
+    assert!(msg.contains("0..=6"), "{msg}");
+    let err = analysis_error(
+        &rec,
+        &out,
+        &[
+            "--phases",
+            "curvature",
+            "--curvature-steps",
+            "4",
+            "--steps",
+            "0..3",
+            "--eval",
+            "probe:20",
+        ],
+    );
+    assert!(err.to_string().contains("outside --steps"), "{err}");
+    assert!(!out.exists(), "a refused analysis wrote {}", out.display());
+    // The folder takes the next analysis, whatever its settings.
+    let s = run_analysis(
+        &rec,
+        &out,
+        &[
+            "--phases",
+            "geometry,curvature",
+            "--curvature-steps",
+            "2",
+            "--eval",
+            "probe:20",
+        ],
+    );
+    assert_eq!(s.rows.get("curvature").copied(), Some(1), "{s}");
+    // The default probe (1000) on a smaller training split is the whole split, named by its
+    // real size; only an explicit probe:N larger than the split is refused.
+    let small = dir.path().join("default-probe");
+    run_analysis(&rec, &small, &["--phases", "interp", "--grid", "0:1:3"]);
+    let ids: Vec<EvalSampleRow> = rows(&small);
+    let name = format!("probe:{}", ids.len());
+    assert!(ids.len() > 100 && ids.len() < 1000, "{}", ids.len());
+    assert!(ids.iter().all(|r| r.eval_set == name && r.split == "train"));
+    let interp: Vec<InterpRow> = rows(&small);
+    assert!(interp.iter().all(|r| r.eval_set == name));
+}

@@ -30,6 +30,15 @@ pub struct AnalyzeSummary {
     pub work_items_total: usize,
     pub work_items_this_shard: usize,
     pub work_items_skipped: usize,
+    /// Whether the recording ends before the run's last step (still being written, or a
+    /// stopped or killed run that --resume can continue).
+    pub recording_unfinished: bool,
+    /// The last step the recording holds and the run's last step.
+    pub last_step: Option<u64>,
+    pub run_total_steps: u64,
+    /// Work items of this shard whose steps were not all recorded yet: their parts are marked
+    /// partial and redone by a later run once the recording holds more.
+    pub work_items_partial: usize,
     /// Rows written per table.
     pub rows: BTreeMap<String, u64>,
     /// Interpolation points whose loss was NaN or infinite (kept in the tables as NaN).
@@ -53,6 +62,18 @@ impl std::fmt::Display for AnalyzeSummary {
         )?;
         for (table, rows) in &self.rows {
             writeln!(f, "  {table:12} {rows} rows")?;
+        }
+        if self.recording_unfinished {
+            let held = self
+                .last_step
+                .map_or_else(|| "no steps".to_string(), |t| format!("step {t}"));
+            writeln!(
+                f,
+                "warning: the recording is unfinished: it ends at {held} of the run's {} \
+                 (still being written, or stopped or killed); {} work items are partial and are \
+                 redone when this command is rerun on the longer recording",
+                self.run_total_steps, self.work_items_partial
+            )?;
         }
         if self.nonfinite_losses > 0 {
             writeln!(
@@ -123,6 +144,12 @@ struct Plan {
     steps: BTreeSet<u64>,
     pairs: BTreeSet<u64>,
     items: Vec<Item>,
+    /// `None` when the recording reaches the run's last step; otherwise its last step (if
+    /// any): steps after it may still come (a recording being written, or a stopped or killed
+    /// run continued with --resume).
+    unfinished_through: Option<Option<u64>>,
+    /// How far past an item's end its phases read (barrier strides).
+    reach_steps: u64,
 }
 
 impl Plan {
@@ -157,12 +184,103 @@ impl Plan {
                 hi: ((j + 1) * spi).min(hi),
             })
             .collect();
+        // A stopped run's file is finished (it has a footer) yet grows again on --resume: only
+        // the run's last step says no more steps will come.
+        let last = s.reader.steps().last().copied();
+        let unfinished_through = match last {
+            Some(t) if t >= s.desc.total_steps => None,
+            _ => Some(last),
+        };
+        let reach_steps = if cfg.has(Phase::Barriers) {
+            cfg.strides.iter().copied().max().map_or(0, u64::from)
+        } else {
+            0
+        };
         Ok(Plan {
             steps,
             pairs,
             items,
+            unfinished_through,
+            reach_steps,
         })
     }
+
+    /// For an item whose steps (its pairs' closing steps and the barriers' far ends included)
+    /// are not all recorded yet: the recording's last step. Steps only grow, so an item is
+    /// final once a step at or past everything it reads exists, or the recording is finished.
+    fn partial_through(&self, item: &Item) -> Option<u64> {
+        let last = self.unfinished_through?;
+        let needed = item.hi.saturating_add(self.reach_steps);
+        match last {
+            Some(t) if t >= needed => None,
+            Some(t) => Some(t),
+            None => Some(0),
+        }
+    }
+}
+
+/// The default evaluation set, probe:1000, becomes the whole training split where that holds
+/// fewer samples (a small or subset dataset), named by its real size.
+fn fit_default_probe(cfg: &AnalyzeConfig, settings: &RunSettings, s: &Session) -> AnalyzeConfig {
+    let mut cfg = cfg.clone();
+    if settings.eval_is_default {
+        let train = s.data.split_ids(sgdwalk_workload::Split::Train).len();
+        let train = u32::try_from(train).unwrap_or(u32::MAX);
+        for set in &mut cfg.eval {
+            if let crate::config::EvalSet::Probe(n) = set
+                && *n > train
+                && train > 0
+            {
+                *n = train;
+            }
+        }
+    }
+    cfg
+}
+
+/// Checks the settings against what the recording and the data hold.
+fn feasible(s: &Session, plan: &Plan, cfg: &AnalyzeConfig) -> Result<(), AnalyzeError> {
+    let running = cfg.running();
+    if running.iter().any(|p| p.evaluates()) {
+        let train = s.data.split_ids(sgdwalk_workload::Split::Train).len();
+        for set in &cfg.eval {
+            if let crate::config::EvalSet::Probe(n) = set
+                && *n as usize > train
+            {
+                return Err(AnalyzeError::InvalidSetting {
+                    setting: "eval",
+                    reason: format!(
+                        "probe:{n} asks for more samples than the training split holds \
+                         ({train}); use probe:N with N <= {train}, or train"
+                    ),
+                });
+            }
+        }
+    }
+    if running.contains(&Phase::Curvature) {
+        let all = s.reader.steps();
+        for &t in &cfg.curvature_steps {
+            if !plan.steps.contains(&t) {
+                let held = match (all.first(), all.last()) {
+                    (Some(a), Some(b)) => format!("{} steps in {a}..={b}", all.len()),
+                    _ => "no steps".into(),
+                };
+                let why = if cfg
+                    .step_range
+                    .is_some_and(|r| !(r.start..r.end).contains(&t))
+                {
+                    "is outside --steps".to_string()
+                } else {
+                    format!("is not recorded (the recording holds {held})")
+                };
+                return Err(AnalyzeError::InvalidSetting {
+                    setting: "curvature-steps",
+                    reason: format!("step {t} {why}"),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs the analysis that `cfg` describes on this shard's work items.
@@ -175,7 +293,11 @@ pub fn analyze(
         tch::set_num_threads(settings.threads as i32);
     }
     let mut s = Session::open(settings, cfg)?;
+    let cfg = &fit_default_probe(cfg, settings, &s);
     let plan = Plan::new(&s, cfg)?;
+    // Everything that can be checked against the recording and data is, before the folder
+    // and its manifest exist: a refused analysis leaves no trace.
+    feasible(&s, &plan, cfg)?;
     let dir = AnalysisDir::new(&settings.out);
     dir.create()?;
     let shard = settings.shard;
@@ -200,6 +322,7 @@ pub fn analyze(
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         config_json: serde_json::to_string(cfg).unwrap_or_default(),
         shard: Some((shard.index, shard.count)),
+        partial_through_step: None,
     };
     let mine: Vec<&Item> = plan
         .items
@@ -214,6 +337,9 @@ pub fn analyze(
         steps_present: plan.steps.len(),
         work_items_total: plan.items.len(),
         work_items_this_shard: mine.len(),
+        recording_unfinished: plan.unfinished_through.is_some(),
+        last_step: s.reader.steps().last().copied(),
+        run_total_steps: s.desc.total_steps,
         ..Default::default()
     };
     let mut run = ItemRunner {
@@ -232,6 +358,9 @@ pub fn analyze(
     );
     for item in &mine {
         bar.set_message(format!("steps {}..{}", item.lo, item.hi));
+        if plan.partial_through(item).is_some() {
+            summary.work_items_partial += 1;
+        }
         if !run.run_item(&mut s, item, &mut summary)? {
             summary.work_items_skipped += 1;
         }
@@ -297,6 +426,7 @@ impl ItemRunner<'_> {
         summary: &mut AnalyzeSummary,
     ) -> Result<bool, AnalyzeError> {
         let shard_index = self.meta.shard.map_or(0, |(i, _)| i);
+        let partial = self.plan.partial_through(item);
         let phases: Vec<Phase> = self
             .cfg
             .running()
@@ -306,16 +436,21 @@ impl ItemRunner<'_> {
         let stored: Vec<bool> = phases
             .iter()
             .map(|p| {
+                let path = self.dir.part_path(p.table(), shard_index, &item.part());
+                // A partial part is final only while the recording has not grown since.
                 !self.force
-                    && self
-                        .dir
-                        .part_path(p.table(), shard_index, &item.part())
-                        .exists()
+                    && path.exists()
+                    && crate::tables::read_partial_through_step(&path)
+                        .is_ok_and(|stored| stored.is_none() || stored == partial)
             })
             .collect();
         if stored.iter().all(|&d| d) {
             return Ok(false);
         }
+        let meta = TableMeta {
+            partial_through_step: partial,
+            ..self.meta.clone()
+        };
         let mut cx = ItemCx {
             cfg: self.cfg,
             s,
@@ -342,23 +477,23 @@ impl ItemRunner<'_> {
             match phase {
                 Phase::Geometry => {
                     let rows = phases::geometry::run(&mut cx)?;
-                    write_counted(self.dir, self.meta, &part, &rows, summary)?;
+                    write_counted(self.dir, &meta, &part, &rows, summary)?;
                 }
                 Phase::Interp => {
                     let rows = phases::interp::run(&mut cx)?;
-                    write_counted(self.dir, self.meta, &part, &rows, summary)?;
+                    write_counted(self.dir, &meta, &part, &rows, summary)?;
                 }
                 Phase::Floors => {
                     let rows = phases::floors::run(&mut cx)?;
-                    write_counted(self.dir, self.meta, &part, &rows, summary)?;
+                    write_counted(self.dir, &meta, &part, &rows, summary)?;
                 }
                 Phase::Barriers => {
                     let rows = phases::barriers::run(&mut cx)?;
-                    write_counted(self.dir, self.meta, &part, &rows, summary)?;
+                    write_counted(self.dir, &meta, &part, &rows, summary)?;
                 }
                 Phase::Curvature => {
                     let rows = phases::curvature::run(&mut cx)?;
-                    write_counted(self.dir, self.meta, &part, &rows, summary)?;
+                    write_counted(self.dir, &meta, &part, &rows, summary)?;
                 }
                 Phase::Epochs => {}
             }

@@ -562,7 +562,17 @@ pub struct RunSettings {
     pub threads: u32,
     pub force: bool,
     pub progress: bool,
+    /// Neither a flag nor the config file chose the evaluation sets: the default probe is
+    /// cut to the training split when that is smaller (an explicit probe:N never is).
+    pub eval_is_default: bool,
 }
+
+/// The most points an interpolation grid may have.
+pub const MAX_GRID_POINTS: u32 = 10_000;
+/// The most Hutchinson probes of the Hessian trace.
+pub const MAX_TRACE_PROBES: u32 = 10_000;
+/// The most Lanczos iterations (a state-sized vector each).
+pub const MAX_LANCZOS_ITERATIONS: u32 = 1_000;
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> AnalyzeError {
     AnalyzeError::InvalidSetting {
@@ -574,12 +584,16 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> AnalyzeError {
 impl AnalyzeArgs {
     /// Merges the flags over the TOML file (if any) over the defaults, and checks everything.
     pub fn validate(&self) -> Result<(AnalyzeConfig, RunSettings), AnalyzeError> {
+        let mut file_sets_eval = false;
         let mut c = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| AnalyzeError::Io {
                     path: path.clone(),
                     source,
                 })?;
+                file_sets_eval = text
+                    .parse::<toml::Table>()
+                    .is_ok_and(|t| t.contains_key("eval"));
                 toml::from_str::<AnalyzeConfig>(&text).map_err(|e| AnalyzeError::BadConfigFile {
                     path: path.clone(),
                     reason: e.to_string(),
@@ -624,6 +638,7 @@ impl AnalyzeArgs {
                 threads: self.threads,
                 force: self.force,
                 progress: !self.quiet,
+                eval_is_default: self.eval.is_none() && !file_sets_eval,
             },
         ))
     }
@@ -638,6 +653,16 @@ impl AnalyzeConfig {
         }
         if g.points < 2 || g.lo >= g.hi || !g.lo.is_finite() || !g.hi.is_finite() {
             return Err(invalid("grid", "need LO < HI and at least 2 points"));
+        }
+        if g.points > MAX_GRID_POINTS {
+            return Err(invalid(
+                "grid",
+                format!(
+                    "{} points asked; at most {MAX_GRID_POINTS} (each point is one evaluation \
+                     per step and setting)",
+                    g.points
+                ),
+            ));
         }
         if self.floor_tolerance.is_nan() || self.floor_tolerance <= 0.0 {
             return Err(invalid("floor-tolerance", "must be > 0"));
@@ -659,6 +684,25 @@ impl AnalyzeConfig {
         }
         if self.top_k == 0 || self.lanczos_iterations < self.top_k {
             return Err(invalid("top-k", "need 1 <= top-k <= lanczos_iterations"));
+        }
+        if self.lanczos_iterations > MAX_LANCZOS_ITERATIONS {
+            // The Krylov basis holds one state-sized vector per iteration.
+            return Err(invalid(
+                "lanczos_iterations",
+                format!("at most {MAX_LANCZOS_ITERATIONS}"),
+            ));
+        }
+        if self.trace_probes > MAX_TRACE_PROBES {
+            return Err(invalid(
+                "trace-probes",
+                format!(
+                    "{} asked; at most {MAX_TRACE_PROBES} (each is one Hessian-vector product)",
+                    self.trace_probes
+                ),
+            ));
+        }
+        if !self.eps_sharpness.is_finite() || self.eps_sharpness < 0.0 {
+            return Err(invalid("eps-sharpness", "must be finite and >= 0"));
         }
         Ok(())
     }

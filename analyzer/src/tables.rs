@@ -52,6 +52,9 @@ pub mod keys {
     pub const CONFIG: &str = "sgdwalk.config";
     pub const SCHEMA_VERSION: &str = "sgdwalk.schema_version";
     pub const SHARD: &str = "sgdwalk.shard";
+    /// Only on parts of work items whose steps were not all recorded yet (the recording was
+    /// unfinished): the last step the recording held. Such a part is redone once more exists.
+    pub const PARTIAL_THROUGH_STEP: &str = "sgdwalk.partial_through_step";
 }
 
 /// The output tables.
@@ -109,6 +112,8 @@ pub struct TableMeta {
     pub config_json: String,
     /// (index, count); `None` = unsharded, written as shard 0 of 1.
     pub shard: Option<(u32, u32)>,
+    /// Set on parts of partial work items: the recording's last step when they were computed.
+    pub partial_through_step: Option<u64>,
 }
 
 impl TableMeta {
@@ -129,6 +134,10 @@ impl TableMeta {
             (keys::SHARD, format!("{index}/{count}")),
         ]
         .into_iter()
+        .chain(
+            self.partial_through_step
+                .map(|t| (keys::PARTIAL_THROUGH_STEP, t.to_string())),
+        )
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
     }
@@ -694,6 +703,36 @@ pub fn read_rows_count(path: &Path) -> Result<u64, TableError> {
     Ok(u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0))
 }
 
+/// The footer's `sgdwalk.partial_through_step`, read without the data: `None` for a part
+/// of a complete work item.
+pub fn read_partial_through_step(path: &Path) -> Result<Option<u64>, TableError> {
+    let read_err = |source: ParquetError| TableError::Read {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    };
+    let file = File::open(path).map_err(|source| TableError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(read_err)?;
+    let Some(kvs) = builder.metadata().file_metadata().key_value_metadata() else {
+        return Ok(None);
+    };
+    let Some(value) = kvs
+        .iter()
+        .find(|kv| kv.key == keys::PARTIAL_THROUGH_STEP)
+        .and_then(|kv| kv.value.as_deref())
+    else {
+        return Ok(None);
+    };
+    value.parse().map(Some).map_err(|_| {
+        read_err(ParquetError::General(format!(
+            "{} is not a step: {value:?}",
+            keys::PARTIAL_THROUGH_STEP
+        )))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -707,6 +746,7 @@ mod tests {
             tool_version: "0.1.0".into(),
             config_json: r#"{"grid":{"lo":0,"hi":1,"points":11}}"#.into(),
             shard,
+            partial_through_step: None,
         }
     }
 

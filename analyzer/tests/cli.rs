@@ -263,3 +263,260 @@ fn slurm_array_shards_as_separate_processes_equal_one_run() {
     );
     assert!(!table_rows::<InterpRow>(&whole).is_empty());
 }
+
+#[path = "../../tests/support/cli_fuzz.rs"]
+mod cli_fuzz;
+
+/// Random flags and values, valid and not, on every subcommand: exit 0, 1 or 2 with a message,
+/// never a panic, an abort or a hang (a 4 GB grid, a probe larger than the data, a step past
+/// the end used to abort, run for minutes or succeed with no rows).
+#[test]
+fn random_command_lines_end_with_a_status_and_a_message() {
+    use cli_fuzz::Flag;
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("r.walk");
+    tiny_recording(&rec);
+    let rec_s = rec.display().to_string();
+    let root = dir.path().to_path_buf();
+    let flags = [
+        Flag {
+            name: "--phases",
+            values: &[
+                "geometry",
+                "interp,floors",
+                "barriers",
+                "curvature",
+                "epochs",
+                "magic",
+                "",
+            ],
+        },
+        Flag {
+            name: "--eval",
+            values: &[
+                "probe:10",
+                "probe:0",
+                "probe:100000000",
+                "batch",
+                "train",
+                "val",
+                "test",
+                "nope",
+            ],
+        },
+        Flag {
+            name: "--bn",
+            values: &["train-mode", "eval-mode", "train-mode,eval-mode", "frozen"],
+        },
+        Flag {
+            name: "--grid",
+            values: &[
+                "0:1:3",
+                "1:0:3",
+                "0:1:4000000000",
+                "0:1",
+                "NaN:1:3",
+                "-1:2:5",
+            ],
+        },
+        Flag {
+            name: "--strides",
+            values: &["1", "0", "1,2", "99999999999"],
+        },
+        Flag {
+            name: "--curvature-steps",
+            values: &["0", "1,3", "5000", "x"],
+        },
+        Flag {
+            name: "--curvature-every",
+            values: &["1", "0", "18446744073709551615"],
+        },
+        Flag {
+            name: "--curvature-at-floor",
+            values: &["true", "false", "maybe"],
+        },
+        Flag {
+            name: "--top-k",
+            values: &["1", "0", "50"],
+        },
+        Flag {
+            name: "--trace-probes",
+            values: &["0", "2", "4294967295"],
+        },
+        Flag {
+            name: "--eps-sharpness",
+            values: &["0", "0.001", "NaN", "-1"],
+        },
+        Flag {
+            name: "--eval-batch-size",
+            values: &["1", "0", "4294967295"],
+        },
+        Flag {
+            name: "--steps",
+            values: &["0..2", "2..1", "0..18446744073709551615", "x"],
+        },
+        Flag {
+            name: "--shard",
+            values: &["0/1", "1/1", "0/0", "1/2"],
+        },
+        Flag {
+            name: "--threads",
+            values: &["1", "0"],
+        },
+        Flag {
+            name: "--floor-tolerance",
+            values: &["0.01", "0", "NaN"],
+        },
+        Flag {
+            name: "--seed",
+            values: &["0", "-1"],
+        },
+        Flag {
+            name: "--force",
+            values: &[],
+        },
+        Flag {
+            name: "--json",
+            values: &[],
+        },
+        Flag {
+            name: "--bogus",
+            values: &[],
+        },
+    ];
+    let base = |case: usize| -> Vec<String> {
+        let out = root.join(format!("out{case}")).display().to_string();
+        let bad_input = root.display().to_string();
+        match case % 8 {
+            0 => vec!["verify".into(), rec_s.clone()],
+            1 => vec!["inspect".into(), rec_s.clone()],
+            2 => vec!["report".into(), rec_s.clone()],
+            // A folder where a recording is expected.
+            3 => vec!["analyze".into(), bad_input, "-o".into(), out],
+            _ => vec![
+                "analyze".into(),
+                rec_s.clone(),
+                "-o".into(),
+                out,
+                "--quiet".into(),
+            ],
+        }
+    };
+    let seen = cli_fuzz::fuzz(
+        Path::new(BIN),
+        &base,
+        &flags,
+        4,
+        48,
+        11,
+        std::time::Duration::from_secs(120),
+    );
+    assert!(seen.contains_key(&0) && seen.contains_key(&2), "{seen:?}");
+}
+
+/// Every row of every table under `out`, sorted, per table.
+fn all_rows(out: &Path) -> Vec<(String, Vec<String>)> {
+    use sgdwalk_analyzer::tables::{
+        BarrierRow, FloorRow, InterpRow, StepRow, TableRows, read_rows,
+    };
+    fn table<R: TableRows + std::fmt::Debug>(out: &Path) -> (String, Vec<String>) {
+        let dir = sgdwalk_analyzer::dir::AnalysisDir::new(out);
+        let mut rows: Vec<String> = dir
+            .table_files(R::TABLE)
+            .unwrap()
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|p| read_rows::<R>(p).unwrap())
+            .map(|r| format!("{r:?}"))
+            .collect();
+        rows.sort();
+        (R::TABLE.as_str().to_string(), rows)
+    }
+    vec![
+        table::<StepRow>(out),
+        table::<InterpRow>(out),
+        table::<FloorRow>(out),
+        table::<BarrierRow>(out),
+    ]
+}
+
+/// SIGKILL at random times, then a rerun: the tables equal an uninterrupted analysis.
+#[test]
+fn an_analyzer_killed_at_random_times_and_rerun_equals_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("r.walk");
+    let mut args = default_args();
+    args.out = rec.clone();
+    args.batch_size = 12;
+    args.epochs = 2;
+    sgdwalk_recorder::record(
+        &args.validate().unwrap(),
+        &sgdwalk_recorder::StopFlag::default(),
+    )
+    .unwrap();
+    let items = dir.path().join("items.toml");
+    std::fs::write(&items, "steps_per_item = 3\n").unwrap();
+    let analyze = |out: &Path| -> Vec<String> {
+        [
+            "analyze",
+            rec.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--quiet",
+            "--threads",
+            "1",
+            "--phases",
+            "geometry,interp,floors,barriers",
+            "--eval",
+            "probe:40",
+            "--grid",
+            "0:1:7",
+            "--config",
+            items.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let reference = dir.path().join("reference");
+    let started = std::time::Instant::now();
+    let (code, out, err) = run(&analyze(&reference)
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert_eq!(code, Some(0), "{out}{err}");
+    let full_ms = started.elapsed().as_millis() as u64;
+    let killed = dir.path().join("killed");
+    let mut seed = 0x5eed_u64;
+    let mut landed = 0;
+    for _ in 0..8 {
+        // A kill time within the first half of an uninterrupted run (an LCG keeps it seeded).
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let after_ms = 100 + (seed >> 33) % (full_ms / 2).max(1);
+        let mut child = Command::new(BIN)
+            .args(analyze(&killed))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(after_ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            landed += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(
+        landed >= 3,
+        "only {landed} kills landed mid-run ({full_ms} ms runs)"
+    );
+    let (code, out, err) = run(&analyze(&killed)
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (want, got) = (all_rows(&reference), all_rows(&killed));
+    for ((table, a), (_, b)) in want.iter().zip(&got) {
+        assert!(!a.is_empty(), "{table}");
+        assert_eq!(a, b, "{table}");
+    }
+}

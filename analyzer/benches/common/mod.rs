@@ -41,5 +41,6 @@ pub fn cpu_settings(rec: &Path) -> RunSettings {
         threads: 0,
         force: false,
         progress: false,
+        eval_is_default: false,
     }
 }
