@@ -57,7 +57,7 @@ pub fn analysis_error(recording: &Path, out: &Path, extra: &[&str]) -> AnalyzeEr
 
 /// Every row of a table, across shards and parts.
 pub fn rows<R: TableRows>(out: &Path) -> Vec<R> {
-    let dir = out.join(format!("table={}", R::TABLE.as_str()));
+    let dir = out.join(R::TABLE.as_str());
     let mut all = Vec::new();
     let mut shards: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
@@ -1007,15 +1007,114 @@ pub fn query_python() -> PathBuf {
     crate::util::setup_python("SGDWALK_QUERY_PYTHON", "venv-q", "duckdb and polars")
 }
 
+/// The query examples answer the report's questions with the report's definitions: polars
+/// (examples/query.py), DuckDB (examples/queries.sql) and summary.parquet give equal numbers
+/// for the per-epoch cos, distance and valley-floor shares and the barrier share.
 #[test]
-fn example_queries_run_on_a_real_analysis() {
+fn example_queries_answer_as_the_report() {
+    #[derive(clap::Parser)]
+    struct ReportCli {
+        #[command(flatten)]
+        args: sgdwalk_analyzer::report::ReportArgs,
+    }
     let dir = tempfile::tempdir().unwrap();
     let rec = fashion_recording(dir.path());
     let out = dir.path().join("q");
     small_full_analysis(&rec, &out);
-    let script = crate::util::workspace_root().join("examples/query.py");
+    let report_dir = dir.path().join("report");
+    let report_args = <ReportCli as clap::Parser>::parse_from([
+        "report",
+        out.to_str().unwrap(),
+        "-o",
+        report_dir.to_str().unwrap(),
+        "--no-plots",
+    ])
+    .args;
+    sgdwalk_analyzer::report::report(&report_args).unwrap();
+    let examples = crate::util::workspace_root().join("examples");
+    let script = r#"
+import math, sys
+from pathlib import Path
+import polars as pl
+sys.path.insert(0, sys.argv[1])
+import query
+
+out, summary_path = Path(sys.argv[2]), sys.argv[3]
+answers = query.questions(out)
+summary = pl.read_parquet(summary_path)
+primary = summary.select("eval_set", "bn_policy").row(0)
+
+def close(a, b, what):
+    ok = (a is None and b is None) or (
+        a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12))
+    if not ok:
+        sys.exit(f"{what}: example {a} vs report {b}")
+
+def report(metric, epoch):
+    rows = summary.filter((pl.col("metric") == metric) & (pl.col("epoch") == epoch))
+    assert rows.height == 1, (metric, epoch, rows)
+    return rows.row(0, named=True)
+
+compared = 0
+for g in answers["geometry"].iter_rows(named=True):
+    e = g["epoch"]
+    close(g["share_negative_cos"], report("cos_negative_share", e)["value"], f"cos<0 share, epoch {e}")
+    close(g["mean_cos"], report("cos_mean", e)["value"], f"mean cos, epoch {e}")
+    close(g["dist_from_init_end"], report("dist_from_init_end", e)["value"], f"distance, epoch {e}")
+    assert g["pairs"] == report("cos_mean", e)["count"], (e, g)
+    compared += 4
+for v in answers["valley"].iter_rows(named=True):
+    if (v["eval_set"], v["bn_policy"]) != primary:
+        continue
+    e = v["epoch"]
+    close(v["share_interior_min"], report("interior_floor_share", e)["value"], f"interior share, epoch {e}")
+    compared += 1
+for b in answers["barriers"].iter_rows(named=True):
+    if (b["eval_set"], b["bn_policy"], b["path"], b["stride"]) != (*primary, "floor", 1):
+        continue
+    row = summary.filter(pl.col("metric") == "barrier_share_floor_stride1").row(0, named=True)
+    close(b["share_with_barrier"], row["value"], "barrier share, floor stride 1")
+    assert b["segments"] == row["count"], (b, row)
+    compared += 1
+
+# The SQL gives the polars answers, column by column.
+sql = query.sql_answers(out)
+for name, (columns, rows) in zip(["valley", "geometry", "barriers", "layers"], sql):
+    df = answers[name]
+    assert list(df.columns) == list(columns), (name, df.columns, columns)
+    assert df.height == len(rows), (name, df.height, len(rows))
+    for mine, theirs in zip(df.iter_rows(), rows):
+        for c, a, b in zip(columns, mine, theirs):
+            if isinstance(a, float) or isinstance(b, float):
+                close(a, b, f"{name}.{c}: polars vs DuckDB")
+            else:
+                assert a == b, (name, c, a, b)
+        compared += 1
+print(f"compared {compared}")
+"#;
     let res = std::process::Command::new(query_python())
-        .arg(&script)
+        .arg("-c")
+        .arg(script)
+        .arg(&examples)
+        .arg(&out)
+        .arg(report_dir.join("summary.parquet"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let compared: usize = stdout
+        .trim()
+        .strip_prefix("compared ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(compared >= 12, "{stdout}");
+    // The script itself runs end to end, with the DuckDB statements.
+    let res = std::process::Command::new(query_python())
+        .arg(examples.join("query.py"))
         .arg(&out)
         .arg("--sql")
         .output()
@@ -1069,14 +1168,14 @@ con = duckdb.connect()
 con.register('train_file', data)
 rows = con.execute(f"""
     SELECT s.position, s.sample_id, t.label
-    FROM read_parquet('{out}/table=eval_samples/*/*.parquet', hive_partitioning = true) s
+    FROM read_parquet('{out}/eval_samples/*/*.parquet', hive_partitioning = true) s
     JOIN train_file t USING (sample_id)
     WHERE s.eval_set = 'probe:250'
     ORDER BY s.position""").fetchall()
 counts = con.execute(f"""
-    SELECT DISTINCT i.samples, (SELECT count(*) FROM read_parquet('{out}/table=eval_samples/*/*.parquet',
+    SELECT DISTINCT i.samples, (SELECT count(*) FROM read_parquet('{out}/eval_samples/*/*.parquet',
         hive_partitioning = true) s WHERE s.eval_set = i.eval_set) AS listed
-    FROM read_parquet('{out}/table=interp/*/*.parquet', hive_partitioning = true) i""").fetchall()
+    FROM read_parquet('{out}/interp/*/*.parquet', hive_partitioning = true) i""").fetchall()
 print(json.dumps({'rows': rows, 'counts': counts}))
 "#;
     let labels = ["train-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte"]
@@ -1373,4 +1472,50 @@ fn infeasible_analyses_are_refused_before_the_folder_is_written() {
     assert!(ids.iter().all(|r| r.eval_set == name && r.split == "train"));
     let interp: Vec<InterpRow> = rows(&small);
     assert!(interp.iter().all(|r| r.eval_set == name));
+}
+
+/// Tables live in `<out>/<table>/shard=<i>/`; a folder in the earlier `table=<name>` layout is
+/// still read, and `analyze` refuses to add to it with the command that renames it.
+#[test]
+fn folders_in_the_earlier_layout_are_read_and_not_extended() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("s.walk");
+    run(&synthetic_args(
+        &rec,
+        &["--max-steps", "4", "--eval-splits", ""],
+    ));
+    let out = dir.path().join("a");
+    let flags = [
+        "--phases",
+        "geometry,interp",
+        "--eval",
+        "probe:20",
+        "--grid",
+        "0:1:3",
+    ];
+    run_analysis(&rec, &out, &flags);
+    assert!(out.join("interp/shard=0").is_dir());
+    let before: Vec<InterpRow> = rows(&out);
+    let folder = sgdwalk_analyzer::dir::AnalysisDir::new(&out);
+    for t in ["steps", "interp", "eval_samples"] {
+        std::fs::rename(out.join(t), out.join(format!("table={t}"))).unwrap();
+    }
+    let files = folder
+        .table_files(sgdwalk_analyzer::tables::TableName::Interp)
+        .unwrap()
+        .unwrap();
+    let mut again = Vec::new();
+    for f in &files {
+        assert!(
+            f.to_string_lossy().contains("table=interp"),
+            "{}",
+            f.display()
+        );
+        again.extend(read_rows::<InterpRow>(f).unwrap());
+    }
+    assert_eq!(sorted_debug(&again), sorted_debug(&before));
+    let err = analysis_error(&rec, &out, &flags);
+    let msg = err.to_string();
+    assert!(matches!(err, AnalyzeError::FolderInUse { .. }), "{msg}");
+    assert!(msg.contains("table=interp") && msg.contains("mv"), "{msg}");
 }

@@ -98,6 +98,20 @@ fn admit(dir: &AnalysisDir, m: &Manifest) -> Result<(), AnalyzeError> {
         out: dir.root().to_path_buf(),
         reason,
     };
+    let legacy = dir.legacy_table_dirs();
+    if !legacy.is_empty() {
+        let root = dir.root().display();
+        return Err(in_use(format!(
+            "holds tables in the earlier layout ({}); rename each table=<name> folder to \
+             <name> to continue it (in a shell: for d in {root}/table=*; do mv \"$d\" \
+             \"{root}/${{d##*/table=}}\"; done), or analyze into a new --out",
+            legacy
+                .iter()
+                .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     let Some(existing) = dir.read_manifest()? else {
         dir.write_manifest(m)?;
         return Ok(());

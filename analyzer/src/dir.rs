@@ -4,8 +4,12 @@
 //! ```text
 //! <out>/_sgdwalk_analysis.json            Manifest: recording id, shard count, revision, settings
 //! <out>/_sgdwalk_run.json                 RunInfo: the recording's run description
-//! <out>/table=<name>/shard=<i>/part-<item>.parquet
+//! <out>/<table>/shard=<i>/part-<item>.parquet   e.g. <out>/floors/shard=0/part-item-000000.parquet
 //! ```
+//!
+//! Folders of sgdwalk 0.1 before this layout named the table folders `table=<name>` (a reserved
+//! word in SQL once read as a hive column): `report` still reads them; `analyze` refuses to add
+//! to them and says how to rename the folders.
 //!
 //! Every file is written durably and atomically ([`write_durably`]): a temporary file in the
 //! same folder (hidden, so readers skip it), fsynced, renamed over the final name, then the
@@ -141,9 +145,23 @@ impl AnalysisDir {
         write_json(&self.run_info_path(), info)
     }
 
-    /// `<root>/table=<name>`, the hive partition of one table.
+    /// `<root>/<name>`: one table, its shards partitioned hive style below.
     pub fn table_dir(&self, table: TableName) -> PathBuf {
+        self.root.join(table.as_str())
+    }
+
+    /// Where the earlier layout kept the table: `<root>/table=<name>`.
+    pub fn legacy_table_dir(&self, table: TableName) -> PathBuf {
         self.root.join(format!("table={table}"))
+    }
+
+    /// The table folders in the earlier layout (`table=<name>`) this folder holds.
+    pub fn legacy_table_dirs(&self) -> Vec<PathBuf> {
+        TableName::ALL
+            .into_iter()
+            .map(|t| self.legacy_table_dir(t))
+            .filter(|d| d.is_dir())
+            .collect()
     }
 
     /// Where the part of a work item goes.
@@ -156,7 +174,10 @@ impl AnalysisDir {
     /// The Parquet parts of one table across shards, sorted; `None` when the table has none
     /// (its phase did not run). Hidden files are a writer's temporaries and are skipped.
     pub fn table_files(&self, table: TableName) -> Result<Option<Vec<PathBuf>>, DirError> {
-        let table_dir = self.table_dir(table);
+        let mut table_dir = self.table_dir(table);
+        if !table_dir.is_dir() {
+            table_dir = self.legacy_table_dir(table);
+        }
         if !table_dir.is_dir() {
             return Ok(None);
         }

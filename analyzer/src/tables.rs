@@ -1,7 +1,7 @@
 //! The analyzer's output tables as Parquet files (overview §5): one row struct per table, the
 //! Arrow schema derived from it, and an atomic writer.
 //!
-//! Layout ([`AnalysisDir`]): `<out>/table=<name>/shard=<i>/part-<work item>.parquet` (hive partitioning, so
+//! Layout ([`AnalysisDir`]): `<out>/<name>/shard=<i>/part-<work item>.parquet` (hive partitioning, so
 //! polars `scan_parquet` and DuckDB `read_parquet(..., hive_partitioning = true)` read every
 //! shard as one table; an unsharded run is shard 0 of 1).
 //!
@@ -80,7 +80,7 @@ impl TableName {
         TableName::EvalSamples,
     ];
 
-    /// The name used in paths (`table=<name>`).
+    /// The name used in paths (`<out>/<name>/`).
     pub fn as_str(self) -> &'static str {
         match self {
             TableName::Steps => "steps",
@@ -573,7 +573,7 @@ fn writer_properties(fields: &[Field], meta: &TableMeta) -> Result<WriterPropert
 }
 
 /// Writes `rows` as one Parquet part of table `R::TABLE` and returns its path
-/// (`<dir>/table=<name>/shard=<i>/part-<part_name>.parquet`), durably and atomically
+/// (`<dir>/<name>/shard=<i>/part-<part_name>.parquet`), durably and atomically
 /// ([`crate::dir::write_durably`]): a crash leaves the old complete file or the new one.
 /// An empty `rows` writes a valid file with the schema and no rows (marks a finished work item).
 pub fn write_rows<R: TableRows>(
@@ -899,8 +899,7 @@ mod tests {
         let path = write_rows(&AnalysisDir::new(dir.path()), &m, "steps-0-99", &rows).unwrap();
         assert_eq!(
             path,
-            dir.path()
-                .join("table=steps/shard=0/part-steps-0-99.parquet")
+            dir.path().join("steps/shard=0/part-steps-0-99.parquet")
         );
         let back = read_batches(&path).unwrap();
         assert_eq!(back.num_rows, 4);
@@ -1080,8 +1079,8 @@ mod tests {
             &rows[2..],
         )
         .unwrap();
-        assert_eq!(p0, dir.path().join("table=steps/shard=0/part-w0.parquet"));
-        assert_eq!(p1, dir.path().join("table=steps/shard=1/part-w1.parquet"));
+        assert_eq!(p0, dir.path().join("steps/shard=0/part-w0.parquet"));
+        assert_eq!(p1, dir.path().join("steps/shard=1/part-w1.parquet"));
         assert!(p0.is_file() && p1.is_file());
         assert_eq!(read_batches(&p1).unwrap().key_value[keys::SHARD], "1/2");
         let mut all = read_rows::<StepRow>(&p0).unwrap();

@@ -168,7 +168,7 @@ fn verify_inspect_and_analyze_report_and_exit_as_documented() {
 /// All rows of a table under `out`, across shards, as sorted debug strings.
 fn table_rows<R: sgdwalk_analyzer::tables::TableRows + std::fmt::Debug>(out: &Path) -> Vec<String> {
     let mut rows = Vec::new();
-    let dir = out.join(format!("table={}", R::TABLE.as_str()));
+    let dir = out.join(R::TABLE.as_str());
     for shard in std::fs::read_dir(dir).unwrap() {
         for part in std::fs::read_dir(shard.unwrap().path()).unwrap() {
             let part = part.unwrap().path();
@@ -241,9 +241,7 @@ fn slurm_array_shards_as_separate_processes_equal_one_run() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let shards: Vec<_> = std::fs::read_dir(sharded.join("table=interp"))
-        .unwrap()
-        .collect();
+    let shards: Vec<_> = std::fs::read_dir(sharded.join("interp")).unwrap().collect();
     assert_eq!(shards.len(), 3, "every task wrote its shard");
     assert_eq!(
         table_rows::<StepRow>(&sharded),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Slurm job array: N tasks analyze one recording on a shared folder, task i computing shard i/N.
-# Every shard writes OUT/table=<name>/shard=<i>/, so the folder reads as one table when all are
+# Every shard writes OUT/<name>/shard=<i>/, so the folder reads as one table when all are
 # done; a task that is rerun skips the work items it already finished.
 #
 #   sbatch --array=0-15 examples/cluster/slurm-analyze.sh /shared/run.walk /shared/analysis
