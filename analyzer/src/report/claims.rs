@@ -100,10 +100,19 @@ pub struct Assessed {
     pub verdict: Verdict,
 }
 
+/// Steps with floors after the first epoch a run needs before "for most of training" can be
+/// judged on it (a one-epoch run has none: its steps are the initial descent).
+pub const MIN_LATE_STEPS: u64 = 10;
+/// Steps a run needs before whole-run shares (cos < 0, interior floors) are judged.
+pub const MIN_STEPS: u64 = 10;
+/// Curvature measurements after θ_0 a run needs before a trend over training is judged.
+pub const MIN_CURVATURE_POINTS: usize = 3;
+
 /// The rule shared by the two interior-floor claims.
-const INTERIOR_RULE: &str = "held when, in every run, more than half of the analyzed steps after the first epoch \
-     (the initial descent, where every step is downhill; all steps for one-epoch runs) have an \
-     interior valley floor (shape `interior_min`)";
+const INTERIOR_RULE: &str = "held when, in every run with two or more epochs and at least 10 steps with floors after \
+     the first epoch (the initial descent, where every step is downhill), more than half of \
+     those steps have an interior valley floor (shape `interior_min`); shorter runs are listed \
+     as too short, and with none long enough the claim is not measured";
 
 /// Every claim the report assesses, in the report's order.
 pub const CLAIMS: &[ClaimSpec] = &[
@@ -125,9 +134,10 @@ pub const CLAIMS: &[ClaimSpec] = &[
         id: "C2",
         statement: "SGD moves in valley-like regions by jumping from one valley wall to the other, at a height above the floor.",
         source: "abstract, claim 2",
-        rule: "held when, in every minibatch run, more than half of the steps have an interior \
-               floor, the median cos(d_{t−1}, d_t) is negative, and both iterates sit above the \
-               floor on average (mean height at α=0 and at α=1 > 0)",
+        rule: "held when, in every minibatch run with at least 10 steps with floors and 10 with \
+               a cosine, more than half of the steps have an interior floor, the median \
+               cos(d_{t−1}, d_t) is negative, and both iterates sit above the floor on average \
+               (mean height at α=0 and at α=1 > 0)",
         assess: bouncing_between_walls,
     },
     ClaimSpec {
@@ -205,7 +215,8 @@ pub const CLAIMS: &[ClaimSpec] = &[
         statement: "The top Hessian eigenvalue λ_max decreases over training.",
         source: "the authors' spectral-norm plots (epochs 1, 10, 25, 100)",
         rule: "held when λ_max at the last curvature step is below its value at the first \
-               curvature step after θ_0, in every minibatch run",
+               curvature step after θ_0, in every minibatch run with at least 3 curvature steps \
+               after θ_0 (two points are no trend)",
         assess: lambda_max_decreases,
     },
     ClaimSpec {
@@ -463,7 +474,8 @@ fn interior_floors_full_batch(runs: &Runs<'_>) -> Finding {
     interior_floors(&runs.full_batch, "full-batch")
 }
 
-/// Interior-floor share per epoch; held when above one half after the first epoch of every run.
+/// Interior-floor share per epoch; held when above one half after the first epoch of every run
+/// long enough to have a "most of training" ([`MIN_LATE_STEPS`]).
 fn interior_floors(runs: &[&RunData], what: &str) -> Finding {
     let measured: Vec<&&RunData> = runs.iter().filter(|r| r.whole.floors > 0).collect();
     if measured.is_empty() {
@@ -474,7 +486,8 @@ fn interior_floors(runs: &[&RunData], what: &str) -> Finding {
     let mut ev = String::from(
         "| run | epoch | steps | interior floor | NaN segments |\n| --- | ---: | ---: | ---: | ---: |\n",
     );
-    let mut ok = true;
+    let mut verdict: Option<bool> = None;
+    let mut too_short = Vec::new();
     for r in &measured {
         let late: Vec<(f64, f64)> = r
             .per_epoch
@@ -483,22 +496,25 @@ fn interior_floors(runs: &[&RunData], what: &str) -> Finding {
             .filter_map(|s| s.interior_share.map(|v| (v, s.floors as f64)))
             .collect();
         let n: f64 = late.iter().map(|p| p.1).sum();
-        let judged = if n > 0.0 {
-            Some(late.iter().map(|p| p.0 * p.1).sum::<f64>() / n)
+        let judged = (n > 0.0).then(|| late.iter().map(|p| p.0 * p.1).sum::<f64>() / n);
+        if n >= MIN_LATE_STEPS as f64 {
+            and_measured(&mut verdict, Some(judged.is_some_and(|v| v > 0.5)));
         } else {
-            r.whole.interior_share
-        };
-        ok &= judged.is_some_and(|v| v > 0.5);
-        for s in r.per_epoch.iter().filter(|s| s.floors > 0) {
-            let _ = writeln!(
-                ev,
-                "| {} | {} | {} | {} | {} |",
-                r.label,
-                s.epoch.map_or("–".into(), |e| e.to_string()),
-                s.floors,
-                pct(s.interior_share),
-                s.nonfinite_floors
-            );
+            too_short.push(format!("{} ({n} steps after the first epoch)", r.label));
+        }
+        // Full-batch runs have one step per epoch: per-epoch rows would be per-step rows.
+        if r.steps_per_epoch > 1 {
+            for s in r.per_epoch.iter().filter(|s| s.floors > 0) {
+                let _ = writeln!(
+                    ev,
+                    "| {} | {} | {} | {} | {} |",
+                    r.label,
+                    s.epoch.map_or("–".into(), |e| e.to_string()),
+                    s.floors,
+                    pct(s.interior_share),
+                    s.nonfinite_floors
+                );
+            }
         }
         let _ = writeln!(
             ev,
@@ -518,9 +534,25 @@ fn interior_floors(runs: &[&RunData], what: &str) -> Finding {
             );
         }
     }
+    if !too_short.is_empty() {
+        let _ = writeln!(
+            ev,
+            "\nToo short to judge \"most of training\" (needs two or more epochs and at least \
+             {MIN_LATE_STEPS} steps with floors after the first): {}.",
+            too_short.join(", ")
+        );
+    }
+    if verdict.is_none() {
+        return Finding {
+            evidence: format!(
+                "{ev}\nNot measured: too few steps after the first epoch in every {what} run."
+            ),
+            verdict: Verdict::NotMeasured,
+        };
+    }
     Finding {
         evidence: ev,
-        verdict: if ok { Verdict::Held } else { Verdict::NotHeld },
+        verdict: Verdict::from_test(verdict),
     }
 }
 
@@ -531,8 +563,16 @@ fn bouncing_between_walls(runs: &Runs<'_>) -> Finding {
     );
     let mut ok = true;
     let mut any = false;
+    let mut too_short = Vec::new();
     for r in &runs.minibatch {
         if r.whole.cos_count == 0 || r.whole.floors == 0 {
+            continue;
+        }
+        if r.whole.cos_count < MIN_STEPS || r.whole.floors < MIN_STEPS {
+            too_short.push(format!(
+                "{} ({} steps with floors, {} with a cosine)",
+                r.label, r.whole.floors, r.whole.cos_count
+            ));
             continue;
         }
         any = true;
@@ -553,8 +593,20 @@ fn bouncing_between_walls(runs: &Runs<'_>) -> Finding {
             && w.height_start_mean.is_some_and(|h| h > 0.0)
             && w.height_end_mean.is_some_and(|h| h > 0.0);
     }
+    if !too_short.is_empty() {
+        let _ = writeln!(
+            ev,
+            "\nToo few steps to judge (needs at least {MIN_STEPS} with floors and with a \
+             cosine): {}.",
+            too_short.join(", ")
+        );
+    }
     if !any {
-        return Finding::not_measured("Needs geometry and floors of a minibatch run.");
+        return Finding::not_measured(&if too_short.is_empty() {
+            "Needs geometry and floors of a minibatch run.".to_string()
+        } else {
+            format!("Not measured: too few steps.\n{ev}")
+        });
     }
     Finding {
         evidence: ev,
@@ -885,12 +937,14 @@ fn lambda_max_decreases(runs: &Runs<'_>) -> Finding {
         "| run | first (step) | last (step) | decreased |\n| --- | --- | --- | --- |\n",
     );
     let mut all: Option<bool> = None;
+    let mut too_few = Vec::new();
     for r in &runs.minibatch {
         let pts: Vec<_> = r.curvature.iter().filter(|p| p.step > 0).collect();
         let (Some(first), Some(last)) = (pts.first(), pts.last()) else {
             continue;
         };
-        if first.step == last.step {
+        if pts.len() < MIN_CURVATURE_POINTS {
+            too_few.push(format!("{} ({} after θ_0)", r.label, pts.len()));
             continue;
         }
         let dec = last.lambda_max < first.lambda_max;
@@ -907,7 +961,21 @@ fn lambda_max_decreases(runs: &Runs<'_>) -> Finding {
         and_measured(&mut all, Some(dec));
     }
     if all.is_none() {
-        return Finding::not_measured("Needs curvature at two or more steps after θ_0.");
+        let mut why = format!(
+            "Needs curvature at {MIN_CURVATURE_POINTS} or more steps after θ_0 (two points are \
+             no trend)."
+        );
+        if !too_few.is_empty() {
+            let _ = write!(why, " Too few: {}.", too_few.join(", "));
+        }
+        return Finding::not_measured(&why);
+    }
+    if !too_few.is_empty() {
+        let _ = writeln!(
+            ev,
+            "\nToo few curvature steps to judge (needs {MIN_CURVATURE_POINTS} after θ_0): {}.",
+            too_few.join(", ")
+        );
     }
     Finding {
         evidence: ev,
@@ -1083,6 +1151,12 @@ mod tests {
                     trace: None,
                 },
                 CurvPoint {
+                    step: 12,
+                    epoch: Some(2),
+                    lambda_max: lambda * 1.5,
+                    trace: None,
+                },
+                CurvPoint {
                     step: 20,
                     epoch: Some(2),
                     lambda_max: lambda,
@@ -1157,6 +1231,61 @@ mod tests {
         }
         let c = assess(&[a2, b], 1e-3);
         assert_eq!(verdict(&c, "C3a"), Verdict::NotMeasured);
+    }
+
+    #[test]
+    fn too_little_data_is_not_measured_and_says_the_minimum() {
+        // One epoch: every step is the initial descent, so "most of training" has no data.
+        let mut one = run("one", 0.1, 32, 5.0, 0.01, 1.0, 0.8);
+        one.per_epoch.truncate(1);
+        one.epochs = 1;
+        one.whole.interior_share = Some(0.1);
+        let c = assess(std::slice::from_ref(&one), 1e-3);
+        let c1 = c.iter().find(|a| a.id == "C1").unwrap();
+        assert_eq!(c1.verdict, Verdict::NotMeasured, "{}", c1.evidence);
+        assert!(c1.evidence.contains("at least 10 steps"), "{}", c1.evidence);
+        // Too few steps after the first epoch, too.
+        let mut short = run("short", 0.1, 32, 5.0, 0.01, 1.0, 0.8);
+        short.per_epoch[1].floors = 4;
+        short.per_epoch[1].interior_share = Some(0.0);
+        assert_eq!(
+            verdict(&assess(std::slice::from_ref(&short), 1e-3), "C1"),
+            Verdict::NotMeasured
+        );
+        // Two curvature measurements are no trend.
+        let mut two = run("two", 0.1, 32, 5.0, 0.01, 1.0, 0.8);
+        two.curvature.remove(1);
+        let c = assess(std::slice::from_ref(&two), 1e-3);
+        let c5 = c.iter().find(|a| a.id == "C5").unwrap();
+        assert_eq!(c5.verdict, Verdict::NotMeasured);
+        assert!(c5.evidence.contains("3 or more"), "{}", c5.evidence);
+        // A few steps do not make a whole-run share.
+        let mut few = run("few", 0.1, 32, 5.0, 0.01, 1.0, 0.8);
+        few.whole.cos_count = 3;
+        assert_eq!(
+            verdict(&assess(std::slice::from_ref(&few), 1e-3), "C2"),
+            Verdict::NotMeasured
+        );
+        // Full batch: one step per epoch, so no per-"epoch" rows in the evidence.
+        let mut gd = run("gd", 0.5, 32, 5.0, 0.01, 1.0, 0.8);
+        gd.kind = RunKind::Gd;
+        gd.batch_size = None;
+        gd.steps_per_epoch = 1;
+        gd.epochs = 30;
+        gd.per_epoch = (1..=30)
+            .map(|e| EpochStats {
+                epoch: Some(e),
+                floors: 1,
+                interior_share: Some(1.0),
+                ..Default::default()
+            })
+            .collect();
+        let c = assess(std::slice::from_ref(&gd), 1e-3);
+        let gd1 = c.iter().find(|a| a.id == "C1-GD").unwrap();
+        assert_eq!(gd1.verdict, Verdict::Held, "{}", gd1.evidence);
+        assert!(!gd1.evidence.contains("| gd | 7 |"), "{}", gd1.evidence);
+        let md = crate::report::markdown::markdown(&[gd], &c, None, &[], 1e-3);
+        assert!(!md.contains("| gd | 7 |"), "{md}");
     }
 
     #[test]

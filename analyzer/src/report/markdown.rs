@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::claims::{Assessed, final_lambda};
-use super::load::RunData;
+use super::load::{EpochStats, RunData};
 
 /// A number with `digits` decimals; `NaN`, or `–` when absent.
 pub(super) fn fmt_opt(x: Option<f64>, digits: usize) -> String {
@@ -126,12 +126,19 @@ fn claim_section(md: &mut String, c: &Assessed) {
 fn per_epoch_section(md: &mut String, runs: &[RunData]) {
     md.push_str("## Per epoch\n\n| run | epoch | steps | interior floor | mean height | median α* | median cos | cos < 0 | mean ‖d_t‖ | ‖θ − θ_0‖ (end) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for r in runs {
-        for s in &r.per_epoch {
+        // A full-batch run has one step per epoch: its per-"epoch" rows would be per-step rows,
+        // so it gets its whole-run row only.
+        let rows: Vec<&EpochStats> = if r.steps_per_epoch > 1 {
+            r.per_epoch.iter().collect()
+        } else {
+            vec![&r.whole]
+        };
+        for s in rows {
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.label,
-                s.epoch.map_or("–".into(), |e| e.to_string()),
+                s.epoch.map_or("all".into(), |e| e.to_string()),
                 s.floors,
                 pct(s.interior_share),
                 fmt_opt(s.height_start_mean, 4),
