@@ -156,9 +156,25 @@ fn compare(
     desc: &RunDescription,
     codec: &CodecSettings,
 ) -> Option<(&'static str, String, String)> {
-    let num = |x: f64| x.to_string();
+    compare_data(id, args, cfg, desc).or_else(|| compare_training(id, args, cfg, desc, codec))
+}
+
+fn num(x: f64) -> String {
+    x.to_string()
+}
+
+fn onoff(b: bool) -> String {
+    if b { "true" } else { "false" }.to_string()
+}
+
+/// [`compare`] for the model and data flags.
+fn compare_data(
+    id: &str,
+    args: &RecordArgs,
+    cfg: &RecordConfig,
+    desc: &RunDescription,
+) -> Option<(&'static str, String, String)> {
     let range = |(a, b): (u32, u32)| format!("{a}..{b}");
-    let onoff = |b: bool| if b { "true" } else { "false" }.to_string();
     let synthetic = |f: fn(&sgdwalk_workload::SyntheticSpec) -> String| {
         desc.dataset.synthetic.as_ref().map_or_else(
             || format!("no synthetic data (dataset {})", desc.dataset.name.as_str()),
@@ -177,26 +193,6 @@ fn compare(
                     .join(",")
             },
         )
-    };
-    let adam = |f: fn(f64, f64, f64) -> f64| match desc.optimizer {
-        OptimizerSpec::Adam {
-            beta1, beta2, eps, ..
-        } => num(f(beta1, beta2, eps)),
-        OptimizerSpec::Sgd { .. } => {
-            format!("none (optimizer {})", optimizer_name(&desc.optimizer))
-        }
-    };
-    let (wd, decoupled) = match desc.optimizer {
-        OptimizerSpec::Sgd {
-            weight_decay,
-            decoupled_weight_decay,
-            ..
-        }
-        | OptimizerSpec::Adam {
-            weight_decay,
-            decoupled_weight_decay,
-            ..
-        } => (weight_decay, decoupled_weight_decay),
     };
     Some(match id {
         "model" => ("model", model_name(&cfg.model), model_name(&desc.model)),
@@ -253,6 +249,39 @@ fn compare(
             args.synthetic_channels.to_string(),
             synthetic(|s| s.channels.to_string()),
         ),
+        _ => return None,
+    })
+}
+
+/// [`compare`] for the training and recording flags.
+fn compare_training(
+    id: &str,
+    args: &RecordArgs,
+    cfg: &RecordConfig,
+    desc: &RunDescription,
+    codec: &CodecSettings,
+) -> Option<(&'static str, String, String)> {
+    let adam = |f: fn(f64, f64, f64) -> f64| match desc.optimizer {
+        OptimizerSpec::Adam {
+            beta1, beta2, eps, ..
+        } => num(f(beta1, beta2, eps)),
+        OptimizerSpec::Sgd { .. } => {
+            format!("none (optimizer {})", optimizer_name(&desc.optimizer))
+        }
+    };
+    let (wd, decoupled) = match desc.optimizer {
+        OptimizerSpec::Sgd {
+            weight_decay,
+            decoupled_weight_decay,
+            ..
+        }
+        | OptimizerSpec::Adam {
+            weight_decay,
+            decoupled_weight_decay,
+            ..
+        } => (weight_decay, decoupled_weight_decay),
+    };
+    Some(match id {
         "epochs" => ("epochs", args.epochs.to_string(), desc.epochs.to_string()),
         // The run's length: --max-steps beyond the epochs' updates changes nothing.
         "max_steps" => (
