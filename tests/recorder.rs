@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use sgdwalk_format::Reader;
 use sgdwalk_recorder::train::Trainer;
 use sgdwalk_recorder::{RecordArgs, RecordError, StopFlag, record, run_description};
@@ -29,7 +29,11 @@ pub fn args(out: &Path, extra: &[&str]) -> RecordArgs {
     argv.push("--out".into());
     argv.push(out.display().to_string());
     argv.extend(extra.iter().map(|s| s.to_string()));
-    Cli::parse_from(argv).args
+    let matches = Cli::command().get_matches_from(argv);
+    let mut args = Cli::from_arg_matches(&matches).unwrap().args;
+    // As the binary does: --resume compares the flags given with the recording.
+    args.note_given(&matches);
+    args
 }
 
 /// A small CNN on 640 Fashion-MNIST training images: 10 steps per epoch.
@@ -572,5 +576,174 @@ fn copy_stage_pipeline_writes_device_snapshots_in_order() {
     for (t, s) in states.iter().enumerate() {
         assert_eq!(bits(&r.state(t as u64).unwrap()), bits(s), "step {t}");
         assert_eq!(r.step_info(t as u64).unwrap().sample_ids, vec![t as u32]);
+    }
+}
+
+/// A run that records windows (issue 11): a copy killed midway and resumed with no flags but
+/// --out records the same steps as the uninterrupted run (policy, keyframe interval, eval
+/// batch size and splits come from the recording), as does one resumed with every flag
+/// repeated or with flags that may differ.
+#[test]
+fn resume_of_a_sparse_run_without_flags_takes_every_setting_from_the_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.walk");
+    let extra = [
+        "--epochs",
+        "3",
+        "--record",
+        "window:2,7",
+        "--optimizer",
+        "momentum",
+        "--eval-batch-size",
+        "37",
+    ];
+    run(&synthetic_args(&full, &extra));
+    let expected = contents(&full);
+    let bytes = std::fs::read(&full).unwrap();
+    let len = bytes.len();
+    let repeated: Vec<&str> =
+        [&extra[..], &["--fsync", "record", "--encode-threads", "2"]].concat();
+    for (i, cut) in [len / 3, len * 2 / 3].into_iter().enumerate() {
+        for (how, flags) in [("no flags", &[][..]), ("flags repeated", &repeated[..])] {
+            let killed = dir.path().join(format!("killed-{i}-{}.walk", flags.len()));
+            std::fs::write(&killed, &bytes[..cut]).unwrap();
+            let mut a = if flags.is_empty() {
+                args(&killed, &[])
+            } else {
+                synthetic_args(&killed, flags)
+            };
+            a.resume = true;
+            let s = run(&a);
+            assert!(s.resumed_from_step.is_some_and(|t| t > 0), "{s:?}");
+            assert_eq!(contents(&killed), expected, "{how}, cut at byte {cut}");
+        }
+    }
+}
+
+/// --resume with a flag that differs from the recording is refused before anything is
+/// written, naming the flag and the recorded value; an equal flag is accepted.
+#[test]
+fn resume_refuses_flags_that_differ_from_the_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.walk");
+    let extra = ["--epochs", "2", "--record", "window:2,7"];
+    run(&synthetic_args(&full, &extra));
+    let bytes = std::fs::read(&full).unwrap();
+    let killed = dir.path().join("killed.walk");
+    std::fs::write(&killed, &bytes[..bytes.len() / 2]).unwrap();
+    let before = std::fs::read(&killed).unwrap();
+    for (flags, flag, recorded) in [
+        (&["--lr", "5"][..], "--lr 5", "0.05"),
+        (&["--epochs", "9"], "--epochs 9", "2"),
+        (&["--model", "mlp"], "--model mlp", "small-cnn"),
+        (&["--record", "every"], "--record every", "window:2,7"),
+        (
+            &["--keyframe-interval", "32"],
+            "--keyframe-interval 32",
+            "8",
+        ),
+        (&["--eval-batch-size", "7"], "--eval-batch-size 7", "1000"),
+        (&["--optimizer", "adam"], "--optimizer adam", "sgd"),
+        (&["--beta1", "0.5"], "--beta1 0.5", "none (optimizer sgd)"),
+        (&["--schedule", "cosine"], "--schedule cosine", "constant"),
+        (&["--seed", "3"], "--seed 3", "another seed"),
+        (&["--dataset", "mnist"], "--dataset mnist", "synthetic"),
+        (
+            &["--synthetic-samples", "800"],
+            "--synthetic-samples 800",
+            "400",
+        ),
+        (&["--eval-splits", "test"], "--eval-splits test", "val,test"),
+        (&["--zstd-level", "3"], "--zstd-level 3", "1"),
+        (&["--max-steps", "5"], "--max-steps 5", "24"),
+        (&["--augment", "false"], "--augment false", "true"),
+    ] {
+        let mut a = synthetic_args(&killed, &[&extra[..], flags].concat());
+        a.resume = true;
+        let err = a.validate().unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, RecordError::ResumeConflict { .. }),
+            "{flags:?}: {msg}"
+        );
+        assert!(
+            msg.contains(flag) && msg.contains(recorded),
+            "{flags:?}: {msg}"
+        );
+        assert_eq!(std::fs::read(&killed).unwrap(), before, "{flags:?}");
+    }
+    // Equal values (also written differently), and flags that may differ, are accepted.
+    let mut a = synthetic_args(
+        &killed,
+        &[
+            &extra[..],
+            &[
+                "--lr",
+                "0.050",
+                "--seed",
+                "1111",
+                "--max-steps",
+                "1000",
+                "--weight-decay",
+                "1e-4",
+                "--device",
+                "cpu",
+                "--queue",
+                "3",
+            ],
+        ]
+        .concat(),
+    );
+    a.resume = true;
+    run(&a);
+    assert_eq!(contents(&killed), contents(&full));
+}
+
+/// A file killed or stopped before its first resume point starts over from step 0 on
+/// --resume, with the recorded settings (issue 11): stopped at once, and cut right after
+/// its header.
+#[test]
+fn resume_of_a_file_without_a_resume_point_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.walk");
+    let extra = [
+        "--epochs",
+        "2",
+        "--record",
+        "window:3,9",
+        "--optimizer",
+        "nesterov",
+    ];
+    run(&synthetic_args(&full, &extra));
+    let expected = contents(&full);
+
+    let stopped = dir.path().join("stopped.walk");
+    let cfg = synthetic_args(&stopped, &extra).validate().unwrap();
+    let stop = StopFlag::default();
+    stop.requested
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let s = record(&cfg, &stop).unwrap();
+    assert_eq!((s.updates, s.last_step), (0, 0));
+    assert!(s.to_string().contains("continue with --resume"), "{s}");
+    let r = Reader::open(&stopped).unwrap();
+    assert_eq!(
+        r.last_resume_step(),
+        None,
+        "step 0 without its resume state"
+    );
+    drop(r);
+
+    let bytes = std::fs::read(&full).unwrap();
+    let header_only = dir.path().join("header-only.walk");
+    let first_record = Reader::open(&full).unwrap().entries()[0].record_offset;
+    std::fs::write(&header_only, &bytes[..first_record as usize]).unwrap();
+
+    for path in [&stopped, &header_only] {
+        let mut a = args(path, &[]);
+        a.resume = true;
+        let s = run(&a);
+        assert!(s.started_over && s.resumed_from_step == Some(0), "{s:?}");
+        assert!(s.to_string().contains("started over"), "{s}");
+        assert_eq!(contents(path), expected, "{}", path.display());
     }
 }

@@ -166,8 +166,12 @@ pub struct RecordArgs {
     /// Replace an existing output.
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
-    /// Continue the killed or stopped run in --out from its last resume point; the settings
-    /// come from the recording.
+    /// Continue the killed or stopped run in --out from its last resume point. Every setting
+    /// comes from the recording: a flag that differs from the recorded value is an error, an
+    /// equal one is accepted. Only --data-dir, --device, --threads, --encode-threads, --fsync,
+    /// --queue, --quiet and --json may differ (device and threads default to the recorded
+    /// ones: others change the rounding of the resumed steps). A file killed before its first
+    /// resume point starts over from step 0 with the recorded settings.
     #[arg(long)]
     pub resume: bool,
     /// Queue length between training and the writer thread (records).
@@ -179,6 +183,10 @@ pub struct RecordArgs {
     /// Print the final summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Ids of the flags given on the command line (clap's value source), which `--resume`
+    /// compares with the recording; see [`RecordArgs::note_given`].
+    #[arg(skip)]
+    pub given: std::collections::BTreeSet<String>,
 }
 
 /// `true`/`crop-flip` turn augmentation on, `false`/`none` off.
@@ -191,6 +199,9 @@ fn parse_augment(s: &str) -> Result<bool, String> {
         )),
     }
 }
+
+/// The largest zstd level (zstd's maximum); levels start at 1.
+pub const MAX_ZSTD_LEVEL: i32 = 22;
 
 fn parse_range(s: &str) -> Result<(u32, u32), String> {
     let (a, b) = s
@@ -357,6 +368,22 @@ fn fit_to_tensors(
 }
 
 impl RecordArgs {
+    /// Notes which flags `matches` (the parse these arguments came from) took from the command
+    /// line rather than from their defaults, so `--resume` can refuse the ones that differ
+    /// from the recording.
+    pub fn note_given(&mut self, matches: &clap::ArgMatches) {
+        // Flags only: the matches also name the argument group of this struct.
+        let cmd = <Self as Args>::augment_args(clap::Command::new("sgdwalk-record"));
+        self.given = matches
+            .ids()
+            .filter(|id| cmd.get_arguments().any(|a| a.get_id() == *id))
+            .filter(|id| {
+                matches.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
+            })
+            .map(|id| id.as_str().to_string())
+            .collect();
+    }
+
     /// The dataset named by --dataset; for `tensors:PATH` also the file's checked header (read
     /// alone, without the data) and its resolved normalization and classes.
     fn dataset_source(
@@ -401,8 +428,19 @@ impl RecordArgs {
         Ok((DatasetName::Tensors, Some((header, spec))))
     }
 
-    /// Checks every setting before anything is trained or written.
+    /// Checks every setting before anything is trained or written. With `--resume` the
+    /// settings are then taken from the recording, after checking that every flag given
+    /// (see [`RecordArgs::note_given`]) agrees with it ([`crate::resume`]).
     pub fn validate(&self) -> Result<RecordConfig, RecordError> {
+        let mut cfg = self.validate_flags()?;
+        if self.resume {
+            crate::resume::adopt_recording(self, &mut cfg)?;
+        }
+        Ok(cfg)
+    }
+
+    /// Checks every flag's value, as for a new run.
+    fn validate_flags(&self) -> Result<RecordConfig, RecordError> {
         let (name, tensors) = self.dataset_source()?;
         let dataset = self.dataset_spec(name, tensors.as_ref())?;
         let (model, module) = self.model_spec(name, tensors.as_ref())?;
@@ -410,11 +448,33 @@ impl RecordArgs {
         self.check_training_numbers()?;
         let optimizer = self.optimizer_spec();
         let kind = self.schedule_kind()?;
+        if let ScheduleKind::Step {
+            every_epochs,
+            gamma,
+        } = kind
+        {
+            let drops = (self.epochs.saturating_sub(1) / every_epochs).min(i32::MAX as u32);
+            let last_lr = self.lr * gamma.powi(drops as i32);
+            if !(last_lr.is_finite() && last_lr > 0.0) {
+                return Err(invalid(
+                    "schedule",
+                    format!(
+                        "the learning rate reaches {last_lr} after {drops} drops of {gamma}; it must stay a finite number > 0"
+                    ),
+                ));
+            }
+        }
         let device = sgdwalk_workload::parse_device(&self.device)
             .map_err(|reason| invalid("device", reason))?;
         let policy: RecordPolicy = self.record.parse()?;
         if !self.keyframe_interval.is_power_of_two() {
             return Err(invalid("keyframe-interval", "must be a power of two"));
+        }
+        if !(1..=MAX_ZSTD_LEVEL).contains(&self.zstd_level) {
+            return Err(invalid(
+                "zstd-level",
+                format!("{} is outside 1..={MAX_ZSTD_LEVEL}", self.zstd_level),
+            ));
         }
         let eval_splits = self.eval_splits(tensors.as_ref())?;
         Ok(RecordConfig {
@@ -475,6 +535,7 @@ impl RecordArgs {
                 if self.synthetic_samples < 20 {
                     return Err(invalid("synthetic-samples", "need at least 20"));
                 }
+                self.check_synthetic_size()?;
                 DatasetSpec::synthetic(SyntheticSpec {
                     channels: self.synthetic_channels,
                     image_size: self.synthetic_size,
@@ -498,6 +559,19 @@ impl RecordArgs {
         }
         if let Some(a) = self.augment {
             dataset.augment = a;
+        }
+        let ((t0, t1), (v0, v1)) = (dataset.train_range, dataset.val_range);
+        if t0 < v1 && v0 < t1 {
+            return Err(invalid(
+                if self.val_samples.is_some() {
+                    "val-samples"
+                } else {
+                    "train-samples"
+                },
+                format!(
+                    "the training split {t0}..{t1} and the validation split {v0}..{v1} overlap; they must be disjoint ranges of the training file"
+                ),
+            ));
         }
         if let Some((h, _)) = tensors
             && dataset.augment
@@ -548,6 +622,38 @@ impl RecordArgs {
         Ok((model, module))
     }
 
+    /// Synthetic images are made in memory: side and channels at least 1, and one split's
+    /// bytes at most [`MAX_SYNTHETIC_BYTES`](sgdwalk_workload::data::MAX_SYNTHETIC_BYTES).
+    fn check_synthetic_size(&self) -> Result<(), RecordError> {
+        use sgdwalk_workload::data::MAX_SYNTHETIC_BYTES;
+        if self.synthetic_size < 1 {
+            return Err(invalid("synthetic-size", "must be at least 1"));
+        }
+        if self.synthetic_channels < 1 {
+            return Err(invalid("synthetic-channels", "must be at least 1"));
+        }
+        let (c, side, n) = (
+            self.synthetic_channels,
+            self.synthetic_size,
+            self.synthetic_samples,
+        );
+        let bytes = u64::try_from(c)
+            .ok()
+            .and_then(|c| c.checked_mul(u64::try_from(side).ok()?))
+            .and_then(|p| p.checked_mul(u64::try_from(side).ok()?))
+            .and_then(|p| p.checked_mul(u64::from(n)));
+        if bytes.is_none_or(|b| b > MAX_SYNTHETIC_BYTES as u64) {
+            let shown = bytes.map_or_else(|| "more than 2^64".into(), |b| b.to_string());
+            return Err(invalid(
+                "synthetic-size",
+                format!(
+                    "{n} samples of {c}x{side}x{side} bytes take {shown} bytes; synthetic data is made in memory, at most {MAX_SYNTHETIC_BYTES} bytes (4 GiB): lower --synthetic-size, --synthetic-channels or --synthetic-samples"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The run length, batch size and optimizer numbers must be in range.
     fn check_training_numbers(&self) -> Result<(), RecordError> {
         if self.epochs == 0 {
@@ -559,7 +665,7 @@ impl RecordArgs {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(invalid(
                 "lr",
-                format!("{} is not a positive number", self.lr),
+                format!("{} is not a finite number > 0", self.lr),
             ));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
@@ -571,8 +677,20 @@ impl RecordArgs {
         if self.sum_of_chunk_means && !self.full_batch {
             return Err(invalid("sum-of-chunk-means", "needs --full-batch"));
         }
-        if !(0.0..1.0).contains(&self.momentum) {
-            return Err(invalid("momentum", "must be in [0, 1)"));
+        for (flag, value) in [
+            ("momentum", self.momentum),
+            ("beta1", self.beta1),
+            ("beta2", self.beta2),
+        ] {
+            if !(0.0..1.0).contains(&value) {
+                return Err(invalid(flag, format!("{value} is outside [0, 1)")));
+            }
+        }
+        if !(self.adam_eps.is_finite() && self.adam_eps > 0.0) {
+            return Err(invalid(
+                "adam-eps",
+                format!("{} is not a finite number > 0", self.adam_eps),
+            ));
         }
         Ok(())
     }
@@ -607,14 +725,28 @@ impl RecordArgs {
             "constant" => ScheduleKind::Constant,
             "cosine" => ScheduleKind::Cosine,
             s => match s.strip_prefix("step:").and_then(|r| r.split_once(',')) {
-                Some((e, g)) => ScheduleKind::Step {
-                    every_epochs: e.parse().map_err(|_| {
+                Some((e, g)) => {
+                    let every_epochs: u32 = e.parse().map_err(|_| {
                         invalid("schedule", format!("{e:?} is not a number of epochs"))
-                    })?,
-                    gamma: g
+                    })?;
+                    if every_epochs == 0 {
+                        return Err(invalid("schedule", "step:EVERY_EPOCHS needs at least 1"));
+                    }
+                    let gamma: f64 = g
                         .parse()
-                        .map_err(|_| invalid("schedule", format!("{g:?} is not a factor")))?,
-                },
+                        .map_err(|_| invalid("schedule", format!("{g:?} is not a factor")))?;
+                    // Learning rates must stay finite and positive after every drop.
+                    if !(gamma.is_finite() && gamma > 0.0) {
+                        return Err(invalid(
+                            "schedule",
+                            format!("step:{e},{g}: GAMMA must be a finite number > 0"),
+                        ));
+                    }
+                    ScheduleKind::Step {
+                        every_epochs,
+                        gamma,
+                    }
+                }
                 None => {
                     return Err(invalid(
                         "schedule",

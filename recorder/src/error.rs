@@ -22,6 +22,17 @@ pub enum RecordError {
     /// --resume on a recording that has no resume point, or whose settings differ.
     #[error("cannot resume {}: {reason}", path.display())]
     CannotResume { path: PathBuf, reason: String },
+    /// --resume with a flag whose value differs from the recorded setting.
+    #[error(
+        "cannot resume {}: --{flag} {given} differs from the recording's {recorded}; a resumed run takes every setting from the recording: leave out --{flag} (only --data-dir, --device, --threads, --encode-threads, --fsync, --queue, --quiet and --json may differ)",
+        path.display()
+    )]
+    ResumeConflict {
+        path: PathBuf,
+        flag: &'static str,
+        given: String,
+        recorded: String,
+    },
     /// A resume-state record that does not fit the optimizer.
     #[error("bad resume state: {reason}")]
     BadResumeState { reason: String },

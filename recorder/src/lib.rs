@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod optim;
 pub mod policy;
+pub mod resume;
 pub mod sink;
 pub mod train;
 
@@ -108,6 +109,9 @@ pub struct RecordSummary {
     pub interrupted_by_signal: Option<i32>,
     /// Step this process resumed from, if --resume.
     pub resumed_from_step: Option<u64>,
+    /// Set when --resume found no resume point in the file and started over from step 0 with
+    /// the recorded settings.
+    pub started_over: bool,
     pub raw_state_bytes: u64,
     pub stored_state_bytes: u64,
     pub file_bytes: u64,
@@ -126,7 +130,12 @@ pub struct RecordSummary {
 impl std::fmt::Display for RecordSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "recording: {}", self.out)?;
-        if let Some(r) = self.resumed_from_step {
+        if self.started_over {
+            writeln!(
+                f,
+                "resumed from step 0: the file held no resume point, so the run started over with the recorded settings"
+            )?;
+        } else if let Some(r) = self.resumed_from_step {
             writeln!(f, "resumed from step {r}")?;
         }
         writeln!(
@@ -165,11 +174,19 @@ impl std::fmt::Display for RecordSummary {
             )?;
         }
         if let Some(sig) = self.interrupted_by_signal {
-            writeln!(
-                f,
-                "interrupted by signal {sig}: the recording is complete up to step {} (continue with --resume)",
-                self.last_step
-            )?;
+            if self.last_step == 0 {
+                // --resume on a file without a resume point starts over from step 0.
+                writeln!(
+                    f,
+                    "interrupted by signal {sig} before the first update: the recording holds step 0 only (continue with --resume: it starts over from step 0 with the recorded settings)"
+                )?;
+            } else {
+                writeln!(
+                    f,
+                    "interrupted by signal {sig}: the recording is complete up to step {} (continue with --resume)",
+                    self.last_step
+                )?;
+            }
         }
         Ok(())
     }
@@ -285,6 +302,7 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
         Some(r) => r.module.as_deref(),
         None => cfg.module.as_deref(),
     };
+    let started_over = resume.as_ref().is_some_and(|r| r.start_over.is_some());
     let mut trainer = Trainer::new(desc.clone(), data, cfg.device, module)?;
     let start = open_output(cfg, &desc, resume.as_ref(), &mut trainer)?;
     let on_cpu = cfg.device == tch::Device::Cpu;
@@ -297,7 +315,10 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
         cfg,
         desc: &desc,
         on_cpu,
-        resumed_at: resume.as_ref().map(|r| r.step),
+        resumed_at: resume
+            .as_ref()
+            .filter(|r| r.start_over.is_none())
+            .map(|r| r.step),
         wall_offset_secs: start.wall_offset_secs,
         loop_started: Instant::now(),
     };
@@ -307,7 +328,10 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
     // The state after the last update: it closes the last pair, and like θ_0 it is always kept
     // (distance travelled and flatness at the end of training need it under sparse policies).
     let interrupted = t < total;
-    if !matches!(cfg.policy, policy::RecordPolicy::Nothing) {
+    // A resumed run stopped before its first update: its resume point is that state, already
+    // in the file.
+    let closing_in_file = ctx.resumed_at == Some(t);
+    if !matches!(cfg.policy, policy::RecordPolicy::Nothing) && !closing_in_file {
         first_step.get_or_insert(t);
         sink.send(Record::Step {
             step: t,
@@ -339,7 +363,8 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
         steps_recorded: counters.steps_written.load(Ordering::Relaxed),
         keyframes: counters.keyframes.load(Ordering::Relaxed),
         interrupted_by_signal: if interrupted { stop.signal() } else { None },
-        resumed_from_step: ctx.resumed_at,
+        resumed_from_step: resume.as_ref().map(|r| r.step),
+        started_over,
         raw_state_bytes: raw,
         stored_state_bytes: stored,
         file_bytes: written.file_bytes,
@@ -393,6 +418,18 @@ fn open_output(
         fsync: cfg.fsync,
         threads: cfg.encode_threads as usize,
     };
+    if let Some(StartOver {
+        header,
+        attachments,
+    }) = resume.and_then(|r| r.start_over.as_ref())
+    {
+        let writer = start_over(&cfg.out, header.clone(), attachments, writer_options)?;
+        return Ok(Start {
+            writer,
+            step: 0,
+            wall_offset_secs: 0.0,
+        });
+    }
     if let Some(r) = resume {
         trainer.model.load_flat(&r.state)?;
         trainer.set_optimizer(Optimizer::import(
@@ -435,6 +472,39 @@ fn open_output(
         step: 0,
         wall_offset_secs: 0.0,
     })
+}
+
+/// Rewrites the recording at `out` as a new one with the recorded `header` and attachments and
+/// no steps, then reopens it for writing. The new file is made beside it and renamed over it,
+/// so a kill at any moment leaves either the old file or the new one.
+fn start_over(
+    out: &Path,
+    header: Header,
+    attachments: &[(String, Vec<u8>)],
+    options: WriterOptions,
+) -> Result<Writer, RecordError> {
+    let unwritable = |path: &Path, source| RecordError::OutputUnwritable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let name = out
+        .file_name()
+        .map_or_else(|| "run.walk".into(), |n| n.to_string_lossy().into_owned());
+    let fresh = out.with_file_name(format!(".{name}.start-over"));
+    if fresh.exists() {
+        std::fs::remove_file(&fresh).map_err(|e| unwritable(&fresh, e))?;
+    }
+    let atts: Vec<(&str, &[u8])> = attachments
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_slice()))
+        .collect();
+    let writer = Writer::create_with_attachments(&fresh, header, options.clone(), &atts)?;
+    // The header and attachments are complete: what a writer killed before its first step
+    // leaves, which `Writer::reopen` continues.
+    drop(writer);
+    std::fs::rename(&fresh, out).map_err(|e| unwritable(out, e))?;
+    let (writer, _report) = Writer::reopen(out, options, None)?;
+    Ok(writer)
 }
 
 /// What the training loop needs besides the trainer and the sink; fixed for the whole run.
@@ -615,6 +685,7 @@ fn describe(cfg: &RecordConfig, data: &Dataset) -> Result<RunDescription, Record
         }),
         record_policy: cfg.policy.to_string(),
         eval_batch_size: cfg.eval_batch_size,
+        eval_splits: Some(cfg.eval_splits.clone()),
         provenance: Provenance {
             tool: "sgdwalk-record".into(),
             tool_version: env!("CARGO_PKG_VERSION").into(),
@@ -658,8 +729,16 @@ fn check_output_shape(model: &sgdwalk_workload::Model, data: &Dataset) -> Result
     Ok(())
 }
 
+/// A recording without a resume point, rewritten without steps to start over.
+struct StartOver {
+    header: Header,
+    attachments: Vec<(String, Vec<u8>)>,
+}
+
 struct ResumePoint {
     step: u64,
+    /// Set when the file holds no resume point: the run starts over from step 0.
+    start_over: Option<StartOver>,
     /// The recording's TorchScript module, for a TorchScript run.
     module: Option<Vec<u8>>,
     state: Vec<f32>,
@@ -678,16 +757,42 @@ fn prepare_resume(
     if !cfg.out.exists() {
         return Err(cannot("the file does not exist".into()));
     }
-    let mut reader = Reader::open(&cfg.out)?;
+    let mut reader = Reader::open(&cfg.out).map_err(|e| {
+        cannot(format!(
+            "{e} (without a readable header its settings are unknown: record it again with --overwrite)"
+        ))
+    })?;
     let desc = run_description(reader.header(), &cfg.out)?;
-    let step = reader
-        .last_resume_step()
-        .ok_or_else(|| cannot("it holds no resume point (optimizer state)".into()))?;
-    let state = reader.state(step)?.as_ref().clone();
-    let (buffers, descriptor) = reader
-        .resume_state(step)?
-        .ok_or_else(|| cannot(format!("the resume state of step {step} is missing")))?;
-    let wall_secs = reader.step_info(step)?.scalars.wall_time_secs;
+    let (step, state, buffers, descriptor, wall_secs, start_over) =
+        if let Some(step) = reader.last_resume_step() {
+            let state = reader.state(step)?.as_ref().clone();
+            let (buffers, descriptor) = reader
+                .resume_state(step)?
+                .ok_or_else(|| cannot(format!("the resume state of step {step} is missing")))?;
+            let wall_secs = reader.step_info(step)?.scalars.wall_time_secs;
+            (step, state, buffers, descriptor, wall_secs, None)
+        } else {
+            // Killed or stopped before its first resume point: every setting is recorded, so
+            // the run starts over from step 0.
+            let mut attachments = Vec::new();
+            for a in reader.attachments().to_vec() {
+                if let Some(data) = reader.attachment(&a.name)? {
+                    attachments.push((a.name.clone(), data.to_vec()));
+                }
+            }
+            let start_over = StartOver {
+                header: reader.header().clone(),
+                attachments,
+            };
+            (
+                0,
+                Vec::new(),
+                Vec::new(),
+                String::new(),
+                0.0,
+                Some(start_over),
+            )
+        };
     let module = match &desc.model {
         ModelSpec::TorchScript { .. } => Some(
             reader
@@ -718,6 +823,7 @@ fn prepare_resume(
         data,
         Some(ResumePoint {
             step,
+            start_over,
             module,
             state,
             buffers,

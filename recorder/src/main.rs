@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use sgdwalk_recorder::{RecordArgs, StopFlag, record};
 
 /// Train a network with SGD (or GD, Adam, ...) and record every step: full state, minibatch ids,
@@ -17,7 +17,10 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // --resume refuses flags that differ from the recording: it needs to know which were given.
+    cli.args.note_given(&matches);
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {

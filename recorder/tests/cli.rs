@@ -225,3 +225,508 @@ fn a_write_error_mid_run_stops_with_a_clear_error_and_keeps_complete_steps() {
         r.state(t).unwrap();
     }
 }
+
+/// Fashion-MNIST as `scripts/setup` fetches it (`SGDWALK_DATA_DIR` or `data/` of the
+/// workspace); a test that needs it fails, never skips, when it is missing.
+fn fashion_mnist_dir() -> PathBuf {
+    let dir = std::env::var_os("SGDWALK_DATA_DIR")
+        .map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../data"),
+            PathBuf::from,
+        )
+        .join("fashion-mnist");
+    assert!(
+        dir.join("train-images-idx3-ubyte.gz").exists(),
+        "Fashion-MNIST is missing from {}: run scripts/setup",
+        dir.display()
+    );
+    dir
+}
+
+/// Every bad setting of issue 11 exits 2 before any training, naming the flag (or the
+/// dataset) and what is allowed, and leaves an existing output untouched (even with
+/// --overwrite).
+#[test]
+fn bad_settings_exit_2_naming_the_flag_and_leave_the_output_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tmp(&dir, "precious.walk");
+    std::fs::write(&out, b"precious").unwrap();
+    let fashion = fashion_mnist_dir().display().to_string();
+    let empty = tmp(&dir, "empty");
+    std::fs::create_dir(&empty).unwrap();
+    let empty = empty.display().to_string();
+    // Synthetic data unless the case names its dataset (a flag given twice is a usage error).
+    let synthetic = ["--dataset", "synthetic", "--model", "mlp"];
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (
+            vec!["--optimizer", "adam", "--beta2", "NaN"],
+            vec!["--beta2", "[0, 1)"],
+        ),
+        (
+            vec!["--optimizer", "adam", "--beta2", "1"],
+            vec!["--beta2", "[0, 1)"],
+        ),
+        (
+            vec!["--optimizer", "adam", "--beta1", "1.5"],
+            vec!["--beta1", "[0, 1)"],
+        ),
+        (
+            vec!["--optimizer", "adam", "--beta1=-0.1"],
+            vec!["--beta1", "[0, 1)"],
+        ),
+        (
+            vec!["--optimizer", "adam", "--adam-eps", "0"],
+            vec!["--adam-eps", "> 0"],
+        ),
+        (
+            vec!["--optimizer", "adam", "--adam-eps", "inf"],
+            vec!["--adam-eps", "> 0"],
+        ),
+        (vec!["--schedule", "step:1,NaN"], vec!["--schedule", "> 0"]),
+        (vec!["--schedule", "step:1,-1"], vec!["--schedule", "> 0"]),
+        (vec!["--schedule", "step:1,0"], vec!["--schedule", "> 0"]),
+        (
+            vec!["--schedule", "step:0,0.5"],
+            vec!["--schedule", "at least 1"],
+        ),
+        (
+            vec!["--schedule", "step:1,1e300", "--epochs", "3"],
+            vec!["--schedule", "finite number > 0"],
+        ),
+        (vec!["--lr", "NaN"], vec!["--lr", "> 0"]),
+        (vec!["--lr", "inf"], vec!["--lr", "> 0"]),
+        (vec!["--lr=-1"], vec!["--lr", "> 0"]),
+        (vec!["--zstd-level=-1"], vec!["--zstd-level", "1..=22"]),
+        (vec!["--zstd-level", "23"], vec!["--zstd-level", "1..=22"]),
+        (
+            vec!["--train-samples", "0..1000", "--val-samples", "500..1500"],
+            vec!["--val-samples", "overlap", "0..1000", "500..1500"],
+        ),
+        (
+            vec!["--synthetic-size", "4000000000"],
+            vec!["--synthetic-size", "4 GiB"],
+        ),
+        (
+            vec!["--synthetic-channels", "0"],
+            vec!["--synthetic-channels", "at least 1"],
+        ),
+        (
+            vec!["--dataset", "mnist", "--data-dir", &fashion],
+            vec!["Fashion-MNIST files, not MNIST", "--dataset fashion-mnist"],
+        ),
+        (
+            vec!["--dataset", "mnist", "--data-dir", &empty],
+            vec![
+                "train-images-idx3-ubyte",
+                "train-images.idx3-ubyte",
+                ".gz",
+                "does not fetch MNIST",
+                "--data-dir",
+            ],
+        ),
+    ];
+    for (flags, wanted) in &cases {
+        let started = Instant::now();
+        let result = Command::new(BIN)
+            .args(["--quiet", "--threads", "1", "--overwrite", "--out"])
+            .arg(&out)
+            .args(if flags.contains(&"--dataset") {
+                &[][..]
+            } else {
+                &synthetic[..]
+            })
+            .args(flags)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(2), "{flags:?}: {err}");
+        for w in wanted {
+            assert!(err.contains(w), "{flags:?}: {w:?} missing from {err}");
+        }
+        assert!(!err.contains("panicked"), "{flags:?}: {err}");
+        assert!(
+            !(flags.contains(&"mnist") && err.contains("run scripts/setup")),
+            "scripts/setup does not fetch MNIST: {err}"
+        );
+        assert_eq!(std::fs::read(&out).unwrap(), b"precious", "{flags:?}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{flags:?}");
+    }
+}
+
+/// `--resume` with a flag that differs from the recording exits 2 naming the flag and the
+/// recorded value, and leaves the recording as it was; an equal flag is accepted.
+#[test]
+fn resume_with_a_differing_flag_exits_2_and_an_equal_one_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tmp(&dir, "run.walk");
+    let tiny = |out: &Path| -> Vec<String> {
+        [
+            "--quiet",
+            "--threads",
+            "1",
+            "--dataset",
+            "synthetic",
+            "--synthetic-samples",
+            "200",
+            "--synthetic-size",
+            "8",
+            "--model",
+            "small-cnn",
+            "--batch-size",
+            "16",
+            "--record",
+            "window:2,5",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.display().to_string()])
+        .collect()
+    };
+    assert!(
+        Command::new(BIN)
+            .args(tiny(&out))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let full = std::fs::read(&out).unwrap();
+    // Killed in the middle: the first half.
+    std::fs::write(&out, &full[..full.len() / 2]).unwrap();
+    let before = std::fs::read(&out).unwrap();
+    for (flags, wanted) in [
+        (&["--lr", "5"][..], &["--lr 5", "recording's 0.1"][..]),
+        (&["--epochs", "9"], &["--epochs 9", "recording's 1"]),
+        (
+            &["--model", "mlp"],
+            &["--model mlp", "recording's small-cnn"],
+        ),
+        (
+            &["--record", "every"],
+            &["--record every", "recording's window:2,5"],
+        ),
+    ] {
+        let result = Command::new(BIN)
+            .args(["--quiet", "--resume", "--out"])
+            .arg(&out)
+            .args(flags)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(2), "{flags:?}: {err}");
+        for w in wanted {
+            assert!(err.contains(w), "{flags:?}: {w:?} missing from {err}");
+        }
+        assert_eq!(std::fs::read(&out).unwrap(), before, "{flags:?}");
+    }
+    let mut again = tiny(&out);
+    again.push("--resume".into());
+    let result = Command::new(BIN).args(&again).output().unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let reference = tmp(&dir, "reference.walk");
+    assert!(
+        Command::new(BIN)
+            .args(tiny(&reference))
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(decoded(&out), decoded(&reference));
+}
+
+/// Whether process `pid` catches signal `sig` (its handler is installed): bit sig-1 of
+/// SigCgt in /proc/PID/status.
+fn catches(pid: u32, sig: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("SigCgt:"))?;
+            u64::from_str_radix(line["SigCgt:".len()..].trim(), 16).ok()
+        })
+        .is_some_and(|mask| mask & (1 << (sig - 1)) != 0)
+}
+
+/// SIGTERM while the data is still loading (issue 11): exit 143 with a message that says to
+/// continue with --resume, and that command then works (it starts over from step 0) and
+/// gives the uninterrupted recording.
+#[test]
+fn sigterm_while_loading_says_resume_and_resume_then_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let fashion = fashion_mnist_dir();
+    let run_args = |out: &Path| -> Vec<String> {
+        [
+            "--quiet",
+            "--threads",
+            "1",
+            "--dataset",
+            "fashion-mnist",
+            "--model",
+            "mlp",
+            "--train-samples",
+            "0..320",
+            "--batch-size",
+            "64",
+            "--eval-splits",
+            "",
+            "--data-dir",
+            fashion.to_str().unwrap(),
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.display().to_string()])
+        .collect()
+    };
+    let out = tmp(&dir, "run.walk");
+    let mut child = spawn(&run_args(&out));
+    let start = Instant::now();
+    // As soon as the handlers are installed, which is before the data is loaded.
+    while !catches(child.id(), 15) {
+        assert!(child.try_wait().unwrap().is_none(), "exited before SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no handler in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    signal(&child, "-TERM");
+    let output = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(143), "{err}");
+    assert!(
+        err.contains("before the first update") && err.contains("continue with --resume"),
+        "{err}"
+    );
+    assert_eq!(Reader::open(&out).unwrap().steps(), &[0]);
+
+    // The command the message suggests.
+    let resumed = Command::new(BIN)
+        .args([
+            "--quiet",
+            "--resume",
+            "--data-dir",
+            fashion.to_str().unwrap(),
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{err}");
+    assert!(err.contains("started over"), "{err}");
+    let reference = tmp(&dir, "reference.walk");
+    assert!(
+        Command::new(BIN)
+            .args(run_args(&reference))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (a, b) = (decoded(&out), decoded(&reference));
+    let at = a.iter().zip(&b).position(|(x, y)| x != y);
+    assert!(
+        at.is_none() && a.len() == b.len(),
+        "first difference at entry {at:?}: {:?}",
+        at.map(|i| {
+            let c = a[i]
+                .bytes()
+                .zip(b[i].bytes())
+                .position(|(x, y)| x != y)
+                .unwrap_or(0);
+            (&a[i][c.saturating_sub(80)..], &b[i][c.saturating_sub(80)..])
+        })
+    );
+}
+
+/// Everything a recording holds, decoded, except its run-specific fields (run id, creation
+/// time, wall times, host and start time).
+fn decoded(path: &Path) -> Vec<String> {
+    let mut r = Reader::open(path).unwrap();
+    assert!(r.is_finished(), "{}", path.display());
+    let mut meta: serde_json::Value = serde_json::from_str(&r.header().metadata_json).unwrap();
+    meta["provenance"]["started_unix_secs"] = 0.into();
+    meta["provenance"]["hostname"] = "".into();
+    let mut out = vec![
+        meta.to_string(),
+        format!("{:?} {:?}", r.header().layout, r.header().codec),
+        format!("{:?}", r.epochs().unwrap()),
+    ];
+    for t in r.steps().to_vec() {
+        let mut info = r.step_info(t).unwrap();
+        info.scalars.wall_time_secs = 0.0;
+        out.push(format!(
+            "{t} {:?} {:?} {:?}",
+            info.sample_ids,
+            info.augmentation,
+            [
+                info.scalars.learning_rate,
+                info.scalars.minibatch_loss,
+                info.scalars.grad_norm,
+                info.scalars.update_norm
+            ]
+            .map(f64::to_bits)
+        ));
+        let bits: Vec<u32> = r.state(t).unwrap().iter().map(|x| x.to_bits()).collect();
+        out.push(format!("{bits:?}"));
+        if let Some((buf, d)) = r.resume_state(t).unwrap() {
+            let bits: Vec<u32> = buf.iter().map(|x| x.to_bits()).collect();
+            out.push(format!("resume {t} {d} {bits:?}"));
+        }
+    }
+    out
+}
+
+/// The outside kill trial kept in the suite (issue 11): one run SIGKILLed at 24 seeded random
+/// moments (after random delays, and when the file reaches random target sizes up to 97% of
+/// its final length, so also during --resume and late in the run), resumed with --resume
+/// alone after each kill. After every kill each complete step equals the uninterrupted run's;
+/// at the end the recording decodes equal to it. SGDWALK_KILL_SEED picks another seed.
+#[test]
+fn sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run() {
+    use sgdwalk_workload::run::derive_seed;
+    const KILLS: usize = 24;
+    let seed: u64 = std::env::var("SGDWALK_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(11);
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = |out: &Path| -> Vec<String> {
+        [
+            "--quiet",
+            "--threads",
+            "1",
+            "--dataset",
+            "synthetic",
+            "--synthetic-samples",
+            "400",
+            "--synthetic-size",
+            "8",
+            "--augment",
+            "true",
+            "--model",
+            "small-cnn",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "3",
+            "--optimizer",
+            "momentum",
+            "--keyframe-interval",
+            "4",
+            "--record",
+            "window:6,10",
+            "--eval-splits",
+            "val",
+            "--fsync",
+            "never",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.display().to_string()])
+        .collect()
+    };
+    let reference = tmp(&dir, "reference.walk");
+    let t0 = Instant::now();
+    assert!(
+        Command::new(BIN)
+            .args(tiny(&reference))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reference_secs = t0.elapsed().as_secs_f64();
+    let expected = decoded(&reference);
+    let final_len = std::fs::metadata(&reference).unwrap().len();
+    let expected_steps = state_bits(&reference);
+
+    let out = tmp(&dir, "killed.walk");
+    let mut targets: Vec<u64> = (0..KILLS / 2)
+        .map(|i| final_len / 20 + derive_seed(seed, i as u64) % (final_len * 92 / 100))
+        .collect();
+    targets.sort_unstable();
+    let mut kills = 0;
+    for i in 0..KILLS {
+        let mut a = if out.exists() {
+            vec![
+                "--quiet".to_string(),
+                "--resume".into(),
+                "--out".into(),
+                out.display().to_string(),
+            ]
+        } else {
+            tiny(&out)
+        };
+        if !out.exists() {
+            a.push("--overwrite".into());
+        }
+        let mut child = spawn(&a);
+        let r = derive_seed(seed, 1000 + i as u64);
+        let started = Instant::now();
+        // Even kills at a target size, odd ones after a delay of up to 60% of the reference
+        // run's length.
+        let delay = Duration::from_secs_f64(reference_secs * 0.6 * (r % 1000) as f64 / 1000.0);
+        loop {
+            let due = if i % 2 == 0 {
+                std::fs::metadata(&out).is_ok_and(|m| m.len() >= targets[i / 2])
+            } else {
+                started.elapsed() >= delay
+            };
+            if due || child.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "kill {i} (seed {seed}): no progress in 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if child.try_wait().unwrap().is_none() {
+            signal(&child, "-KILL");
+            kills += 1;
+        }
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success() || output.status.code().is_none(),
+            "kill {i} (seed {seed}): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // A kill before the header was complete leaves a file that a fresh run replaces.
+        match Reader::open(&out) {
+            Ok(_) => {
+                let got = state_bits(&out);
+                let differ = got
+                    .iter()
+                    .zip(&expected_steps)
+                    .find(|(g, e)| g != e)
+                    .map(|(g, e)| (g.0, e.0, g.1 == e.1));
+                assert!(
+                    got.len() <= expected_steps.len() && differ.is_none(),
+                    "kill {i} (seed {seed}): complete steps differ from the uninterrupted run: (step, expected step, same ids) {differ:?} of {} steps",
+                    got.len()
+                );
+            }
+            Err(_) if out.exists() && i == 0 => std::fs::remove_file(&out).unwrap(),
+            Err(e) => panic!("kill {i} (seed {seed}): unreadable after the kill: {e}"),
+        }
+    }
+    assert!(
+        kills >= 20,
+        "only {kills} of {KILLS} runs were killed (seed {seed})"
+    );
+    let result = Command::new(BIN)
+        .args(["--quiet", "--resume", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert_eq!(decoded(&out), expected, "seed {seed}");
+}

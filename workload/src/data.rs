@@ -54,6 +54,83 @@ impl DatasetName {
     }
 }
 
+impl std::fmt::Display for DatasetName {
+    /// The dataset's usual written name (MNIST, Fashion-MNIST, CIFAR-10, ...).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DatasetName::Mnist => "MNIST",
+            DatasetName::FashionMnist => "Fashion-MNIST",
+            DatasetName::Cifar10 => "CIFAR-10",
+            DatasetName::Synthetic => "synthetic",
+            DatasetName::Tensors => "tensors",
+        })
+    }
+}
+
+/// SHA-256 of the uncompressed idx files of the published MNIST and Fashion-MNIST (the digests
+/// a [`DatasetIdentity`] stores), so files of one given as the other are recognized.
+const KNOWN_IDX_FILES: [(DatasetName, &str); 8] = [
+    (
+        DatasetName::Mnist,
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    ),
+    (
+        DatasetName::Mnist,
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    ),
+    (
+        DatasetName::Mnist,
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    ),
+    (
+        DatasetName::Mnist,
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    ),
+    (
+        DatasetName::FashionMnist,
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    ),
+    (
+        DatasetName::FashionMnist,
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    ),
+    (
+        DatasetName::FashionMnist,
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    ),
+    (
+        DatasetName::FashionMnist,
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    ),
+];
+
+/// The known dataset whose published files include one of `files`, if any.
+pub fn recognize_idx_files(files: &[FileDigest]) -> Option<DatasetName> {
+    files.iter().find_map(|f| {
+        KNOWN_IDX_FILES
+            .iter()
+            .find(|(_, sha)| *sha == f.sha256)
+            .map(|(name, _)| *name)
+    })
+}
+
+/// Where to get the files of `name`, for a "file not found" message.
+fn missing_hint(name: DatasetName, dir: &Path) -> String {
+    let at = dir.display();
+    match name {
+        DatasetName::FashionMnist => format!(
+            "looked in {at} for train-images-idx3-ubyte or train-images.idx3-ubyte (plain or .gz) and the same for train-labels, t10k-images, t10k-labels; scripts/setup fetches Fashion-MNIST into data/fashion-mnist, or pass --data-dir"
+        ),
+        DatasetName::Mnist => format!(
+            "looked in {at} for train-images-idx3-ubyte or train-images.idx3-ubyte (plain or .gz) and the same for train-labels, t10k-images, t10k-labels; scripts/setup does not fetch MNIST: put its four idx files in data/mnist or pass --data-dir"
+        ),
+        DatasetName::Cifar10 => format!(
+            "looked in {at} for CIFAR-10's binary version (data_batch_1.bin ... data_batch_5.bin, test_batch.bin from cifar-10-batches-bin); scripts/setup does not fetch it: copy them to data/cifar10 or pass --data-dir"
+        ),
+        DatasetName::Synthetic | DatasetName::Tensors => format!("looked in {at}"),
+    }
+}
+
 /// Shape and seed of a synthetic dataset (class prototypes plus seeded noise).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SyntheticSpec {
@@ -258,14 +335,41 @@ impl Dataset {
         let mut mapped = None;
         let (pool, test, files, mean, std, classes) = match spec.name {
             DatasetName::Mnist | DatasetName::FashionMnist => {
-                let (pool, f1) = load_idx_pair(dir, "train")?;
-                let (test, f2) = load_idx_pair(dir, "t10k")?;
+                let hinted = |e| match e {
+                    WorkloadError::DatasetFileMissing { path, .. } => {
+                        WorkloadError::DatasetFileMissing {
+                            path,
+                            hint: missing_hint(spec.name, dir),
+                        }
+                    }
+                    other => other,
+                };
+                let (pool, f1) = load_idx_pair(dir, "train").map_err(hinted)?;
+                let (test, f2) = load_idx_pair(dir, "t10k").map_err(hinted)?;
+                if let Some(found) = recognize_idx_files(&[f1.clone(), f2.clone()].concat())
+                    && found != spec.name
+                {
+                    return Err(WorkloadError::WrongDataset {
+                        dir: dir.to_path_buf(),
+                        asked: spec.name,
+                        found,
+                    });
+                }
                 // The paper's code: Normalize(0.5, 1.0), i.e. x - 0.5.
                 (pool, test, [f1, f2].concat(), vec![0.5], vec![1.0], 10)
             }
             DatasetName::Cifar10 => {
-                let (pool, f1) = load_cifar_train(dir)?;
-                let (test, f2) = load_cifar_file(&dir.join("test_batch.bin"))?;
+                let hinted = |e| match e {
+                    WorkloadError::DatasetFileMissing { path, .. } => {
+                        WorkloadError::DatasetFileMissing {
+                            path,
+                            hint: missing_hint(DatasetName::Cifar10, dir),
+                        }
+                    }
+                    other => other,
+                };
+                let (pool, f1) = load_cifar_train(dir).map_err(hinted)?;
+                let (test, f2) = load_cifar_file(&dir.join("test_batch.bin")).map_err(hinted)?;
                 (
                     pool,
                     test,
@@ -546,15 +650,24 @@ fn load_tensors(
 /// Training file, test file, file digests, mean, std, classes.
 type LoadedParts = (ImageSet, ImageSet, Vec<FileDigest>, Vec<f64>, Vec<f64>, i64);
 
-fn read_file_maybe_gz(path: &Path) -> Result<(Vec<u8>, PathBuf), WorkloadError> {
-    let gz = PathBuf::from(format!("{}.gz", path.display()));
-    let (chosen, compressed) = if path.exists() {
-        (path.to_path_buf(), false)
-    } else if gz.exists() {
-        (gz, true)
-    } else {
+/// Reads the first of `names` in `dir` that exists, plain or with `.gz` (decompressed).
+fn read_file_maybe_gz(dir: &Path, names: &[String]) -> Result<(Vec<u8>, PathBuf), WorkloadError> {
+    let found = names.iter().find_map(|name| {
+        let plain = dir.join(name);
+        let gz = dir.join(format!("{name}.gz"));
+        if plain.exists() {
+            Some((plain, false))
+        } else if gz.exists() {
+            Some((gz, true))
+        } else {
+            None
+        }
+    });
+    let Some((chosen, compressed)) = found else {
+        let tried: Vec<String> = names.iter().map(|n| format!("{n}[.gz]")).collect();
         return Err(WorkloadError::DatasetFileMissing {
-            path: path.to_path_buf(),
+            path: dir.join(names.first().map_or("", String::as_str)),
+            hint: format!("looked in {} for {}", dir.display(), tried.join(" or ")),
         });
     };
     let io = |source| WorkloadError::DatasetIo {
@@ -580,6 +693,10 @@ fn digest(file: &Path, bytes: &[u8]) -> FileDigest {
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     // Identity does not depend on compression: name without .gz, hash of the content.
     let name = name.strip_suffix(".gz").unwrap_or(&name).to_string();
+    named_digest(name, bytes)
+}
+
+fn named_digest(name: String, bytes: &[u8]) -> FileDigest {
     FileDigest {
         file: name,
         sha256: hex::encode(Sha256::digest(bytes)),
@@ -644,15 +761,23 @@ fn parse_idx(bytes: &[u8], path: &Path, dims: usize) -> Result<(Vec<usize>, usiz
     Ok((shape, header_len))
 }
 
-/// Loads `<prefix>-images-idx3-ubyte[.gz]` and `<prefix>-labels-idx1-ubyte[.gz]` from `dir`.
+/// Loads `<prefix>-images-idx3-ubyte` and `<prefix>-labels-idx1-ubyte` from `dir`, each plain
+/// or `.gz`, also under the other common naming `<prefix>-images.idx3-ubyte`. The digests
+/// name the files in the first naming, whichever was read, so both give the same identity.
 pub fn load_idx_pair(
     dir: &Path,
     prefix: &str,
 ) -> Result<(ImageSet, Vec<FileDigest>), WorkloadError> {
-    let img_path = dir.join(format!("{prefix}-images-idx3-ubyte"));
-    let lbl_path = dir.join(format!("{prefix}-labels-idx1-ubyte"));
-    let (img_bytes, img_file) = read_file_maybe_gz(&img_path)?;
-    let (lbl_bytes, lbl_file) = read_file_maybe_gz(&lbl_path)?;
+    let names = |kind: &str, idx: &str| {
+        [
+            format!("{prefix}-{kind}-{idx}-ubyte"),
+            format!("{prefix}-{kind}.{idx}-ubyte"),
+        ]
+    };
+    let img_names = names("images", "idx3");
+    let lbl_names = names("labels", "idx1");
+    let (img_bytes, img_file) = read_file_maybe_gz(dir, &img_names)?;
+    let (lbl_bytes, lbl_file) = read_file_maybe_gz(dir, &lbl_names)?;
     let (ishape, ioff) = parse_idx(&img_bytes, &img_file, 3)?;
     let (lshape, loff) = parse_idx(&lbl_bytes, &lbl_file, 1)?;
     if ishape[0] != lshape[0] {
@@ -680,7 +805,12 @@ pub fn load_idx_pair(
         ishape[2] as i64,
     ])?;
     let labels = Tensor::f_from_slice(labels_u8)?.f_to_kind(Kind::Int64)?;
-    let digests = vec![digest(&img_file, &img_bytes), digest(&lbl_file, &lbl_bytes)];
+    let [img_name, _] = img_names;
+    let [lbl_name, _] = lbl_names;
+    let digests = vec![
+        named_digest(img_name, &img_bytes),
+        named_digest(lbl_name, &lbl_bytes),
+    ];
     Ok((ImageSet { images, labels }, digests))
 }
 
@@ -691,6 +821,7 @@ pub fn load_cifar_file(path: &Path) -> Result<(ImageSet, FileDigest), WorkloadEr
     if !path.exists() {
         return Err(WorkloadError::DatasetFileMissing {
             path: path.to_path_buf(),
+            hint: "a CIFAR-10 binary batch file".into(),
         });
     }
     let bytes = std::fs::read(path).map_err(|source| WorkloadError::DatasetIo {
@@ -750,6 +881,9 @@ fn load_cifar_train(dir: &Path) -> Result<(ImageSet, Vec<FileDigest>), WorkloadE
     ))
 }
 
+/// Most bytes of synthetic images one split may take (they are made in memory).
+pub const MAX_SYNTHETIC_BYTES: usize = 4 << 30;
+
 /// Class prototypes plus seeded noise: learnable, deterministic, no files.
 fn synthetic(s: &SyntheticSpec) -> Result<(ImageSet, ImageSet), WorkloadError> {
     if s.channels <= 0 || s.image_size <= 0 || s.classes <= 0 || s.train_samples == 0 {
@@ -758,8 +892,30 @@ fn synthetic(s: &SyntheticSpec) -> Result<(ImageSet, ImageSet), WorkloadError> {
             reason: format!("impossible settings {s:?}"),
         });
     }
+    let too_big = || WorkloadError::DatasetInconsistent {
+        name: "synthetic".into(),
+        reason: format!(
+            "{} x {}x{} images x {} samples do not fit in memory",
+            s.channels,
+            s.image_size,
+            s.image_size,
+            u64::from(s.train_samples) + u64::from(s.test_samples)
+        ),
+    };
+    let pixels = s
+        .channels
+        .checked_mul(s.image_size)
+        .and_then(|p| p.checked_mul(s.image_size))
+        .and_then(|p| usize::try_from(p).ok())
+        .ok_or_else(too_big)?;
+    let samples = s.train_samples.max(s.test_samples) as usize;
+    if pixels
+        .checked_mul(samples)
+        .is_none_or(|b| b > MAX_SYNTHETIC_BYTES)
+    {
+        return Err(too_big());
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
-    let pixels = (s.channels * s.image_size * s.image_size) as usize;
     let prototypes: Vec<Vec<u8>> = (0..s.classes)
         .map(|_| (0..pixels).map(|_| rng.random::<u8>()).collect())
         .collect();
@@ -787,4 +943,78 @@ fn synthetic(s: &SyntheticSpec) -> Result<(ImageSet, ImageSet), WorkloadError> {
     let train = make(s.train_samples)?;
     let test = make(s.test_samples)?;
     Ok((train, test))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 3-sample idx pair (images 2x2) under `names` ([images, labels]).
+    fn write_pair(dir: &Path, names: [&str; 2]) {
+        let mut img = vec![0, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 2];
+        img.extend(0u8..12);
+        let lbl = vec![0, 0, 8, 1, 0, 0, 0, 3, 1, 2, 3];
+        std::fs::write(dir.join(names[0]), img).unwrap();
+        std::fs::write(dir.join(names[1]), lbl).unwrap();
+    }
+
+    #[test]
+    fn idx_files_load_under_both_namings_with_one_identity() {
+        let dashed = tempfile::tempdir().unwrap();
+        let dotted = tempfile::tempdir().unwrap();
+        write_pair(
+            dashed.path(),
+            ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"],
+        );
+        write_pair(
+            dotted.path(),
+            ["train-images.idx3-ubyte", "train-labels.idx1-ubyte"],
+        );
+        let (_, a) = load_idx_pair(dashed.path(), "train").unwrap();
+        let (set, b) = load_idx_pair(dotted.path(), "train").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(set.len(), 3);
+        let empty = tempfile::tempdir().unwrap();
+        let err = load_idx_pair(empty.path(), "train")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("train-images-idx3-ubyte[.gz] or train-images.idx3-ubyte[.gz]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn published_idx_files_are_recognized_by_checksum() {
+        let file = |sha: &str| FileDigest {
+            file: "x".into(),
+            sha256: sha.into(),
+            len_bytes: 0,
+        };
+        let fashion_labels = "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9";
+        let mnist_images = "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db";
+        assert_eq!(
+            recognize_idx_files(&[file("00"), file(fashion_labels)]),
+            Some(DatasetName::FashionMnist)
+        );
+        assert_eq!(
+            recognize_idx_files(&[file(mnist_images)]),
+            Some(DatasetName::Mnist)
+        );
+        assert_eq!(recognize_idx_files(&[file("00")]), None);
+    }
+
+    #[test]
+    fn synthetic_sizes_that_do_not_fit_are_errors_not_panics() {
+        let spec = SyntheticSpec {
+            channels: 1,
+            image_size: 4_000_000_000,
+            classes: 10,
+            train_samples: 100,
+            test_samples: 25,
+            seed: 0,
+        };
+        let err = synthetic(&spec).unwrap_err().to_string();
+        assert!(err.contains("do not fit"), "{err}");
+    }
 }

@@ -17,9 +17,16 @@ pub enum WorkloadError {
         "unknown dataset {name:?} (known: mnist, fashion-mnist, cifar10, synthetic, tensors:PATH)"
     )]
     UnknownDataset { name: String },
-    /// A dataset file is missing.
-    #[error("dataset file not found (run scripts/setup or pass --data-dir): {}", path.display())]
-    DatasetFileMissing { path: PathBuf },
+    /// A dataset file is missing; `hint` names the file names looked for and where to get them.
+    #[error("dataset file not found: {} ({hint})", path.display())]
+    DatasetFileMissing { path: PathBuf, hint: String },
+    /// Files of a known dataset (recognized by their checksums) given as another one.
+    #[error("the files in {} are {found} files, not {asked}: use --dataset {}", dir.display(), found.as_str())]
+    WrongDataset {
+        dir: PathBuf,
+        asked: crate::data::DatasetName,
+        found: crate::data::DatasetName,
+    },
     /// An I/O error while reading a dataset file.
     #[error("cannot read dataset file {}: {source}", path.display())]
     DatasetIo {

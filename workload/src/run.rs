@@ -51,6 +51,9 @@ pub struct RunDescription {
     pub record_policy: String,
     /// Evaluation batch size used for the per-epoch records.
     pub eval_batch_size: u32,
+    /// Splits evaluated after every epoch (absent in recordings made before it was stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_splits: Option<Vec<crate::data::Split>>,
     /// Facts about where the run happened (not part of its numbers).
     pub provenance: Provenance,
 }
