@@ -76,7 +76,7 @@ pub enum DirError {
         what: &'static str,
         reason: String,
     },
-    #[error("{}: {source}", path.display())]
+    #[error("i/o error on {}", path.display())]
     Io {
         path: PathBuf,
         #[source]

@@ -86,7 +86,7 @@ pub enum AnalyzeError {
     #[error(transparent)]
     Table(#[from] crate::tables::TableError),
     /// An I/O error.
-    #[error("{source}: {}", path.display())]
+    #[error("i/o error on {}", path.display())]
     Io {
         path: PathBuf,
         #[source]

@@ -432,6 +432,16 @@ impl RecordArgs {
     /// settings are then taken from the recording, after checking that every flag given
     /// (see [`RecordArgs::note_given`]) agrees with it ([`crate::resume`]).
     pub fn validate(&self) -> Result<RecordConfig, RecordError> {
+        if self.out.is_dir() {
+            return Err(invalid(
+                "out",
+                format!(
+                    "{} is a folder; --out names the recording file, e.g. {}",
+                    self.out.display(),
+                    self.out.join("run.walk").display()
+                ),
+            ));
+        }
         let mut cfg = self.validate_flags()?;
         if self.resume {
             crate::resume::adopt_recording(self, &mut cfg)?;

@@ -13,7 +13,7 @@ pub enum RecordError {
     #[error("output exists (pass --overwrite to replace it or --resume to continue it): {}", path.display())]
     OutputExists { path: PathBuf },
     /// The output cannot be created.
-    #[error("cannot write the output: {source}: {}", path.display())]
+    #[error("cannot write the output {}", path.display())]
     OutputUnwritable {
         path: PathBuf,
         #[source]
@@ -41,7 +41,7 @@ pub enum RecordError {
     Workload(#[from] sgdwalk_workload::WorkloadError),
     /// Writing the recording failed (disk full, I/O error); every complete step so far is
     /// readable.
-    #[error("writing the recording failed at step {step}: {source}")]
+    #[error("writing the recording failed at step {step}")]
     Write {
         step: u64,
         #[source]

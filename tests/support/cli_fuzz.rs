@@ -32,8 +32,8 @@ impl Rng {
     }
 }
 
-/// Runs `cases` command lines: `base(case)` followed by up to `max_flags` flags drawn from
-/// `flags`. Returns how often each exit status was seen, so a caller can check that the cases
+/// Runs `cases` command lines: `base(case)` with up to `max_flags` flags drawn from `flags`
+/// (replacing the value of a flag the base line has). Returns how often each exit status was seen, so a caller can check that the cases
 /// reached both success and refusal.
 pub fn fuzz(
     bin: &Path,
@@ -50,9 +50,17 @@ pub fn fuzz(
         let mut args = base(case);
         for _ in 0..rng.below(max_flags + 1) {
             let flag = &flags[rng.below(flags.len())];
-            args.push(flag.name.to_string());
-            if !flag.values.is_empty() {
-                args.push(flag.values[rng.below(flag.values.len())].to_string());
+            let value = (!flag.values.is_empty())
+                .then(|| flag.values[rng.below(flag.values.len())].to_string());
+            // A flag the base line (or an earlier draw) already has takes the drawn value, so
+            // the line stays one a user could type (a flag given twice is a usage error).
+            match (args.iter().position(|a| a == flag.name), value) {
+                (Some(i), Some(v)) if i + 1 < args.len() => args[i + 1] = v,
+                (Some(_), _) => {}
+                (None, v) => {
+                    args.push(flag.name.to_string());
+                    args.extend(v);
+                }
             }
         }
         let shown = format!(

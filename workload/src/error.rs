@@ -28,7 +28,7 @@ pub enum WorkloadError {
         found: crate::data::DatasetName,
     },
     /// An I/O error while reading a dataset file.
-    #[error("cannot read dataset file {}: {source}", path.display())]
+    #[error("cannot read dataset file {}", path.display())]
     DatasetIo {
         path: PathBuf,
         #[source]

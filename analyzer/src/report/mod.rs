@@ -51,7 +51,7 @@ pub enum ReportError {
     #[error("cannot read {}: {reason}", path.display())]
     BadFile { path: PathBuf, reason: String },
     /// A polars query over a table failed (a missing column, a foreign file, a corrupt page).
-    #[error("reading table {table} of {}: {source}", dir.display())]
+    #[error("reading table {table} of {}", dir.display())]
     Query {
         dir: PathBuf,
         table: TableName,
@@ -74,7 +74,7 @@ pub enum ReportError {
     #[error("drawing {}: {reason}", path.display())]
     Plot { path: PathBuf, reason: String },
     /// An I/O error.
-    #[error("{source}: {}", path.display())]
+    #[error("i/o error on {}", path.display())]
     Io {
         path: PathBuf,
         #[source]
