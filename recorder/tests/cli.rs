@@ -745,142 +745,145 @@ fn sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run() {
 #[path = "../../tests/support/cli_fuzz.rs"]
 mod cli_fuzz;
 
+use cli_fuzz::Flag;
+
+/// The recorder flags the fuzz draws from, with values valid and not.
+const FUZZ_FLAGS: &[Flag] = &[
+    Flag {
+        name: "--epochs",
+        values: &["1", "0", "2"],
+    },
+    Flag {
+        name: "--lr",
+        values: &["0.1", "NaN", "-1", "1e30", "inf", "0"],
+    },
+    Flag {
+        name: "--optimizer",
+        values: &["sgd", "momentum", "adam", "lion"],
+    },
+    Flag {
+        name: "--beta1",
+        values: &["0.9", "1", "-0.1", "NaN"],
+    },
+    Flag {
+        name: "--beta2",
+        values: &["0.999", "1", "NaN"],
+    },
+    Flag {
+        name: "--adam-eps",
+        values: &["1e-8", "0", "NaN"],
+    },
+    Flag {
+        name: "--weight-decay",
+        values: &["0", "0.1", "-1", "NaN"],
+    },
+    Flag {
+        name: "--schedule",
+        values: &[
+            "constant",
+            "step:1,0.5",
+            "step:1,NaN",
+            "step:1,-1",
+            "step:0,1",
+            "cosine",
+        ],
+    },
+    Flag {
+        name: "--zstd-level",
+        values: &["3", "-5", "100"],
+    },
+    Flag {
+        name: "--synthetic-size",
+        values: &["8", "0", "4000000000"],
+    },
+    Flag {
+        name: "--synthetic-samples",
+        values: &["100", "0", "1", "4000000000"],
+    },
+    Flag {
+        name: "--synthetic-channels",
+        values: &["1", "0", "100000"],
+    },
+    Flag {
+        name: "--batch-size",
+        values: &["60", "0", "1000000"],
+    },
+    Flag {
+        name: "--record",
+        values: &[
+            "every",
+            "every:0",
+            "every:3",
+            "window:2,5",
+            "window:0,0",
+            "nothing",
+            "x",
+        ],
+    },
+    Flag {
+        name: "--keyframe-interval",
+        values: &["8", "0", "1"],
+    },
+    Flag {
+        name: "--train-samples",
+        values: &["0..100", "50..10", "0..1000000000"],
+    },
+    Flag {
+        name: "--val-samples",
+        values: &["100..150", "0..50", "x"],
+    },
+    Flag {
+        name: "--model",
+        values: &["mlp", "small-cnn", "alexnet", "torchscript:/nonexistent.pt"],
+    },
+    Flag {
+        name: "--dataset",
+        values: &[
+            "synthetic",
+            "mnist",
+            "tensors:/nonexistent.safetensors",
+            "x",
+        ],
+    },
+    Flag {
+        name: "--eval-splits",
+        values: &["", "test", "val,test", "nope"],
+    },
+    Flag {
+        name: "--noise-std",
+        values: &["0", "0.01", "-1", "NaN"],
+    },
+    Flag {
+        name: "--augment",
+        values: &["true", "false", "maybe"],
+    },
+    Flag {
+        name: "--seed",
+        values: &["0", "-1", "18446744073709551615"],
+    },
+    Flag {
+        name: "--resume",
+        values: &[],
+    },
+    Flag {
+        name: "--overwrite",
+        values: &[],
+    },
+    Flag {
+        name: "--bogus",
+        values: &[],
+    },
+];
+
 /// Random flags and values, valid and not: exit 0 or 2 with a message, never a panic, an abort
 /// or a hang (a 4 GB synthetic image, NaN optimizer constants and negative learning rates
 /// used to crash or record nonsense).
 #[test]
 fn random_command_lines_end_with_a_status_and_a_message() {
-    use cli_fuzz::Flag;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let existing = root.join("existing.walk");
     std::fs::write(&existing, b"precious").unwrap();
-    let flags = [
-        Flag {
-            name: "--epochs",
-            values: &["1", "0", "2"],
-        },
-        Flag {
-            name: "--lr",
-            values: &["0.1", "NaN", "-1", "1e30", "inf", "0"],
-        },
-        Flag {
-            name: "--optimizer",
-            values: &["sgd", "momentum", "adam", "lion"],
-        },
-        Flag {
-            name: "--beta1",
-            values: &["0.9", "1", "-0.1", "NaN"],
-        },
-        Flag {
-            name: "--beta2",
-            values: &["0.999", "1", "NaN"],
-        },
-        Flag {
-            name: "--adam-eps",
-            values: &["1e-8", "0", "NaN"],
-        },
-        Flag {
-            name: "--weight-decay",
-            values: &["0", "0.1", "-1", "NaN"],
-        },
-        Flag {
-            name: "--schedule",
-            values: &[
-                "constant",
-                "step:1,0.5",
-                "step:1,NaN",
-                "step:1,-1",
-                "step:0,1",
-                "cosine",
-            ],
-        },
-        Flag {
-            name: "--zstd-level",
-            values: &["3", "-5", "100"],
-        },
-        Flag {
-            name: "--synthetic-size",
-            values: &["8", "0", "4000000000"],
-        },
-        Flag {
-            name: "--synthetic-samples",
-            values: &["100", "0", "1", "4000000000"],
-        },
-        Flag {
-            name: "--synthetic-channels",
-            values: &["1", "0", "100000"],
-        },
-        Flag {
-            name: "--batch-size",
-            values: &["60", "0", "1000000"],
-        },
-        Flag {
-            name: "--record",
-            values: &[
-                "every",
-                "every:0",
-                "every:3",
-                "window:2,5",
-                "window:0,0",
-                "nothing",
-                "x",
-            ],
-        },
-        Flag {
-            name: "--keyframe-interval",
-            values: &["8", "0", "1"],
-        },
-        Flag {
-            name: "--train-samples",
-            values: &["0..100", "50..10", "0..1000000000"],
-        },
-        Flag {
-            name: "--val-samples",
-            values: &["100..150", "0..50", "x"],
-        },
-        Flag {
-            name: "--model",
-            values: &["mlp", "small-cnn", "alexnet", "torchscript:/nonexistent.pt"],
-        },
-        Flag {
-            name: "--dataset",
-            values: &[
-                "synthetic",
-                "mnist",
-                "tensors:/nonexistent.safetensors",
-                "x",
-            ],
-        },
-        Flag {
-            name: "--eval-splits",
-            values: &["", "test", "val,test", "nope"],
-        },
-        Flag {
-            name: "--noise-std",
-            values: &["0", "0.01", "-1", "NaN"],
-        },
-        Flag {
-            name: "--augment",
-            values: &["true", "false", "maybe"],
-        },
-        Flag {
-            name: "--seed",
-            values: &["0", "-1", "18446744073709551615"],
-        },
-        Flag {
-            name: "--resume",
-            values: &[],
-        },
-        Flag {
-            name: "--overwrite",
-            values: &[],
-        },
-        Flag {
-            name: "--bogus",
-            values: &[],
-        },
-    ];
     let base = |case: usize| -> Vec<String> {
         let out = match case % 6 {
             // An existing file, and a folder.
@@ -916,7 +919,7 @@ fn random_command_lines_end_with_a_status_and_a_message() {
     let seen = cli_fuzz::fuzz(
         Path::new(BIN),
         &base,
-        &flags,
+        FUZZ_FLAGS,
         4,
         48,
         7,
