@@ -748,6 +748,15 @@ fn shards_together_equal_one_run_and_reruns_skip_finished_items() {
         &[&b[..], &["--shard", "1/2", "--grid", "0:1:3"]].concat(),
     );
     assert!(matches!(err, AnalyzeError::FolderInUse { .. }), "{err}");
+    // The message says which settings differ, with both values.
+    let msg = err.to_string();
+    assert!(
+        msg.contains("grid_points: 5 in the folder, 3 now")
+            && msg.contains("grid_lo: -0.5 in the folder, 0.0 now"),
+        "{msg}"
+    );
+    let err = analysis_error(&rec, &sharded, &[&b[..], &["--shard", "1/3"]].concat());
+    assert!(err.to_string().contains("2 shards"), "{err}");
 }
 
 /// Phases added to a folder later read what earlier runs stored instead of recomputing it, and
@@ -1462,6 +1471,14 @@ fn infeasible_analyses_are_refused_before_the_folder_is_written() {
         ],
     );
     assert_eq!(s.rows.get("curvature").copied(), Some(1), "{s}");
+    // The summary says where the time went, and on how many threads.
+    assert_eq!(
+        s.phase_secs.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["curvature", "steps"],
+        "{s}"
+    );
+    assert!(s.to_string().contains("time per phase: curvature"), "{s}");
+    assert_eq!(s.threads, 1);
     // The default probe (1000) on a smaller training split is the whole split, named by its
     // real size; only an explicit probe:N larger than the split is refused.
     let small = dir.path().join("default-probe");

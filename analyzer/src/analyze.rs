@@ -44,6 +44,10 @@ pub struct AnalyzeSummary {
     /// Interpolation points whose loss was NaN or infinite (kept in the tables as NaN).
     pub nonfinite_losses: u64,
     pub forward_evaluations: u64,
+    /// libtorch intra-op threads used.
+    pub threads: u32,
+    /// Seconds spent per phase (computing and writing its parts), by table name.
+    pub phase_secs: BTreeMap<String, f64>,
     pub wall_secs: f64,
 }
 
@@ -82,10 +86,18 @@ impl std::fmt::Display for AnalyzeSummary {
                 self.nonfinite_losses
             )?;
         }
+        if !self.phase_secs.is_empty() {
+            let per: Vec<String> = self
+                .phase_secs
+                .iter()
+                .map(|(p, t)| format!("{p} {t:.1} s"))
+                .collect();
+            writeln!(f, "time per phase: {}", per.join(", "))?;
+        }
         writeln!(
             f,
-            "{} evaluations in {:.1} s; tables in {}",
-            self.forward_evaluations, self.wall_secs, self.out
+            "{} evaluations in {:.1} s on {} threads; tables in {}",
+            self.forward_evaluations, self.wall_secs, self.threads, self.out
         )
     }
 }
@@ -127,14 +139,24 @@ fn admit(dir: &AnalysisDir, m: &Manifest) -> Result<(), AnalyzeError> {
     let mut cmp = existing.config.clone();
     cmp.adopt_unrun_phase_settings(new);
     cmp.phases = new.phases.clone();
-    if existing.recording_id != m.recording_id
-        || existing.shard_count != m.shard_count
-        || cmp != *new
-    {
-        return Err(in_use(
-            "holds an analysis of another recording, settings or shard count; use another --out"
-                .into(),
-        ));
+    if existing.recording_id != m.recording_id {
+        return Err(in_use(format!(
+            "holds an analysis of another recording (run {}, this one is run {}); use another --out",
+            existing.recording_id, m.recording_id
+        )));
+    }
+    if existing.shard_count != m.shard_count {
+        return Err(in_use(format!(
+            "was analyzed in {} shards, this command asks for {}; use the same --shard I/N or \
+             another --out",
+            existing.shard_count, m.shard_count
+        )));
+    }
+    if cmp != *new {
+        return Err(in_use(format!(
+            "holds an analysis with other settings ({}); repeat them, or use another --out",
+            settings_that_differ(&cmp, new)
+        )));
     }
     let union: Vec<Phase> = Phase::ALL
         .into_iter()
@@ -151,6 +173,29 @@ fn admit(dir: &AnalysisDir, m: &Manifest) -> Result<(), AnalyzeError> {
         dir.write_manifest(&merged)?;
     }
     Ok(())
+}
+
+/// "grid_points: 11 in the folder, 3 now; …" for every setting (the config file's names)
+/// whose values differ.
+fn settings_that_differ(stored: &AnalyzeConfig, now: &AnalyzeConfig) -> String {
+    let as_map = |c: &AnalyzeConfig| match serde_json::to_value(c) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    let (a, b) = (as_map(stored), as_map(now));
+    let differing: Vec<String> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k) != Some(*v))
+        .map(|(k, v)| {
+            let now = b.get(k).map_or_else(|| "unset".into(), ToString::to_string);
+            format!("{k}: {v} in the folder, {now} now")
+        })
+        .collect();
+    if differing.is_empty() {
+        "settings differ".into()
+    } else {
+        differing.join("; ")
+    }
 }
 
 /// The recording's steps and pairs in the analyzed range, and the work items over them.
@@ -252,6 +297,22 @@ fn fit_default_probe(cfg: &AnalyzeConfig, settings: &RunSettings, s: &Session) -
     cfg
 }
 
+/// The cores not busy when the analysis starts: the cores this process may use minus the
+/// 1-minute load average (rounded), at least 1. libtorch's own default takes every core, and
+/// its threads spin at barriers, so on a loaded node it ran about 3 times slower than 1 thread.
+pub fn idle_cores() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .filter(|l| l.is_finite() && *l >= 0.0)
+        .unwrap_or(0.0);
+    let idle = (cores as f64 - load).round().max(1.0);
+    u32::try_from(idle as u64)
+        .unwrap_or(1)
+        .min(u32::try_from(cores).unwrap_or(u32::MAX))
+}
+
 /// Checks the settings against what the recording and the data hold.
 fn feasible(s: &Session, plan: &Plan, cfg: &AnalyzeConfig) -> Result<(), AnalyzeError> {
     let running = cfg.running();
@@ -303,9 +364,12 @@ pub fn analyze(
     settings: &RunSettings,
 ) -> Result<AnalyzeSummary, AnalyzeError> {
     let started = Instant::now();
-    if settings.threads > 0 {
-        tch::set_num_threads(settings.threads as i32);
-    }
+    let threads = if settings.threads > 0 {
+        settings.threads
+    } else {
+        idle_cores()
+    };
+    tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
     let mut s = Session::open(settings, cfg)?;
     let cfg = &fit_default_probe(cfg, settings, &s);
     let plan = Plan::new(&s, cfg)?;
@@ -352,6 +416,7 @@ pub fn analyze(
         work_items_total: plan.items.len(),
         work_items_this_shard: mine.len(),
         recording_unfinished: plan.unfinished_through.is_some(),
+        threads,
         last_step: s.reader.steps().last().copied(),
         run_total_steps: s.desc.total_steps,
         ..Default::default()
@@ -477,6 +542,7 @@ impl ItemRunner<'_> {
         };
         let part = item.part();
         for (i, (&phase, &done)) in phases.iter().zip(&stored).enumerate() {
+            let phase_started = Instant::now();
             if done {
                 // A later phase of this item may need what this one stored.
                 if stored[i + 1..].contains(&false) {
@@ -511,6 +577,10 @@ impl ItemRunner<'_> {
                 }
                 Phase::Epochs => {}
             }
+            *summary
+                .phase_secs
+                .entry(phase.table().as_str().to_string())
+                .or_default() += phase_started.elapsed().as_secs_f64();
         }
         Ok(true)
     }

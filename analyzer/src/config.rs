@@ -389,7 +389,9 @@ pub struct AnalyzeArgs {
     /// Device: auto (CPU unless CUDA is present), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: tch::Device,
-    /// libtorch intra-op threads (0 = default).
+    /// libtorch intra-op threads (0 = the cores idle when the analysis starts: cores minus the
+    /// 1-minute load average, at least 1; a busy shared node then gets fewer threads instead of
+    /// oversubscribed ones spinning).
     #[arg(long, default_value_t = 0)]
     pub threads: u32,
     /// Recompute work items whose outputs exist.

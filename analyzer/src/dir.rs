@@ -70,6 +70,14 @@ pub struct RunInfo {
 pub enum DirError {
     #[error("{} is not an sgdwalk analysis folder: it has no {missing}", dir.display())]
     NotAnAnalysis { dir: PathBuf, missing: &'static str },
+    /// A file (a recording, most likely) where an analysis folder was expected.
+    #[error(
+        "{} is a file, not an analysis folder; analyze a recording first \
+         (sgdwalk-analyze analyze {} -o OUT), then pass OUT",
+        path.display(),
+        path.display()
+    )]
+    FileNotFolder { path: PathBuf },
     #[error("{} is not a valid {what}: {reason}", path.display())]
     BadFile {
         path: PathBuf,
@@ -125,6 +133,11 @@ impl AnalysisDir {
 
     /// The manifest; an error naming the folder when it has none.
     pub fn require_manifest(&self) -> Result<Manifest, DirError> {
+        if self.root.is_file() {
+            return Err(DirError::FileNotFolder {
+                path: self.root.clone(),
+            });
+        }
         self.read_manifest()?
             .ok_or_else(|| DirError::NotAnAnalysis {
                 dir: self.root.clone(),
@@ -318,6 +331,20 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recording_given_as_an_analysis_folder_says_to_analyze_it_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = dir.path().join("run.walk");
+        std::fs::write(&rec, b"SGDWALK").unwrap();
+        let err = AnalysisDir::new(&rec).require_manifest().unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, DirError::FileNotFolder { .. }), "{msg}");
+        assert!(
+            msg.contains("sgdwalk-analyze analyze") && msg.contains("run.walk"),
+            "{msg}"
+        );
+    }
 
     #[test]
     fn durable_write_replaces_whole_files_and_leaves_no_temporaries() {
