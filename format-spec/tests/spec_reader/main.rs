@@ -80,8 +80,8 @@ pub fn assert_agrees_with_the_crate(path: &Path) -> SpecFile {
             sc.update_norm,
             sc.wall_time_secs,
         ]
-        .map(f64::to_bits);
-        assert_eq!(got, s.scalars);
+        .map(|v| v.map(f64::to_bits));
+        assert_eq!(got, s.scalars, "{} step {}", path.display(), s.step);
     }
     let epochs = r.epochs().unwrap();
     assert_eq!(epochs.len(), spec.epochs.len());
