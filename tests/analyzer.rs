@@ -876,9 +876,8 @@ fn a_diverged_run_keeps_nan_losses_as_nan_and_only_absent_scalars_null() {
     ));
     let r = Reader::open(&rec).unwrap();
     assert_eq!(r.steps(), &[0, 1, 2, 3, 4, 5, 6]);
-    let recorded: Vec<sgdwalk_format::StepScalars> = (0..=6)
-        .map(|t| r.step_info(t).unwrap().scalars)
-        .collect();
+    let recorded: Vec<sgdwalk_format::StepScalars> =
+        (0..=6).map(|t| r.step_info(t).unwrap().scalars).collect();
     assert!(
         recorded[..6]
             .iter()

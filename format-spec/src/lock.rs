@@ -106,7 +106,10 @@ fn dev_ino(_meta: &std::fs::Metadata) -> (u64, u64, u64) {
 /// decimal); waiters (`1: -> FLOCK ...`) are skipped. An inode match on another device is
 /// accepted when no line matches the device too: on overlay file systems `stat` reports the
 /// overlay's device while the lock sits on the underlying file's.
-pub(crate) fn parse_proc_locks(table: &str, (major, minor, ino): (u64, u64, u64)) -> Vec<(u32, bool)> {
+pub(crate) fn parse_proc_locks(
+    table: &str,
+    (major, minor, ino): (u64, u64, u64),
+) -> Vec<(u32, bool)> {
     let mut exact = Vec::new();
     let mut same_ino = Vec::new();
     for line in table.lines() {
@@ -125,8 +128,8 @@ pub(crate) fn parse_proc_locks(table: &str, (major, minor, ino): (u64, u64, u64)
             continue;
         }
         let holder = (pid, f[3] == "WRITE");
-        let dev_matches = u64::from_str_radix(ma, 16) == Ok(major)
-            && u64::from_str_radix(mi, 16) == Ok(minor);
+        let dev_matches =
+            u64::from_str_radix(ma, 16) == Ok(major) && u64::from_str_radix(mi, 16) == Ok(minor);
         if dev_matches {
             exact.push(holder);
         } else {
@@ -152,7 +155,10 @@ mod tests {
                      4: FLOCK  ADVISORY  WRITE 5 0a:1f:1311 0 EOF\n";
         assert_eq!(parse_proc_locks(table, (8, 2, 1311)), [(4242, false)]);
         // Only another device holds the inode: best effort, accepted.
-        assert_eq!(parse_proc_locks(table, (0, 40, 1311)), [(5, true), (4242, false)]);
+        assert_eq!(
+            parse_proc_locks(table, (0, 40, 1311)),
+            [(5, true), (4242, false)]
+        );
         assert!(parse_proc_locks(table, (8, 2, 1)).is_empty());
         assert!(parse_proc_locks("garbage\n\n1: FLOCK", (8, 2, 1311)).is_empty());
     }

@@ -571,7 +571,9 @@ impl StepScalars {
             }
             ScalarPresence::AbsentMask => {
                 if mask >> 5 != 0 {
-                    return Err(format!("absent mask {mask:#04x} has reserved bits 5..=7 set"));
+                    return Err(format!(
+                        "absent mask {mask:#04x} has reserved bits 5..=7 set"
+                    ));
                 }
                 for (i, (o, v)) in out.iter_mut().zip(stored).enumerate() {
                     if mask & (1 << i) == 0 {

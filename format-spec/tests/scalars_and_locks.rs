@@ -184,7 +184,13 @@ fn corrupt_reason(bytes: &[u8], step: u64) -> String {
     let scanned = verify(&path).unwrap_err();
     for e in [&read, &scanned] {
         assert!(
-            matches!(e, FormatError::Corrupt { record_kind: "step record", .. }),
+            matches!(
+                e,
+                FormatError::Corrupt {
+                    record_kind: "step record",
+                    ..
+                }
+            ),
             "{e:?}"
         );
     }
@@ -200,7 +206,9 @@ fn a_damaged_absent_mask_or_absent_value_is_corrupt() {
     assert!(e.contains("reserved bits 5..=7"), "{e}");
     // An absent scalar (step 4's learning_rate) holding a value instead of the absent NaN.
     let e = corrupt_reason(
-        &edit_step_payload(v12, 4, |p| p[16..24].copy_from_slice(&0.01f64.to_le_bytes())),
+        &edit_step_payload(v12, 4, |p| {
+            p[16..24].copy_from_slice(&0.01f64.to_le_bytes())
+        }),
         4,
     );
     assert!(e.contains("absent scalar learning_rate"), "{e}");
@@ -208,7 +216,10 @@ fn a_damaged_absent_mask_or_absent_value_is_corrupt() {
     let e = corrupt_reason(&edit_step_payload(v12, 2, |p| p[63] = 1), 2);
     assert!(e.contains("reserved"), "{e}");
     // Without ABSENT_MASK (format 1.0) byte 62 is reserved.
-    let e = corrupt_reason(&edit_step_payload("basic_pred2.sgdw", 3, |p| p[62] = 0x08), 3);
+    let e = corrupt_reason(
+        &edit_step_payload("basic_pred2.sgdw", 3, |p| p[62] = 0x08),
+        3,
+    );
     assert!(e.contains("reserved step byte 62"), "{e}");
 }
 

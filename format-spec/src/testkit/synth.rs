@@ -300,7 +300,12 @@ pub fn nan_and_absent_scalars(step: u64) -> StepScalars {
         0 => s(Some(0.01), Some(2.3), Some(1.0), Some(0.01)),
         1 => s(Some(1e30), Some(nan), Some(nan), Some(nan)),
         2 => s(Some(1e30), Some(neg_nan), Some(f64::INFINITY), Some(-0.0)),
-        3 => s(Some(1e30), Some(signalling), Some(f64::NEG_INFINITY), Some(0.0)),
+        3 => s(
+            Some(1e30),
+            Some(signalling),
+            Some(f64::NEG_INFINITY),
+            Some(0.0),
+        ),
         4 => s(None, Some(nan), Some(1.5), Some(0.25)),
         5 => s(Some(0.01), Some(nan), None, None),
         6 => StepScalars::absent(),
