@@ -150,7 +150,7 @@ fn interpolation_ends_and_batch_loss_match_direct_evaluations() {
         }
         // `batch` at α = 0 in train mode is the recorded minibatch loss (same samples, same
         // batch statistics), up to the f32 mean libtorch computed during training.
-        let recorded = reader.step_info(t).unwrap().scalars.minibatch_loss;
+        let recorded = reader.step_info(t).unwrap().scalars.minibatch_loss.unwrap();
         let row = interp
             .iter()
             .find(|r| {
@@ -238,7 +238,7 @@ fn geometry_matches_a_direct_computation_and_epochs_are_copied() {
     assert_eq!(row.epoch, 1);
     assert_eq!(
         row.minibatch_loss,
-        Some(r.step_info(7).unwrap().scalars.minibatch_loss)
+        r.step_info(7).unwrap().scalars.minibatch_loss
     );
     // The `params` row: the same over the trainable elements only (BatchNorm buffers out).
     let layout = sgdwalk_analyzer::replay::run_description(&r, &rec)
@@ -861,6 +861,68 @@ fn nonfinite_losses_are_kept_and_counted() {
         floors
             .iter()
             .any(|f| f.shape == "nonfinite" && f.alpha_star.is_nan())
+    );
+}
+
+#[test]
+fn a_diverged_run_keeps_nan_losses_as_nan_and_only_absent_scalars_null() {
+    // Format 1.2: a NaN loss is recorded as NaN, the last state's scalars as absent; the
+    // `steps` table keeps the two apart (NaN → NaN, absent → null).
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("diverge.walk");
+    run(&synthetic_args(
+        &rec,
+        &[
+            "--lr",
+            "1e30",
+            "--max-steps",
+            "6",
+            "--augment",
+            "false",
+            "--eval-splits",
+            "",
+        ],
+    ));
+    let r = Reader::open(&rec).unwrap();
+    assert_eq!(r.steps(), &[0, 1, 2, 3, 4, 5, 6]);
+    let recorded: Vec<sgdwalk_format::StepScalars> =
+        (0..=6).map(|t| r.step_info(t).unwrap().scalars).collect();
+    assert!(
+        recorded[..6]
+            .iter()
+            .any(|s| s.minibatch_loss.is_some_and(f64::is_nan)),
+        "lr 1e30 diverges to NaN losses: {recorded:?}"
+    );
+    let out = dir.path().join("g");
+    run_analysis(&rec, &out, &["--phases", "geometry"]);
+    let mut all: Vec<StepRow> = rows::<StepRow>(&out)
+        .into_iter()
+        .filter(|r| r.layer == "all")
+        .collect();
+    all.sort_by_key(|r| r.step);
+    assert_eq!(all.len(), 7);
+    let bits = |v: Option<f64>| v.map(f64::to_bits);
+    for (row, s) in all.iter().zip(&recorded) {
+        let t = row.step;
+        // Every update's scalars are present, NaN or not; the table has them bit for bit.
+        assert_eq!(row.lr.is_none(), t == 6, "step {t}");
+        assert_eq!(row.minibatch_loss.is_none(), t == 6, "step {t}");
+        assert_eq!(row.grad_norm.is_none(), t == 6, "step {t}");
+        assert_eq!(row.recorded_update_norm.is_none(), t == 6, "step {t}");
+        assert!(row.wall_time_secs.is_some(), "step {t}");
+        assert_eq!(bits(row.lr), bits(s.learning_rate), "step {t}");
+        assert_eq!(bits(row.minibatch_loss), bits(s.minibatch_loss), "step {t}");
+        assert_eq!(bits(row.grad_norm), bits(s.grad_norm), "step {t}");
+        assert_eq!(
+            bits(row.recorded_update_norm),
+            bits(s.update_norm),
+            "step {t}"
+        );
+    }
+    assert!(
+        all.iter()
+            .any(|r| r.minibatch_loss.is_some_and(f64::is_nan)),
+        "NaN losses reach the table as NaN, not null"
     );
 }
 

@@ -156,7 +156,7 @@ fn python_reader_matches_the_rust_reader() {
             .map(|(x, y)| sq(f64::from(*y) - f64::from(*x)))
             .sum::<f64>()
             .sqrt();
-        let recorded = reader.step_info(t).unwrap().scalars.update_norm;
+        let recorded = reader.step_info(t).unwrap().scalars.update_norm.unwrap();
         // Equal up to the f32 rounding of θ_t + Δ_t (observed: 3e-8 relative).
         assert!(
             (params - recorded).abs() <= 1e-5 * recorded,

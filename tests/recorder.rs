@@ -126,11 +126,21 @@ fn tiny_fashion_mnist_run_verifies_and_records_everything() {
         ids.dedup();
         assert_eq!(ids.len(), 64);
         assert!(ids.iter().all(|&i| i < 640));
-        assert!(info.scalars.minibatch_loss.is_finite() && info.scalars.grad_norm > 0.0);
-        assert_eq!(info.scalars.learning_rate, 0.05);
+        assert!(info.scalars.minibatch_loss.unwrap().is_finite());
+        assert!(info.scalars.grad_norm.unwrap() > 0.0);
+        assert_eq!(info.scalars.learning_rate, Some(0.05));
     }
     let last = reader.step_info(20).unwrap();
-    assert!(last.sample_ids.is_empty() && last.scalars.minibatch_loss.is_nan());
+    // No update follows the last state: its update scalars are absent, its wall time is not.
+    assert!(last.sample_ids.is_empty());
+    assert_eq!(
+        last.scalars,
+        sgdwalk_format::StepScalars {
+            wall_time_secs: last.scalars.wall_time_secs,
+            ..sgdwalk_format::StepScalars::absent()
+        }
+    );
+    assert!(last.scalars.wall_time_secs.is_some_and(f64::is_finite));
     // One epoch = a permutation of the training split.
     let mut epoch0: Vec<u32> = (0..10)
         .flat_map(|t| reader.step_info(t).unwrap().sample_ids)
@@ -157,7 +167,7 @@ fn tiny_fashion_mnist_run_verifies_and_records_everything() {
             sq += (f64::from(b[i]) - f64::from(a[i])).powi(2);
         }
     }
-    let recorded = reader.step_info(3).unwrap().scalars.update_norm;
+    let recorded = reader.step_info(3).unwrap().scalars.update_norm.unwrap();
     assert!(
         (sq.sqrt() - recorded).abs() <= 1e-4 * recorded,
         "{} vs {recorded}",
@@ -234,17 +244,19 @@ fn contents(path: &Path) -> Vec<String> {
     ];
     for t in r.steps().to_vec() {
         let mut info = r.step_info(t).unwrap();
-        info.scalars.wall_time_secs = 0.0;
+        info.scalars.wall_time_secs = None;
+        let f32_bits = |v: Option<f64>| v.map(|v| (v as f32).to_bits());
         out.push(format!(
             "{t} {:?} {:?} {:?}",
             info.sample_ids,
             info.augmentation,
-            bits(&[
-                info.scalars.learning_rate as f32,
-                info.scalars.minibatch_loss as f32,
-                info.scalars.grad_norm as f32,
-                info.scalars.update_norm as f32,
-            ])
+            [
+                info.scalars.learning_rate,
+                info.scalars.minibatch_loss,
+                info.scalars.grad_norm,
+                info.scalars.update_norm,
+            ]
+            .map(f32_bits)
         ));
         out.push(format!("{:?}", bits(&r.state(t).unwrap())));
         if let Some((buf, d)) = r.resume_state(t).unwrap() {
@@ -438,7 +450,7 @@ fn every_optimizer_and_schedule_trains() {
         assert_eq!(s.updates, 24);
         let r = Reader::open(&out).unwrap();
         let lrs: Vec<f64> = (0..24)
-            .map(|t| r.step_info(t).unwrap().scalars.learning_rate)
+            .map(|t| r.step_info(t).unwrap().scalars.learning_rate.unwrap())
             .collect();
         if extra.contains(&"step:1,0.5") {
             assert_eq!((lrs[0], lrs[11], lrs[12]), (0.05, 0.05, 0.025));
@@ -554,13 +566,7 @@ fn copy_stage_pipeline_writes_device_snapshots_in_order() {
         } else {
             Snapshot::Host(s.clone())
         };
-        let scalars = StepScalars {
-            learning_rate: 0.1,
-            minibatch_loss: t as f64,
-            grad_norm: 1.0,
-            update_norm: 1.0,
-            wall_time_secs: 0.0,
-        };
+        let scalars = StepScalars::all(0.1, t as f64, 1.0, 1.0, 0.0);
         sink.send(Record::Step {
             step: t as u64,
             state,

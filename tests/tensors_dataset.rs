@@ -136,7 +136,7 @@ fn recorded_numbers(path: &Path) -> Vec<String> {
     let mut out = vec![format!("{:?}", r.epochs().unwrap())];
     for t in r.steps().to_vec() {
         let mut info = r.step_info(t).unwrap();
-        info.scalars.wall_time_secs = 0.0;
+        info.scalars.wall_time_secs = None;
         out.push(format!(
             "{t} {:?} {:?} {:?}",
             info.sample_ids, info.augmentation, info.scalars

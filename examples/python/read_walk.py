@@ -12,7 +12,7 @@ format-spec/SPEC.md, so θ_t can be loaded without Rust.
     w.tensor_names          # tensor names, in state order
     w.trainable             # {name: bool} from the run description (SPEC Appendix A), or None
     w.parameters(10)        # {name: array} of the trainable tensors only
-    w.step_info(10)         # sample ids, augmentation bytes, scalars
+    w.step_info(10)         # sample ids, augmentation bytes, scalars (None = absent, NaN = recorded NaN)
     w.metadata              # the HEADER metadata (for sgdwalk-record: the run description)
     w.verify()              # decode and check everything, as `sgdwalk-analyze verify`
 
@@ -35,6 +35,7 @@ Command line:  python3 read_walk.py FILE [--digests | --verify | --tensors | --a
 import builtins
 import hashlib
 import json
+import math
 import struct
 import sys
 
@@ -50,9 +51,12 @@ KNOWN_KINDS = {KIND_HEADER, KIND_STEP, KIND_EPOCH, KIND_RESUME, KIND_INDEX, KIND
 KIND_NAMES = {KIND_HEADER: "header record", KIND_STEP: "step record", KIND_EPOCH: "epoch record",
               KIND_RESUME: "resume record", KIND_INDEX: "index record", KIND_FOOTER: "footer record",
               KIND_ATTACHMENT: "attachment record"}
-# SPEC §3: incompat bit 0, TYPED_LAYOUT (format 1.1).
+# SPEC §3: incompat bit 0, TYPED_LAYOUT (format 1.1); bit 1, ABSENT_MASK (format 1.2): STEP byte
+# 62 marks absent scalars and NaN is a recorded value (without it NaN means absent).
 TYPED_LAYOUT = 0x01
-KNOWN_INCOMPAT = TYPED_LAYOUT
+ABSENT_MASK = 0x02
+KNOWN_INCOMPAT = TYPED_LAYOUT | ABSENT_MASK
+ABSENT_BITS = 0x7FF8_0000_0000_0000
 # SPEC §4.2: bytes per element and the numpy dtype of each layout dtype.
 DTYPE_SIZES = {"f32": 4, "f64": 8, "f16": 2, "bf16": 2, "i64": 8, "i32": 4, "i16": 2,
                "i8": 1, "u8": 1, "bool": 1}
@@ -616,12 +620,22 @@ class Walk:
     def _step_fixed(self, p, off):
         if len(p) < 72:
             raise _corrupt(off, "step record", "shorter than its fixed part")
-        (flags, count, chain, lr, loss, gnorm, unorm, wall, s, ids_codec, aug_codec, rsv, ids_len,
-         aug_len) = struct.unpack_from("<IIQ5dIBBHII", p, 0)
+        (flags, count, chain, s, ids_codec, aug_codec, mask, rsv, ids_len,
+         aug_len) = struct.unpack_from("<IIQ40xIBBBBII", p, 0)
+        bits = struct.unpack_from("<5Q", p, 16)
         if flags & ~1:
             raise _corrupt(off, "step record", f"unknown step flag bits {flags:#x}")
-        if rsv:
+        if rsv or (mask and not self.incompat & ABSENT_MASK):
             raise _corrupt(off, "step record", "reserved bytes are not zero")
+        values = struct.unpack_from("<5d", p, 16)
+        if self.incompat & ABSENT_MASK:
+            if mask & 0xE0:
+                raise _corrupt(off, "step record", f"absent mask {mask:#x} has reserved bits set")
+            if any(mask >> i & 1 and b != ABSENT_BITS for i, b in enumerate(bits)):
+                raise _corrupt(off, "step record", "an absent scalar is not the absent NaN")
+            scalars = tuple(None if mask >> i & 1 else v for i, v in enumerate(values))
+        else:
+            scalars = tuple(None if math.isnan(v) else v for v in values)
         _cap("sample ids per step", s, MAX_IDS)
         if ids_codec not in (BLOB_RAW, BLOB_SHUFFLE4_ZSTD):
             raise _corrupt(off, "step record", f"unknown sample id codec {ids_codec}")
@@ -629,7 +643,7 @@ class Walk:
             raise _corrupt(off, "step record", f"unknown augmentation codec {aug_codec}")
         if count != self.n_chunks:
             raise _corrupt(off, "step record", f"{count} chunks, the header implies {self.n_chunks}")
-        return {"keyframe": bool(flags & 1), "chain": chain, "scalars": (lr, loss, gnorm, unorm, wall),
+        return {"keyframe": bool(flags & 1), "chain": chain, "scalars": scalars,
                 "count": s, "ids_codec": ids_codec, "aug_codec": aug_codec, "ids_len": ids_len,
                 "aug_len": aug_len}
 

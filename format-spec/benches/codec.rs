@@ -69,7 +69,7 @@ fn writer_reader_round(states: &[Vec<f32>], delta: CodecId) {
             state: s,
             sample_ids: &[],
             augmentation: &[],
-            scalars: StepScalars::unavailable(),
+            scalars: StepScalars::absent(),
         })
         .expect("write");
     }

@@ -30,11 +30,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&edge)?;
 
     let mut readme = String::from(
-        "# Golden recordings, format v1 (1.0 and 1.1)\n\nWritten by `cargo run -p sgdwalk-format --example gen_fixtures` from the seeded\n\
+        "# Golden recordings, format v1 (1.0, 1.1 and 1.2)\n\nWritten by `cargo run -p sgdwalk-format --example gen_fixtures` from the seeded\n\
          generator `sgdwalk_format::testkit::synth::fixture_specs_v1` (states from `synth::sgd_trajectory`, seed\n\
          0x5eed2026). Never regenerate these files: `tests/format_golden.rs` decodes each one and compares it\n\
          with the generator's inputs, and `tests/spec_reader/` decodes them with the independent reader.\n\
-         The `typed_attachment*` files are format 1.1 (typed layout, attachments); all others are 1.0.\n\n\
+         The `typed_attachment*` files are format 1.1 (typed layout, attachments), `absent_scalars.sgdw` is 1.2\n\
+         (absent mask); all others are 1.0.\n\n\
          | file | bytes | exercises |\n|---|---:|---|\n",
     );
     for spec in fixture_specs_v1() {

@@ -3,7 +3,7 @@
 /// Format major version written by this crate. A reader refuses a larger major.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Format minor version written by this crate. Newer minors are readable.
-pub const FORMAT_MINOR: u16 = 1;
+pub const FORMAT_MINOR: u16 = 2;
 
 /// First 8 bytes of every recording, and last 8 bytes of a finished one.
 /// The 0x89 byte catches 7-bit transfers, the `\r\n`-free tail keeps it binary-looking.
@@ -74,8 +74,12 @@ pub const MAX_RESUME_LEN_ELEMENTS: u64 = MAX_STATE_LEN_ELEMENTS;
 /// Incompat feature bit 0 (format 1.1): the layout holds tensors of other dtypes than `f32`,
 /// packed into 4-byte words (SPEC.md §4.2). Set by the writer iff such a tensor exists.
 pub const INCOMPAT_TYPED_LAYOUT: u64 = 1;
+/// Incompat feature bit 1 (format 1.2): every STEP record carries an absent mask at payload
+/// byte 62, and NaN in a step scalar is a recorded value, not "absent" (SPEC.md §4.3). Set by
+/// this writer in every new file. Incompat because 1.0/1.1 readers reject a nonzero byte 62.
+pub const INCOMPAT_ABSENT_MASK: u64 = 1 << 1;
 /// Incompat feature bits this version understands.
-pub const KNOWN_INCOMPAT_FLAGS: u64 = INCOMPAT_TYPED_LAYOUT;
+pub const KNOWN_INCOMPAT_FLAGS: u64 = INCOMPAT_TYPED_LAYOUT | INCOMPAT_ABSENT_MASK;
 /// Read-only-compatible feature bits this version understands.
 pub const KNOWN_RO_COMPAT_FLAGS: u64 = 0;
 

@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use crate::lock::LockHolder;
+
 /// Everything that can go wrong while writing, reading or verifying a recording.
 ///
 /// Each "cannot read this" case has its own variant so callers (and the CLI exit codes) can tell
@@ -161,11 +163,15 @@ pub enum FormatError {
         #[source]
         source: std::io::Error,
     },
-    /// Another process holds a conflicting advisory lock on the file.
-    #[error("recording is locked by another process: {}", path.display())]
+    /// Another writer (or, for a writer truncating, any reader) holds a conflicting advisory
+    /// lock on the file (SPEC.md §9).
+    #[error("recording is in use by {}: {}", holders_text(holders), path.display())]
     Locked {
         /// File involved.
         path: Box<Path>,
+        /// The processes holding it, as far as the OS tells (Linux: `/proc/locks`); may be
+        /// empty.
+        holders: Box<[LockHolder]>,
     },
     /// A value exceeds a size cap of this implementation.
     #[error("{what} is {value}, above the cap of {cap}")]
@@ -221,7 +227,7 @@ impl FormatError {
             | E::ChainHashMismatch { path, .. }
             | E::Corrupt { path, .. }
             | E::Io { path, .. }
-            | E::Locked { path }
+            | E::Locked { path, .. }
             | E::WriterPoisoned { path } => Some(path),
             _ => None,
         };
@@ -291,6 +297,14 @@ impl FormatError {
             E::WriterPoisoned { .. } => "writer_poisoned",
         }
     }
+}
+
+fn holders_text(holders: &[LockHolder]) -> String {
+    if holders.is_empty() {
+        return "another process (a writer, or a reader while a writer truncates)".to_owned();
+    }
+    let list: Vec<String> = holders.iter().map(ToString::to_string).collect();
+    format!("another writer or reader: {}", list.join(", "))
 }
 
 /// Placeholder path for errors raised by pure decoders; replaced by `with_path`.

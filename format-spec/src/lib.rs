@@ -4,6 +4,7 @@
 pub mod codec;
 mod consts;
 mod error;
+mod lock;
 mod reader;
 pub mod records;
 mod report;
@@ -17,6 +18,7 @@ mod writer;
 
 pub use consts::*;
 pub use error::FormatError;
+pub use lock::LockHolder;
 pub use reader::Reader;
 pub use report::{CodecUsage, InspectReport, StepRange, VerifyReport, inspect, verify};
 pub use types::*;

@@ -26,7 +26,7 @@ fn map_prefix(file: &File, len_bytes: u64, path: &Path) -> Result<Mmap, FormatEr
     // SAFETY: the map is only sound while nobody shrinks the mapped range. Recordings are
     // append-only; the one operation that truncates (`Writer::reopen`) first takes an exclusive
     // advisory lock, which fails while this process holds the shared lock taken in
-    // `Reader::open`. Only bytes that existed when the length was observed are mapped.
+    // `Reader::open` (and holds it only until it has truncated). Only bytes that existed when the length was observed are mapped.
     unsafe { memmap2::MmapOptions::new().len(len).map(file) }.map_err(|e| FormatError::io(path, e))
 }
 
@@ -91,13 +91,7 @@ impl Reader {
     /// record is used and a torn tail is ignored (see [`Reader::torn_tail_bytes`]).
     pub fn open(path: &Path) -> Result<Reader, FormatError> {
         let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
-        match file.try_lock_shared() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(FormatError::Locked { path: path.into() });
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(FormatError::io(path, e)),
-        }
+        crate::lock::try_shared(&file, path)?;
         let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
         if len < PROLOGUE_ENCODED_SIZE_BYTES as u64 {
             let bytes = std::fs::read(path).map_err(|e| FormatError::io(path, e))?;
@@ -193,6 +187,7 @@ impl Reader {
             &map,
             self.opened.scan_end,
             &self.opened.header,
+            self.opened.prologue.scalar_presence(),
             &mut chain,
             &mut attachments,
             false,
@@ -356,6 +351,7 @@ impl Reader {
             payload,
             entry.record_offset,
             self.opened.header.chunk_count(),
+            self.opened.prologue.scalar_presence(),
         )
         .map_err(|e| e.with_path(&self.path))?;
         if p.fixed.chain_start_step != entry.chain_start_step

@@ -4,7 +4,8 @@
 use crate::consts::*;
 use crate::error::{FormatError, no_path};
 use crate::types::{
-    CodecId, CodecSettings, DType, EpochRecord, EvalRecord, Header, StepScalars, TensorSpec,
+    CodecId, CodecSettings, DType, EpochRecord, EvalRecord, Header, ScalarPresence, StepScalars,
+    TensorSpec,
 };
 
 /// Record kinds (the `kind` byte of a record header).
@@ -205,16 +206,23 @@ pub struct Prologue {
 
 impl Prologue {
     /// The prologue this crate writes for `header`: [`Prologue::current`] with the incompat bit
-    /// [`INCOMPAT_TYPED_LAYOUT`] set iff the layout holds a tensor that is not `f32`.
+    /// [`INCOMPAT_TYPED_LAYOUT`] set iff the layout holds a tensor that is not `f32`, and
+    /// [`INCOMPAT_ABSENT_MASK`] always (format 1.2: absent step scalars are not NaN).
     pub fn for_header(header: &Header) -> Prologue {
+        let typed = if header.has_typed_layout() {
+            INCOMPAT_TYPED_LAYOUT
+        } else {
+            0
+        };
         Prologue {
-            incompat_flags: if header.has_typed_layout() {
-                INCOMPAT_TYPED_LAYOUT
-            } else {
-                0
-            },
+            incompat_flags: typed | INCOMPAT_ABSENT_MASK,
             ..Prologue::current()
         }
+    }
+
+    /// How this file's STEP records say that a scalar is absent.
+    pub fn scalar_presence(&self) -> ScalarPresence {
+        ScalarPresence::from_incompat_flags(self.incompat_flags)
     }
 
     /// The prologue this crate writes, without feature flags.
@@ -698,7 +706,7 @@ pub struct StepFixed {
     pub chunk_count: u32,
     /// First step of the delta chain this step belongs to (the step itself for a keyframe).
     pub chain_start_step: u64,
-    /// Scalars.
+    /// Scalars (`None` = absent, stored per [`ScalarPresence`]).
     pub scalars: StepScalars,
     /// Number of sample ids.
     pub sample_count: u32,
@@ -718,7 +726,8 @@ impl StepFixed {
         self.flags & STEP_FLAG_KEYFRAME != 0
     }
 
-    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+    /// Appends the 72 bytes; `presence` is the file's (absent mask at byte 62 or NaN).
+    pub(crate) fn encode(&self, out: &mut Vec<u8>, presence: ScalarPresence) {
         let StepFixed {
             flags,
             chunk_count,
@@ -734,13 +743,15 @@ impl StepFixed {
         out.extend_from_slice(&flags.to_le_bytes());
         out.extend_from_slice(&chunk_count.to_le_bytes());
         out.extend_from_slice(&chain_start_step.to_le_bytes());
-        for v in scalars.to_array() {
+        let (values, absent_mask) = scalars.to_stored(presence);
+        for v in values {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&sample_count.to_le_bytes());
         out.push(*ids_codec);
         out.push(*aug_codec);
-        out.extend_from_slice(&[0u8; 2]);
+        out.push(absent_mask);
+        out.push(0);
         out.extend_from_slice(&ids_stored_len_bytes.to_le_bytes());
         out.extend_from_slice(&aug_stored_len_bytes.to_le_bytes());
         debug_assert_eq!(out.len() - start, STEP_FIXED_ENCODED_SIZE_BYTES);
@@ -762,8 +773,9 @@ pub struct StepPayload<'a> {
     pub chunk_data: Vec<&'a [u8]>,
 }
 
-/// Encodes a step payload from its parts.
+/// Encodes a step payload from its parts, the scalars as `presence` says.
 pub fn encode_step_payload(
+    presence: ScalarPresence,
     fixed: &StepFixed,
     chunks: &[(ChunkEntry, Vec<u8>)],
     ids: &[u8],
@@ -777,7 +789,7 @@ pub fn encode_step_payload(
             + aug.len()
             + data_len,
     );
-    fixed.encode(&mut b);
+    fixed.encode(&mut b, presence);
     for (e, _) in chunks {
         e.encode(&mut b);
     }
@@ -789,24 +801,34 @@ pub fn encode_step_payload(
     b
 }
 
-/// Parses only the fixed part of a step payload (for scanning).
-pub fn decode_step_fixed(payload: &[u8], record_offset: u64) -> Result<StepFixed, FormatError> {
+/// Parses only the fixed part of a step payload (for scanning); `presence` is the file's.
+pub fn decode_step_fixed(
+    payload: &[u8],
+    record_offset: u64,
+    presence: ScalarPresence,
+) -> Result<StepFixed, FormatError> {
     let mut c = Cursor::new(payload, record_offset, "step record");
-    decode_step_fixed_from(&mut c)
+    decode_step_fixed_from(&mut c, presence)
 }
 
-fn decode_step_fixed_from(c: &mut Cursor<'_>) -> Result<StepFixed, FormatError> {
+fn decode_step_fixed_from(
+    c: &mut Cursor<'_>,
+    presence: ScalarPresence,
+) -> Result<StepFixed, FormatError> {
     let flags = c.u32()?;
     if flags & !STEP_FLAG_KEYFRAME != 0 {
         return Err(c.err(format!("unknown step flag bits {flags:#x}")));
     }
     let chunk_count = c.u32()?;
     let chain_start_step = c.u64()?;
-    let scalars = StepScalars::from_array([c.f64()?, c.f64()?, c.f64()?, c.f64()?, c.f64()?]);
+    let values = [c.f64()?, c.f64()?, c.f64()?, c.f64()?, c.f64()?];
     let sample_count = c.u32()?;
     let ids_codec = c.u8()?;
     let aug_codec = c.u8()?;
-    c.reserved(2)?;
+    let absent_mask = c.u8()?;
+    c.reserved(1)?;
+    let scalars =
+        StepScalars::from_stored(values, absent_mask, presence).map_err(|reason| c.err(reason))?;
     let ids_stored_len_bytes = c.u32()?;
     let aug_stored_len_bytes = c.u32()?;
     cap(
@@ -833,14 +855,16 @@ fn decode_step_fixed_from(c: &mut Cursor<'_>) -> Result<StepFixed, FormatError> 
     })
 }
 
-/// Parses a whole step payload; `expected_chunks` comes from the header.
+/// Parses a whole step payload; `expected_chunks` comes from the header, `presence` from the
+/// prologue.
 pub fn decode_step_payload(
     payload: &[u8],
     record_offset: u64,
     expected_chunks: u64,
+    presence: ScalarPresence,
 ) -> Result<StepPayload<'_>, FormatError> {
     let mut c = Cursor::new(payload, record_offset, "step record");
-    let fixed = decode_step_fixed_from(&mut c)?;
+    let fixed = decode_step_fixed_from(&mut c, presence)?;
     if u64::from(fixed.chunk_count) != expected_chunks {
         return Err(c.err(format!(
             "{} chunks, the header implies {expected_chunks}",

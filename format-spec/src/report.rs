@@ -112,6 +112,7 @@ pub fn verify(path: &Path) -> Result<VerifyReport, FormatError> {
         data,
         reader.header_end(),
         &header,
+        reader.prologue().scalar_presence(),
         &mut chain,
         &mut attachments,
         true,

@@ -5,7 +5,7 @@
 use crate::consts::*;
 use crate::error::{FormatError, no_path};
 use crate::records::*;
-use crate::types::{AttachmentInfo, Header};
+use crate::types::{AttachmentInfo, Header, ScalarPresence};
 
 /// Outcome of looking at the bytes at one record offset.
 pub(crate) enum Probe<'a> {
@@ -270,6 +270,7 @@ pub(crate) fn scan_records(
     bytes: &[u8],
     start: u64,
     header: &Header,
+    presence: ScalarPresence,
     chain: &mut ChainState,
     attachments: &mut Vec<AttachmentInfo>,
     strict: bool,
@@ -307,7 +308,7 @@ pub(crate) fn scan_records(
                 };
                 match kind {
                     Some(RecordKind::Step) => {
-                        let fixed = decode_step_fixed(payload, pos)?;
+                        let fixed = decode_step_fixed(payload, pos, presence)?;
                         if u64::from(fixed.chunk_count) != chunk_count {
                             return Err(FormatError::corrupt(
                                 pos,
@@ -440,6 +441,7 @@ pub(crate) fn open_bytes(bytes: &[u8]) -> Result<Opened, FormatError> {
         bytes,
         header_end,
         &header,
+        prologue.scalar_presence(),
         &mut chain,
         &mut attachments,
         true,

@@ -424,39 +424,92 @@ fn layout_len_elements(layout: &[TensorSpec]) -> Result<u64, FormatError> {
     Ok(next_offset)
 }
 
-/// Per-step scalars. NaN means "not available".
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+/// Per-step scalars of update t. `None` means "absent" (not recorded); `Some(NaN)` is a NaN
+/// that was recorded (a diverged run's loss). Files of format 1.2 keep the two apart (an absent
+/// mask, SPEC.md §4.3); in 1.0 and 1.1 files NaN stands for "absent", so a reader returns `None`
+/// for every NaN there, and a writer continuing such a file stores `None` and `Some(NaN)` alike
+/// as NaN.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepScalars {
     /// Learning rate used by update t.
-    pub learning_rate: f64,
+    pub learning_rate: Option<f64>,
     /// Loss of minibatch B_t at θ_t.
-    pub minibatch_loss: f64,
-    /// Norm of the minibatch gradient.
-    pub grad_norm: f64,
-    /// Norm of θ_{t+1} − θ_t.
-    pub update_norm: f64,
+    pub minibatch_loss: Option<f64>,
+    /// Norm of the minibatch gradient w.r.t. the trainable parameters.
+    pub grad_norm: Option<f64>,
+    /// Norm of update t of the trainable parameters.
+    pub update_norm: Option<f64>,
     /// Seconds since the start of the run.
-    pub wall_time_secs: f64,
+    pub wall_time_secs: Option<f64>,
 }
 
-impl StepScalars {
-    /// All scalars unavailable (NaN).
-    pub fn unavailable() -> StepScalars {
-        StepScalars {
-            learning_rate: f64::NAN,
-            minibatch_loss: f64::NAN,
-            grad_norm: f64::NAN,
-            update_norm: f64::NAN,
-            wall_time_secs: f64::NAN,
+/// How a file says that a step scalar is absent (SPEC.md §4.3): decided once per file by its
+/// prologue's incompat bit [`crate::INCOMPAT_ABSENT_MASK`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScalarPresence {
+    /// Format 1.0 and 1.1 (bit clear): NaN means absent, STEP byte 62 is reserved (zero).
+    NanMeansAbsent,
+    /// Format 1.2 (bit set): STEP byte 62 is the absent mask; NaN is a recorded value.
+    AbsentMask,
+}
+
+impl ScalarPresence {
+    /// The encoding a file with these prologue incompat flags uses.
+    pub fn from_incompat_flags(incompat_flags: u64) -> ScalarPresence {
+        if incompat_flags & crate::consts::INCOMPAT_ABSENT_MASK != 0 {
+            ScalarPresence::AbsentMask
+        } else {
+            ScalarPresence::NanMeansAbsent
         }
     }
+}
 
-    /// Bitwise equality (NaN == NaN with the same payload).
-    pub fn bits_eq(&self, other: &StepScalars) -> bool {
-        self.to_array().map(f64::to_bits) == other.to_array().map(f64::to_bits)
+/// Bits of the f64 stored for an absent scalar (the canonical quiet NaN), in every version.
+pub const ABSENT_SCALAR_BITS: u64 = 0x7FF8_0000_0000_0000;
+/// Names of the step scalars in stored order (bit i of the absent mask is scalar i).
+pub const STEP_SCALAR_NAMES: [&str; 5] = [
+    "learning_rate",
+    "minibatch_loss",
+    "grad_norm",
+    "update_norm",
+    "wall_time_secs",
+];
+
+impl StepScalars {
+    /// Every scalar absent.
+    pub fn absent() -> StepScalars {
+        StepScalars::default()
     }
 
-    pub(crate) fn to_array(self) -> [f64; 5] {
+    /// Every scalar present with these values (NaN stays a value).
+    pub fn all(
+        learning_rate: f64,
+        minibatch_loss: f64,
+        grad_norm: f64,
+        update_norm: f64,
+        wall_time_secs: f64,
+    ) -> StepScalars {
+        StepScalars::from_array(
+            [
+                learning_rate,
+                minibatch_loss,
+                grad_norm,
+                update_norm,
+                wall_time_secs,
+            ]
+            .map(Some),
+        )
+    }
+
+    /// Bitwise equality: the same scalars absent, the others with the same bit patterns (NaN
+    /// equals NaN with the same payload).
+    pub fn bits_eq(&self, other: &StepScalars) -> bool {
+        let bits = |s: &StepScalars| s.to_array().map(|v| v.map(f64::to_bits));
+        bits(self) == bits(other)
+    }
+
+    /// The scalars in stored order ([`STEP_SCALAR_NAMES`]).
+    pub fn to_array(self) -> [Option<f64>; 5] {
         [
             self.learning_rate,
             self.minibatch_loss,
@@ -466,7 +519,8 @@ impl StepScalars {
         ]
     }
 
-    pub(crate) fn from_array(a: [f64; 5]) -> StepScalars {
+    /// The inverse of [`StepScalars::to_array`].
+    pub fn from_array(a: [Option<f64>; 5]) -> StepScalars {
         StepScalars {
             learning_rate: a[0],
             minibatch_loss: a[1],
@@ -475,11 +529,66 @@ impl StepScalars {
             wall_time_secs: a[4],
         }
     }
-}
 
-impl Default for StepScalars {
-    fn default() -> Self {
-        StepScalars::unavailable()
+    /// The stored values and absent mask (SPEC.md §4.3). An absent scalar is stored as
+    /// [`ABSENT_SCALAR_BITS`]; without a mask (1.0/1.1) the mask is 0 and a recorded NaN is
+    /// indistinguishable from an absent value.
+    pub(crate) fn to_stored(self, presence: ScalarPresence) -> ([f64; 5], u8) {
+        let mut mask = 0u8;
+        let values = self.to_array();
+        let mut stored = [0f64; 5];
+        for (i, v) in values.iter().enumerate() {
+            stored[i] = v.unwrap_or_else(|| {
+                mask |= 1 << i;
+                f64::from_bits(ABSENT_SCALAR_BITS)
+            });
+        }
+        match presence {
+            ScalarPresence::AbsentMask => (stored, mask),
+            ScalarPresence::NanMeansAbsent => (stored, 0),
+        }
+    }
+
+    /// The scalars from stored values and mask, validated: in a file with absent masks the
+    /// mask's bits 5..=7 are zero and an absent scalar holds [`ABSENT_SCALAR_BITS`]; without
+    /// masks NaN reads as absent. `Err` names the broken rule.
+    pub(crate) fn from_stored(
+        stored: [f64; 5],
+        mask: u8,
+        presence: ScalarPresence,
+    ) -> Result<StepScalars, String> {
+        let mut out = [None; 5];
+        match presence {
+            ScalarPresence::NanMeansAbsent => {
+                if mask != 0 {
+                    return Err(format!(
+                        "reserved step byte 62 is {mask:#04x} in a file without absent masks"
+                    ));
+                }
+                for (o, v) in out.iter_mut().zip(stored) {
+                    *o = (!v.is_nan()).then_some(v);
+                }
+            }
+            ScalarPresence::AbsentMask => {
+                if mask >> 5 != 0 {
+                    return Err(format!(
+                        "absent mask {mask:#04x} has reserved bits 5..=7 set"
+                    ));
+                }
+                for (i, (o, v)) in out.iter_mut().zip(stored).enumerate() {
+                    if mask & (1 << i) == 0 {
+                        *o = Some(v);
+                    } else if v.to_bits() != ABSENT_SCALAR_BITS {
+                        return Err(format!(
+                            "absent scalar {} holds {:#018x}, not the absent NaN {ABSENT_SCALAR_BITS:#018x}",
+                            STEP_SCALAR_NAMES[i],
+                            v.to_bits()
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(StepScalars::from_array(out))
     }
 }
 

@@ -16,8 +16,13 @@ use crate::types::*;
 
 /// Appends records to a recording. Not finishing (drop, crash) leaves a valid file without
 /// footer that [`Reader::open`] reads and [`Writer::reopen`] continues.
+///
+/// A writer holds a shared advisory lock (`flock`) on the file for its whole life, taken
+/// exclusively while [`Writer::reopen`] truncates: readers open the file while it writes, and a
+/// second [`Writer::reopen`] of the file fails with [`FormatError::Locked`] naming the holders.
 pub struct Writer {
     path: PathBuf,
+    /// Holds the writer's lock until the writer is dropped.
     file: File,
     header: Header,
     options: WriterOptions,
@@ -37,6 +42,8 @@ pub struct Writer {
     /// Format version of the file's prologue, repeated in the trailer (a reopened 1.0 file
     /// stays 1.0).
     version: (u16, u16),
+    /// How the file stores absent step scalars (a reopened 1.0/1.1 file keeps NaN).
+    presence: ScalarPresence,
 }
 
 impl std::fmt::Debug for Writer {
@@ -142,6 +149,9 @@ impl Writer {
             .create_new(true)
             .open(path)
             .map_err(|e| FormatError::io(path, e))?;
+        // Nothing to truncate in a new file: shared from the start, so a `reopen` elsewhere
+        // fails while this writer lives.
+        crate::lock::try_shared(&file, path)?;
         let prologue = Prologue::for_header(&header);
         let mut bytes = prologue.encode().to_vec();
         encode_record(RecordKind::Header, 0, NO_STEP, &header_payload, &mut bytes);
@@ -196,6 +206,7 @@ impl Writer {
             raw_bytes_total: 0,
             poisoned: false,
             version: (prologue.major, prologue.minor),
+            presence: prologue.scalar_presence(),
         })
     }
 
@@ -247,6 +258,7 @@ impl Writer {
         }
         let header = reader.header().clone();
         let version = (reader.prologue().major, reader.prologue().minor);
+        let presence = reader.prologue().scalar_presence();
         let chunk_count = header.chunk_count() as usize;
         let last_step = entries.iter().rev().find(|e| e.is_step()).map(|e| e.step);
         let mut state = Writer::rebuild_bases(&reader, last_step, chunk_count)?;
@@ -258,20 +270,21 @@ impl Writer {
             .write(true)
             .open(path)
             .map_err(|e| FormatError::io(path, e))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(FormatError::Locked { path: path.into() });
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(FormatError::io(path, e)),
-        }
+        // Exclusive while truncating (no reader may have the cut bytes mapped, no other writer
+        // may run), then shared for the writer's life: readers keep opening the file, another
+        // writer's exclusive attempt keeps failing.
+        crate::lock::try_exclusive(&file, path)?;
         let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
         if len != observed_len {
-            return Err(FormatError::Locked { path: path.into() });
+            // Another writer appended between our read and our lock (and has stopped since).
+            return Err(FormatError::Locked {
+                path: path.into(),
+                holders: Box::new([]),
+            });
         }
         file.set_len(cut).map_err(|e| FormatError::io(path, e))?;
         file.sync_all().map_err(|e| FormatError::io(path, e))?;
-        file.unlock().map_err(|e| FormatError::io(path, e))?;
+        crate::lock::downgrade(&file, path)?;
         let mut file = file;
         file.seek(SeekFrom::Start(cut))
             .map_err(|e| FormatError::io(path, e))?;
@@ -301,6 +314,7 @@ impl Writer {
             raw_bytes_total: complete_steps.saturating_mul(raw_per_state),
             poisoned: false,
             version,
+            presence,
         };
         Ok((writer, report))
     }
@@ -511,7 +525,7 @@ impl Writer {
         let parts: Vec<(ChunkEntry, Vec<u8>)> =
             chunks.iter().map(|c| (c.entry, Vec::new())).collect();
         // Assemble without copying chunk bytes twice: table first, then the data.
-        let mut payload = encode_step_payload(&fixed, &parts, &ids, &aug);
+        let mut payload = encode_step_payload(self.presence, &fixed, &parts, &ids, &aug);
         payload.reserve(chunks.iter().map(|c| c.bytes.len()).sum());
         for c in &chunks {
             payload.extend_from_slice(&c.bytes);

@@ -50,7 +50,7 @@ fn step(w: &mut Writer, t: u64, state: &[f32]) {
         state,
         sample_ids: &[],
         augmentation: &[],
-        scalars: StepScalars::unavailable(),
+        scalars: StepScalars::absent(),
     })
     .unwrap();
 }
@@ -103,8 +103,11 @@ fn typed_layout_and_attachments_round_trip_through_reopen() {
     // Unfinished: the scan finds the attachments.
     let r = Reader::open(&path).unwrap();
     assert!(!r.is_finished());
-    assert_eq!(r.prologue().minor, 1);
-    assert_eq!(r.prologue().incompat_flags, INCOMPAT_TYPED_LAYOUT);
+    assert_eq!(r.prologue().minor, 2);
+    assert_eq!(
+        r.prologue().incompat_flags,
+        INCOMPAT_TYPED_LAYOUT | INCOMPAT_ABSENT_MASK
+    );
     let names: Vec<(&str, u64)> = r
         .attachments()
         .iter()
@@ -147,7 +150,7 @@ fn typed_layout_and_attachments_round_trip_through_reopen() {
     );
     let i = inspect(&path).unwrap();
     assert_eq!(i.attachments, r.attachments());
-    assert_eq!(i.format_version, "1.1");
+    assert_eq!(i.format_version, "1.2");
 }
 
 #[test]
@@ -166,8 +169,11 @@ fn a_reader_following_a_growing_file_sees_attachments() {
     let mut w = Writer::create_with_attachments(&path, h, opts(), &[("a", b"xyz")]).unwrap();
     let mut r = Reader::open(&path).unwrap();
     assert_eq!(r.attachment("a").unwrap(), Some(&b"xyz"[..]));
-    // An all-f32 layout needs no feature bit; attachments alone make it 1.1.
-    assert_eq!((r.prologue().minor, r.prologue().incompat_flags), (1, 0));
+    // An all-f32 layout needs no TYPED_LAYOUT bit; a new file is 1.2 with ABSENT_MASK.
+    assert_eq!(
+        (r.prologue().minor, r.prologue().incompat_flags),
+        (2, INCOMPAT_ABSENT_MASK)
+    );
     step(&mut w, 0, &[0.5; 8]);
     w.finish().unwrap();
     assert!(r.refresh().unwrap());

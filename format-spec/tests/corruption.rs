@@ -145,7 +145,7 @@ fn follower_sees_steps_as_they_are_written() {
         state: &state,
         sample_ids: &[],
         augmentation: &[],
-        scalars: StepScalars::unavailable(),
+        scalars: StepScalars::absent(),
     };
     w.write_step(&input(0)).unwrap();
     w.write_step(&input(1)).unwrap();

@@ -62,7 +62,7 @@ proptest! {
         for (s, st) in steps.iter().zip(&states) {
             let ids: Vec<u32> = (0..(rng.next_u64() % 5)).map(|_| rng.next_u64() as u32).collect();
             let augb: Vec<u8> = (0..ids.len() * aug as usize).map(|_| rng.next_u64() as u8).collect();
-            w.write_step(&StepInput { step: *s, state: st, sample_ids: &ids, augmentation: &augb, scalars: StepScalars::unavailable() }).unwrap();
+            w.write_step(&StepInput { step: *s, state: st, sample_ids: &ids, augmentation: &augb, scalars: StepScalars::absent() }).unwrap();
             ids_all.push((ids, augb));
         }
         if finish { w.finish().unwrap(); } else { drop(w); }

@@ -46,8 +46,8 @@ fn write_steps(w: &mut Writer, traj: &[Vec<f32>], steps: &[u64]) {
             sample_ids: &ids,
             augmentation: &aug,
             scalars: StepScalars {
-                learning_rate: 0.1,
-                ..StepScalars::unavailable()
+                learning_rate: Some(0.1),
+                ..StepScalars::absent()
             },
         })
         .unwrap();
@@ -206,7 +206,7 @@ fn writer_rejects_bad_input() {
         state,
         sample_ids: &[],
         augmentation: &[],
-        scalars: StepScalars::unavailable(),
+        scalars: StepScalars::absent(),
     };
     w.write_step(&input(5, &[0.0; 10])).unwrap();
     assert!(matches!(
@@ -225,7 +225,7 @@ fn writer_rejects_bad_input() {
         state: &state,
         sample_ids: &[1, 2],
         augmentation: &[1],
-        scalars: StepScalars::unavailable(),
+        scalars: StepScalars::absent(),
     };
     assert!(matches!(
         w.write_step(&bad_aug),

@@ -41,13 +41,24 @@ pub enum RecordError {
     Workload(#[from] sgdwalk_workload::WorkloadError),
     /// Writing the recording failed (disk full, I/O error); every complete step so far is
     /// readable.
+    // The source is not repeated in the message: `{:#}` prints the chain once.
     #[error("writing the recording failed at step {step}")]
     Write {
         step: u64,
         #[source]
         source: sgdwalk_format::FormatError,
     },
-    /// The recording could not be opened or finished.
+    /// Writing the index, footer or trailer at the end failed (disk full, I/O error); every
+    /// step is kept and the file reads as unfinished.
+    #[error(
+        "finishing the recording (index, footer) failed; every recorded step is kept and the file reads as unfinished"
+    )]
+    Finish {
+        #[source]
+        source: sgdwalk_format::FormatError,
+    },
+    /// The recording could not be opened (another writer holds it: `Locked`, naming the file
+    /// and the process).
     #[error(transparent)]
     Format(#[from] sgdwalk_format::FormatError),
     /// The writer thread stopped unexpectedly.

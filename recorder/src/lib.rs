@@ -338,12 +338,10 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
             state: trainer.snapshot(on_cpu)?,
             sample_ids: Vec::new(),
             augmentation: Vec::new(),
+            // No update follows the last state: its update scalars are absent (not NaN).
             scalars: StepScalars {
-                learning_rate: f64::NAN,
-                minibatch_loss: f64::NAN,
-                grad_norm: f64::NAN,
-                update_norm: f64::NAN,
-                wall_time_secs: ctx.wall_time_secs(),
+                wall_time_secs: Some(ctx.wall_time_secs()),
+                ..StepScalars::absent()
             },
         })?;
     }
@@ -621,11 +619,11 @@ fn apply_and_record(
             augmentation: plan.augmentation_bytes(),
             sample_ids: plan.sample_ids,
             scalars: StepScalars {
-                learning_rate: plan.lr,
-                minibatch_loss: outcome.minibatch_loss,
-                grad_norm: outcome.grad_norm,
-                update_norm: outcome.update_norm,
-                wall_time_secs: ctx.wall_time_secs(),
+                learning_rate: Some(plan.lr),
+                minibatch_loss: Some(outcome.minibatch_loss),
+                grad_norm: Some(outcome.grad_norm),
+                update_norm: Some(outcome.update_norm),
+                wall_time_secs: Some(ctx.wall_time_secs()),
             },
         })?;
     }
@@ -769,7 +767,12 @@ fn prepare_resume(
             let (buffers, descriptor) = reader
                 .resume_state(step)?
                 .ok_or_else(|| cannot(format!("the resume state of step {step} is missing")))?;
-            let wall_secs = reader.step_info(step)?.scalars.wall_time_secs;
+            // Always recorded by sgdwalk-record; a file without it restarts the clock.
+            let wall_secs = reader
+                .step_info(step)?
+                .scalars
+                .wall_time_secs
+                .unwrap_or(0.0);
             (step, state, buffers, descriptor, wall_secs, None)
         } else {
             // Killed or stopped before its first resume point: every setting is recorded, so

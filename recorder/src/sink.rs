@@ -254,5 +254,7 @@ fn writer_loop(
                 .map_err(|source| RecordError::Write { step, source })?,
         }
     }
-    writer.finish().map_err(RecordError::Format)
+    writer
+        .finish()
+        .map_err(|source| RecordError::Finish { source })
 }

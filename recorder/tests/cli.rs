@@ -927,3 +927,101 @@ fn random_command_lines_end_with_a_status_and_a_message() {
     );
     assert!(seen.contains_key(&0) && seen.contains_key(&2), "{seen:?}");
 }
+
+#[test]
+fn disk_full_while_writing_the_index_keeps_every_step_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = tmp(&dir, "full.walk");
+    let out = tmp(&dir, "limited.walk");
+    let epochs = ["--epochs", "1"].map(String::from);
+    let mut a = base_args(&full);
+    a.extend(epochs.clone());
+    assert!(Command::new(BIN).args(&a).status().unwrap().success());
+    let r = Reader::open(&full).unwrap();
+    let steps = r.steps().to_vec();
+    // The same run writes the same records: they end where the INDEX record starts.
+    let data_end = r.entries().last().unwrap().end_offset();
+    let file_len = std::fs::metadata(&full).unwrap().len();
+    drop(r);
+    // bash's `ulimit -f` counts 1024-byte blocks: every data record fits, the index does not
+    // (or, at worst, the footer or trailer after it).
+    let blocks = data_end.div_ceil(1024);
+    assert!(
+        blocks * 1024 < file_len,
+        "index too small to cut: data {data_end}, file {file_len}"
+    );
+    let mut args = base_args(&out);
+    args.extend(epochs);
+    let script = format!("trap '' XFSZ; ulimit -f {blocks}; exec \"$0\" \"$@\"");
+    let result = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .arg(BIN)
+        .args(&args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("finishing the recording (index, footer) failed")
+            && err.contains("every recorded step is kept")
+            && err.contains(&*out.to_string_lossy()),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches(&*out.to_string_lossy()).count(),
+        1,
+        "the file is named once: {err}"
+    );
+    // Unfinished, every step there, each one bit-exact.
+    let r = Reader::open(&out).unwrap();
+    assert!(!r.is_finished());
+    assert_eq!(r.steps(), steps.as_slice());
+    assert_eq!(r.committed_len_bytes(), data_end);
+    drop(r);
+    assert_eq!(state_bits(&out), state_bits(&full));
+}
+
+#[test]
+fn a_second_resume_of_a_file_being_written_exits_2_naming_the_file_and_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tmp(&dir, "run.walk");
+    let mut args = base_args(&out);
+    args.extend(["--epochs", "50"].map(String::from));
+    let mut killed = spawn(&args);
+    wait_for_steps(&out, 10, &mut killed);
+    signal(&killed, "-KILL");
+    let _ = killed.wait();
+    let before = Reader::open(&out).unwrap().steps().len();
+
+    let mut resume = args.clone();
+    resume.push("--resume".into());
+    let mut first = spawn(&resume);
+    // Past its reopen: it appends, holding the file.
+    wait_for_steps(&out, before + 3, &mut first);
+    let second = Command::new(BIN).args(&resume).output().unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{err}");
+    assert!(err.contains("recording is in use by"), "{err}");
+    assert!(err.contains(&*out.to_string_lossy()), "{err}");
+    if cfg!(target_os = "linux") {
+        assert!(
+            err.contains(&format!("pid {} (sgdwalk-record)", first.id())),
+            "{err}"
+        );
+    }
+    // The first writer is undisturbed: it stops cleanly with a verified recording.
+    assert!(first.try_wait().unwrap().is_none(), "the first writer died");
+    signal(&first, "-TERM");
+    let output = first.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(143),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = sgdwalk_format::verify(&out).unwrap();
+    assert!(report.is_clean(), "{report}");
+    let steps = Reader::open(&out).unwrap().steps().to_vec();
+    assert_eq!(steps, (0..steps.len() as u64).collect::<Vec<_>>());
+}

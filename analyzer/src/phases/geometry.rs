@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use crate::error::AnalyzeError;
 use crate::metrics::{GeometryTracker, LayerGeometry, MetricsError, StepGeometry, TotalScope};
 use crate::phases::ItemCx;
-use crate::tables::{StepRow, nan_as_absent};
+use crate::tables::StepRow;
 
 /// The geometry rows of the item's steps.
 pub(crate) fn run(cx: &mut ItemCx<'_>) -> Result<Vec<StepRow>, AnalyzeError> {
@@ -26,6 +26,7 @@ pub(crate) fn run(cx: &mut ItemCx<'_>) -> Result<Vec<StepRow>, AnalyzeError> {
         let info = s.reader.step_info(g.step)?;
         // The epoch of update t; the last state (no update) counts to the last epoch.
         let epoch = (g.step / spe + 1).min(u64::from(s.desc.epochs.max(1))) as u32;
+        // The recorded scalars as the file has them: absent → null, a recorded NaN stays NaN.
         let sc = info.scalars;
         rows.push(StepRow {
             run_id: s.run_id.clone(),
@@ -36,11 +37,11 @@ pub(crate) fn run(cx: &mut ItemCx<'_>) -> Result<Vec<StepRow>, AnalyzeError> {
             cos_prev_update: g.total.cos_prev_update,
             dist_from_init: g.total.dist_from_init,
             param_norm: g.total.param_norm,
-            lr: nan_as_absent(sc.learning_rate),
-            minibatch_loss: nan_as_absent(sc.minibatch_loss),
-            grad_norm: nan_as_absent(sc.grad_norm),
-            recorded_update_norm: nan_as_absent(sc.update_norm),
-            wall_time_secs: nan_as_absent(sc.wall_time_secs),
+            lr: sc.learning_rate,
+            minibatch_loss: sc.minibatch_loss,
+            grad_norm: sc.grad_norm,
+            recorded_update_norm: sc.update_norm,
+            wall_time_secs: sc.wall_time_secs,
         });
         let per_layer = param_geoms
             .get(&g.step)

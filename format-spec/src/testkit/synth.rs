@@ -122,6 +122,11 @@ pub struct FixtureSpec {
     pub ids_per_step: usize,
     /// Attachments written with the header (`Writer::create_with_attachments`), format 1.1.
     pub attachments: Vec<(&'static str, Vec<u8>)>,
+    /// The format minor version the stored file has (the writer of its time).
+    pub format_minor: u16,
+    /// Step scalars from [`nan_and_absent_scalars`] (format 1.2) instead of the default
+    /// pattern.
+    pub nan_and_absent_scalars: bool,
 }
 
 const FIXTURE_SEED: u64 = 0x5eed_2026;
@@ -172,6 +177,8 @@ pub fn fixture_specs_v1() -> Vec<FixtureSpec> {
         random_bits: false,
         ids_per_step: 8,
         attachments: Vec::new(),
+        format_minor: 0,
+        nan_and_absent_scalars: false,
     };
     let eval = |epoch: u32, step: u64| EpochRecord {
         epoch,
@@ -249,6 +256,7 @@ pub fn fixture_specs_v1() -> Vec<FixtureSpec> {
             header: typed_fixture_header(),
             steps: (0..=5).collect(),
             attachments: typed_fixture_attachments(),
+            format_minor: 1,
             ..base.clone()
         },
         FixtureSpec {
@@ -259,9 +267,53 @@ pub fn fixture_specs_v1() -> Vec<FixtureSpec> {
             attachments: typed_fixture_attachments(),
             finish: false,
             cut_tail_bytes: 40,
+            format_minor: 1,
+            ..base.clone()
+        },
+        // Format 1.2: absent step scalars (incompat bit 1) apart from recorded NaNs.
+        FixtureSpec {
+            name: "absent_scalars.sgdw",
+            description: "format 1.2: incompat bit 1 ABSENT_MASK; as basic, steps 0..=7, finished; step scalars recorded as NaN (quiet, negative, signalling payload), ±inf and −0.0, and absent in every combination the absent mask holds (one scalar, several, all, all but wall_time_secs at the last step)",
+            steps: (0..=7).collect(),
+            format_minor: 2,
+            nan_and_absent_scalars: true,
             ..base
         },
     ]
+}
+
+/// The step scalars of the format 1.2 fixture: recorded NaNs of several payloads, infinities
+/// and −0.0 next to absent scalars (`None`), so a reader that confuses the two fails.
+pub fn nan_and_absent_scalars(step: u64) -> StepScalars {
+    let nan = f64::NAN;
+    let neg_nan = f64::from_bits(0xFFF8_0000_0000_0000);
+    let signalling = f64::from_bits(0x7FF0_0000_0000_0001);
+    let wall = Some(step as f64 * 0.25);
+    let s = |lr, loss, grad, upd| StepScalars {
+        learning_rate: lr,
+        minibatch_loss: loss,
+        grad_norm: grad,
+        update_norm: upd,
+        wall_time_secs: wall,
+    };
+    match step {
+        0 => s(Some(0.01), Some(2.3), Some(1.0), Some(0.01)),
+        1 => s(Some(1e30), Some(nan), Some(nan), Some(nan)),
+        2 => s(Some(1e30), Some(neg_nan), Some(f64::INFINITY), Some(-0.0)),
+        3 => s(
+            Some(1e30),
+            Some(signalling),
+            Some(f64::NEG_INFINITY),
+            Some(0.0),
+        ),
+        4 => s(None, Some(nan), Some(1.5), Some(0.25)),
+        5 => s(Some(0.01), Some(nan), None, None),
+        6 => StepScalars::absent(),
+        _ => StepScalars {
+            wall_time_secs: wall,
+            ..StepScalars::absent()
+        },
+    }
 }
 
 /// The typed layout of the format 1.1 fixtures.
@@ -380,12 +432,18 @@ pub fn fixture_inputs(spec: &FixtureSpec) -> Vec<FixtureStep> {
                 .collect();
             let augmentation: Vec<u8> =
                 (0..count * aug_per).map(|_| rng.next_u64() as u8).collect();
-            let scalars = StepScalars {
-                learning_rate: 0.01,
-                minibatch_loss: 2.3 / (1.0 + step as f64),
-                grad_norm: 1.0 + step as f64 / 8.0,
-                update_norm: if step % 3 == 0 { f64::NAN } else { 0.01 },
-                wall_time_secs: step as f64 * 0.25,
+            // The 1.0/1.1 fixtures were written with NaN for "not available", which readers
+            // return as absent.
+            let scalars = if spec.nan_and_absent_scalars {
+                nan_and_absent_scalars(step)
+            } else {
+                StepScalars {
+                    learning_rate: Some(0.01),
+                    minibatch_loss: Some(2.3 / (1.0 + step as f64)),
+                    grad_norm: Some(1.0 + step as f64 / 8.0),
+                    update_norm: (step % 3 != 0).then_some(0.01),
+                    wall_time_secs: Some(step as f64 * 0.25),
+                }
             };
             FixtureStep {
                 state,
@@ -502,11 +560,12 @@ pub fn bad_fixtures(
         bytes: b,
     });
     let mut b = basic.to_vec();
-    b[16] = 0x02;
+    // Bit 63: bits 0 and 1 became known features (1.1, 1.2); the highest bit stays unknown.
+    b[23] = 0x80;
     fix_prologue_crc(&mut b);
     out.push(BadFixture {
         name: "unknown_incompat_flag.sgdw",
-        description: "incompat flag bit 1 set (bit 0, TYPED_LAYOUT, is known since 1.1)",
+        description: "incompat flag bit 63 set (bit 0 TYPED_LAYOUT is known since 1.1, bit 1 ABSENT_MASK since 1.2)",
         bytes: b,
     });
     let mut b = basic.to_vec();
@@ -698,13 +757,14 @@ pub fn assemble(
     records: &[RawRecord],
     ending: Ending,
 ) -> Result<Vec<u8>, FormatError> {
+    let presence = prefix_presence(prefix)?;
     let mut out = prefix.to_vec();
     let mut entries = Vec::with_capacity(records.len());
     for r in records {
         let (record_offset, record_len_bytes) =
             push_record(&mut out, r.kind, r.flags, r.step, &r.payload);
         let (chain_start_step, flags) = if r.kind == RecordKind::Step as u8 {
-            let fixed = decode_step_fixed(&r.payload, record_offset)?;
+            let fixed = decode_step_fixed(&r.payload, record_offset, presence)?;
             let flags = if fixed.is_keyframe() {
                 INDEX_FLAG_KEYFRAME
             } else {
@@ -777,11 +837,23 @@ fn spec_named(name: &str) -> Result<FixtureSpec, FormatError> {
         .ok_or_else(|| FormatError::invalid_input(format!("no fixture spec {name}")))
 }
 
+/// How the STEP records after `prefix` (a prologue and HEADER record) store absent scalars.
+/// Read from the incompat flags without validating the prologue (bad fixtures break it).
+fn prefix_presence(prefix: &[u8]) -> Result<ScalarPresence, FormatError> {
+    let flags = prefix
+        .get(16..24)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| FormatError::invalid_input("prefix shorter than a prologue"))?;
+    Ok(ScalarPresence::from_incompat_flags(flags))
+}
+
 /// Re-encodes the step record of `step` among `records` with new ids and augmentation blobs
 /// (chunk table and chunk data unchanged).
 fn replace_blobs(
     records: &mut [RawRecord],
     header: &Header,
+    presence: ScalarPresence,
     step: u64,
     (ids_codec, ids): (u8, &[u8]),
     (aug_codec, aug): (u8, &[u8]),
@@ -790,7 +862,7 @@ fn replace_blobs(
         .iter_mut()
         .find(|r| r.kind == RecordKind::Step as u8 && r.step == step)
         .ok_or(FormatError::StepNotFound { step })?;
-    let p = decode_step_payload(&r.payload, 0, header.chunk_count())?;
+    let p = decode_step_payload(&r.payload, 0, header.chunk_count(), presence)?;
     let fixed = StepFixed {
         ids_codec,
         aug_codec,
@@ -804,7 +876,7 @@ fn replace_blobs(
         .zip(&p.chunk_data)
         .map(|(e, d)| (*e, d.to_vec()))
         .collect();
-    r.payload = encode_step_payload(&fixed, &chunks, ids, aug);
+    r.payload = encode_step_payload(presence, &fixed, &chunks, ids, aug);
     Ok(())
 }
 
@@ -871,6 +943,7 @@ fn crafted_bad_fixtures(basic: &[u8]) -> Result<Vec<BadFixture>, FormatError> {
     replace_blobs(
         &mut recs,
         &spec.header,
+        prefix_presence(&prefix)?,
         1,
         (BLOB_RAW, &ids),
         (BLOB_RAW, &step1.augmentation),
@@ -886,6 +959,7 @@ fn crafted_bad_fixtures(basic: &[u8]) -> Result<Vec<BadFixture>, FormatError> {
     replace_blobs(
         &mut recs,
         &spec.header,
+        prefix_presence(&prefix)?,
         1,
         (BLOB_RAW, &le_ids(&step1.sample_ids)),
         (BLOB_RAW, aug),
@@ -900,6 +974,7 @@ fn crafted_bad_fixtures(basic: &[u8]) -> Result<Vec<BadFixture>, FormatError> {
     replace_blobs(
         &mut recs,
         &spec.header,
+        prefix_presence(&prefix)?,
         23,
         (BLOB_SHUFFLE4_ZSTD, &[]),
         (BLOB_RAW, &[]),
@@ -1022,6 +1097,7 @@ pub fn edge_fixtures(basic: &[u8]) -> Result<Vec<EdgeFixture>, FormatError> {
     replace_blobs(
         &mut recs,
         &spec.header,
+        prefix_presence(&prefix)?,
         23,
         (BLOB_SHUFFLE4_ZSTD, &empty_frame),
         (BLOB_ZSTD, &empty_frame),

@@ -80,8 +80,8 @@ pub fn assert_agrees_with_the_crate(path: &Path) -> SpecFile {
             sc.update_norm,
             sc.wall_time_secs,
         ]
-        .map(f64::to_bits);
-        assert_eq!(got, s.scalars);
+        .map(|v| v.map(f64::to_bits));
+        assert_eq!(got, s.scalars, "{} step {}", path.display(), s.step);
     }
     let epochs = r.epochs().unwrap();
     assert_eq!(epochs.len(), spec.epochs.len());
@@ -212,4 +212,29 @@ fn spec_reader_reads_typed_tensors_from_their_words() {
         assert_eq!(&bytes[96..99], &flags[..]);
         assert_eq!(bytes[99], 0);
     }
+}
+
+#[test]
+fn spec_reader_tells_recorded_nan_from_absent_scalars() {
+    // §4.3: with ABSENT_MASK (format 1.2) NaN is a value and the mask marks absent scalars;
+    // without it (1.0) NaN means absent.
+    let f = parse(&std::fs::read(fixtures().join("v1/absent_scalars.sgdw")).unwrap()).unwrap();
+    assert_eq!((f.minor, f.incompat), (2, ABSENT_MASK));
+    let scalars = |t: usize| f.steps[t].scalars;
+    let nan = f64::NAN.to_bits();
+    assert_eq!(scalars(1)[1..4], [Some(nan); 3]);
+    assert_eq!(scalars(2)[1], Some(0xFFF8_0000_0000_0000));
+    assert_eq!(scalars(3)[1], Some(0x7FF0_0000_0000_0001));
+    assert_eq!(scalars(4)[0], None);
+    assert_eq!(scalars(5)[2..4], [None, None]);
+    assert_eq!(scalars(6), [None; 5]);
+    assert_eq!(scalars(7)[..4], [None; 4]);
+    assert_eq!(scalars(7)[4], Some(1.75f64.to_bits()));
+    let old = parse(&std::fs::read(fixtures().join("v1/basic_pred2.sgdw")).unwrap()).unwrap();
+    assert_eq!((old.minor, old.incompat), (0, 0));
+    assert_eq!(
+        old.steps[3].scalars[3], None,
+        "NaN update_norm of a 1.0 file is absent"
+    );
+    assert_eq!(old.steps[1].scalars[3], Some(0.01f64.to_bits()));
 }

@@ -27,6 +27,10 @@ const KIND_FOOTER: u8 = 6;
 const KIND_ATTACHMENT: u8 = 7;
 /// §3: incompat bit 0, TYPED_LAYOUT (format 1.1).
 pub const TYPED_LAYOUT: u64 = 1;
+/// §3: incompat bit 1, ABSENT_MASK (format 1.2): STEP byte 62 marks absent scalars.
+pub const ABSENT_MASK: u64 = 2;
+/// §4.3: the bits an absent scalar holds in a file with ABSENT_MASK.
+const ABSENT_BITS: u64 = 0x7FF8_0000_0000_0000;
 
 /// A bounds-checked little-endian reader; every failure is an `Err(String)`.
 struct Rd<'a> {
@@ -110,8 +114,9 @@ pub struct SpecStep {
     pub state: Vec<u32>,
     pub ids: Vec<u32>,
     pub aug: Vec<u8>,
-    /// Bit patterns of the 5 scalars.
-    pub scalars: [u64; 5],
+    /// Bit patterns of the 5 scalars, `None` where absent (§4.3: the absent mask, or NaN in a
+    /// file without ABSENT_MASK).
+    pub scalars: [Option<u64>; 5],
 }
 
 /// One tensor of the HEADER layout: name, shape, offset_elements.
@@ -595,14 +600,38 @@ fn step_record(f: &mut SpecFile, w: &mut Walk, rec: &Rec<'_>) -> Result<(), Stri
     let flags = rd.u32()?;
     let count = rd.u32()? as usize;
     let chain_start = rd.u64()?;
-    let mut scalars = [0u64; 5];
-    for s in &mut scalars {
+    let mut stored = [0u64; 5];
+    for s in &mut stored {
         *s = rd.u64()?;
     }
     let s_count = rd.u32()? as usize;
     let ids_codec = rd.u8()?;
     let aug_codec = rd.u8()?;
-    rd.zeros(2)?;
+    // §4.3: byte 62 is the absent mask with ABSENT_MASK, else reserved; byte 63 reserved.
+    let mask = rd.u8()?;
+    rd.zeros(1)?;
+    let mut scalars = [None; 5];
+    if f.incompat & ABSENT_MASK != 0 {
+        if mask & 0xE0 != 0 {
+            return Err("absent mask bits 5-7".into());
+        }
+        for (i, (out, bits)) in scalars.iter_mut().zip(stored).enumerate() {
+            if mask & (1 << i) == 0 {
+                *out = Some(bits);
+            } else if bits != ABSENT_BITS {
+                return Err(format!("absent scalar {i} is not the absent NaN"));
+            }
+        }
+    } else {
+        if mask != 0 {
+            return Err("reserved step byte 62".into());
+        }
+        for (out, bits) in scalars.iter_mut().zip(stored) {
+            if !f64::from_bits(bits).is_nan() {
+                *out = Some(bits);
+            }
+        }
+    }
     let ids_len = rd.u32()? as usize;
     let aug_len = rd.u32()? as usize;
     if flags & !1 != 0 {
@@ -703,7 +732,7 @@ pub fn parse(bytes: &[u8]) -> Result<SpecFile, String> {
     }
     rd.zeros(4)?;
     f.incompat = rd.u64()?;
-    if f.incompat & !TYPED_LAYOUT != 0 {
+    if f.incompat & !(TYPED_LAYOUT | ABSENT_MASK) != 0 {
         return Err("incompat flags".into());
     }
     rd.take(32)?;
