@@ -20,6 +20,12 @@ pub enum FormatError {
         /// The first 8 bytes found (zero-padded if the file is shorter).
         found_magic: [u8; 8],
     },
+    /// A folder (or another non-file) where a recording file was expected.
+    #[error("{} is a folder, not a recording file", path.display())]
+    NotAFile {
+        /// Path that was given.
+        path: Box<Path>,
+    },
     /// The file was written by a newer, incompatible format major version.
     #[error(
         "recording has format version {major}.{minor}, this reader supports major \
@@ -218,6 +224,7 @@ impl FormatError {
         use FormatError as E;
         let slot = match &mut self {
             E::NotARecording { path, .. }
+            | E::NotAFile { path }
             | E::NewerVersion { path, .. }
             | E::UnsupportedVersion { path, .. }
             | E::UnsupportedFeature { path, .. }
@@ -276,6 +283,7 @@ impl FormatError {
         use FormatError as E;
         match self {
             E::NotARecording { .. } => "not_a_recording",
+            E::NotAFile { .. } => "not_a_file",
             E::NewerVersion { .. } => "newer_version",
             E::UnsupportedVersion { .. } => "unsupported_version",
             E::UnsupportedFeature { .. } => "unsupported_feature",

@@ -90,6 +90,10 @@ impl Reader {
     /// Opens a recording read-only. Works on a file whose writer was killed: every complete
     /// record is used and a torn tail is ignored (see [`Reader::torn_tail_bytes`]).
     pub fn open(path: &Path) -> Result<Reader, FormatError> {
+        // Opening a folder works on Unix; mapping it then fails with an obscure "no such device".
+        if path.is_dir() {
+            return Err(FormatError::NotAFile { path: path.into() });
+        }
         let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
         crate::lock::try_shared(&file, path)?;
         let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();

@@ -164,3 +164,16 @@ fn follower_sees_steps_as_they_are_written() {
         Err(FormatError::Locked { .. })
     ));
 }
+
+/// A folder given as a recording is named as such (mapping it failed with "no such device").
+#[test]
+fn a_folder_is_not_a_recording_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for err in [
+        Reader::open(dir.path()).unwrap_err(),
+        verify(dir.path()).unwrap_err(),
+    ] {
+        assert!(matches!(err, FormatError::NotAFile { .. }), "{err}");
+        assert!(err.to_string().contains("is a folder"), "{err}");
+    }
+}

@@ -568,7 +568,7 @@ fn decoded(path: &Path) -> Vec<String> {
     ];
     for t in r.steps().to_vec() {
         let mut info = r.step_info(t).unwrap();
-        info.scalars.wall_time_secs = 0.0;
+        info.scalars.wall_time_secs = None;
         out.push(format!(
             "{t} {:?} {:?} {:?}",
             info.sample_ids,
@@ -579,7 +579,7 @@ fn decoded(path: &Path) -> Vec<String> {
                 info.scalars.grad_norm,
                 info.scalars.update_norm
             ]
-            .map(f64::to_bits)
+            .map(|v| v.map(f64::to_bits))
         ));
         let bits: Vec<u32> = r.state(t).unwrap().iter().map(|x| x.to_bits()).collect();
         out.push(format!("{bits:?}"));
