@@ -1,7 +1,8 @@
 //! `sgdwalk-analyze report` on two real Fashion-MNIST analyses: every figure in
 //! `summary.parquet` equals a direct computation on the analysis tables (read with arrow-rs,
-//! independently of the report's polars queries), verdicts follow from those numbers, the
-//! figures are PNG files, and bad inputs get named errors without losing what was computed.
+//! independently of the report's polars queries), verdicts follow from those numbers, every
+//! figure passes a reader's checks on its plan (ranges, ticks, series, text) and its PNG, SVG
+//! and data file match it, and bad inputs get named errors without losing what was computed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,10 @@ use arrow::array::{Array, Float64Array, StringArray, UInt32Array};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use sgdwalk_analyzer::dir::{AnalysisDir, DirError};
-use sgdwalk_analyzer::report::{ReportArgs, ReportError, report};
+use sgdwalk_analyzer::report::load::load_run;
+use sgdwalk_analyzer::report::plots::plan::{Axis, FigurePlan, Mark, Scale, TickKind};
+use sgdwalk_analyzer::report::plots::{plan_figures, write_data};
+use sgdwalk_analyzer::report::{ReportArgs, ReportError, RunData, report};
 use sgdwalk_analyzer::tables::{
     BarrierRow, CurvatureRow, EpochRow, FloorRow, StepRow, TableName, read_batches,
 };
@@ -242,21 +246,306 @@ fn report_numbers_equal_direct_computations_and_figures_are_drawn() {
         .unwrap();
     assert_eq!(c7.1, "not measured");
 
-    // Figures: PNG files linked from the report.
+    // Figures: PNG and SVG files linked from the report, each with its data; every figure
+    // checked as a reader would (ranges, ticks, series, text) on its plan.
+    let runs = vec![
+        load_run(&fast, THRESHOLD).unwrap(),
+        load_run(&slow, THRESHOLD).unwrap(),
+    ];
+    let plans = plan_figures(&runs, THRESHOLD);
+    let stems: Vec<&str> = plans.iter().map(|p| p.stem.as_str()).collect();
     for name in [
-        "walk-fast.png",
-        "walk-slow.png",
-        "height.png",
-        "lambda-max.png",
-        "lr-batch.png",
+        "walk-fast",
+        "walk-slow",
+        "height",
+        "barriers",
+        "lambda-max",
+        "lr-batch",
     ] {
-        let p = out.join(name);
-        let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{name}");
-        assert!(bytes.len() > 10_000, "{name}: {} bytes", bytes.len());
-        assert!(md.contains(&format!("]({name})")), "{name} not linked");
+        assert!(stems.contains(&name), "{name} not planned: {stems:?}");
+    }
+    assert_eq!(done.figures.len(), plans.len());
+    assert_eq!(done.figure_files.len(), 2 * plans.len());
+    for plan in &plans {
+        check_plan(plan);
+        check_files(plan, &out, &md);
     }
     assert_eq!(done.figures.len(), md.matches("![").count());
+    figure_cases(&runs, &plans);
+}
+
+/// Text of a figure as TeX would write it, or a flag name, instead of what a reader reads.
+fn check_text(t: &str, figure: &str) {
+    for bad in ["_{", "_t", "θ_", "d_", "λ_", "--", "\\"] {
+        assert!(!t.contains(bad), "{figure}: {bad:?} in {t:?}");
+    }
+}
+
+/// A reader's objections to an axis: a degenerate or non-finite range, missing or colliding
+/// ticks, "9999999e-5"-style labels, fractional steps, labels that do not read as their value.
+fn check_axis(a: &Axis, what: &str) {
+    check_text(&a.label, what);
+    assert!(
+        a.lo.is_finite() && a.hi.is_finite() && a.lo < a.hi,
+        "{what}: range {}..{}",
+        a.lo,
+        a.hi
+    );
+    if a.scale == Scale::Log10 {
+        assert!(a.lo > 0.0, "{what}: log axis from {}", a.lo);
+    }
+    assert!(
+        a.ticks.len() >= 2 && a.ticks.len() <= 11,
+        "{what}: {} ticks: {:?}",
+        a.ticks.len(),
+        a.ticks
+    );
+    let mut seen = std::collections::HashSet::new();
+    for t in &a.ticks {
+        assert!(a.contains(t.value), "{what}: tick {} outside", t.value);
+        assert!(
+            !t.label.is_empty() && seen.insert(t.label.clone()),
+            "{what}: {:?}",
+            a.ticks
+        );
+        assert!(
+            !t.label.contains('e') && !t.label.contains('E'),
+            "{what}: {:?}",
+            t.label
+        );
+        let readable = !t.label.contains('×') && !t.label.starts_with("10");
+        if readable || a.kind != TickKind::Log {
+            let parsed: f64 = t.label.replace('−', "-").parse().unwrap_or_else(|e| {
+                panic!("{what}: tick label {:?} is not a number: {e}", t.label)
+            });
+            let decimals = t.label.split('.').nth(1).map_or(0, str::len);
+            let unit = 10f64.powi(-(decimals as i32));
+            assert!(
+                (parsed - t.value).abs() <= 0.5 * unit + 1e-12 * t.value.abs(),
+                "{what}: label {:?} for {}",
+                t.label,
+                t.value
+            );
+        }
+    }
+    match a.kind {
+        TickKind::Integer => {
+            for t in &a.ticks {
+                assert!(
+                    t.label.parse::<i64>().is_ok() || t.label.starts_with('−'),
+                    "{what}: step tick {:?}",
+                    t.label
+                );
+            }
+        }
+        TickKind::Decimal => {
+            let decimals = |l: &str| l.split('.').nth(1).map_or(0, str::len);
+            let d0 = decimals(&a.ticks[0].label);
+            assert!(
+                a.ticks.iter().all(|t| decimals(&t.label) == d0),
+                "{what}: {:?}",
+                a.ticks
+            );
+        }
+        TickKind::Log | TickKind::Given => {
+            // Labels of neighbouring ticks on a log axis collide below a factor 1.15.
+            for w in a.ticks.windows(2) {
+                assert!(w[1].value / w[0].value >= 1.15, "{what}: {:?}", a.ticks);
+            }
+        }
+    }
+}
+
+/// Everything on a figure: readable text, the evaluation set named, the grid filled, every
+/// series with points and every point inside its panel (nothing clipped).
+fn check_plan(f: &FigurePlan) {
+    let what = f.stem.as_str();
+    for t in [&f.title, &f.subtitle, &f.caption] {
+        check_text(t, what);
+    }
+    assert!(
+        f.subtitle.contains("probe:200") && f.subtitle.contains("BatchNorm train-mode"),
+        "{what}: evaluation set not stated: {}",
+        f.subtitle
+    );
+    assert!(!f.legend.is_empty(), "{what}: no legend");
+    for e in &f.legend {
+        check_text(&e.name, what);
+    }
+    assert_eq!(f.panels.len(), f.grid.0 * f.grid.1, "{what}");
+    for p in &f.panels {
+        let what = format!("{what}/{}", p.id);
+        check_axis(&p.x, &format!("{what} x"));
+        check_axis(&p.y, &format!("{what} y"));
+        if let Some(t) = &p.title {
+            check_text(t, &what);
+        }
+        assert!(
+            p.note.is_some() || p.series.iter().any(|s| s.mark != Mark::Reference),
+            "{what}: no data and no note"
+        );
+        for s in &p.series {
+            assert!(!s.points.is_empty(), "{what}: series {} empty", s.name);
+            for &(x, y) in &s.points {
+                assert!(
+                    p.x.contains(x) && p.y.contains(y),
+                    "{what}: ({x}, {y}) of {} outside {}..{} × {}..{}",
+                    s.name,
+                    p.x.lo,
+                    p.x.hi,
+                    p.y.lo,
+                    p.y.hi
+                );
+            }
+        }
+    }
+}
+
+/// The PNG, the SVG and the data file of a figure; the data equals the points planned.
+fn check_files(f: &FigurePlan, out: &Path, md: &str) {
+    let png = std::fs::read(out.join(format!("{}.png", f.stem))).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{}", f.stem);
+    assert!(png.len() > 10_000, "{}: {} bytes", f.stem, png.len());
+    assert!(
+        md.contains(&format!("]({}.png)", f.stem)),
+        "{} not linked",
+        f.stem
+    );
+    let svg = std::fs::read_to_string(out.join(format!("{}.svg", f.stem))).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+        "{}",
+        f.stem
+    );
+    let escaped = f
+        .title
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;");
+    assert!(svg.contains(&escaped), "{}: title not in SVG", f.stem);
+
+    let back = read_batches(&out.join(format!("{}.parquet", f.stem))).unwrap();
+    let mut got: Vec<(String, String, f64, f64)> = Vec::new();
+    for b in &back.batches {
+        let text = |name: &str| {
+            let c = cast(b.column_by_name(name).unwrap(), &DataType::Utf8).unwrap();
+            let c = c.as_any().downcast_ref::<StringArray>().unwrap().clone();
+            (0..c.len())
+                .map(|i| c.value(i).to_string())
+                .collect::<Vec<_>>()
+        };
+        let num = |name: &str| {
+            let c = b.column_by_name(name).unwrap();
+            c.as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        };
+        let (panel, series, x, y) = (text("panel"), text("series"), num("x"), num("y"));
+        for i in 0..b.num_rows() {
+            got.push((panel[i].clone(), series[i].clone(), x[i], y[i]));
+        }
+    }
+    let want: Vec<(String, String, f64, f64)> = f
+        .panels
+        .iter()
+        .flat_map(|p| {
+            p.series.iter().flat_map(move |s| {
+                s.points
+                    .iter()
+                    .map(move |&(x, y)| (p.id.clone(), s.name.clone(), x, y))
+            })
+        })
+        .collect();
+    assert_eq!(got, want, "{}: data file differs from the figure", f.stem);
+}
+
+/// The cases the issue named, on these runs and on edited copies of them.
+fn figure_cases(runs: &[RunData], plans: &[FigurePlan]) {
+    let plan = |stem: &str| plans.iter().find(|p| p.stem == stem).unwrap();
+    // Every step analyzed: the height is a curve per run over both epochs, not one dot.
+    let h = &plan("height").panels[0];
+    assert_eq!(h.series.len(), 2);
+    for s in &h.series {
+        assert!(s.points.len() >= 10, "{}: {:?}", s.name, s.points);
+        let (first, last) = (s.points[0].0, s.points[s.points.len() - 1].0);
+        assert!(
+            first < 0.2 && last > 1.8,
+            "{}: epochs {first}..{last}",
+            s.name
+        );
+    }
+    // A log axis only spans what the data spans (not 6 decades by force).
+    if h.y.scale == Scale::Log10 {
+        let v: Vec<f64> = h
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1))
+            .collect();
+        let ratio =
+            v.iter().copied().fold(0.0, f64::max) / v.iter().copied().fold(f64::MAX, f64::min);
+        assert!(h.y.hi / h.y.lo <= ratio.powf(1.1) * 1.6, "{:?}", h.y);
+    }
+    // Walk panels count steps in whole numbers.
+    for p in &plan("walk-fast").panels {
+        assert_eq!(p.x.kind, TickKind::Integer, "{}", p.id);
+    }
+
+    // Every barrier 0: the figure says so and 0 is inside the axis, not on its edge.
+    let mut zero = runs.to_vec();
+    for r in &mut zero {
+        r.floor_barriers.iter_mut().for_each(|b| b.2 = 0.0);
+    }
+    let zplans = plan_figures(&zero, THRESHOLD);
+    let b = zplans.iter().find(|p| p.stem == "barriers").unwrap();
+    check_plan(b);
+    let note = b.panels[0].note.as_deref().unwrap_or_default();
+    assert!(note.contains("every barrier is 0"), "{note:?}");
+    assert!(b.panels[0].y.lo < 0.0 && b.panels[0].y.hi > THRESHOLD);
+    assert!(
+        plan("barriers").panels[0]
+            .note
+            .as_deref()
+            .is_none_or(|n| !n.contains("every barrier"))
+            || runs
+                .iter()
+                .all(|r| r.floor_barriers.iter().all(|b| b.2 == 0.0))
+    );
+
+    // Two measurements of one step: one point, their mean, x strictly increasing.
+    let mut twice = runs.to_vec();
+    let first = twice[0].curvature[0];
+    twice[0]
+        .curvature
+        .push(sgdwalk_analyzer::report::load::CurvPoint {
+            lambda_max: first.lambda_max + 2.0,
+            ..first
+        });
+    let lp = plan_figures(&twice, THRESHOLD);
+    let l = lp.iter().find(|p| p.stem == "lambda-max").unwrap();
+    check_plan(l);
+    let s = &l.panels[0].series[0];
+    assert_eq!(s.points.len(), runs[0].curvature.len());
+    assert!(
+        s.points.windows(2).all(|w| w[0].0 < w[1].0),
+        "{:?}",
+        s.points
+    );
+    assert!((s.points[0].1 - (first.lambda_max + 1.0)).abs() < 1e-9);
+
+    // A figure's data file is written from its plan alone.
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = write_data(l, &tmp.path().join("l.parquet")).unwrap();
+    assert_eq!(
+        rows,
+        l.panels
+            .iter()
+            .map(|p| p.series.iter().map(|s| s.points.len()).sum::<usize>())
+            .sum::<usize>()
+    );
 }
 
 #[test]

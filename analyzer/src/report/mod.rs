@@ -1,6 +1,6 @@
 //! `sgdwalk-analyze report`: reads the tables of one or more analyses with polars (lazy
 //! queries), restates each claim of *A Walk with SGD* with the measured numbers and a verdict,
-//! and writes `report.md`, `summary.parquet` and PNG figures.
+//! and writes `report.md`, `summary.parquet` and figures (PNG, SVG and their data as Parquet).
 //!
 //! Built with the cargo feature `report` (on by default): polars and plotters are compiled only
 //! for it, so analysis-only builds (`--no-default-features`) leave them out.
@@ -11,7 +11,8 @@
 //!   that decides each verdict, and the function that measures it.
 //! - [`markdown`]: `report.md`, rendered from the assessed claims and the runs.
 //! - [`summary`]: `summary.parquet`, every aggregate as one tidy table.
-//! - [`plots`]: the figures (plotters, bitmap back end, a TrueType font read from disk).
+//! - [`plots`]: the figures, planned as data then drawn (plotters: PNG with a TrueType font
+//!   read from disk, and SVG), each with its points as Parquet.
 
 pub mod claims;
 pub mod load;
@@ -88,7 +89,8 @@ pub struct ReportArgs {
     /// Analysis folders (outputs of `sgdwalk-analyze analyze`), one per run.
     #[arg(required = true)]
     pub analyses: Vec<PathBuf>,
-    /// Output folder for report.md, summary.parquet and the figures.
+    /// Output folder for report.md, summary.parquet and the figures (each as PNG and SVG, with
+    /// the points drawn as <figure>.parquet).
     #[arg(long, short = 'o')]
     pub out: PathBuf,
     /// A Markdown file placed at the top of the report (how and where the runs were made).
@@ -116,7 +118,10 @@ pub struct ReportSummary {
     pub report: String,
     pub summary_parquet: String,
     pub summary_rows: usize,
+    /// The PNG figures, linked from report.md.
     pub figures: Vec<String>,
+    /// Beside each PNG: the same figure as SVG and its points as Parquet.
+    pub figure_files: Vec<String>,
     pub verdicts: Vec<(String, String)>,
 }
 
@@ -133,6 +138,11 @@ impl fmt::Display for ReportSummary {
         )?;
         if !self.figures.is_empty() {
             writeln!(f, "figures: {}", self.figures.join(", "))?;
+            writeln!(
+                f,
+                "figures as SVG and their data: {}",
+                self.figure_files.join(", ")
+            )?;
         }
         Ok(())
     }
@@ -174,7 +184,7 @@ pub fn report(args: &ReportArgs) -> Result<ReportSummary, ReportError> {
     let figures_planned = if args.no_plots {
         Vec::new()
     } else {
-        plots::planned(&runs)
+        plots::planned(&runs, args.barrier_threshold)
     };
     let report_md = markdown::markdown(
         &runs,
@@ -191,12 +201,17 @@ pub fn report(args: &ReportArgs) -> Result<ReportSummary, ReportError> {
         let font = plots::load_font(args.font.as_deref())?;
         plots::draw_all(&runs, &args.out, font, args.barrier_threshold)?
     };
+    let show = |p: &PathBuf| p.display().to_string();
     Ok(ReportSummary {
         runs: runs.iter().map(|r| r.label.clone()).collect(),
         report: report_path.display().to_string(),
         summary_parquet: summary_path.display().to_string(),
         summary_rows,
-        figures: figures.iter().map(|p| p.display().to_string()).collect(),
+        figures: figures.iter().map(|f| show(&f.png)).collect(),
+        figure_files: figures
+            .iter()
+            .flat_map(|f| [show(&f.svg), show(&f.data)])
+            .collect(),
         verdicts: assessed
             .iter()
             .map(|c| (c.claim.to_string(), c.verdict.to_string()))

@@ -1,19 +1,29 @@
-//! The report's figures, drawn with plotters into PNG files. Text needs a TrueType font, read
-//! from disk once (no system font library is linked).
+//! The report's figures. Each is planned as plain data first ([`plan::FigurePlan`]: panels,
+//! axis ranges, tick labels, series, legend, caption; [`figures`] decides what each figure
+//! shows), then drawn from the plan with plotters as `<figure>.png` (text in a TrueType font
+//! read from disk once; no system font library is linked) and `<figure>.svg`, and the points
+//! drawn are written beside as `<figure>.parquet` (panel, series, x, y, x_label, y_label) for
+//! redrawing in another style.
+
+pub mod figures;
+pub mod plan;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use plotters::coord::Shift;
+use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint, Ranged};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use polars::prelude::*;
 
+use self::plan::{Axis, FigurePlan, LegendEntry, Mark, Panel};
 use super::ReportError;
-use super::claims::{final_lambda, late_height};
-use super::load::{RunData, RunKind};
+use super::load::RunData;
+
+pub use self::figures::plan_figures;
 
 const FONT: &str = "sans-serif";
-/// Steps shown in one walk panel: the paper's figures show 50 iterations.
-const WALK_STEPS: usize = 50;
 
 /// Font files tried in order when `--font` is not given.
 const FONT_CANDIDATES: &[&str] = &[
@@ -77,90 +87,21 @@ pub fn load_font(explicit: Option<&Path>) -> Result<FontLoaded, ReportError> {
     Err(no_font(&tried))
 }
 
-#[derive(Debug, Clone)]
-enum Kind {
-    Walk(usize),
-    Height,
-    Barriers,
-    LambdaMax,
-    LrBatch,
-}
-
-struct Figure {
-    file: String,
-    caption: String,
-    kind: Kind,
-}
-
-fn safe_name(label: &str) -> String {
-    label
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-fn figures(runs: &[RunData]) -> Vec<Figure> {
-    let mut v = Vec::new();
-    for (i, r) in runs.iter().enumerate() {
-        if !r.interp.is_empty() || !r.geometry.is_empty() {
-            v.push(Figure {
-                file: format!("walk-{}.png", safe_name(&r.label)),
-                caption: format!(
-                    "{}: loss along consecutive steps (floors marked), cos(d_{{t−1}}, d_t) and ‖θ_t − θ_0‖, first and last analyzed steps",
-                    r.label
-                ),
-                kind: Kind::Walk(i),
-            });
-        }
-    }
-    if runs.iter().any(|r| !r.floors.is_empty()) {
-        v.push(Figure {
-            file: "height.png".into(),
-            caption:
-                "Height of θ_t above its step's valley floor (mean per window of consecutive steps)"
-                    .into(),
-            kind: Kind::Height,
-        });
-    }
-    if runs.iter().any(|r| !r.floor_barriers.is_empty()) {
-        v.push(Figure {
-            file: "barriers.png".into(),
-            caption: "Barriers along the valley floor v_t → v_{t+k}, relative to the higher end; \
-                      the line is the threshold above which a segment counts as having one"
-                .into(),
-            kind: Kind::Barriers,
-        });
-    }
-    if runs.iter().any(|r| !r.curvature.is_empty()) {
-        v.push(Figure {
-            file: "lambda-max.png".into(),
-            caption: "Top Hessian eigenvalue λ_max over training".into(),
-            kind: Kind::LambdaMax,
-        });
-    }
-    let sgd = runs.iter().filter(|r| r.kind == RunKind::Sgd).count();
-    if sgd >= 2 {
-        v.push(Figure {
-            file: "lr-batch.png".into(),
-            caption: "Learning rate and batch size: distance travelled, height above the floor, λ_max, test accuracy".into(),
-            kind: Kind::LrBatch,
-        });
-    }
-    v
-}
-
-/// The figures `draw_all` will write, as (file name, caption), for the report's links.
-pub fn planned(runs: &[RunData]) -> Vec<(String, String)> {
-    figures(runs)
+/// The figures `draw_all` will write, as (PNG file name, caption), for the report's links.
+pub fn planned(runs: &[RunData], barrier_threshold: f64) -> Vec<(String, String)> {
+    plan_figures(runs, barrier_threshold)
         .into_iter()
-        .map(|f| (f.file, f.caption))
+        .map(|f| (format!("{}.png", f.stem), f.caption))
         .collect()
+}
+
+/// The files of one figure.
+#[derive(Debug, Clone)]
+pub struct DrawnFigure {
+    pub png: PathBuf,
+    pub svg: PathBuf,
+    /// The points drawn, long format (see [`write_data`]).
+    pub data: PathBuf,
 }
 
 fn plot_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> ReportError + '_ {
@@ -170,53 +111,80 @@ fn plot_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> ReportError + '_ 
     }
 }
 
-type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
-
-/// Draws every figure into `out`; returns the files written.
+/// Draws every figure into `out` as PNG and SVG, with its data as Parquet.
 pub fn draw_all(
     runs: &[RunData],
     out: &Path,
     _font: FontLoaded,
     barrier_threshold: f64,
-) -> Result<Vec<PathBuf>, ReportError> {
+) -> Result<Vec<DrawnFigure>, ReportError> {
     let mut written = Vec::new();
-    for f in figures(runs) {
-        let path = out.join(&f.file);
-        let for_err = path.clone();
-        let err = plot_err(&for_err);
-        let size = match f.kind {
-            Kind::Walk(_) => (1400, 900),
-            Kind::LrBatch => (1200, 900),
-            _ => (1200, 520),
-        };
+    for plan in plan_figures(runs, barrier_threshold) {
+        let png = out.join(format!("{}.png", plan.stem));
+        let svg = out.join(format!("{}.svg", plan.stem));
+        let data = out.join(format!("{}.parquet", plan.stem));
         {
-            let root = BitMapBackend::new(&path, size).into_drawing_area();
-            root.fill(&WHITE).map_err(|e| err(&e))?;
-            match f.kind {
-                Kind::Walk(i) => walk(&root, &runs[i]),
-                Kind::Height => height(&root, runs),
-                Kind::Barriers => barriers(&root, runs, barrier_threshold),
-                Kind::LambdaMax => lambda_max(&root, runs),
-                Kind::LrBatch => lr_batch(&root, runs),
-            }
-            .map_err(|e| err(&e))?;
+            let err = plot_err(&png);
+            let root = BitMapBackend::new(&png, plan.size).into_drawing_area();
+            draw_plan(&root, &plan).map_err(|e| err(&e))?;
             root.present().map_err(|e| err(&e))?;
         }
-        written.push(path);
+        {
+            let err = plot_err(&svg);
+            let root = SVGBackend::new(&svg, plan.size).into_drawing_area();
+            draw_plan(&root, &plan).map_err(|e| err(&e))?;
+            root.present().map_err(|e| err(&e))?;
+        }
+        write_data(&plan, &data)?;
+        written.push(DrawnFigure { png, svg, data });
     }
     Ok(written)
 }
 
+/// Writes the points of every series of `plan` as one long table: panel, series, x, y (in
+/// data units, also on log axes) and the axis labels of the panel.
+pub fn write_data(plan: &FigurePlan, path: &Path) -> Result<usize, ReportError> {
+    let (mut panel, mut series, mut x, mut y, mut xl, mut yl) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for p in &plan.panels {
+        for s in &p.series {
+            for &(px, py) in &s.points {
+                panel.push(p.id.as_str());
+                series.push(s.name.as_str());
+                x.push(px);
+                y.push(py);
+                xl.push(p.x.label.as_str());
+                yl.push(p.y.label.as_str());
+            }
+        }
+    }
+    let rows = x.len();
+    let columns = vec![
+        Column::new("panel".into(), panel),
+        Column::new("series".into(), series),
+        Column::new("x".into(), x),
+        Column::new("y".into(), y),
+        Column::new("x_label".into(), xl),
+        Column::new("y_label".into(), yl),
+    ];
+    let bad = |e: PolarsError| ReportError::BadFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut df = DataFrame::new(rows, columns).map_err(bad)?;
+    let mut bytes = Vec::new();
+    ParquetWriter::new(&mut bytes)
+        .with_compression(ParquetCompression::Zstd(None))
+        .finish(&mut df)
+        .map_err(bad)?;
+    super::write_atomic(path, &bytes)?;
+    Ok(rows)
+}
+
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
-/// One run's points in a panel: (colour index, run, points).
-type Series<'r> = (usize, &'r RunData, Vec<(f64, f64)>);
-
-/// A per-run number of the learning-rate comparison, with its title.
-type Metric = (&'static str, Box<dyn Fn(&RunData) -> Option<f64>>);
-
+/// Palette index to colour: distinguishable on white, in a fixed order.
 fn color(i: usize) -> RGBColor {
-    // Distinguishable on white, in a fixed order.
     const C: [RGBColor; 10] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
@@ -232,425 +200,243 @@ fn color(i: usize) -> RGBColor {
     C[i % C.len()]
 }
 
-/// Finite range with a margin; a flat or empty series gets a unit range.
-fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-    for v in values.filter(|v| v.is_finite()) {
-        lo = lo.min(v);
-        hi = hi.max(v);
+const REFERENCE_GREY: RGBColor = RGBColor(110, 110, 110);
+
+fn text_style(size: u32, c: RGBColor) -> TextStyle<'static> {
+    TextStyle {
+        color: c.to_backend_color(),
+        ..TextStyle::from((FONT, size).into_font())
     }
-    if !lo.is_finite() {
-        return (0.0, 1.0);
-    }
-    let pad = if hi > lo {
-        0.05 * (hi - lo)
-    } else {
-        0.5_f64.max(lo.abs() * 0.05)
-    };
-    (lo - pad, hi + pad)
 }
 
-/// Maximal runs of consecutive steps among `steps` (sorted).
-fn consecutive_runs(steps: &[u64]) -> Vec<(u64, u64)> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for &s in steps {
-        match out.last_mut() {
-            Some((_, hi)) if *hi + 1 == s => *hi = s,
-            _ => out.push((s, s)),
+/// A linear coordinate in drawing units (log10 already applied on log axes) whose ticks are
+/// exactly the plan's: plotters' own tick choice is what produced "9999999e-5".
+struct Ticked {
+    lo: f64,
+    hi: f64,
+    ticks: Vec<f64>,
+}
+
+impl Ticked {
+    fn of(a: &Axis) -> Ticked {
+        Ticked {
+            lo: a.map(a.lo),
+            hi: a.map(a.hi),
+            ticks: a.ticks.iter().map(|t| a.map(t.value)).collect(),
         }
     }
-    out
 }
 
-fn walk(root: &Area<'_>, r: &RunData) -> DrawResult {
-    let (title, body) = root.split_vertically(40);
-    title.titled(
-        &format!(
-            "{} — {} on {}, lr {}, batch {} ({}, {} BatchNorm)",
-            r.label,
-            r.model,
-            r.dataset,
-            r.lr,
-            r.batch_label(),
-            r.eval_set,
-            r.bn_policy
-        ),
-        (FONT, 20),
-    )?;
-    let mut steps: Vec<u64> = r.interp.iter().map(|p| p.0).collect();
-    steps.dedup();
-    if steps.is_empty() {
-        steps = r.geometry.iter().map(|g| g.step).collect();
-    }
-    let runs = consecutive_runs(&steps);
-    let mut windows: Vec<(u64, u64)> = Vec::new();
-    if let Some(&(lo, hi)) = runs.first() {
-        windows.push((lo, hi.min(lo + WALK_STEPS as u64 - 1)));
-    }
-    if let Some(&(lo, hi)) = runs.last() {
-        let w = (hi.saturating_sub(WALK_STEPS as u64 - 1).max(lo), hi);
-        if windows.first() != Some(&w) {
-            windows.push(w);
-        }
-    }
-    let cols = body.split_evenly((3, windows.len().max(1)));
-    for (c, &(lo, hi)) in windows.iter().enumerate() {
-        let x_range = lo as f64..(hi + 1) as f64;
-        let n = windows.len();
-        // Loss along the steps, concatenated.
-        let pts: Vec<(f64, f64)> = r
-            .interp
-            .iter()
-            .filter(|p| (lo..=hi).contains(&p.0) && (0.0..=1.0).contains(&p.1))
-            .map(|p| (p.0 as f64 + p.1, p.2))
-            .collect();
-        let floors: Vec<(f64, f64)> = r
-            .floors
-            .iter()
-            .filter(|f| (lo..=hi).contains(&f.step))
-            .map(|f| (f.step as f64 + f.alpha_star, f.loss_at_floor))
-            .collect();
-        let (y0, y1) = range(pts.iter().chain(&floors).map(|p| p.1));
-        let mut ch = ChartBuilder::on(&cols[c])
-            .margin(8)
-            .x_label_area_size(30)
-            .y_label_area_size(60)
-            .caption(
-                if r.batch_size.is_some() {
-                    format!(
-                        "steps {lo}–{} (epoch {})",
-                        hi + 1,
-                        lo / r.steps_per_epoch.max(1) + 1
-                    )
-                } else {
-                    format!("steps {lo}–{} (full batch)", hi + 1)
-                },
-                (FONT, 16),
-            )
-            .build_cartesian_2d(x_range.clone(), y0..y1)?;
-        ch.configure_mesh()
-            .light_line_style(TRANSPARENT)
-            .y_desc(format!("loss ({})", r.eval_set))
-            .x_desc("step t + α")
-            .label_style((FONT, 12))
-            .draw()?;
-        ch.draw_series(LineSeries::new(pts, &color(0)))?
-            .label("L(θ_t + α d_t)")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color(0)));
-        ch.draw_series(
-            floors
-                .iter()
-                .map(|&(x, y)| Circle::new((x, y), 3, color(3).filled())),
-        )?
-        .label("valley floor")
-        .legend(|(x, y)| Circle::new((x + 9, y), 3, color(3).filled()));
-        if c + 1 == n {
-            ch.configure_series_labels()
-                .label_font((FONT, 12))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()?;
-        }
-        // cos between consecutive updates.
-        let cos: Vec<(f64, f64)> = r
-            .geometry
-            .iter()
-            .filter(|g| (lo..=hi).contains(&g.step))
-            .filter_map(|g| g.cos.map(|v| (g.step as f64, v)))
-            .collect();
-        let mut ch = ChartBuilder::on(&cols[n + c])
-            .margin(8)
-            .x_label_area_size(30)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x_range.clone(), -1.0..1.0)?;
-        ch.configure_mesh()
-            .light_line_style(TRANSPARENT)
-            .y_desc("cos(d_{t−1}, d_t)")
-            .x_desc("step t")
-            .label_style((FONT, 12))
-            .draw()?;
-        ch.draw_series(LineSeries::new(
-            [(x_range.start, 0.0), (x_range.end, 0.0)],
-            BLACK.mix(0.4),
-        ))?;
-        ch.draw_series(LineSeries::new(cos.clone(), &color(1)))?;
-        ch.draw_series(cos.iter().map(|&p| Circle::new(p, 2, color(1).filled())))?;
-        // Distance from initialization.
-        let dist: Vec<(f64, f64)> = r
-            .geometry
-            .iter()
-            .filter(|g| (lo..=hi + 1).contains(&g.step))
-            .filter_map(|g| g.dist.map(|v| (g.step as f64, v)))
-            .collect();
-        let (d0, d1) = range(dist.iter().map(|p| p.1));
-        let mut ch = ChartBuilder::on(&cols[2 * n + c])
-            .margin(8)
-            .x_label_area_size(30)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x_range, d0..d1)?;
-        ch.configure_mesh()
-            .light_line_style(TRANSPARENT)
-            .y_desc("‖θ_t − θ_0‖")
-            .x_desc("step t")
-            .label_style((FONT, 12))
-            .draw()?;
-        ch.draw_series(LineSeries::new(dist, &color(2)))?;
-    }
-    Ok(())
-}
+impl Ranged for Ticked {
+    // Labels come from the mesh's formatters; this only satisfies plotters' bounds.
+    type FormatOption = DefaultFormatting;
+    type ValueType = f64;
 
-/// x position of a step: epochs for minibatch runs, steps for full-batch runs.
-fn epoch_x(r: &RunData, step: u64) -> f64 {
-    step as f64 / r.steps_per_epoch.max(1) as f64
-}
-
-/// Splits runs into minibatch and full-batch panels (x in epochs vs steps).
-fn panels(runs: &[RunData]) -> Vec<(&'static str, Vec<(usize, &RunData)>)> {
-    let mb: Vec<(usize, &RunData)> = runs
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.batch_size.is_some())
-        .collect();
-    let gd: Vec<(usize, &RunData)> = runs
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.batch_size.is_none())
-        .collect();
-    let mut v = Vec::new();
-    if !mb.is_empty() {
-        v.push(("epoch", mb));
+    fn map(&self, v: &f64, limit: (i32, i32)) -> i32 {
+        let frac = (v - self.lo) / (self.hi - self.lo);
+        limit.0 + (f64::from(limit.1 - limit.0) * frac).round() as i32
     }
-    if !gd.is_empty() {
-        v.push(("step (full-batch)", gd));
-    }
-    v
-}
 
-/// How [`series_panels`] draws: points only (no lines), log y axis, a labelled horizontal line.
-#[derive(Clone, Copy)]
-struct Style<'a> {
-    points_only: bool,
-    log_y: bool,
-    hline: Option<(f64, &'a str)>,
-}
-
-fn series_panels(
-    root: &Area<'_>,
-    runs: &[RunData],
-    title: &str,
-    y_desc: &str,
-    series: impl Fn(&RunData) -> Vec<(f64, f64)>,
-    style: Style<'_>,
-) -> DrawResult {
-    let Style {
-        points_only,
-        log_y,
-        hline,
-    } = style;
-    let (t, body) = root.split_vertically(36);
-    t.titled(title, (FONT, 20))?;
-    let p = panels(runs);
-    let areas = body.split_evenly((1, p.len().max(1)));
-    for (area, (x_desc, rs)) in areas.iter().zip(&p) {
-        let data: Vec<Series<'_>> = rs
-            .iter()
-            .map(|(i, r)| {
-                let mut s = series(r);
-                if log_y {
-                    s.retain(|q| q.1 > 0.0);
-                }
-                (*i, *r, s)
-            })
-            .filter(|d| !d.2.is_empty())
-            .collect();
-        let (x0, x1) = range(data.iter().flat_map(|d| d.2.iter().map(|q| q.0)));
-        let (y0, y1) = range(
-            data.iter()
-                .flat_map(|d| d.2.iter().map(|q| q.1))
-                .chain(hline.map(|h| h.0)),
-        );
-        let mut b = ChartBuilder::on(area);
-        b.margin(10).x_label_area_size(35).y_label_area_size(65);
-        // The two coordinate types differ in type, not in what is drawn on them.
-        macro_rules! draw {
-            ($ch:expr) => {{
-                let mut ch = $ch;
-                ch.configure_mesh()
-                    .light_line_style(TRANSPARENT)
-                    .x_desc(*x_desc)
-                    .y_desc(y_desc)
-                    .label_style((FONT, 12))
-                    .draw()?;
-                for (i, r, s) in &data {
-                    let c = color(*i);
-                    if !points_only {
-                        ch.draw_series(LineSeries::new(s.clone(), c.stroke_width(2)))?;
-                    }
-                    ch.draw_series(s.iter().map(|&q| Circle::new(q, 3, c.filled())))?
-                        .label(r.label.clone())
-                        .legend(move |(x, y)| Circle::new((x + 9, y), 3, c.filled()));
-                }
-                if let Some((h, name)) = hline {
-                    let grey = BLACK.mix(0.5);
-                    ch.draw_series(LineSeries::new([(x0, h), (x1, h)], grey.stroke_width(2)))?
-                        .label(name)
-                        .legend(move |(x, y)| {
-                            PathElement::new(vec![(x, y), (x + 18, y)], grey.stroke_width(2))
-                        });
-                }
-                ch.configure_series_labels()
-                    .label_font((FONT, 11))
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK)
-                    .draw()?;
-            }};
-        }
-        if log_y {
-            let y0 = y0.max(y1 * 1e-6).max(f64::MIN_POSITIVE);
-            draw!(b.build_cartesian_2d(x0..x1, (y0..y1).log_scale())?);
+    fn key_points<H: KeyPointHint>(&self, hint: H) -> Vec<f64> {
+        if hint.weight().allow_light_points() {
+            Vec::new()
         } else {
-            draw!(b.build_cartesian_2d(x0..x1, y0..y1)?);
+            self.ticks.clone()
+        }
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.lo..self.hi
+    }
+}
+
+/// Title, subtitle and legend above the panels; the panels below.
+fn draw_plan<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, plan: &FigurePlan) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE)?;
+    let (w, _) = root.dim_in_pixel();
+    let title = text_style(22, BLACK);
+    let sub = text_style(14, RGBColor(70, 70, 70));
+    let center = Pos::new(HPos::Center, VPos::Top);
+    root.draw_text(&plan.title, &title.pos(center), (w as i32 / 2, 8))?;
+    root.draw_text(&plan.subtitle, &sub.pos(center), (w as i32 / 2, 38))?;
+    let legend_h = draw_legend(root, &plan.legend, 62)?;
+    let (_, body) = root.split_vertically(62 + legend_h + 4);
+    let areas = body.split_evenly(plan.grid);
+    // One width for every panel's y labels, so that stacked panels line up.
+    let y_width = plan
+        .panels
+        .iter()
+        .map(|p| y_label_width(&p.y))
+        .max()
+        .unwrap_or(60);
+    for (area, panel) in areas.iter().zip(&plan.panels) {
+        draw_panel(area, panel, y_width)?;
+    }
+    Ok(())
+}
+
+/// The legend as rows of entries across the figure, starting at `top`; returns its height.
+fn draw_legend<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    entries: &[LegendEntry],
+    top: i32,
+) -> Result<u32, Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    const ROW: i32 = 22;
+    let (w, _) = root.dim_in_pixel();
+    let style = text_style(14, BLACK);
+    let left = Pos::new(HPos::Left, VPos::Center);
+    let widths: Vec<i32> = entries
+        .iter()
+        .map(|e| {
+            root.estimate_text_size(&e.name, &style)
+                .map(|(tw, _)| tw as i32 + 50)
+        })
+        .collect::<Result<_, _>>()?;
+    // Rows filled left to right, each row centred.
+    let mut rows: Vec<Vec<usize>> = vec![vec![]];
+    let mut used = 0;
+    for (i, wi) in widths.iter().enumerate() {
+        if used + wi > w as i32 - 40 && !rows.last().is_none_or(Vec::is_empty) {
+            rows.push(vec![]);
+            used = 0;
+        }
+        used += wi;
+        if let Some(r) = rows.last_mut() {
+            r.push(i);
+        }
+    }
+    for (ri, row) in rows.iter().enumerate() {
+        let total: i32 = row.iter().map(|&i| widths[i]).sum();
+        let mut x = (w as i32 - total) / 2;
+        let y = top + ROW * ri as i32 + ROW / 2;
+        for &i in row {
+            let e = &entries[i];
+            draw_mark(root, e.mark, color(e.color), x + 4, y)?;
+            root.draw_text(&e.name, &style.pos(left), (x + 32, y))?;
+            x += widths[i];
+        }
+    }
+    Ok(if entries.is_empty() {
+        0
+    } else {
+        (ROW * rows.len() as i32) as u32
+    })
+}
+
+/// A legend sample of a mark, 22 pixels wide from `x`.
+fn draw_mark<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    mark: Mark,
+    c: RGBColor,
+    x: i32,
+    y: i32,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    let line = |col: RGBColor| PathElement::new(vec![(x, y), (x + 22, y)], col.stroke_width(2));
+    match mark {
+        Mark::Line => root.draw(&line(c))?,
+        Mark::Reference => root.draw(&line(REFERENCE_GREY))?,
+        Mark::Points => root.draw(&Circle::new((x + 11, y), 4, c.filled()))?,
+        Mark::OpenPoints => root.draw(&Circle::new((x + 11, y), 4, c.stroke_width(2)))?,
+        Mark::LinePoints => {
+            root.draw(&line(c))?;
+            root.draw(&Circle::new((x + 11, y), 4, c.filled()))?;
         }
     }
     Ok(())
 }
 
-fn height(root: &Area<'_>, runs: &[RunData]) -> DrawResult {
-    series_panels(
-        root,
-        runs,
-        "Height of θ_t above the valley floor, L(θ_t) − L(v_t) (log scale)",
-        "mean height (loss units)",
-        |r| {
-            // Mean per window of consecutive steps.
-            let steps: Vec<u64> = r.floors.iter().map(|f| f.step).collect();
-            consecutive_runs(&steps)
-                .into_iter()
-                .filter_map(|(lo, hi)| {
-                    let h: Vec<f64> = r
-                        .floors
-                        .iter()
-                        .filter(|f| (lo..=hi).contains(&f.step) && f.height_start.is_finite())
-                        .map(|f| f.height_start)
-                        .collect();
-                    (!h.is_empty()).then(|| {
-                        (
-                            epoch_x(r, (lo + hi) / 2),
-                            h.iter().sum::<f64>() / h.len() as f64,
-                        )
-                    })
-                })
-                .collect()
-        },
-        Style {
-            points_only: false,
-            log_y: true,
-            hline: None,
-        },
-    )
+/// The label of the tick at `v` (a position in drawing coordinates), or nothing.
+fn tick_label(axis: &Axis, v: f64) -> String {
+    let eps = 1e-9 * (axis.map(axis.hi) - axis.map(axis.lo)).abs();
+    axis.ticks
+        .iter()
+        .find(|t| (axis.map(t.value) - v).abs() <= eps)
+        .map(|t| t.label.clone())
+        .unwrap_or_default()
 }
 
-fn barriers(root: &Area<'_>, runs: &[RunData], threshold: f64) -> DrawResult {
-    series_panels(
-        root,
-        runs,
-        "Barriers along the valley floor v_t → v_{t+k}, every stride, relative to the higher end",
-        "barrier / loss at the higher end",
-        |r| {
-            r.floor_barriers
-                .iter()
-                .filter(|b| b.2.is_finite())
-                .map(|b| (epoch_x(r, b.1), b.2))
-                .collect()
-        },
-        Style {
-            points_only: true,
-            log_y: false,
-            hline: Some((threshold, "--barrier-threshold")),
-        },
-    )
+/// Pixels for the y tick labels and the axis title.
+fn y_label_width(axis: &Axis) -> u32 {
+    let chars = axis
+        .ticks
+        .iter()
+        .map(|t| t.label.chars().count())
+        .max()
+        .unwrap_or(1) as u32;
+    30 + 8 * chars
 }
 
-fn lambda_max(root: &Area<'_>, runs: &[RunData]) -> DrawResult {
-    series_panels(
-        root,
-        runs,
-        "Top Hessian eigenvalue λ_max at the iterates",
-        "λ_max",
-        |r| {
-            r.curvature
-                .iter()
-                .map(|p| (epoch_x(r, p.step), p.lambda_max))
-                .collect()
-        },
-        Style {
-            points_only: false,
-            log_y: false,
-            hline: None,
-        },
-    )
-}
-
-fn lr_batch(root: &Area<'_>, runs: &[RunData]) -> DrawResult {
-    let (t, body) = root.split_vertically(36);
-    t.titled(
-        "Plain SGD: effect of learning rate (x, log scale) at each batch size",
-        (FONT, 20),
-    )?;
-    let sgd: Vec<&RunData> = runs.iter().filter(|r| r.kind == RunKind::Sgd).collect();
-    let mut batches: Vec<u32> = sgd.iter().filter_map(|r| r.batch_size).collect();
-    batches.sort_unstable();
-    batches.dedup();
-    let metrics: [Metric; 4] = [
-        ("‖θ − θ_0‖ at the end", Box::new(|r| r.whole.dist_end)),
-        (
-            "mean height above the floor after epoch 1",
-            Box::new(late_height),
-        ),
-        ("λ_max (last)", Box::new(final_lambda)),
-        (
-            "test accuracy (%)",
-            Box::new(|r| r.final_eval("test").map(|e| 100.0 * e.accuracy)),
-        ),
-    ];
-    let areas = body.split_evenly((2, 2));
-    let (lr0, lr1) = {
-        let (a, b) = range(sgd.iter().map(|r| r.lr.ln()));
-        (a.exp(), b.exp())
-    };
-    for (area, (name, f)) in areas.iter().zip(metrics.iter()) {
-        let (y0, y1) = range(sgd.iter().filter_map(|r| f(r)));
-        let mut ch = ChartBuilder::on(area)
-            .margin(10)
-            .x_label_area_size(35)
-            .y_label_area_size(65)
-            .caption(*name, (FONT, 16))
-            .build_cartesian_2d((lr0..lr1).log_scale(), y0..y1)?;
-        ch.configure_mesh()
-            .light_line_style(TRANSPARENT)
-            .x_desc("learning rate")
-            .label_style((FONT, 12))
-            .draw()?;
-        for (bi, b) in batches.iter().enumerate() {
-            let mut pts: Vec<(f64, f64)> = sgd
-                .iter()
-                .filter(|r| r.batch_size == Some(*b))
-                .filter_map(|r| f(r).filter(|v| v.is_finite()).map(|v| (r.lr, v)))
-                .collect();
-            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let c = color(bi);
-            ch.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
-                .label(format!("batch {b}"))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
-                });
-            ch.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))?;
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    p: &Panel,
+    y_width: u32,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    let mut b = ChartBuilder::on(area);
+    // The right margin leaves room for the last x tick label.
+    b.margin_top(6)
+        .margin_left(6)
+        .margin_right(30)
+        .margin_bottom(4)
+        .x_label_area_size(46)
+        .y_label_area_size(y_width);
+    if let Some(t) = &p.title {
+        b.caption(t, (FONT, 16));
+    }
+    let mut ch = b.build_cartesian_2d(Ticked::of(&p.x), Ticked::of(&p.y))?;
+    let x_fmt = |v: &f64| tick_label(&p.x, *v);
+    let y_fmt = |v: &f64| tick_label(&p.y, *v);
+    ch.configure_mesh()
+        .bold_line_style(BLACK.mix(0.1))
+        .light_line_style(TRANSPARENT)
+        .x_desc(p.x.label.as_str())
+        .y_desc(p.y.label.as_str())
+        .x_label_formatter(&x_fmt)
+        .y_label_formatter(&y_fmt)
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 14))
+        .draw()?;
+    let to = |q: &(f64, f64)| (p.x.map(q.0), p.y.map(q.1));
+    for s in &p.series {
+        let c = color(s.color);
+        let pts: Vec<(f64, f64)> = s.points.iter().map(to).collect();
+        match s.mark {
+            Mark::Line => {
+                ch.draw_series(LineSeries::new(pts, c.stroke_width(2)))?;
+            }
+            Mark::Reference => {
+                ch.draw_series(LineSeries::new(pts, REFERENCE_GREY.stroke_width(2)))?;
+            }
+            Mark::Points => {
+                ch.draw_series(pts.iter().map(|&q| Circle::new(q, 3, c.filled())))?;
+            }
+            Mark::OpenPoints => {
+                ch.draw_series(pts.iter().map(|&q| Circle::new(q, 3, c.stroke_width(1))))?;
+            }
+            Mark::LinePoints => {
+                ch.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?;
+                ch.draw_series(pts.iter().map(|&q| Circle::new(q, 3, c.filled())))?;
+            }
         }
-        ch.configure_series_labels()
-            .label_font((FONT, 11))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+    }
+    if let Some(note) = &p.note {
+        let plot = ch.plotting_area().strip_coord_spec();
+        let (w, h) = plot.dim_in_pixel();
+        let style = text_style(15, RGBColor(150, 30, 30)).pos(Pos::new(HPos::Center, VPos::Center));
+        for (i, line) in note.lines().enumerate() {
+            plot.draw_text(line, &style, (w as i32 / 2, h as i32 / 3 + 20 * i as i32))?;
+        }
     }
     Ok(())
 }
