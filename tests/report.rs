@@ -579,7 +579,7 @@ fn report_errors_name_the_input_and_a_missing_font_loses_no_numbers() {
     assert!(out.join("report.md").is_file() && out.join("summary.parquet").is_file());
 
     // A corrupt table file: the error names the table and the folder.
-    let part = std::fs::read_dir(a.join("table=floors/shard=0"))
+    let part = std::fs::read_dir(a.join("floors/shard=0"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "parquet"))
