@@ -77,10 +77,27 @@ pub fn rows<R: TableRows>(out: &Path) -> Vec<R> {
     all
 }
 
+/// Rows as sorted debug strings, for comparing analyses in different folders: the run label
+/// (by default the folder's name) is left out.
 fn sorted_debug<R: std::fmt::Debug>(rows: &[R]) -> Vec<String> {
-    let mut v: Vec<String> = rows.iter().map(|r| format!("{r:?}")).collect();
+    let mut v: Vec<String> = rows
+        .iter()
+        .map(|r| without_label(&format!("{r:?}")))
+        .collect();
     v.sort();
     v
+}
+
+/// A row's debug string with its `run_label` value blanked.
+pub fn without_label(debug: &str) -> String {
+    match debug.find("run_label: \"") {
+        Some(i) => {
+            let start = i + "run_label: \"".len();
+            let end = debug[start..].find('"').map_or(debug.len(), |j| start + j);
+            format!("{}_{}", &debug[..start], &debug[end..])
+        }
+        None => debug.to_string(),
+    }
 }
 
 /// A 2-epoch Fashion-MNIST recording (20 steps), shared by several tests.
@@ -646,7 +663,7 @@ fn eval_mode_curvature_of_an_earlier_analyzer_is_refused() {
     let manifest = out.join("_sgdwalk_analysis.json");
     let mut m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
-    assert_eq!(m["revision"], 2);
+    assert_eq!(m["revision"], sgdwalk_analyzer::dir::ANALYSIS_REVISION);
     m.as_object_mut().unwrap().remove("revision");
     std::fs::write(&manifest, serde_json::to_string(&m).unwrap()).unwrap();
     let err = analysis_error(&rec, &out, &flags).to_string();
@@ -1597,4 +1614,108 @@ fn folders_in_the_earlier_layout_are_read_and_not_extended() {
     let msg = err.to_string();
     assert!(matches!(err, AnalyzeError::FolderInUse { .. }), "{msg}");
     assert!(msg.contains("table=interp") && msg.contains("mv"), "{msg}");
+}
+
+/// Every table carries the run's label, every per-step table its epoch, and every `steps` row
+/// the recorded scalars, so tables join on (run_label, step) without tricks.
+#[test]
+fn labels_epochs_and_scalars_are_on_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("s.walk");
+    run(&synthetic_args(
+        &rec,
+        &["--epochs", "2", "--eval-splits", "test"],
+    ));
+    let out = dir.path().join("runs/lr0.05/analysis");
+    let flags = [
+        "--phases",
+        "geometry,interp,floors,barriers,curvature,epochs",
+        "--eval",
+        "probe:40",
+        "--grid",
+        "0:1:5",
+        "--strides",
+        "1,2",
+        "--curvature-every",
+        "10",
+    ];
+    run_analysis(&rec, &out, &flags);
+    let steps: Vec<StepRow> = rows(&out);
+    let epoch_of: std::collections::HashMap<u64, u32> =
+        steps.iter().map(|r| (r.step, r.epoch)).collect();
+    assert!(epoch_of.values().any(|&e| e == 2), "{epoch_of:?}");
+    // The default label: runs/<name>/analysis → <name>.
+    assert!(steps.iter().all(|r| r.run_label == "lr0.05"));
+    let all: std::collections::HashMap<u64, &StepRow> = steps
+        .iter()
+        .filter(|r| r.layer == "all")
+        .map(|r| (r.step, r))
+        .collect();
+    let bits = |v: Option<f64>| v.map(f64::to_bits);
+    for r in steps.iter().filter(|r| r.layer != "all") {
+        let a = all[&r.step];
+        assert_eq!(
+            (bits(r.lr), bits(r.minibatch_loss), bits(r.grad_norm)),
+            (bits(a.lr), bits(a.minibatch_loss), bits(a.grad_norm)),
+            "step {} layer {}",
+            r.step,
+            r.layer
+        );
+    }
+    assert!(steps.iter().any(|r| r.layer == "params" && r.lr.is_some()));
+    let interp: Vec<InterpRow> = rows(&out);
+    let floors: Vec<FloorRow> = rows(&out);
+    let barriers: Vec<BarrierRow> = rows(&out);
+    let curvature: Vec<CurvatureRow> = rows(&out);
+    let epochs: Vec<EpochRow> = rows(&out);
+    let samples: Vec<EvalSampleRow> = rows(&out);
+    assert!(!curvature.is_empty() && !barriers.is_empty() && !epochs.is_empty());
+    assert!(
+        interp
+            .iter()
+            .all(|r| r.run_label == "lr0.05" && r.epoch == epoch_of[&r.step])
+    );
+    assert!(
+        floors
+            .iter()
+            .all(|r| r.run_label == "lr0.05" && r.epoch == epoch_of[&r.step])
+    );
+    assert!(
+        barriers
+            .iter()
+            .all(|r| r.run_label == "lr0.05" && r.epoch == epoch_of[&r.step_from])
+    );
+    assert!(
+        curvature
+            .iter()
+            .all(|r| r.run_label == "lr0.05" && r.epoch == epoch_of[&r.step])
+    );
+    assert!(epochs.iter().all(|r| r.run_label == "lr0.05"));
+    assert!(samples.iter().all(|r| r.run_label == "lr0.05"));
+    // A label given later must match the folder's; the folder keeps its own.
+    let err = analysis_error(&rec, &out, &[&flags[..], &["--label", "other"]].concat());
+    assert!(err.to_string().contains("labelled \"lr0.05\""), "{err}");
+    run_analysis(&rec, &out, &[&flags[..], &["--label", "lr0.05"]].concat());
+    let named = dir.path().join("named");
+    run_analysis(
+        &rec,
+        &named,
+        &["--phases", "geometry", "--label", "baseline"],
+    );
+    assert!(
+        rows::<StepRow>(&named)
+            .iter()
+            .all(|r| r.run_label == "baseline")
+    );
+    // A folder of an earlier revision (other columns) is not extended.
+    let manifest = named.join(sgdwalk_analyzer::dir::AnalysisDir::MANIFEST_FILE);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    json["revision"] = 2.into();
+    std::fs::write(&manifest, json.to_string()).unwrap();
+    let err = analysis_error(&rec, &named, &["--phases", "geometry"]);
+    assert!(
+        matches!(err, AnalyzeError::FolderInUse { .. }) && err.to_string().contains("revision 2"),
+        "{err}"
+    );
 }

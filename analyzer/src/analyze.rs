@@ -102,10 +102,11 @@ impl std::fmt::Display for AnalyzeSummary {
     }
 }
 
-/// Checks the folder's manifest against this analysis, or creates it. Phases may be added
-/// later (say curvature after a first pass of geometry), with settings of their own: the
-/// manifest then lists the union of the phases; any other difference is refused.
-fn admit(dir: &AnalysisDir, m: &Manifest) -> Result<(), AnalyzeError> {
+/// Checks the folder's manifest against this analysis, or creates it, and returns the run's
+/// label. Phases may be added later (say curvature after a first pass of geometry), with
+/// settings of their own: the manifest then lists the union of the phases; any other
+/// difference is refused. A label given with `--label` must match the folder's.
+fn admit(dir: &AnalysisDir, m: &Manifest, label: Option<&str>) -> Result<String, AnalyzeError> {
     let in_use = |reason: String| AnalyzeError::FolderInUse {
         out: dir.root().to_path_buf(),
         reason,
@@ -125,8 +126,12 @@ fn admit(dir: &AnalysisDir, m: &Manifest) -> Result<(), AnalyzeError> {
         )));
     }
     let Some(existing) = dir.read_manifest()? else {
-        dir.write_manifest(m)?;
-        return Ok(());
+        let label = label.map_or_else(|| dir.default_label(), str::to_owned);
+        dir.write_manifest(&Manifest {
+            label: Some(label.clone()),
+            ..m.clone()
+        })?;
+        return Ok(label);
     };
     if existing.has_stale_eval_mode_curvature() {
         return Err(in_use(
@@ -134,6 +139,26 @@ fn admit(dir: &AnalysisDir, m: &Manifest) -> Result<(), AnalyzeError> {
              sgdwalk (they equal the train-mode rows); analyze into a new --out"
                 .into(),
         ));
+    }
+    if existing.revision < ANALYSIS_REVISION {
+        return Err(in_use(format!(
+            "holds tables of an earlier sgdwalk (analysis revision {}, before the run_label and \
+             epoch columns of revision {ANALYSIS_REVISION}); report still reads it, but new parts \
+             would not match: analyze into a new --out",
+            existing.revision
+        )));
+    }
+    let folder_label = existing
+        .label
+        .clone()
+        .unwrap_or_else(|| dir.default_label());
+    if let Some(given) = label
+        && given != folder_label
+    {
+        return Err(in_use(format!(
+            "is labelled {folder_label:?}, not {given:?}; pass --label {folder_label:?} (or \
+             nothing) to continue it, or use another --out"
+        )));
     }
     let new = &m.config;
     let mut cmp = existing.config.clone();
@@ -168,11 +193,12 @@ fn admit(dir: &AnalysisDir, m: &Manifest) -> Result<(), AnalyzeError> {
             shard_count: existing.shard_count,
             revision: ANALYSIS_REVISION,
             config: new.clone(),
+            label: Some(folder_label.clone()),
         };
         merged.config.phases = union;
         dir.write_manifest(&merged)?;
     }
-    Ok(())
+    Ok(folder_label)
 }
 
 /// "grid_points: 11 in the folder, 3 now; …" for every setting (the config file's names)
@@ -379,14 +405,16 @@ pub fn analyze(
     let dir = AnalysisDir::new(&settings.out);
     dir.create()?;
     let shard = settings.shard;
-    admit(
+    s.run_label = admit(
         &dir,
         &Manifest {
             recording_id: s.run_id.clone(),
             shard_count: shard.count,
             revision: ANALYSIS_REVISION,
             config: cfg.clone(),
+            label: None,
         },
+        settings.label.as_deref(),
     )?;
     dir.write_run_info(&RunInfo {
         recording_id: s.run_id.clone(),

@@ -389,6 +389,10 @@ pub struct AnalyzeArgs {
     /// Device: auto (CPU unless CUDA is present), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: tch::Device,
+    /// The run's label in every table's `run_label` column and in the report (default: the
+    /// --out folder's name, or for `runs/<name>/analysis` the run's folder name).
+    #[arg(long)]
+    pub label: Option<String>,
     /// libtorch intra-op threads (0 = the cores idle when the analysis starts: cores minus the
     /// 1-minute load average, at least 1; a busy shared node then gets fewer threads instead of
     /// oversubscribed ones spinning).
@@ -564,6 +568,8 @@ pub struct RunSettings {
     pub threads: u32,
     pub force: bool,
     pub progress: bool,
+    /// `--label`; `None`: the folder's label, or its default.
+    pub label: Option<String>,
     /// Neither a flag nor the config file chose the evaluation sets: the default probe is
     /// cut to the training split when that is smaller (an explicit probe:N never is).
     pub eval_is_default: bool,
@@ -641,6 +647,7 @@ impl AnalyzeArgs {
                 force: self.force,
                 progress: !self.quiet,
                 eval_is_default: self.eval.is_none() && !file_sets_eval,
+                label: self.label.clone(),
             },
         ))
     }

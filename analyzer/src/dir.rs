@@ -24,10 +24,12 @@ use serde::{Deserialize, Serialize};
 use crate::config::{AnalyzeConfig, Phase};
 use crate::tables::TableName;
 
-/// Revision of how the numbers are computed; folders without one are revision 1.
+/// Revision of how the numbers are computed and stored; folders without one are revision 1.
 /// Revision 2: `eval-mode` curvature rows are computed with running statistics (revision 1
 /// computed them with batch statistics, equal to the `train-mode` rows).
-pub const ANALYSIS_REVISION: u32 = 2;
+/// Revision 3: table schema 2 (`run_label`, `epoch` on every per-step table, the recorded scalars
+/// on every `steps` row); `analyze` does not add revision-3 parts to an older folder.
+pub const ANALYSIS_REVISION: u32 = 3;
 
 /// Written once per analysis folder so shards and reruns cannot mix different analyses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +39,10 @@ pub struct Manifest {
     #[serde(default = "first_revision")]
     pub revision: u32,
     pub config: AnalyzeConfig,
+    /// The run's label in the tables' `run_label` and the report; folders of revision < 3
+    /// have none (the report then labels them by [`AnalysisDir::default_label`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 fn first_revision() -> u32 {
@@ -156,6 +162,27 @@ impl AnalysisDir {
 
     pub fn write_run_info(&self, info: &RunInfo) -> Result<(), DirError> {
         write_json(&self.run_info_path(), info)
+    }
+
+    /// The label of a folder analyzed without `--label`: its name, or for `runs/<name>/analysis`
+    /// the run's folder name.
+    pub fn default_label(&self) -> String {
+        let name = |p: &Path| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.display().to_string())
+        };
+        let canonical = self
+            .root
+            .canonicalize()
+            .unwrap_or_else(|_| self.root.clone());
+        let own = name(&canonical);
+        if own == "analysis"
+            && let Some(parent) = canonical.parent()
+        {
+            return name(parent);
+        }
+        own
     }
 
     /// `<root>/<name>`: one table, its shards partitioned hive style below.

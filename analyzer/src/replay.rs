@@ -30,6 +30,8 @@ pub struct Session {
     pub model: Model,
     /// Hex of the recording's run id.
     pub run_id: String,
+    /// The run's label in the tables (`--label`, or the analysis folder's name).
+    pub run_label: String,
     /// A checksum identifying the recording's header (run, layout, settings).
     pub recording_checksum: String,
     pub path: PathBuf,
@@ -126,6 +128,7 @@ impl Session {
             data,
             model,
             run_id,
+            run_label: String::new(),
             recording_checksum,
             path,
             discrete_ranges,
@@ -133,6 +136,13 @@ impl Session {
             seed: cfg.seed,
             prepared: HashMap::new(),
         })
+    }
+
+    /// The 1-based epoch of update `step`; the final state (no update) counts to the last epoch.
+    pub fn epoch_of(&self, step: u64) -> u32 {
+        let spe = self.desc.steps_per_epoch.max(1);
+        let epoch = (step / spe + 1).min(u64::from(self.desc.epochs.max(1)));
+        u32::try_from(epoch).unwrap_or(u32::MAX)
     }
 
     /// The samples (and augmentation) of an evaluation set for step `step`.

@@ -38,7 +38,9 @@ use parquet::schema::types::ColumnPath;
 use crate::dir::{AnalysisDir, DurableWriteError, write_durably};
 
 /// Version of the table schemas, written as `sgdwalk.schema_version`. Bump on any column change.
-pub const SCHEMA_VERSION: &str = "1";
+/// 2: `run_label` on every table, `epoch` on `interp`, `floors`, `barriers` and `curvature`, the
+/// recorded scalars on every `steps` row (not only layer `all`).
+pub const SCHEMA_VERSION: &str = "2";
 
 /// zstd level: 3 is zstd's default, a good size/speed balance for small analysis tables.
 const ZSTD_LEVEL: i32 = 3;
@@ -351,11 +353,14 @@ macro_rules! table_rows {
 }
 
 table_rows! {
-    /// `steps`: per-step geometry, one row per step and layer ("all" = whole state).
-    /// Recorded scalars (lr, losses, norms, wall time) are only on layer "all".
+    /// `steps`: per-step geometry, one row per step and layer ("all" = whole state), each with
+    /// the step's recorded scalars (lr, loss, norms, wall time).
     pub struct StepRow => TableName::Steps, columns steps_columns;
     {
         run_id: String,
+        /// The run's label (`--label`, default the analysis folder's name; `runs/<name>/analysis`
+        /// → `<name>`).
+        run_label: String,
         step: u64,
         epoch: u32,
         /// "all" or a layer name.
@@ -380,7 +385,12 @@ table_rows! {
     pub struct InterpRow => TableName::Interp, columns interp_columns;
     {
         run_id: String,
+        /// The run's label (`--label`, default the analysis folder's name; `runs/<name>/analysis`
+        /// → `<name>`).
+        run_label: String,
         step: u64,
+        /// 1-based epoch of update t, as in `steps`.
+        epoch: u32,
         /// "train", "val", "test", "batch" or "probe:N".
         eval_set: String,
         bn_policy: String,
@@ -403,7 +413,12 @@ table_rows! {
     pub struct FloorRow => TableName::Floors, columns floors_columns;
     {
         run_id: String,
+        /// The run's label (`--label`, default the analysis folder's name; `runs/<name>/analysis`
+        /// → `<name>`).
+        run_label: String,
         step: u64,
+        /// 1-based epoch of update t, as in `steps`.
+        epoch: u32,
         eval_set: String,
         bn_policy: String,
         alpha_star: f64,
@@ -428,7 +443,12 @@ table_rows! {
     pub struct BarrierRow => TableName::Barriers, columns barriers_columns;
     {
         run_id: String,
+        /// The run's label (`--label`, default the analysis folder's name; `runs/<name>/analysis`
+        /// → `<name>`).
+        run_label: String,
         step_from: u64,
+        /// 1-based epoch of update `step_from`, as in `steps`.
+        epoch: u32,
         step_to: u64,
         stride: u32,
         /// "floor" or "iterate".
@@ -453,7 +473,12 @@ table_rows! {
     pub struct CurvatureRow => TableName::Curvature, columns curvature_columns;
     {
         run_id: String,
+        /// The run's label (`--label`, default the analysis folder's name; `runs/<name>/analysis`
+        /// → `<name>`).
+        run_label: String,
         step: u64,
+        /// 1-based epoch of update t, as in `steps` (the final state: the last epoch).
+        epoch: u32,
         /// "iterate" or "floor".
         point: String,
         eval_set: String,
@@ -477,6 +502,9 @@ table_rows! {
     pub struct EpochRow => TableName::Epochs, columns epochs_columns;
     {
         run_id: String,
+        /// The run's label (`--label`, default the analysis folder's name; `runs/<name>/analysis`
+        /// → `<name>`).
+        run_label: String,
         epoch: u32,
         step: u64,
         split: String,
@@ -493,6 +521,9 @@ table_rows! {
     pub struct EvalSampleRow => TableName::EvalSamples, columns eval_samples_columns;
     {
         run_id: String,
+        /// The run's label (`--label`, default the analysis folder's name; `runs/<name>/analysis`
+        /// → `<name>`).
+        run_label: String,
         /// The set's name as in the other tables' `eval_set`, e.g. `probe:1000`.
         eval_set: String,
         /// The split the ids belong to.
@@ -753,6 +784,7 @@ mod tests {
     fn step_rows() -> Vec<StepRow> {
         let row = |step: u64, layer: &str| StepRow {
             run_id: "00112233445566778899aabbccddeeff".into(),
+            run_label: "lr0.1".into(),
             step,
             epoch: 1,
             layer: layer.into(),
@@ -779,11 +811,80 @@ mod tests {
         format!("{a:?}") == format!("{b:?}")
     }
 
+    /// The column table of `## <name> —` in docs/tables.md: (columns in order, type per column
+    /// where the row gives one).
+    fn documented_columns(doc: &str, table: &str) -> Vec<(String, Option<String>)> {
+        let heading = format!("## {table} —");
+        let start = doc
+            .find(&heading)
+            .unwrap_or_else(|| panic!("docs/tables.md has no section {heading:?}"));
+        let section = &doc[start + heading.len()..];
+        let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+        let mut cols = Vec::new();
+        for line in section.lines().filter(|l| l.starts_with("| ")) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let (names, ty) = (cells[1], cells.get(2).copied().unwrap_or(""));
+            if names == "column" || names.starts_with("---") {
+                continue;
+            }
+            for name in names.split(',').map(str::trim) {
+                let ty = (!ty.is_empty()).then(|| ty.to_string());
+                cols.push((name.trim_matches('`').to_string(), ty));
+            }
+        }
+        cols
+    }
+
+    fn doc_type(f: &Field) -> String {
+        let base = match f.data_type() {
+            DataType::Utf8 => "Utf8".to_string(),
+            other => format!("{other:?}"),
+        };
+        if f.is_nullable() {
+            format!("{base}?")
+        } else {
+            base
+        }
+    }
+
+    fn check_documented<R: TableRows>(doc: &str) {
+        let table = R::TABLE.as_str();
+        let documented = documented_columns(doc, table);
+        let names: Vec<&str> = documented.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, R::COLUMNS, "docs/tables.md, table {table}: columns");
+        for (field, (name, ty)) in R::fields().iter().zip(&documented) {
+            if let Some(ty) = ty {
+                assert_eq!(
+                    *ty,
+                    doc_type(field),
+                    "docs/tables.md, table {table}: type of {name}"
+                );
+            }
+        }
+    }
+
+    /// docs/tables.md lists every table's columns in order, with their real types.
+    #[test]
+    fn the_documented_columns_are_the_real_ones() {
+        let doc = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/tables.md"),
+        )
+        .unwrap();
+        check_documented::<StepRow>(&doc);
+        check_documented::<InterpRow>(&doc);
+        check_documented::<FloorRow>(&doc);
+        check_documented::<BarrierRow>(&doc);
+        check_documented::<CurvatureRow>(&doc);
+        check_documented::<EpochRow>(&doc);
+        check_documented::<EvalSampleRow>(&doc);
+    }
+
     #[test]
     fn schemas_are_pinned() {
         insta::assert_snapshot!(schema_string::<StepRow>(), @r"
         table steps
         run_id: Utf8
+        run_label: Utf8
         step: UInt64
         epoch: UInt32
         layer: Utf8
@@ -800,7 +901,9 @@ mod tests {
         insta::assert_snapshot!(schema_string::<InterpRow>(), @r"
         table interp
         run_id: Utf8
+        run_label: Utf8
         step: UInt64
+        epoch: UInt32
         eval_set: Utf8
         bn_policy: Utf8
         alpha: Float64
@@ -816,7 +919,9 @@ mod tests {
         insta::assert_snapshot!(schema_string::<FloorRow>(), @r"
         table floors
         run_id: Utf8
+        run_label: Utf8
         step: UInt64
+        epoch: UInt32
         eval_set: Utf8
         bn_policy: Utf8
         alpha_star: Float64
@@ -834,7 +939,9 @@ mod tests {
         insta::assert_snapshot!(schema_string::<BarrierRow>(), @r"
         table barriers
         run_id: Utf8
+        run_label: Utf8
         step_from: UInt64
+        epoch: UInt32
         step_to: UInt64
         stride: UInt32
         path: Utf8
@@ -852,7 +959,9 @@ mod tests {
         insta::assert_snapshot!(schema_string::<CurvatureRow>(), @r"
         table curvature
         run_id: Utf8
+        run_label: Utf8
         step: UInt64
+        epoch: UInt32
         point: Utf8
         eval_set: Utf8
         bn_policy: Utf8
@@ -869,6 +978,7 @@ mod tests {
         insta::assert_snapshot!(schema_string::<EpochRow>(), @r"
         table epochs
         run_id: Utf8
+        run_label: Utf8
         epoch: UInt32
         step: UInt64
         split: Utf8
@@ -879,6 +989,7 @@ mod tests {
         insta::assert_snapshot!(schema_string::<EvalSampleRow>(), @r"
         table eval_samples
         run_id: Utf8
+        run_label: Utf8
         eval_set: Utf8
         split: Utf8
         position: UInt32
@@ -886,7 +997,7 @@ mod tests {
         bn_batch: UInt32
         ");
         assert_eq!(
-            SCHEMA_VERSION, "1",
+            SCHEMA_VERSION, "2",
             "bump together with the snapshots above"
         );
     }
@@ -929,7 +1040,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let row = |alpha: f64, loss: f64| InterpRow {
             run_id: "ab".into(),
+            run_label: "lr0.1".into(),
             step: 7,
+            epoch: 1,
             eval_set: "probe:512".into(),
             bn_policy: "train-mode".into(),
             alpha,
@@ -962,7 +1075,9 @@ mod tests {
         let m = meta(None);
         let floors = vec![FloorRow {
             run_id: "ab".into(),
+            run_label: "lr0.1".into(),
             step: 3,
+            epoch: 1,
             eval_set: "train".into(),
             bn_policy: "eval-mode".into(),
             alpha_star: 0.37,
@@ -981,7 +1096,9 @@ mod tests {
         assert_eq!(read_rows::<FloorRow>(&p).unwrap(), floors);
         let barriers = vec![BarrierRow {
             run_id: "ab".into(),
+            run_label: "lr0.1".into(),
             step_from: 3,
+            epoch: 1,
             step_to: 5,
             stride: 2,
             path: "floor".into(),
@@ -1001,7 +1118,9 @@ mod tests {
         let curv = vec![
             CurvatureRow {
                 run_id: "ab".into(),
+                run_label: "lr0.1".into(),
                 step: 100,
+                epoch: 1,
                 point: "iterate".into(),
                 eval_set: "probe:2048".into(),
                 bn_policy: "train-mode".into(),
@@ -1024,7 +1143,9 @@ mod tests {
                 method: "hutchinson(probes=100,seed=0)".into(),
                 ..CurvatureRow::clone(&CurvatureRow {
                     run_id: "ab".into(),
+                    run_label: "lr0.1".into(),
                     step: 100,
+                    epoch: 1,
                     point: "floor".into(),
                     eval_set: "train".into(),
                     bn_policy: "eval-mode".into(),
@@ -1044,6 +1165,7 @@ mod tests {
         assert_eq!(read_rows::<CurvatureRow>(&p).unwrap(), curv);
         let epochs = vec![EpochRow {
             run_id: "ab".into(),
+            run_label: "lr0.1".into(),
             epoch: 1,
             step: 450,
             split: "val".into(),

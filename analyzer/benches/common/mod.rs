@@ -42,5 +42,6 @@ pub fn cpu_settings(rec: &Path) -> RunSettings {
         force: false,
         progress: false,
         eval_is_default: false,
+        label: None,
     }
 }

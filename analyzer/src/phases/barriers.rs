@@ -105,7 +105,9 @@ fn row(cx: &ItemCx<'_>, setting: &Setting, seg: Segment<'_>) -> Result<BarrierRo
     })?;
     Ok(BarrierRow {
         run_id: cx.s.run_id.clone(),
+        run_label: cx.s.run_label.clone(),
         step_from: seg.from,
+        epoch: cx.s.epoch_of(seg.from),
         step_to: seg.to,
         stride: seg.stride,
         path: seg.path.as_str().into(),

@@ -45,7 +45,9 @@ pub(crate) fn run(cx: &mut ItemCx<'_>) -> Result<Vec<CurvatureRow>, AnalyzeError
             for (point, state) in points {
                 let template = CurvatureRow {
                     run_id: cx.s.run_id.clone(),
+                    run_label: cx.s.run_label.clone(),
                     step: t,
+                    epoch: cx.s.epoch_of(t),
                     point: point.as_str().into(),
                     eval_set: setting.eval_name(),
                     bn_policy: setting.bn_name().to_string(),

@@ -17,7 +17,9 @@ pub(crate) fn run(cx: &mut ItemCx<'_>) -> Result<Vec<FloorRow>, AnalyzeError> {
             let f = locate(cx, &setting, t)?;
             rows.push(FloorRow {
                 run_id: cx.s.run_id.clone(),
+                run_label: cx.s.run_label.clone(),
                 step: t,
+                epoch: cx.s.epoch_of(t),
                 eval_set: setting.eval_name(),
                 bn_policy: setting.bn_name().to_string(),
                 alpha_star: f.alpha_star,

@@ -1,6 +1,6 @@
 //! `geometry` → table `steps`: ‖d_t‖, cos(d_{t−1}, d_t), ‖θ_t − θ_0‖ and ‖θ_t‖ of each recorded
 //! step, over the whole state ("all"), the trainable parameters ("params", the paper's
-//! definition) and each layer, with the recorded per-step scalars on the "all" row.
+//! definition) and each layer, each row with the recorded per-step scalars.
 
 use std::collections::HashMap;
 
@@ -20,16 +20,16 @@ pub(crate) fn run(cx: &mut ItemCx<'_>) -> Result<Vec<StepRow>, AnalyzeError> {
         .into_iter()
         .map(|(n, _)| n)
         .collect();
-    let spe = s.desc.steps_per_epoch.max(1);
     let mut rows = Vec::new();
     for g in geoms.into_iter().filter(|g| cx.item.contains(g.step)) {
         let info = s.reader.step_info(g.step)?;
-        // The epoch of update t; the last state (no update) counts to the last epoch.
-        let epoch = (g.step / spe + 1).min(u64::from(s.desc.epochs.max(1))) as u32;
+        let epoch = s.epoch_of(g.step);
         // The recorded scalars as the file has them: absent → null, a recorded NaN stays NaN.
+        // On every layer's row, so the `params` rows need no self-join to reach them.
         let sc = info.scalars;
         rows.push(StepRow {
             run_id: s.run_id.clone(),
+            run_label: s.run_label.clone(),
             step: g.step,
             epoch,
             layer: "all".into(),
@@ -51,6 +51,7 @@ pub(crate) fn run(cx: &mut ItemCx<'_>) -> Result<Vec<StepRow>, AnalyzeError> {
         for (name, l) in per_layer {
             rows.push(StepRow {
                 run_id: s.run_id.clone(),
+                run_label: s.run_label.clone(),
                 step: g.step,
                 epoch,
                 layer: name.to_string(),
@@ -58,11 +59,11 @@ pub(crate) fn run(cx: &mut ItemCx<'_>) -> Result<Vec<StepRow>, AnalyzeError> {
                 cos_prev_update: l.cos_prev_update,
                 dist_from_init: l.dist_from_init,
                 param_norm: l.param_norm,
-                lr: None,
-                minibatch_loss: None,
-                grad_norm: None,
-                recorded_update_norm: None,
-                wall_time_secs: None,
+                lr: sc.learning_rate,
+                minibatch_loss: sc.minibatch_loss,
+                grad_norm: sc.grad_norm,
+                recorded_update_norm: sc.update_norm,
+                wall_time_secs: sc.wall_time_secs,
             });
         }
     }

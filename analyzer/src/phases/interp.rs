@@ -60,7 +60,9 @@ fn grid(
         if let Some(rows) = rows.as_deref_mut() {
             rows.push(InterpRow {
                 run_id: s.run_id.clone(),
+                run_label: s.run_label.clone(),
                 step: t,
+                epoch: s.epoch_of(t),
                 eval_set: setting.eval_name(),
                 bn_policy: setting.bn_name().to_string(),
                 alpha,

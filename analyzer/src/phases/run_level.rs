@@ -8,13 +8,14 @@ use crate::tables::{EpochRow, EvalSampleRow};
 
 /// `epochs` → table `epochs`.
 pub(crate) fn epochs(s: &Session) -> Result<Vec<EpochRow>, AnalyzeError> {
-    let run_id = &s.run_id;
+    let (run_id, run_label) = (&s.run_id, &s.run_label);
     Ok(s.reader
         .epochs()?
         .into_iter()
         .flat_map(|e| {
             e.evals.into_iter().map(move |ev| EpochRow {
                 run_id: run_id.clone(),
+                run_label: run_label.clone(),
                 epoch: e.epoch,
                 step: e.step,
                 split: ev.split,
@@ -40,6 +41,7 @@ pub(crate) fn eval_samples(
             let position = position as u32;
             rows.push(EvalSampleRow {
                 run_id: s.run_id.clone(),
+                run_label: s.run_label.clone(),
                 eval_set: name.clone(),
                 split: split.as_str().to_string(),
                 position,

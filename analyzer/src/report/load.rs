@@ -187,23 +187,6 @@ impl RunData {
     }
 }
 
-fn label_of(dir: &Path) -> String {
-    let name = |p: &Path| {
-        p.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| p.display().to_string())
-    };
-    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let own = name(&canonical);
-    // `runs/<name>/analysis` is labelled by <name>.
-    if own == "analysis"
-        && let Some(parent) = canonical.parent()
-    {
-        return name(parent);
-    }
-    own
-}
-
 /// Reads one analysis folder.
 pub fn load_run(dir: &Path, barrier_threshold: f64) -> Result<RunData, ReportError> {
     let folder = AnalysisDir::new(dir);
@@ -227,7 +210,10 @@ pub fn load_run(dir: &Path, barrier_threshold: f64) -> Result<RunData, ReportErr
     let evals = load_evals(&tables)?;
     Ok(RunData {
         dir: dir.to_path_buf(),
-        label: label_of(dir),
+        label: manifest
+            .label
+            .clone()
+            .unwrap_or_else(|| folder.default_label()),
         kind: run_kind(desc),
         model: desc.model.short_name(),
         dataset: desc.dataset.name.as_str().to_string(),

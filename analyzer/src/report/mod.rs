@@ -247,6 +247,7 @@ mod tests {
                 bn,
                 ..AnalyzeConfig::default()
             },
+            label: None,
         }
     }
 
