@@ -1670,6 +1670,13 @@ fn labels_epochs_and_scalars_are_on_every_row() {
     let epochs: Vec<EpochRow> = rows(&out);
     let samples: Vec<EvalSampleRow> = rows(&out);
     assert!(!curvature.is_empty() && !barriers.is_empty() && !epochs.is_empty());
+    // --curvature-every includes the run's final state, a multiple of 10 or not.
+    let last = steps.iter().map(|r| r.step).max().unwrap();
+    assert!(last % 10 != 0, "{last}");
+    assert!(
+        curvature.iter().any(|r| r.step == last),
+        "no curvature at {last}"
+    );
     assert!(
         interp
             .iter()
@@ -1718,4 +1725,46 @@ fn labels_epochs_and_scalars_are_on_every_row() {
         matches!(err, AnalyzeError::FolderInUse { .. }) && err.to_string().contains("revision 2"),
         "{err}"
     );
+}
+
+/// α = 1 of step t and α = 0 of step t+1 are the same state: evaluated once on a set that does
+/// not change with the step (every grid point of `batch` is its own evaluation).
+#[test]
+fn interpolations_share_the_evaluation_at_a_common_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("s.walk");
+    run(&synthetic_args(
+        &rec,
+        &["--max-steps", "6", "--eval-splits", ""],
+    ));
+    let out = dir.path().join("a");
+    let s = run_analysis(
+        &rec,
+        &out,
+        &[
+            "--phases",
+            "interp",
+            "--eval",
+            "probe:20,batch",
+            "--grid",
+            "0:1:5",
+        ],
+    );
+    // 6 pairs in one work item: probe 6 × 5 − 5 shared, batch 6 × 5.
+    assert_eq!(s.forward_evaluations, 25 + 30, "{s}");
+    let interp: Vec<InterpRow> = rows(&out);
+    let at = |set: &str, step: u64, alpha: f64| {
+        interp
+            .iter()
+            .find(|r| r.eval_set == set && r.step == step && r.alpha == alpha)
+            .map(|r| (r.loss.to_bits(), r.accuracy.to_bits(), r.samples))
+            .unwrap()
+    };
+    for t in 0..5 {
+        assert_eq!(
+            at("probe:20", t, 1.0),
+            at("probe:20", t + 1, 0.0),
+            "step {t}"
+        );
+    }
 }

@@ -356,7 +356,8 @@ pub struct AnalyzeArgs {
     /// Barrier strides k (comma-separated), between floor points v_t → v_{t+k}.
     #[arg(long, value_delimiter = ',')]
     pub strides: Option<Vec<u32>>,
-    /// Curvature at every N-th recorded step (0 = none).
+    /// Curvature at every recorded step that is a multiple of N, and at the run's final state
+    /// (0 = none).
     #[arg(long)]
     pub curvature_every: Option<u64>,
     /// Curvature at these steps (comma-separated).

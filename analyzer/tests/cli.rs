@@ -165,18 +165,28 @@ fn verify_inspect_and_analyze_report_and_exit_as_documented() {
     assert!(out.contains("--shard") && out.contains("probe:N"), "{out}");
 }
 
-/// All rows of a table under `out`, across shards, as sorted debug strings.
+/// All rows of a table under `out`, across shards, as sorted debug strings, without the run
+/// label (by default the folder's name, so it differs between folders compared).
 fn table_rows<R: sgdwalk_analyzer::tables::TableRows + std::fmt::Debug>(out: &Path) -> Vec<String> {
-    let mut rows = Vec::new();
-    let dir = out.join(R::TABLE.as_str());
-    for shard in std::fs::read_dir(dir).unwrap() {
-        for part in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            let part = part.unwrap().path();
-            for r in sgdwalk_analyzer::tables::read_rows::<R>(&part).unwrap() {
-                rows.push(format!("{r:?}"));
+    let files = sgdwalk_analyzer::dir::AnalysisDir::new(out)
+        .table_files(R::TABLE)
+        .unwrap()
+        .unwrap_or_default();
+    let mut rows: Vec<String> = files
+        .iter()
+        .flat_map(|p| sgdwalk_analyzer::tables::read_rows::<R>(p).unwrap())
+        .map(|r| {
+            let debug = format!("{r:?}");
+            match debug.find("run_label: \"") {
+                Some(i) => {
+                    let start = i + "run_label: \"".len();
+                    let end = debug[start..].find('"').map_or(debug.len(), |j| start + j);
+                    format!("{}_{}", &debug[..start], &debug[end..])
+                }
+                None => debug,
             }
-        }
-    }
+        })
+        .collect();
     rows.sort();
     rows
 }
@@ -414,22 +424,9 @@ fn random_command_lines_end_with_a_status_and_a_message() {
 
 /// Every row of every table under `out`, sorted, per table.
 fn all_rows(out: &Path) -> Vec<(String, Vec<String>)> {
-    use sgdwalk_analyzer::tables::{
-        BarrierRow, FloorRow, InterpRow, StepRow, TableRows, read_rows,
-    };
+    use sgdwalk_analyzer::tables::{BarrierRow, FloorRow, InterpRow, StepRow, TableRows};
     fn table<R: TableRows + std::fmt::Debug>(out: &Path) -> (String, Vec<String>) {
-        let dir = sgdwalk_analyzer::dir::AnalysisDir::new(out);
-        let mut rows: Vec<String> = dir
-            .table_files(R::TABLE)
-            .unwrap()
-            .unwrap_or_default()
-            .iter()
-            .flat_map(|p| read_rows::<R>(p).unwrap())
-            // The run label is the folder's name: not part of the comparison.
-            .map(|r| format!("{r:?}").replace("run_label: \"killed\"", "run_label: \"reference\""))
-            .collect();
-        rows.sort();
-        (R::TABLE.as_str().to_string(), rows)
+        (R::TABLE.as_str().to_string(), table_rows::<R>(out))
     }
     vec![
         table::<StepRow>(out),

@@ -13,14 +13,16 @@ use crate::phases::{ItemCx, Point, floors};
 use crate::replay::Session;
 use crate::tables::CurvatureRow;
 
-/// The steps of the item at which curvature is measured.
+/// The steps of the item at which curvature is measured: multiples of `--curvature-every` and
+/// the run's final state (flatness at the end of training), and `--curvature-steps`.
 fn chosen_steps(cx: &ItemCx<'_>) -> Vec<u64> {
     let cfg = cx.cfg;
+    let last = cx.s.desc.total_steps;
     cx.steps
         .range(cx.item.lo..cx.item.hi)
         .copied()
         .filter(|&t| {
-            (cfg.curvature_every > 0 && t % cfg.curvature_every == 0)
+            (cfg.curvature_every > 0 && (t % cfg.curvature_every == 0 || t == last))
                 || cfg.curvature_steps.contains(&t)
         })
         .collect()

@@ -2,7 +2,7 @@
 //! of the item and every evaluation setting. The grid losses are handed to `floors` and
 //! `barriers`.
 
-use crate::config::Setting;
+use crate::config::{EvalSet, Setting};
 use crate::dir::AnalysisDir;
 use crate::error::AnalyzeError;
 use crate::phases::{ItemCx, stored_setting};
@@ -51,11 +51,30 @@ fn grid(
     let alphas = cfg.grid.alphas();
     let mut losses = Vec::with_capacity(alphas.len());
     let mut buf = Vec::new();
+    // α = 0 and α = 1 are θ_t and θ_{t+1} exactly: α = 1 of step t is α = 0 of step t + 1 on a
+    // set that does not change with the step (not `batch`).
+    let same_set = !matches!(setting.eval, EvalSet::Batch);
     for &alpha in &alphas {
-        s.interpolate(&a, &b, alpha, &mut buf);
-        let e = s.evaluate_state(&buf, &batches, setting.bn)?;
+        let at_state = match (alpha.to_bits(), same_set) {
+            (z, true) if z == 0f64.to_bits() => Some(t),
+            (o, true) if o == 1f64.to_bits() => Some(t + 1),
+            _ => None,
+        };
+        let stored =
+            at_state.and_then(|st| cx.handoff.state_evals.get(&(setting.clone(), st)).copied());
+        let e = if let Some(e) = stored {
+            cx.tally.reused(e.mean_loss());
+            e
+        } else {
+            s.interpolate(&a, &b, alpha, &mut buf);
+            let e = s.evaluate_state(&buf, &batches, setting.bn)?;
+            cx.tally.loss(e.mean_loss());
+            if let Some(st) = at_state {
+                cx.handoff.state_evals.insert((setting.clone(), st), e);
+            }
+            e
+        };
         let loss = e.mean_loss();
-        cx.tally.loss(loss);
         losses.push(loss);
         if let Some(rows) = rows.as_deref_mut() {
             rows.push(InterpRow {

@@ -52,6 +52,11 @@ impl Tally {
     /// Counts one loss evaluation.
     pub fn loss(&mut self, loss: f64) {
         self.forward_evaluations += 1;
+        self.reused(loss);
+    }
+
+    /// Counts a loss taken from an evaluation already made (no forward pass).
+    pub fn reused(&mut self, loss: f64) {
         if !loss.is_finite() {
             self.nonfinite_losses += 1;
         }
@@ -68,6 +73,9 @@ pub(crate) struct Handoff {
     pub grid_losses: HashMap<SettingStep, Vec<f64>>,
     /// α* of the valley floor (floors → barriers, curvature); NaN when not located.
     pub floor_alpha: HashMap<SettingStep, f64>,
+    /// Evaluations at a recorded state θ_t itself (α = 0 of step t, α = 1 of step t − 1), for
+    /// sets that do not change with the step: computed once, used by both interpolations.
+    pub state_evals: HashMap<SettingStep, sgdwalk_workload::EvalSums>,
 }
 
 /// Where on a step a measurement is taken: the `point` column of `curvature` and the `path`
