@@ -846,10 +846,9 @@ fn phases_added_later_reuse_the_stored_tables() {
     );
 }
 
-#[test]
-fn nonfinite_losses_are_kept_and_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let rec = dir.path().join("diverge.walk");
+/// A run whose learning rate (1e30) makes its losses NaN within its 6 updates.
+fn diverged_recording(dir: &Path) -> PathBuf {
+    let rec = dir.join("diverge.walk");
     run(&synthetic_args(
         &rec,
         &[
@@ -863,6 +862,13 @@ fn nonfinite_losses_are_kept_and_counted() {
             "",
         ],
     ));
+    rec
+}
+
+#[test]
+fn nonfinite_losses_are_kept_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = diverged_recording(dir.path());
     let out = dir.path().join("n");
     let s = run_analysis(
         &rec,
@@ -886,20 +892,7 @@ fn a_diverged_run_keeps_nan_losses_as_nan_and_only_absent_scalars_null() {
     // Format 1.2: a NaN loss is recorded as NaN, the last state's scalars as absent; the
     // `steps` table keeps the two apart (NaN → NaN, absent → null).
     let dir = tempfile::tempdir().unwrap();
-    let rec = dir.path().join("diverge.walk");
-    run(&synthetic_args(
-        &rec,
-        &[
-            "--lr",
-            "1e30",
-            "--max-steps",
-            "6",
-            "--augment",
-            "false",
-            "--eval-splits",
-            "",
-        ],
-    ));
+    let rec = diverged_recording(dir.path());
     let r = Reader::open(&rec).unwrap();
     assert_eq!(r.steps(), &[0, 1, 2, 3, 4, 5, 6]);
     let recorded: Vec<sgdwalk_format::StepScalars> =

@@ -4,7 +4,7 @@
 
 use sgdwalk_workload::BnPolicy;
 
-use crate::config::Setting;
+use crate::config::{EvalSet, Setting};
 use crate::curvature::{
     CurvatureError, LanczosOptions, TraceOptions, Which, hutchinson_trace, lanczos,
 };
@@ -34,6 +34,10 @@ pub(crate) fn run(cx: &mut ItemCx<'_>) -> Result<Vec<CurvatureRow>, AnalyzeError
     let mut rows = Vec::new();
     for setting in cx.cfg.settings() {
         for &t in &chosen {
+            // The run's final state made no update, so it has no minibatch to evaluate on.
+            if matches!(setting.eval, EvalSet::Batch) && t >= cx.s.desc.total_steps {
+                continue;
+            }
             let batches = cx.s.prepared(&setting.eval, t)?;
             let samples: u64 = batches.iter().map(|(x, _)| x.size()[0] as u64).sum();
             let theta = cx.s.reader.state(t)?;

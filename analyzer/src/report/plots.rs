@@ -167,17 +167,7 @@ pub fn write_data(plan: &FigurePlan, path: &Path) -> Result<usize, ReportError> 
         Column::new("x_label".into(), xl),
         Column::new("y_label".into(), yl),
     ];
-    let bad = |e: PolarsError| ReportError::BadFile {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let mut df = DataFrame::new(rows, columns).map_err(bad)?;
-    let mut bytes = Vec::new();
-    ParquetWriter::new(&mut bytes)
-        .with_compression(ParquetCompression::Zstd(None))
-        .finish(&mut df)
-        .map_err(bad)?;
-    super::write_atomic(path, &bytes)?;
+    super::summary::write_frame(path, rows, columns)?;
     Ok(rows)
 }
 

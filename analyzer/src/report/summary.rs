@@ -109,6 +109,13 @@ pub fn write_summary(runs: &[RunData], path: &Path) -> Result<usize, ReportError
         Column::new("value".into(), value),
         Column::new("count".into(), count),
     ];
+    write_frame(path, rows, columns)?;
+    Ok(rows)
+}
+
+/// Writes `columns` (of `rows` rows each) as one zstd Parquet file, atomically: the report's
+/// tidy tables (summary.parquet, the figures' data).
+pub fn write_frame(path: &Path, rows: usize, columns: Vec<Column>) -> Result<(), ReportError> {
     let bad = |e: PolarsError| ReportError::BadFile {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -119,6 +126,5 @@ pub fn write_summary(runs: &[RunData], path: &Path) -> Result<usize, ReportError
         .with_compression(ParquetCompression::Zstd(None))
         .finish(&mut df)
         .map_err(bad)?;
-    super::write_atomic(path, &bytes)?;
-    Ok(rows)
+    super::write_atomic(path, &bytes)
 }
