@@ -330,7 +330,7 @@ pub struct AnalyzeArgs {
     #[arg(long, short = 'o')]
     pub out: PathBuf,
     /// TOML file with any of the settings below (flags given on the command line win; keys
-    /// left out take the defaults shown here). Keys are the flags' names with `_` for `-`,
+    /// left out take the defaults shown here). Keys are the setting flags' names with `_` for `-`,
     /// except `grid_lo`, `grid_hi`, `grid_points` for --grid and `step_range = [START, END]`
     /// for --steps. Only in the file: `lanczos_iterations` (Lanczos basis size of the
     /// eigenvalues, top-k..=1000) [default: 20], `eigen_tolerance` (relative residual at which

@@ -641,6 +641,15 @@ fn every_config_file_key_is_documented_with_its_default() {
         .map(|a| a.get_id().to_string())
         .collect();
     let defaults = sgdwalk_analyzer::config::AnalyzeConfig::default();
+    // The example file parses.
+    let example = readme
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split_once("```"))
+        .map(|(toml, _)| toml)
+        .expect("a toml example in README.md");
+    let parsed: sgdwalk_analyzer::config::AnalyzeConfig = toml::from_str(example).unwrap();
+    assert_eq!(parsed.grid.points, 21);
     for (key, value) in default_config_keys() {
         let row = readme
             .lines()
