@@ -111,10 +111,22 @@ impl Session {
             other => other?,
         };
         if data.identity != desc.dataset_identity {
+            // Which files differ, so one changed file among four is found at a glance.
+            let differing: Vec<&str> = data
+                .identity
+                .files
+                .iter()
+                .filter(|f| !desc.dataset_identity.files.contains(f))
+                .map(|f| f.file.as_str())
+                .collect();
+            let mut found = describe_identity(&data.identity);
+            if !differing.is_empty() {
+                found += &format!("; differing: {}", differing.join(", "));
+            }
             return Err(AnalyzeError::DatasetMismatch {
                 data_dir,
                 expected: describe_identity(&desc.dataset_identity),
-                found: describe_identity(&data.identity),
+                found,
             });
         }
         if cfg.eval.contains(&crate::config::EvalSet::Test) {
