@@ -11,6 +11,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use sgdwalk_workload::RunDescription;
+
 use crate::config::AnalyzeArgs;
 
 /// Replay an sgdwalk recording and measure the loss landscape along the path: interpolation
@@ -117,11 +119,170 @@ impl Cli {
                     writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
                 } else {
                     writeln!(out, "{report}")?;
+                    let metadata = &report.header.metadata_json;
+                    match RunDescription::from_metadata_json(metadata) {
+                        Ok(desc) => write!(out, "{}", describe_run(&desc))?,
+                        // Another tool's recording: its metadata as it is.
+                        Err(_) => {
+                            writeln!(out, "  metadata (not an sgdwalk-record run): {metadata}")?
+                        }
+                    }
                 }
                 Ok(ExitCode::SUCCESS)
             }
         }
     }
+}
+
+/// The run an sgdwalk-record recording describes, for `inspect`: model, data, optimizer,
+/// schedule, length, record policy and where it was made, one aligned line each.
+pub fn describe_run(d: &RunDescription) -> String {
+    use sgdwalk_workload::DatasetName;
+    use sgdwalk_workload::run::{OptimizerSpec, ScheduleKind};
+    let mut lines: Vec<(&str, String)> = Vec::new();
+    lines.push((
+        "model",
+        format!(
+            "{} ({} trainable parameters, {} state elements)",
+            d.model.short_name(),
+            d.layout.parameter_count(),
+            d.layout.len_elements()
+        ),
+    ));
+    let ds = &d.dataset;
+    let name = match (&ds.name, &ds.tensors, &ds.synthetic) {
+        (DatasetName::Tensors, Some(t), _) => format!("tensors file {}", t.path.display()),
+        (DatasetName::Synthetic, _, Some(s)) => format!(
+            "synthetic ({}x{}x{} images, {} classes, seed {})",
+            s.channels, s.image_size, s.image_size, s.classes, s.seed
+        ),
+        (name, _, _) => name.to_string(),
+    };
+    let range = |(a, b): (u32, u32)| format!("{a}..{b} ({} samples)", b.saturating_sub(a));
+    lines.push((
+        "dataset",
+        format!(
+            "{name}: train {}, val {}, test file {} samples{}",
+            range(ds.train_range),
+            range(ds.val_range),
+            d.dataset_identity.test_samples,
+            match &d.augmentation {
+                Some(a) => format!(", augmentation {}", a.kind),
+                None => ", no augmentation".to_owned(),
+            }
+        ),
+    ));
+    let decay = |wd: f64, decoupled: bool| {
+        format!(
+            "weight decay {wd} ({})",
+            if decoupled { "decoupled" } else { "coupled" }
+        )
+    };
+    let lr = d.schedule.base_lr;
+    lines.push((
+        "optimizer",
+        match &d.optimizer {
+            OptimizerSpec::Sgd {
+                momentum,
+                nesterov,
+                weight_decay,
+                decoupled_weight_decay,
+            } => format!(
+                "{}, lr {lr}, momentum {momentum}, {}",
+                if *nesterov { "sgd (nesterov)" } else { "sgd" },
+                decay(*weight_decay, *decoupled_weight_decay)
+            ),
+            OptimizerSpec::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                decoupled_weight_decay,
+            } => format!(
+                "{}, lr {lr}, betas {beta1}/{beta2}, eps {eps}, {}",
+                if *decoupled_weight_decay {
+                    "adamw"
+                } else {
+                    "adam"
+                },
+                decay(*weight_decay, *decoupled_weight_decay)
+            ),
+        },
+    ));
+    let shape = match &d.schedule.kind {
+        ScheduleKind::Constant => "constant".to_owned(),
+        ScheduleKind::Step {
+            every_epochs,
+            gamma,
+        } => format!("step: x{gamma} every {every_epochs} epoch(s)"),
+        ScheduleKind::Cosine => "cosine to 0 over the run".to_owned(),
+    };
+    lines.push((
+        "schedule",
+        match d.schedule.warmup_steps {
+            0 => shape,
+            w => format!("{shape}, linear warm-up over {w} steps"),
+        },
+    ));
+    let mut training = format!(
+        "batch size {}, {} epoch(s) x {} steps = {} steps",
+        d.batch_size, d.epochs, d.steps_per_epoch, d.total_steps
+    );
+    if let Some(fb) = &d.full_batch {
+        training += if fb.sum_of_chunk_means {
+            ", full batch (sum of chunk means)"
+        } else {
+            ", full batch (mean over the set)"
+        };
+    }
+    if d.noise_std > 0.0 {
+        training += &format!(", gradient noise std {}", d.noise_std);
+    }
+    lines.push(("training", training));
+    let splits = d.eval_splits.as_ref().map_or_else(
+        || "not stored".to_owned(),
+        |s| {
+            let names: Vec<&str> = s.iter().map(|x| x.as_str()).collect();
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(",")
+            }
+        },
+    );
+    lines.push((
+        "recorded",
+        format!(
+            "policy {}; per-epoch evaluation of {splits} (batch {})",
+            d.record_policy, d.eval_batch_size
+        ),
+    ));
+    let s = &d.seeds;
+    lines.push((
+        "seeds",
+        format!(
+            "init {}, data order {}, augmentation {}, noise {}",
+            s.init, s.data_order, s.augmentation, s.noise
+        ),
+    ));
+    let p = &d.provenance;
+    let mut made = format!(
+        "{} {} on {}, device {}, {} thread(s), started {}",
+        p.tool,
+        p.tool_version,
+        p.hostname,
+        p.device,
+        p.threads,
+        sgdwalk_format::utc_time(p.started_unix_secs.saturating_mul(1000))
+    );
+    if !p.resumed_at_steps.is_empty() {
+        made += &format!(", resumed at steps {:?}", p.resumed_at_steps);
+    }
+    lines.push(("made by", made));
+    lines
+        .iter()
+        .map(|(k, v)| format!("  {k:<10} {v}\n"))
+        .collect()
 }
 
 #[cfg(test)]

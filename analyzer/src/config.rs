@@ -329,7 +329,14 @@ pub struct AnalyzeArgs {
     /// Output folder of the Parquet tables.
     #[arg(long, short = 'o')]
     pub out: PathBuf,
-    /// TOML file with any of the settings below (flags given on the command line win).
+    /// TOML file with any of the settings below (flags given on the command line win; keys
+    /// left out take the defaults shown here). Keys are the setting flags' names with `_` for `-`,
+    /// except `grid_lo`, `grid_hi`, `grid_points` for --grid and `step_range = [START, END]`
+    /// for --steps. Only in the file: `lanczos_iterations` (Lanczos basis size of the
+    /// eigenvalues, top-k..=1000) [default: 20], `eigen_tolerance` (relative residual at which
+    /// an eigenvalue has converged, > 0) [default: 0.001], `steps_per_item` (steps per work item,
+    /// the unit of sharding and of skipping on reruns, >= 1) [default: 50]. Every key is in the
+    /// README's "Configuration file" table.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Folder with the dataset files (default: data/<dataset>). For a tensors dataset: the
@@ -339,49 +346,56 @@ pub struct AnalyzeArgs {
     pub data_dir: Option<PathBuf>,
     /// Phases to run: comma-separated of geometry, interp, floors, barriers, curvature, epochs
     /// (floors and barriers imply interp).
+    /// [default: geometry,interp,floors,barriers,curvature,epochs]
     #[arg(long, value_delimiter = ',')]
     pub phases: Option<Vec<Phase>>,
-    /// Evaluation sets (comma-separated): train, probe:N, batch, val, test.
+    /// Evaluation sets (comma-separated): train, probe:N (N >= 1 seeded training samples),
+    /// batch, val, test. The default probe is cut to the training split when that is smaller.
+    /// [default: probe:1000]
     #[arg(long, value_delimiter = ',')]
     pub eval: Option<Vec<EvalSet>>,
-    /// BatchNorm policies (comma-separated): train-mode, eval-mode.
+    /// BatchNorm policies (comma-separated): train-mode, eval-mode. [default: train-mode]
     #[arg(long, value_delimiter = ',', value_parser = parse_bn)]
     pub bn: Option<Vec<BnPolicy>>,
-    /// Interpolation grid LO:HI:POINTS in α (default 0:1:11), e.g. -0.5:1.5:21.
+    /// Interpolation grid LO:HI:POINTS in α, e.g. -0.5:1.5:21 (LO < HI, 2..=10000 points).
+    /// [default: 0:1:11]
     #[arg(long, allow_hyphen_values = true)]
     pub grid: Option<Grid>,
-    /// α tolerance of the valley-floor refinement.
+    /// α tolerance of the valley-floor refinement (> 0). [default: 0.001]
     #[arg(long)]
     pub floor_tolerance: Option<f64>,
-    /// Barrier strides k (comma-separated), between floor points v_t → v_{t+k}.
+    /// Barrier strides k (comma-separated, each >= 1), between floor points v_t → v_{t+k}.
+    /// [default: 1]
     #[arg(long, value_delimiter = ',')]
     pub strides: Option<Vec<u32>>,
     /// Curvature at every recorded step that is a multiple of N, and at the run's final state
-    /// (0 = none).
+    /// (0 = none). [default: 0]
     #[arg(long)]
     pub curvature_every: Option<u64>,
-    /// Curvature at these steps (comma-separated).
+    /// Curvature at these steps (comma-separated). [default: none]
     #[arg(long, value_delimiter = ',')]
     pub curvature_steps: Option<Vec<u64>>,
-    /// Also measure curvature at the valley floor of those steps.
+    /// Also measure curvature at the valley floor of those steps: true or false.
+    /// [default: false]
     #[arg(long)]
     pub curvature_at_floor: Option<bool>,
-    /// Number of top Hessian eigenvalues.
+    /// Number of top Hessian eigenvalues (1..=lanczos_iterations, see --config). [default: 1]
     #[arg(long)]
     pub top_k: Option<u32>,
-    /// Hutchinson probes for the Hessian trace (0 = no trace).
+    /// Hutchinson probes for the Hessian trace (0 = no trace; at most 10000). [default: 0]
     #[arg(long)]
     pub trace_probes: Option<u32>,
-    /// Radius of ε-sharpness (0 = not measured).
+    /// Radius of ε-sharpness (0 = not measured; finite, >= 0). [default: 0]
     #[arg(long)]
     pub eps_sharpness: Option<f64>,
-    /// Analyze only steps in START..END.
+    /// Analyze only steps in START..END (END exclusive). [default: all]
     #[arg(long = "steps")]
     pub step_range: Option<StepRange>,
-    /// Batch size of evaluations (also the train-mode BatchNorm partition).
+    /// Batch size of evaluations (also the train-mode BatchNorm partition; >= 1).
+    /// [default: 500]
     #[arg(long)]
     pub eval_batch_size: Option<u32>,
-    /// Seed of probe subsets and trace probes.
+    /// Seed of probe subsets and trace probes. [default: 0]
     #[arg(long)]
     pub seed: Option<u64>,
     /// Compute slice I of N (0-based) of the work items: `--shard 2/8`.

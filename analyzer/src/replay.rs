@@ -53,6 +53,23 @@ pub fn run_description(reader: &Reader, path: &Path) -> Result<RunDescription, A
     })
 }
 
+/// A dataset's files for a mismatch message: named as the dataset their checksums say they
+/// are when it is a known one (the identity's own name is only the one it was loaded as), with
+/// full hashes, which a truncated one could not be checked against `sha256sum`.
+pub fn describe_identity(i: &sgdwalk_workload::DatasetIdentity) -> String {
+    let files: Vec<String> = i
+        .files
+        .iter()
+        .map(|f| format!("{} sha256 {}", f.file, f.sha256))
+        .collect();
+    let name = match sgdwalk_workload::data::recognize_idx_files(&i.files) {
+        Some(known) if known != i.name => format!("{known} files (loaded as {})", i.name.as_str()),
+        Some(known) => known.to_string(),
+        None => i.name.as_str().to_owned(),
+    };
+    format!("{name} [{}]", files.join(", "))
+}
+
 /// The TorchScript module a recording embeds (for `torchscript` runs; `None` otherwise).
 pub fn recorded_module(
     reader: &Reader,
@@ -81,21 +98,37 @@ impl Session {
         let reader = Reader::open(&path)?;
         let desc = run_description(&reader, &path)?;
         let data_dir = desc.dataset.location(settings.data_dir.as_deref());
-        let data = Dataset::load(&desc.dataset, &data_dir)?;
+        let data = match Dataset::load(&desc.dataset, &data_dir) {
+            // The files of another known dataset: the recorder's hint (`--dataset`) does not
+            // apply here; the data folder is what to change.
+            Err(sgdwalk_workload::WorkloadError::WrongDataset { dir, found, .. }) => {
+                return Err(AnalyzeError::DatasetMismatch {
+                    data_dir: dir,
+                    expected: describe_identity(&desc.dataset_identity),
+                    found: format!(
+                        "{found} files (recognized by their checksums): pass --data-dir with the recorded dataset's files"
+                    ),
+                });
+            }
+            other => other?,
+        };
         if data.identity != desc.dataset_identity {
-            let describe = |i: &sgdwalk_workload::DatasetIdentity| {
-                // Full hashes: a truncated one cannot be checked against `sha256sum`.
-                let files: Vec<String> = i
-                    .files
-                    .iter()
-                    .map(|f| format!("{} sha256 {}", f.file, f.sha256))
-                    .collect();
-                format!("{} [{}]", i.name.as_str(), files.join(", "))
-            };
+            // Which files differ, so one changed file among four is found at a glance.
+            let differing: Vec<&str> = data
+                .identity
+                .files
+                .iter()
+                .filter(|f| !desc.dataset_identity.files.contains(f))
+                .map(|f| f.file.as_str())
+                .collect();
+            let mut found = describe_identity(&data.identity);
+            if !differing.is_empty() {
+                found += &format!("; differing: {}", differing.join(", "));
+            }
             return Err(AnalyzeError::DatasetMismatch {
                 data_dir,
-                expected: describe(&desc.dataset_identity),
-                found: describe(&data.identity),
+                expected: describe_identity(&desc.dataset_identity),
+                found,
             });
         }
         if cfg.eval.contains(&crate::config::EvalSet::Test) {
@@ -287,4 +320,41 @@ pub fn interpolate(a: &[f32], b: &[f32], alpha: f64, out: &mut Vec<f32>) {
     out.resize(a.len(), 0.0);
     // Equal lengths by construction (two states of one recording), so this cannot fail.
     let _same_len = crate::barrier::interpolate_into(a, &b[..a.len()], alpha, out);
+}
+
+#[cfg(test)]
+mod tests {
+    use sgdwalk_workload::data::FileDigest;
+    use sgdwalk_workload::{DatasetIdentity, DatasetName};
+
+    use super::describe_identity;
+
+    fn identity(name: DatasetName, sha256: &str) -> DatasetIdentity {
+        DatasetIdentity {
+            name,
+            files: vec![FileDigest {
+                file: "train-images-idx3-ubyte".into(),
+                sha256: sha256.into(),
+                len_bytes: 1,
+            }],
+            train_samples: 60_000,
+            test_samples: 10_000,
+        }
+    }
+
+    #[test]
+    fn a_mismatch_names_the_dataset_the_files_are() {
+        // Fashion-MNIST's training images, published checksum.
+        let fashion = "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888";
+        let as_mnist = describe_identity(&identity(DatasetName::Mnist, fashion));
+        assert!(
+            as_mnist.starts_with("Fashion-MNIST files (loaded as mnist) [")
+                && as_mnist.contains(fashion),
+            "{as_mnist}"
+        );
+        let own = describe_identity(&identity(DatasetName::FashionMnist, fashion));
+        assert!(own.starts_with("Fashion-MNIST ["), "{own}");
+        let unknown = describe_identity(&identity(DatasetName::Mnist, "00"));
+        assert!(unknown.starts_with("mnist ["), "{unknown}");
+    }
 }

@@ -516,3 +516,267 @@ fn an_analyzer_killed_at_random_times_and_rerun_equals_an_uninterrupted_one() {
         assert_eq!(a, b, "{table}");
     }
 }
+
+/// `analyze`'s flags that are not analysis settings (no `AnalyzeConfig` field behind them).
+const NOT_SETTINGS: [&str; 10] = [
+    "recording",
+    "out",
+    "config",
+    "data_dir",
+    "shard",
+    "device",
+    "threads",
+    "force",
+    "quiet",
+    "json",
+];
+
+fn analyze_command() -> clap::Command {
+    use clap::CommandFactory;
+    sgdwalk_analyzer::cli::Cli::command()
+        .find_subcommand("analyze")
+        .unwrap()
+        .clone()
+}
+
+/// An argument's whole help text (clap keeps a one-paragraph doc comment as `help` only).
+fn help_of(arg: &clap::Arg) -> String {
+    arg.get_long_help()
+        .or(arg.get_help())
+        .map(ToString::to_string)
+        .unwrap_or_default()
+}
+
+/// The `[default: X]` a help text states, if any.
+fn stated_default(help: &str) -> Option<&str> {
+    let (_, rest) = help.rsplit_once("[default: ")?;
+    rest.split_once(']').map(|(d, _)| d)
+}
+
+/// The config-file (and JSON) form of the defaults: key → value.
+fn default_config_keys() -> serde_json::Map<String, serde_json::Value> {
+    let v = serde_json::to_value(sgdwalk_analyzer::config::AnalyzeConfig::default()).unwrap();
+    v.as_object().unwrap().clone()
+}
+
+/// Every setting flag's help states a default, and that default, given as the flag's value,
+/// yields exactly `AnalyzeConfig::default()`: the help cannot drift from the code.
+#[test]
+fn analyze_help_states_each_settings_default_as_the_code_has_it() {
+    use clap::Parser;
+    use sgdwalk_analyzer::cli::{Cli, Command};
+    use sgdwalk_analyzer::config::AnalyzeConfig;
+    let defaults = default_config_keys();
+    let mut checked = 0;
+    for arg in analyze_command().get_arguments() {
+        let id = arg.get_id().as_str();
+        if NOT_SETTINGS.contains(&id) {
+            continue;
+        }
+        let help = help_of(arg);
+        let long = arg.get_long().unwrap();
+        let shown = stated_default(&help)
+            .unwrap_or_else(|| panic!("--{long} states no [default: ...]: {help:?}"));
+        if matches!(shown, "none" | "all") {
+            // "Nothing chosen": the default is an empty list or no range.
+            let v = &defaults[id];
+            assert!(
+                v.is_null() || v.as_array().is_some_and(Vec::is_empty),
+                "--{long} says {shown} but the default is {v}"
+            );
+        } else {
+            let flag = format!("--{long}");
+            let cli = Cli::try_parse_from([
+                "sgdwalk-analyze",
+                "analyze",
+                "r.walk",
+                "-o",
+                "o",
+                flag.as_str(),
+                shown,
+            ])
+            .unwrap_or_else(|e| panic!("--{long} {shown}: {e}"));
+            let Command::Analyze(args) = cli.command else {
+                panic!("not analyze")
+            };
+            let (cfg, _) = args.validate().unwrap();
+            assert_eq!(
+                cfg,
+                AnalyzeConfig::default(),
+                "--{long}: the help says {shown}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 15, "only {checked} setting flags found");
+    // And the rendered help shows them.
+    let (code, out, _) = run(&["analyze", "--help"]);
+    assert_eq!(code, Some(0));
+    for shown in [
+        "[default: 0:1:11]",
+        "[default: probe:1000]",
+        "[default: 500]",
+    ] {
+        assert!(out.contains(shown), "{shown} missing from:\n{out}");
+    }
+}
+
+/// Every config-file key is a row of the README's "Configuration file" table, whose default
+/// cell, read as TOML, gives the code's default; keys without a flag are also in `--config`'s
+/// help.
+#[test]
+fn every_config_file_key_is_documented_with_its_default() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let config_help = help_of(
+        analyze_command()
+            .get_arguments()
+            .find(|a| a.get_id() == "config")
+            .unwrap(),
+    );
+    let flag_ids: Vec<String> = analyze_command()
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect();
+    let defaults = sgdwalk_analyzer::config::AnalyzeConfig::default();
+    // The example file parses.
+    let example = readme
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split_once("```"))
+        .map(|(toml, _)| toml)
+        .expect("a toml example in README.md");
+    let parsed: sgdwalk_analyzer::config::AnalyzeConfig = toml::from_str(example).unwrap();
+    assert_eq!(parsed.grid.points, 21);
+    for (key, value) in default_config_keys() {
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{key}` |")))
+            .unwrap_or_else(|| panic!("config key {key} has no row in README.md's table"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let default_cell = cells[3].trim_matches('`');
+        if value.is_null() {
+            assert!(default_cell.starts_with("none"), "{row}");
+        } else {
+            let parsed: sgdwalk_analyzer::config::AnalyzeConfig =
+                toml::from_str(&format!("{key} = {default_cell}"))
+                    .unwrap_or_else(|e| panic!("{row}: {e}"));
+            assert_eq!(parsed, defaults, "README default of {key}: {row}");
+        }
+        let has_flag = flag_ids.contains(&key) || key.starts_with("grid_") || key == "step_range";
+        if !has_flag {
+            assert!(
+                config_help.contains(&format!("`{key}`")),
+                "{key} has no flag and is missing from --config's help: {config_help}"
+            );
+        }
+    }
+}
+
+/// Every flag and subcommand of `sgdwalk-analyze` has a description.
+#[test]
+fn every_analyzer_flag_has_a_description() {
+    use clap::CommandFactory;
+    let cmd = sgdwalk_analyzer::cli::Cli::command();
+    for sub in cmd.get_subcommands() {
+        assert!(
+            sub.get_about().is_some(),
+            "{} has no description",
+            sub.get_name()
+        );
+        for arg in sub.get_arguments() {
+            assert!(
+                !help_of(arg).trim().is_empty(),
+                "{} {} has no help",
+                sub.get_name(),
+                arg.get_id()
+            );
+        }
+    }
+}
+
+/// `inspect` on an sgdwalk-record recording: the run's model, data, optimizer, schedule and
+/// length, times for people (no raw milliseconds); `--json` with a hex run id and the metadata
+/// as an object. On another tool's recording: its metadata as it is.
+#[test]
+fn inspect_describes_the_run_and_its_json_is_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("r.walk");
+    tiny_recording(&rec);
+    let rec_s = rec.to_str().unwrap();
+    let (code, out, err) = run(&["inspect", rec_s]);
+    assert_eq!(code, Some(0), "{err}");
+    for line in [
+        "  model      small-cnn (",
+        "  dataset    synthetic (1x8x8 images, 10 classes",
+        ": train 0..180 (180 samples), val 180..200 (20 samples)",
+        "  optimizer  sgd, lr 0.1, momentum 0, weight decay 0.0001 (coupled)",
+        "  schedule   constant",
+        "  training   batch size 60, 1 epoch(s) x 3 steps = 3 steps",
+        "  recorded   policy every",
+        " UTC",
+    ] {
+        assert!(out.contains(line), "{line:?} missing from:\n{out}");
+    }
+    assert!(!out.contains(" ms"), "raw milliseconds in:\n{out}");
+
+    let (code, out, _) = run(&["inspect", rec_s, "--json"]);
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = v["run_id"].as_str().unwrap();
+    assert!(
+        id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{id}"
+    );
+    assert!(v["metadata"]["model"].is_object(), "{out}");
+    assert_eq!(v["metadata"]["batch_size"], 60, "{out}");
+    assert!(
+        v["created_utc"].as_str().unwrap().ends_with(" UTC"),
+        "{out}"
+    );
+
+    // Another tool's recording: the metadata is printed raw.
+    use sgdwalk_format::{
+        CodecId, CodecSettings, FsyncPolicy, Header, StepInput, StepScalars, Writer, WriterOptions,
+    };
+    let other = dir.path().join("other.walk");
+    let header = Header::new(
+        [7; 16],
+        1_700_000_000_000,
+        Header::contiguous_layout(&[("w", &[4])]).unwrap(),
+        0,
+        r#"{"tool":"elsewhere","lr":0.5}"#.into(),
+        CodecSettings {
+            chunk_len_elements: 4,
+            keyframe_interval: 4,
+            zstd_level: 1,
+            delta_codec: CodecId::Pred2,
+        },
+    )
+    .unwrap();
+    let options = WriterOptions {
+        fsync: FsyncPolicy::Never,
+        threads: 1,
+    };
+    let mut w = Writer::create(&other, header, options).unwrap();
+    w.write_step(&StepInput {
+        step: 0,
+        state: &[1.0, 2.0, 3.0, 4.0],
+        sample_ids: &[],
+        augmentation: &[],
+        scalars: StepScalars::absent(),
+    })
+    .unwrap();
+    w.finish().unwrap();
+    let (code, out, err) = run(&["inspect", other.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(r#"metadata (not an sgdwalk-record run): {"tool":"elsewhere","lr":0.5}"#)
+            && out.contains("created 2023-11-14 22:13:20 UTC"),
+        "{out}"
+    );
+    let (_, out, _) = run(&["inspect", other.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["run_id"], "07".repeat(16), "{out}");
+    assert_eq!(v["metadata"]["tool"], "elsewhere", "{out}");
+}

@@ -20,6 +20,9 @@ pub use consts::*;
 pub use error::FormatError;
 pub use lock::LockHolder;
 pub use reader::Reader;
-pub use report::{CodecUsage, InspectReport, StepRange, VerifyReport, inspect, verify};
+pub use report::{
+    CodecUsage, HeaderJson, InspectJson, InspectReport, StepRange, VerifyReport, human_duration,
+    inspect, utc_time, verify,
+};
 pub use types::*;
 pub use writer::Writer;

@@ -39,7 +39,8 @@ pub struct RecordArgs {
     /// Output recording (.walk).
     #[arg(long, short = 'o')]
     pub out: PathBuf,
-    /// Model: mlp, small-cnn, vgg11, resnet20, resnet56.
+    /// Model: mlp, small-cnn, vgg11, resnet20, resnet56, or torchscript:PATH (a module saved by
+    /// PyTorch's torch.jit).
     #[arg(long, default_value = "small-cnn")]
     pub model: String,
     /// Dataset: fashion-mnist, mnist, cifar10, synthetic, or tensors:PATH (a safetensors file:
@@ -76,59 +77,70 @@ pub struct RecordArgs {
     /// sgdwalk.classes metadata, else the largest label + 1 over all splits.
     #[arg(long)]
     pub classes: Option<i64>,
-    /// Synthetic data: training-file samples (test file: a quarter of it).
+    /// Synthetic data: training-file samples, at least 20 (test file: a quarter of it; 10% of
+    /// the training file is the validation split).
     #[arg(long, default_value_t = 2000)]
     pub synthetic_samples: u32,
-    /// Synthetic data: image side and channels (28x28x1 or 32x32x3, say).
+    /// Synthetic data: image side in pixels, at least 1 (28 or 32, say; one split is at most
+    /// 4 GiB).
     #[arg(long, default_value_t = 28)]
     pub synthetic_size: i64,
+    /// Synthetic data: image channels, at least 1 (1 for grey, 3 for colour).
     #[arg(long, default_value_t = 1)]
     pub synthetic_channels: i64,
-    /// Epochs to train.
+    /// Epochs to train (at least 1).
     #[arg(long, default_value_t = 1)]
     pub epochs: u32,
     /// Stop after this many updates (default: all epochs).
     #[arg(long)]
     pub max_steps: Option<u64>,
-    /// Minibatch size (with --full-batch: the gradient-accumulation chunk size).
+    /// Minibatch size, at least 1 (with --full-batch: the gradient-accumulation chunk size).
     #[arg(long, default_value_t = 100)]
     pub batch_size: u32,
-    /// Optimizer.
+    /// Optimizer: sgd (plain), momentum, nesterov, adam, adamw (Adam with decoupled weight
+    /// decay).
     #[arg(long, value_enum, default_value = "sgd")]
     pub optimizer: OptimizerName,
-    /// Learning rate.
+    /// Learning rate (finite, > 0); the base rate of --schedule.
     #[arg(long, default_value_t = 0.1)]
     pub lr: f64,
-    /// Momentum (momentum and nesterov optimizers).
+    /// Momentum of the momentum and nesterov optimizers, in [0, 1).
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
-    /// Weight decay; coupled (added to the gradient, as the paper) unless --decoupled-wd.
+    /// Weight decay (>= 0); coupled (added to the gradient, as the paper) unless
+    /// --decoupled-wd.
     #[arg(long, default_value_t = 1e-4)]
     pub weight_decay: f64,
+    /// Decoupled weight decay: the weights shrink by lr · weight-decay at each step, apart from
+    /// the gradient (as AdamW; --optimizer adamw always decouples). Off by default: coupled.
     #[arg(long)]
     pub decoupled_wd: bool,
-    /// Adam betas and epsilon.
+    /// Adam's β1 (decay of the gradient's running mean; adam and adamw), in [0, 1).
     #[arg(long, default_value_t = 0.9)]
     pub beta1: f64,
+    /// Adam's β2 (decay of the squared gradient's running mean; adam and adamw), in [0, 1).
     #[arg(long, default_value_t = 0.999)]
     pub beta2: f64,
+    /// Adam's ε, added to the root of the squared-gradient mean (adam and adamw); finite, > 0.
     #[arg(long, default_value_t = 1e-8)]
     pub adam_eps: f64,
-    /// Learning-rate schedule: constant, step:EVERY_EPOCHS,GAMMA, or cosine.
+    /// Learning-rate schedule: constant, step:EVERY_EPOCHS,GAMMA (multiply by GAMMA > 0 every
+    /// EVERY_EPOCHS >= 1 epochs), or cosine (to 0 over the run).
     #[arg(long, default_value = "constant")]
     pub schedule: String,
-    /// Linear warm-up steps.
+    /// Linear warm-up from 0 over this many steps (0 = none).
     #[arg(long, default_value_t = 0)]
     pub warmup_steps: u64,
     /// Full-batch gradient descent over the training split (gradient accumulated over chunks of
-    /// --batch-size); one update per epoch.
+    /// --batch-size); one update per epoch. Off by default: minibatch SGD.
     #[arg(long)]
     pub full_batch: bool,
     /// With --full-batch: sum the chunk-mean gradients (as the paper's gd.py) instead of taking
-    /// the mean over the whole set.
+    /// the mean over the whole set. Off by default.
     #[arg(long)]
     pub sum_of_chunk_means: bool,
-    /// Std of isotropic Gaussian noise added to every gradient (GD + noise experiment).
+    /// Std of isotropic Gaussian noise added to every gradient (GD + noise experiment; finite,
+    /// >= 0; 0 = none).
     #[arg(long, default_value_t = 0.0)]
     pub noise_std: f64,
     /// Seed of everything; the init, data-order, augmentation and noise seeds derive from it.
@@ -144,26 +156,30 @@ pub struct RecordArgs {
     /// snapshot is encoded; on few cores, 1 leaves the rest to training.
     #[arg(long, default_value_t = 1)]
     pub encode_threads: u32,
-    /// Which steps to record: every, epochs:1,10,25,100, every:K, window:W,K.
+    /// Which steps to record: every; epochs:1,10,25,100 (every step of those epochs, numbered
+    /// from 1); every:K (every K-th step, K >= 1); window:W,K (W consecutive pairs, steps t with
+    /// t mod K <= W, every K steps; 0 < W < K). θ_0 and the final state are always kept.
     #[arg(long, default_value = "every")]
     pub record: String,
-    /// Keyframe interval K of the recording.
+    /// Keyframe interval K of the recording (a power of two): a full state every K records,
+    /// deltas between.
     #[arg(long, default_value_t = 32)]
     pub keyframe_interval: u32,
-    /// zstd level of the recording.
+    /// zstd level of the recording, 1..=22.
     #[arg(long, default_value_t = 1)]
     pub zstd_level: i32,
-    /// When to fsync the recording.
+    /// When to fsync the recording: never, keyframe (after each keyframe), record (after
+    /// every record).
     #[arg(long, value_enum, default_value = "keyframe")]
     pub fsync: FsyncName,
     /// Splits evaluated after every epoch (comma-separated: train,val,test; empty = none).
     /// Default: train,val,test (train,val for a tensors:PATH file without test_x).
     #[arg(long)]
     pub eval_splits: Option<String>,
-    /// Batch size of the per-epoch evaluation.
+    /// Batch size of the per-epoch evaluation (0 is taken as 1).
     #[arg(long, default_value_t = 1000)]
     pub eval_batch_size: u32,
-    /// Replace an existing output.
+    /// Replace an existing output. Off by default: an existing file is refused.
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
     /// Continue the killed or stopped run in --out from its last resume point. Every setting
@@ -174,7 +190,7 @@ pub struct RecordArgs {
     /// resume point starts over from step 0 with the recorded settings.
     #[arg(long)]
     pub resume: bool,
-    /// Queue length between training and the writer thread (records).
+    /// Queue length between training and the writer thread, in records (0 is taken as 1).
     #[arg(long, default_value_t = 8)]
     pub queue: usize,
     /// No progress bar.

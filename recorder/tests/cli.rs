@@ -1025,3 +1025,71 @@ fn a_second_resume_of_a_file_being_written_exits_2_naming_the_file_and_the_write
     let steps = Reader::open(&out).unwrap().steps().to_vec();
     assert_eq!(steps, (0..steps.len() as u64).collect::<Vec<_>>());
 }
+
+/// Every flag of `sgdwalk-record --help` has a description; every flag taking a value states
+/// its default (clap's `[default: ...]` or the text), and the checked ones their allowed range.
+#[test]
+fn every_record_flag_has_help_with_its_default_and_range() {
+    use clap::Args;
+    let cmd = sgdwalk_recorder::RecordArgs::augment_args(clap::Command::new("sgdwalk-record"));
+    let help_of = |id: &str| -> String {
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == id)
+            .unwrap_or_else(|| panic!("no flag {id}"));
+        arg.get_long_help()
+            .or(arg.get_help())
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    };
+    for arg in cmd.get_arguments() {
+        let id = arg.get_id().as_str();
+        let help = help_of(id);
+        assert!(!help.trim().is_empty(), "--{id} has no help");
+        let takes_value = arg.get_num_args().is_none_or(|n| n.takes_values())
+            && !matches!(
+                arg.get_action(),
+                clap::ArgAction::SetTrue | clap::ArgAction::SetFalse
+            );
+        if takes_value && !arg.is_required_set() {
+            assert!(
+                !arg.get_default_values().is_empty() || help.to_lowercase().contains("default"),
+                "--{id} states no default: {help:?}"
+            );
+        }
+    }
+    // Allowed ranges, as validate() checks them.
+    for (id, range) in [
+        ("epochs", "at least 1"),
+        ("batch_size", "at least 1"),
+        ("lr", "> 0"),
+        ("momentum", "[0, 1)"),
+        ("beta1", "[0, 1)"),
+        ("beta2", "[0, 1)"),
+        ("adam_eps", "> 0"),
+        ("weight_decay", ">= 0"),
+        ("noise_std", ">= 0"),
+        ("zstd_level", "1..=22"),
+        ("keyframe_interval", "power of two"),
+        ("synthetic_samples", "at least 20"),
+        ("synthetic_size", "at least 1"),
+        ("synthetic_channels", "at least 1"),
+        ("record", "window:W,K"),
+        ("record", "0 < W < K"),
+        ("decoupled_wd", "lr · weight-decay"),
+    ] {
+        assert!(help_of(id).contains(range), "--{id}: {range:?} missing");
+    }
+    // The binary renders them.
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for shown in [
+        "--synthetic-channels",
+        "[default: 0.999]",
+        "0 < W < K",
+        "--adam-eps",
+    ] {
+        assert!(text.contains(shown), "{shown} missing from:\n{text}");
+    }
+}
