@@ -450,6 +450,13 @@ fn open_output(
             source,
         })?;
     }
+    // `-o runs/lr0.1/run.walk` makes its folder, as `analyze -o` does.
+    if let Some(parent) = cfg.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| RecordError::OutputUnwritable {
+            path: cfg.out.clone(),
+            source,
+        })?;
+    }
     // A TorchScript run carries its module, so the recording alone rebuilds the model.
     let attachments: Vec<(&str, &[u8])> = cfg
         .module
