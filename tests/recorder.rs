@@ -759,6 +759,9 @@ fn resume_of_a_file_without_a_resume_point_starts_over() {
 fn the_output_folder_is_created() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("runs/lr0.05/run.walk");
-    run(&synthetic_args(&out, &["--max-steps", "2", "--eval-splits", ""]));
+    run(&synthetic_args(
+        &out,
+        &["--max-steps", "2", "--eval-splits", ""],
+    ));
     assert_eq!(Reader::open(&out).unwrap().steps(), &[0, 1, 2]);
 }

@@ -518,7 +518,7 @@ fn an_analyzer_killed_at_random_times_and_rerun_equals_an_uninterrupted_one() {
 }
 
 /// `analyze`'s flags that are not analysis settings (no `AnalyzeConfig` field behind them).
-const NOT_SETTINGS: [&str; 10] = [
+const NOT_SETTINGS: [&str; 11] = [
     "recording",
     "out",
     "config",
@@ -526,6 +526,7 @@ const NOT_SETTINGS: [&str; 10] = [
     "shard",
     "device",
     "threads",
+    "label",
     "force",
     "quiet",
     "json",
