@@ -1759,5 +1759,27 @@ fn interpolations_share_the_evaluation_at_a_common_state() {
             at("probe:20", t + 1, 0.0),
             "step {t}"
         );
-    }
+    } // A floor segment v_t → v_{t+1} starts and ends at points evaluated while locating the
+    // floors: only its 3 inner points are evaluated (stride 1 between iterates is the
+    // interpolation itself: none).
+    let flags = ["--eval", "probe:20", "--grid", "0:1:5", "--strides", "1"];
+    let floors_only = run_analysis(
+        &rec,
+        &dir.path().join("f"),
+        &[&flags[..], &["--phases", "interp,floors"]].concat(),
+    );
+    let with_barriers = dir.path().join("b");
+    let all = run_analysis(
+        &rec,
+        &with_barriers,
+        &[&flags[..], &["--phases", "interp,floors,barriers"]].concat(),
+    );
+    let barriers: Vec<BarrierRow> = rows(&with_barriers);
+    let floor_segments = barriers.iter().filter(|r| r.path == "floor").count() as u64;
+    assert!(floor_segments >= 4, "{floor_segments}");
+    assert_eq!(
+        all.forward_evaluations - floors_only.forward_evaluations,
+        3 * floor_segments,
+        "{all}"
+    );
 }

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use crate::barrier::barrier;
-use crate::config::Setting;
+use crate::config::{EvalSet, Setting};
 use crate::error::AnalyzeError;
 use crate::phases::{ItemCx, Point, floors};
 use crate::tables::BarrierRow;
@@ -27,6 +27,7 @@ pub(crate) fn run(cx: &mut ItemCx<'_>) -> Result<Vec<BarrierRow>, AnalyzeError> 
     let seg_alphas = cx.cfg.grid.unit().alphas();
     let grid_alphas = cx.cfg.grid.alphas();
     for setting in cx.cfg.settings() {
+        let same_set = !matches!(setting.eval, EvalSet::Batch);
         for &t in &pairs {
             let batches = cx.s.prepared(&setting.eval, t)?;
             // The floor point v_t, shared by every stride.
@@ -45,7 +46,13 @@ pub(crate) fn run(cx: &mut ItemCx<'_>) -> Result<Vec<BarrierRow>, AnalyzeError> 
                     let au = floors::alpha_star(cx, &setting, u)?;
                     if au.is_finite() {
                         let vu = cx.point_on_step(u, au)?;
-                        let losses = cx.segment_losses(vt, &vu, &seg_alphas, &batches, &setting)?;
+                        // The ends were evaluated while locating the floors: v_t on these
+                        // batches; v_u too unless the set changes with the step (`batch`).
+                        let floor_loss =
+                            |s: u64| cx.handoff.floor_loss.get(&(setting.clone(), s)).copied();
+                        let ends = [floor_loss(t), floor_loss(u).filter(|_| same_set)];
+                        let losses =
+                            cx.segment_losses((vt, &vu), &seg_alphas, &batches, &setting, ends)?;
                         rows.push(row(
                             cx,
                             &setting,
@@ -71,7 +78,17 @@ pub(crate) fn run(cx: &mut ItemCx<'_>) -> Result<Vec<BarrierRow>, AnalyzeError> 
                         _ => {
                             let a = cx.s.reader.state(t)?;
                             let b = cx.s.reader.state(u)?;
-                            let l = cx.segment_losses(&a, &b, &seg_alphas, &batches, &setting)?;
+                            // θ_t and θ_u themselves, evaluated by `interp` on a set that does
+                            // not change with the step.
+                            let state_loss = |s: u64| {
+                                cx.handoff
+                                    .state_evals
+                                    .get(&(setting.clone(), s))
+                                    .map(sgdwalk_workload::EvalSums::mean_loss)
+                            };
+                            let ends = [state_loss(t), state_loss(u)];
+                            let l =
+                                cx.segment_losses((&a, &b), &seg_alphas, &batches, &setting, ends)?;
                             (&seg_alphas, Cow::Owned(l))
                         }
                     };

@@ -89,6 +89,9 @@ fn locate(cx: &mut ItemCx<'_>, setting: &Setting, t: u64) -> Result<ValleyFloor,
     cx.handoff
         .floor_alpha
         .insert((setting.clone(), t), f.alpha_star);
+    cx.handoff
+        .floor_loss
+        .insert((setting.clone(), t), f.loss_at_floor);
     Ok(f)
 }
 
@@ -103,7 +106,10 @@ pub(crate) fn load(
         if let Some(setting) = stored_setting(cx.cfg, &r.eval_set, &r.bn_policy) {
             cx.handoff
                 .floor_alpha
-                .insert((setting, r.step), r.alpha_star);
+                .insert((setting.clone(), r.step), r.alpha_star);
+            cx.handoff
+                .floor_loss
+                .insert((setting, r.step), r.loss_at_floor);
         }
     }
     Ok(())

@@ -73,6 +73,9 @@ pub(crate) struct Handoff {
     pub grid_losses: HashMap<SettingStep, Vec<f64>>,
     /// α* of the valley floor (floors → barriers, curvature); NaN when not located.
     pub floor_alpha: HashMap<SettingStep, f64>,
+    /// L(v_t) at the valley floor, as evaluated while locating it (floors → barriers, whose
+    /// floor segments start and end there).
+    pub floor_loss: HashMap<SettingStep, f64>,
     /// Evaluations at a recorded state θ_t itself (α = 0 of step t, α = 1 of step t − 1), for
     /// sets that do not change with the step: computed once, used by both interpolations.
     pub state_evals: HashMap<SettingStep, sgdwalk_workload::EvalSums>,
@@ -132,17 +135,29 @@ impl ItemCx<'_> {
     }
 
     /// Mean loss at every α of `alphas` on the segment a → b, counted in the tally.
+    /// `known_ends`: the losses at α = 0 (a) and α = 1 (b) when already evaluated on the same
+    /// batches (the segment's ends are points evaluated before): taken, not evaluated again.
     pub fn segment_losses(
         &mut self,
-        a: &[f32],
-        b: &[f32],
+        (a, b): (&[f32], &[f32]),
         alphas: &[f64],
         batches: &[(tch::Tensor, tch::Tensor)],
         setting: &Setting,
+        known_ends: [Option<f64>; 2],
     ) -> Result<Vec<f64>, AnalyzeError> {
         let mut buf = Vec::new();
         let mut out = Vec::with_capacity(alphas.len());
         for &alpha in alphas {
+            let known = match alpha.to_bits() {
+                z if z == 0f64.to_bits() => known_ends[0],
+                o if o == 1f64.to_bits() => known_ends[1],
+                _ => None,
+            };
+            if let Some(loss) = known {
+                self.tally.reused(loss);
+                out.push(loss);
+                continue;
+            }
             self.s.interpolate(a, b, alpha, &mut buf);
             let loss = self
                 .s
