@@ -157,7 +157,12 @@ fn figures_section(md: &mut String, figures: &[(String, String)]) {
     if !figures.is_empty() {
         md.push_str("\n## Figures\n\n");
         for (file, caption) in figures {
-            let _ = writeln!(md, "**{caption}**\n\n![{caption}]({file})\n");
+            // Every figure is also written as SVG and as its data in Parquet, beside the PNG.
+            let stem = file.strip_suffix(".png").unwrap_or(file);
+            let _ = writeln!(
+                md,
+                "**{caption}**\n\n![{caption}]({file})\n\n[SVG]({stem}.svg) · [data]({stem}.parquet)\n"
+            );
         }
     }
 }
@@ -178,4 +183,18 @@ fn definitions_section(md: &mut String, barrier_threshold: f64) {
          value), computed with polars from the analysis tables.",
         100.0 * barrier_threshold
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_figure_links_its_svg_and_its_data() {
+        let mut md = String::new();
+        super::figures_section(&mut md, &[("height.png".into(), "Height".into())]);
+        assert!(md.contains("![Height](height.png)"), "{md}");
+        assert!(
+            md.contains("[SVG](height.svg) · [data](height.parquet)"),
+            "{md}"
+        );
+    }
 }
