@@ -55,50 +55,7 @@ pub fn analysis_error(recording: &Path, out: &Path, extra: &[&str]) -> AnalyzeEr
     analyze(&cfg, &settings).unwrap_err()
 }
 
-/// Every row of a table, across shards and parts.
-pub fn rows<R: TableRows>(out: &Path) -> Vec<R> {
-    let dir = out.join(R::TABLE.as_str());
-    let mut all = Vec::new();
-    let mut shards: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    shards.sort();
-    for shard in shards {
-        let mut parts: Vec<PathBuf> = std::fs::read_dir(&shard)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        parts.sort();
-        for p in parts {
-            all.extend(read_rows::<R>(&p).unwrap());
-        }
-    }
-    all
-}
-
-/// Rows as sorted debug strings, for comparing analyses in different folders: the run label
-/// (by default the folder's name) is left out.
-fn sorted_debug<R: std::fmt::Debug>(rows: &[R]) -> Vec<String> {
-    let mut v: Vec<String> = rows
-        .iter()
-        .map(|r| without_label(&format!("{r:?}")))
-        .collect();
-    v.sort();
-    v
-}
-
-/// A row's debug string with its `run_label` value blanked.
-pub fn without_label(debug: &str) -> String {
-    match debug.find("run_label: \"") {
-        Some(i) => {
-            let start = i + "run_label: \"".len();
-            let end = debug[start..].find('"').map_or(debug.len(), |j| start + j);
-            format!("{}_{}", &debug[..start], &debug[end..])
-        }
-        None => debug.to_string(),
-    }
-}
+pub use crate::table_rows::{rows, sorted_debug};
 
 /// A 2-epoch Fashion-MNIST recording (20 steps), shared by several tests.
 fn fashion_recording(dir: &Path) -> PathBuf {

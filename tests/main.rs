@@ -18,6 +18,8 @@ mod report;
     reason = "the interop test uses only parse and trainable_flags"
 )]
 mod spec_reader;
+#[path = "support/table_rows.rs"]
+mod table_rows;
 mod tensors_dataset;
 mod torchscript;
 mod util;

@@ -465,10 +465,11 @@ pub fn analyze(
     );
     for item in &mine {
         bar.set_message(format!("steps {}..{}", item.lo, item.hi));
-        if plan.partial_through(item).is_some() {
+        let partial = plan.partial_through(item);
+        if partial.is_some() {
             summary.work_items_partial += 1;
         }
-        if !run.run_item(&mut s, item, &mut summary)? {
+        if !run.run_item(&mut s, item, partial, &mut summary)? {
             summary.work_items_skipped += 1;
         }
         bar.inc(1);
@@ -526,14 +527,16 @@ struct ItemRunner<'a> {
 impl ItemRunner<'_> {
     /// Computes the phases of `item` whose parts are missing (all of them with `--force`);
     /// returns false when there was nothing to compute.
+    /// `partial`: the recording's last step when the item's steps are not all there yet
+    /// ([`Plan::partial_through`]).
     fn run_item(
         &mut self,
         s: &mut Session,
         item: &Item,
+        partial: Option<u64>,
         summary: &mut AnalyzeSummary,
     ) -> Result<bool, AnalyzeError> {
         let shard_index = self.meta.shard.map_or(0, |(i, _)| i);
-        let partial = self.plan.partial_through(item);
         let phases: Vec<Phase> = self
             .cfg
             .running()

@@ -165,30 +165,12 @@ fn verify_inspect_and_analyze_report_and_exit_as_documented() {
     assert!(out.contains("--shard") && out.contains("probe:N"), "{out}");
 }
 
-/// All rows of a table under `out`, across shards, as sorted debug strings, without the run
-/// label (by default the folder's name, so it differs between folders compared).
+#[path = "../../tests/support/table_rows.rs"]
+mod table_rows;
+
+/// All rows of a table under `out`, across shards, as sorted debug strings without the run label.
 fn table_rows<R: sgdwalk_analyzer::tables::TableRows + std::fmt::Debug>(out: &Path) -> Vec<String> {
-    let files = sgdwalk_analyzer::dir::AnalysisDir::new(out)
-        .table_files(R::TABLE)
-        .unwrap()
-        .unwrap_or_default();
-    let mut rows: Vec<String> = files
-        .iter()
-        .flat_map(|p| sgdwalk_analyzer::tables::read_rows::<R>(p).unwrap())
-        .map(|r| {
-            let debug = format!("{r:?}");
-            match debug.find("run_label: \"") {
-                Some(i) => {
-                    let start = i + "run_label: \"".len();
-                    let end = debug[start..].find('"').map_or(debug.len(), |j| start + j);
-                    format!("{}_{}", &debug[..start], &debug[end..])
-                }
-                None => debug,
-            }
-        })
-        .collect();
-    rows.sort();
-    rows
+    table_rows::sorted_debug(&table_rows::rows::<R>(out))
 }
 
 /// The Slurm job-array script, run as 3 concurrent processes on one folder, gives exactly the

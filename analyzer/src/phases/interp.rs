@@ -5,7 +5,7 @@
 use crate::config::{EvalSet, Setting};
 use crate::dir::AnalysisDir;
 use crate::error::AnalyzeError;
-use crate::phases::{ItemCx, stored_setting};
+use crate::phases::{ItemCx, segment_end, stored_setting};
 use crate::tables::{InterpRow, TableRows, nan_as_absent, read_rows};
 
 /// The interpolation rows of the item's pairs.
@@ -55,11 +55,9 @@ fn grid(
     // set that does not change with the step (not `batch`).
     let same_set = !matches!(setting.eval, EvalSet::Batch);
     for &alpha in &alphas {
-        let at_state = match (alpha.to_bits(), same_set) {
-            (z, true) if z == 0f64.to_bits() => Some(t),
-            (o, true) if o == 1f64.to_bits() => Some(t + 1),
-            _ => None,
-        };
+        let at_state = segment_end(alpha)
+            .filter(|_| same_set)
+            .map(|end| t + end as u64);
         let stored =
             at_state.and_then(|st| cx.handoff.state_evals.get(&(setting.clone(), st)).copied());
         let e = if let Some(e) = stored {

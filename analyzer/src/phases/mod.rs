@@ -40,6 +40,17 @@ impl Item {
     }
 }
 
+/// Which end of a segment α is: 0 for exactly α = 0 (the first point itself), 1 for exactly
+/// α = 1 (the second); `None` inside or outside. Interpolation returns the ends bit for bit,
+/// so an end's evaluation can stand for an earlier one of the same point.
+pub(crate) fn segment_end(alpha: f64) -> Option<usize> {
+    match alpha.to_bits() {
+        z if z == 0f64.to_bits() => Some(0),
+        o if o == 1f64.to_bits() => Some(1),
+        _ => None,
+    }
+}
+
 /// Counters every phase adds to.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Tally {
@@ -148,11 +159,7 @@ impl ItemCx<'_> {
         let mut buf = Vec::new();
         let mut out = Vec::with_capacity(alphas.len());
         for &alpha in alphas {
-            let known = match alpha.to_bits() {
-                z if z == 0f64.to_bits() => known_ends[0],
-                o if o == 1f64.to_bits() => known_ends[1],
-                _ => None,
-            };
+            let known = segment_end(alpha).and_then(|end| known_ends[end]);
             if let Some(loss) = known {
                 self.tally.reused(loss);
                 out.push(loss);
