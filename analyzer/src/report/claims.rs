@@ -460,6 +460,13 @@ fn and_measured(all: &mut Option<bool>, test: Option<bool>) {
     }
 }
 
+/// Appends "\n<why>: run a (…), run b (…)." to the evidence when runs were left out of a verdict.
+fn note_excluded(ev: &mut String, why: &str, runs: &[String]) {
+    if !runs.is_empty() {
+        let _ = writeln!(ev, "\n{why}: {}.", runs.join(", "));
+    }
+}
+
 fn mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
@@ -534,14 +541,14 @@ fn interior_floors(runs: &[&RunData], what: &str) -> Finding {
             );
         }
     }
-    if !too_short.is_empty() {
-        let _ = writeln!(
-            ev,
-            "\nToo short to judge \"most of training\" (needs two or more epochs and at least \
-             {MIN_LATE_STEPS} steps with floors after the first): {}.",
-            too_short.join(", ")
-        );
-    }
+    note_excluded(
+        &mut ev,
+        &format!(
+            "Too short to judge \"most of training\" (needs two or more epochs and at least \
+             {MIN_LATE_STEPS} steps with floors after the first)"
+        ),
+        &too_short,
+    );
     if verdict.is_none() {
         return Finding {
             evidence: format!(
@@ -593,14 +600,13 @@ fn bouncing_between_walls(runs: &Runs<'_>) -> Finding {
             && w.height_start_mean.is_some_and(|h| h > 0.0)
             && w.height_end_mean.is_some_and(|h| h > 0.0);
     }
-    if !too_short.is_empty() {
-        let _ = writeln!(
-            ev,
-            "\nToo few steps to judge (needs at least {MIN_STEPS} with floors and with a \
-             cosine): {}.",
-            too_short.join(", ")
-        );
-    }
+    note_excluded(
+        &mut ev,
+        &format!(
+            "Too few steps to judge (needs at least {MIN_STEPS} with floors and with a cosine)"
+        ),
+        &too_short,
+    );
     if !any {
         return Finding::not_measured(&if too_short.is_empty() {
             "Needs geometry and floors of a minibatch run.".to_string()
@@ -970,13 +976,11 @@ fn lambda_max_decreases(runs: &Runs<'_>) -> Finding {
         }
         return Finding::not_measured(&why);
     }
-    if !too_few.is_empty() {
-        let _ = writeln!(
-            ev,
-            "\nToo few curvature steps to judge (needs {MIN_CURVATURE_POINTS} after θ_0): {}.",
-            too_few.join(", ")
-        );
-    }
+    note_excluded(
+        &mut ev,
+        &format!("Too few curvature steps to judge (needs {MIN_CURVATURE_POINTS} after θ_0)"),
+        &too_few,
+    );
     Finding {
         evidence: ev,
         verdict: Verdict::from_test(all),
