@@ -140,6 +140,56 @@ fn need_base(codec: CodecId, base: Option<&[f32]>, n: usize) -> Result<&[f32], F
     Ok(b)
 }
 
+/// Writes the residual words of `codec` for `cur` against its bases into 4 byte planes
+/// (`planes.len() == 4 · cur.len()`, plane k = byte k of every little-endian word). `mu_q8` is
+/// pred2's coefficient (ignored by the other codecs). This is the host reference of what a
+/// device computes before the planes cross to the host (see [`encode_planes`]).
+pub fn residual_planes(
+    codec: CodecId,
+    cur: &[f32],
+    prev: Option<&[f32]>,
+    prev2: Option<&[f32]>,
+    mu_q8: u16,
+    planes: &mut [u8],
+) -> Result<(), FormatError> {
+    let n = cur.len();
+    check_len("plane buffer", planes.len(), n * 4)?;
+    match codec {
+        CodecId::Raw | CodecId::Key => shuffle_into(planes, n, cur.iter().map(|v| v.to_bits())),
+        CodecId::XorPrev => {
+            let p = need_base(codec, prev, n)?;
+            shuffle_into(
+                planes,
+                n,
+                cur.iter().zip(p).map(|(c, p)| c.to_bits() ^ p.to_bits()),
+            );
+        }
+        CodecId::ZigzagDeltaPrev => {
+            let p = need_base(codec, prev, n)?;
+            shuffle_into(
+                planes,
+                n,
+                cur.iter()
+                    .zip(p)
+                    .map(|(c, p)| zigzag(c.to_bits().wrapping_sub(p.to_bits()) as i32)),
+            );
+        }
+        CodecId::Pred2 => {
+            let p = need_base(codec, prev, n)?;
+            let p2 = need_base(codec, prev2, n)?;
+            shuffle_into(
+                planes,
+                n,
+                cur.iter().zip(p).zip(p2).map(|((c, p), p2)| {
+                    let pred = pred2_predict(p.to_bits(), p2.to_bits(), mu_q8);
+                    zigzag(c.to_bits().wrapping_sub(pred) as i32)
+                }),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Encodes one chunk with `codec` and appends the stored bytes to `out`; returns the number of
 /// bytes appended. `prev` (state t−1) is needed by the delta codecs, `prev2` (state t−2) by
 /// pred2. Raw needs nothing; Key ignores the bases.
@@ -158,51 +208,51 @@ pub fn encode_chunk(
         out.extend(cur.iter().flat_map(|v| v.to_bits().to_le_bytes()));
         return Ok(out.len() - start);
     }
+    let mu_q8 = if codec == CodecId::Pred2 {
+        estimate_mu_q8(cur, need_base(codec, prev, n)?, need_base(codec, prev2, n)?)
+    } else {
+        0
+    };
+    SCRATCH.with(|s| -> Result<(), FormatError> {
+        let mut planes = std::mem::take(&mut s.borrow_mut().planes);
+        planes.resize(n * 4, 0);
+        let r = residual_planes(codec, cur, prev, prev2, mu_q8, &mut planes)
+            .and_then(|()| encode_planes(codec, mu_q8, &planes, n, level, out).map(drop));
+        s.borrow_mut().planes = planes;
+        r
+    })?;
+    Ok(out.len() - start)
+}
+
+/// Encodes the residual planes of one chunk of `n` elements (as [`residual_planes`] writes them,
+/// possibly computed elsewhere, e.g. on a device) and appends the stored bytes to `out`; returns
+/// the number of bytes appended. `mu_q8` is the pred2 coefficient the planes were computed with.
+/// Not for [`CodecId::Raw`], whose stored bytes are the words themselves.
+pub fn encode_planes(
+    codec: CodecId,
+    mu_q8: u16,
+    planes: &[u8],
+    n: usize,
+    level: i32,
+    out: &mut Vec<u8>,
+) -> Result<usize, FormatError> {
+    check_len("plane buffer", planes.len(), n * 4)?;
+    if codec == CodecId::Raw {
+        return Err(FormatError::invalid_input(
+            "raw chunks store words, not planes",
+        ));
+    }
+    let start = out.len();
+    if codec == CodecId::Pred2 {
+        out.extend_from_slice(&mu_q8.to_le_bytes());
+    }
     SCRATCH.with(|s| -> Result<(), FormatError> {
         let mut s = s.borrow_mut();
         let Scratch {
             compressor,
-            planes,
             compressed,
             ..
         } = &mut *s;
-        planes.resize(n * 4, 0);
-        match codec {
-            CodecId::Raw => {}
-            CodecId::Key => shuffle_into(planes, n, cur.iter().map(|v| v.to_bits())),
-            CodecId::XorPrev => {
-                let p = need_base(codec, prev, n)?;
-                shuffle_into(
-                    planes,
-                    n,
-                    cur.iter().zip(p).map(|(c, p)| c.to_bits() ^ p.to_bits()),
-                );
-            }
-            CodecId::ZigzagDeltaPrev => {
-                let p = need_base(codec, prev, n)?;
-                shuffle_into(
-                    planes,
-                    n,
-                    cur.iter()
-                        .zip(p)
-                        .map(|(c, p)| zigzag(c.to_bits().wrapping_sub(p.to_bits()) as i32)),
-                );
-            }
-            CodecId::Pred2 => {
-                let p = need_base(codec, prev, n)?;
-                let p2 = need_base(codec, prev2, n)?;
-                let q = estimate_mu_q8(cur, p, p2);
-                out.extend_from_slice(&q.to_le_bytes());
-                shuffle_into(
-                    planes,
-                    n,
-                    cur.iter().zip(p).zip(p2).map(|((c, p), p2)| {
-                        let pred = pred2_predict(p.to_bits(), p2.to_bits(), q);
-                        zigzag(c.to_bits().wrapping_sub(pred) as i32)
-                    }),
-                );
-            }
-        }
         let ctx = match compressor {
             Some((l, c)) if *l == level => c,
             _ => {
@@ -212,7 +262,7 @@ pub fn encode_chunk(
         };
         compressed.clear();
         compressed.reserve(zstd::zstd_safe::compress_bound(planes.len()));
-        ctx.compress_to_buffer(&planes[..], compressed)
+        ctx.compress_to_buffer(planes, compressed)
             .map_err(|e| zstd_err("compress", e))?;
         out.extend_from_slice(compressed);
         Ok(())
