@@ -176,7 +176,7 @@ pub struct RecordArgs {
     /// Default: train,val,test (train,val for a tensors:PATH file without test_x).
     #[arg(long)]
     pub eval_splits: Option<String>,
-    /// Batch size of the per-epoch evaluation (0 is taken as 1).
+    /// Batch size of the per-epoch evaluation (at least 1).
     #[arg(long, default_value_t = 1000)]
     pub eval_batch_size: u32,
     /// Replace an existing output. Off by default: an existing file is refused.
@@ -496,6 +496,9 @@ impl RecordArgs {
         if !self.keyframe_interval.is_power_of_two() {
             return Err(invalid("keyframe-interval", "must be a power of two"));
         }
+        if self.eval_batch_size == 0 {
+            return Err(invalid("eval-batch-size", "0 (must be at least 1)"));
+        }
         if !(1..=MAX_ZSTD_LEVEL).contains(&self.zstd_level) {
             return Err(invalid(
                 "zstd-level",
@@ -541,7 +544,7 @@ impl RecordArgs {
                 FsyncName::Record => FsyncPolicy::EveryRecord,
             },
             eval_splits,
-            eval_batch_size: self.eval_batch_size.max(1),
+            eval_batch_size: self.eval_batch_size,
             overwrite: self.overwrite,
             resume: self.resume,
             queue: self.queue.max(1),

@@ -299,6 +299,10 @@ fn bad_settings_exit_2_naming_the_flag_and_leave_the_output_untouched() {
         (vec!["--zstd-level=-1"], vec!["--zstd-level", "1..=22"]),
         (vec!["--zstd-level", "23"], vec!["--zstd-level", "1..=22"]),
         (
+            vec!["--eval-batch-size", "0"],
+            vec!["--eval-batch-size", "at least 1"],
+        ),
+        (
             vec!["--train-samples", "0..1000", "--val-samples", "500..1500"],
             vec!["--val-samples", "overlap", "0..1000", "500..1500"],
         ),
