@@ -13,7 +13,7 @@ use crate::consts::*;
 use crate::error::FormatError;
 use crate::records::*;
 use crate::scan::{Opened, open_bytes, read_indexed_record, scan_records};
-use crate::types::{AttachmentInfo, EpochRecord, Header, StepInfo};
+use crate::types::{AttachmentInfo, CodecId, EpochRecord, Header, StepInfo};
 
 /// Maps the first `len_bytes` of `file` read-only.
 #[allow(unsafe_code)]
@@ -468,6 +468,62 @@ impl Reader {
             prev = Some(out);
         }
         prev.ok_or(FormatError::StepNotFound { step })
+    }
+
+    /// The file offset of θ_`step` stored as plain little-endian `f32` words, when every chunk
+    /// of the step is stored raw (codec 0) and the chunks lie back to back: then the state can
+    /// be mapped from the file without decoding or copying it. Every chunk's CRC and
+    /// reconstructed hash are checked first (reading the bytes, allocating nothing). `None` when
+    /// some chunk is encoded: use [`Reader::state`].
+    pub fn raw_state_offset(&self, step: u64) -> Result<Option<u64>, FormatError> {
+        let (entry, p) = self.step_payload(step)?;
+        if p.chunks.is_empty() || p.chunks.iter().any(|c| c.codec != CodecId::Raw) {
+            return Ok(None);
+        }
+        let cl = u64::from(self.opened.header.codec.chunk_len_elements.max(1));
+        let n = self.opened.header.state_len_elements;
+        let base = self.map.as_ptr() as usize;
+        let mut first = None;
+        let mut next = None;
+        for (i, (c, data)) in p.chunks.iter().zip(&p.chunk_data).enumerate() {
+            let start = (data.as_ptr() as usize).checked_sub(base);
+            if next.is_some() && start != next {
+                return Ok(None);
+            }
+            let elements = cl.min(n.saturating_sub(i as u64 * cl));
+            if data.len() as u64 != elements * 4 {
+                return Err(FormatError::corrupt(
+                    entry.record_offset,
+                    "chunk",
+                    format!("raw chunk {i} of step {step} has {} bytes", data.len()),
+                )
+                .with_path(&self.path));
+            }
+            let found = crc32c::crc32c(data);
+            if found != c.stored_crc32c {
+                return Err(FormatError::ChecksumMismatch {
+                    path: self.path.as_path().into(),
+                    what: "chunk",
+                    offset_from_file_start: entry.record_offset,
+                    expected: c.stored_crc32c,
+                    found,
+                });
+            }
+            // A raw chunk's stored bytes are the little-endian words the hash is taken over.
+            let h = xxhash_rust::xxh3::xxh3_64(data);
+            if h != c.reconstructed_xxh3 {
+                return Err(FormatError::ChainHashMismatch {
+                    path: self.path.as_path().into(),
+                    step,
+                    chunk: i as u32,
+                    expected: c.reconstructed_xxh3,
+                    found: h,
+                });
+            }
+            first = first.or(start);
+            next = start.map(|s| s + data.len());
+        }
+        Ok(first.map(|f| f as u64))
     }
 
     /// Like [`Reader::state`], copying into `out` (which must be `state_len_elements` long).
