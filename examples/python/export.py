@@ -21,21 +21,23 @@ Any ``nn.Module`` works the same way, as long as it scripts (``torch.jit.script`
 (``torch.jit.trace``; then without BatchNorm, whose train/eval switch a trace freezes), maps
 ``[N, C, H, W]`` float inputs to ``[N, classes]`` logits, and has at least one parameter.
 
-Loading θ_t of a recording back into the PyTorch module (names are PyTorch's ``state_dict`` keys;
-``Walk.state_dict(step)`` gives each tensor with its recorded dtype and shape, so BatchNorm's
-int64 ``num_batches_tracked`` comes back as int64)::
+Loading θ_t of a recording back into the PyTorch module with the ``sgdwalk`` package
+(``pip install ./python``; names are PyTorch's ``state_dict`` keys, each tensor with its recorded
+dtype and shape, so BatchNorm's int64 ``num_batches_tracked`` comes back as int64)::
 
-    import sys, torch
+    import sys, sgdwalk
     sys.path.insert(0, "examples/python")
-    import read_walk
     from export import TinyResNet
 
     net = TinyResNet()                          # or torch.jit.load("out/byo/tiny_resnet.pt")
-    walk = read_walk.open("run.walk")
+    walk = sgdwalk.open("run.walk")
     t = walk.steps[-1]                          # the final state
-    state = {k: torch.from_numpy(v.copy()) for k, v in walk.state_dict(t).items()}
-    net.load_state_dict(state)                  # strict: every name must match
+    net.load_state_dict(walk.state_dict(t))     # strict: every name must match
     net.eval()                                  # BatchNorm with the recorded running statistics
+
+(``read_walk.py`` beside this file does the same without the package: ``read_walk.open(path)
+.state_dict(t)`` gives numpy arrays.) To record your own training loop with this dataset instead
+of ``sgdwalk-record``, see ``sgdwalk.Recorder``.
 """
 from __future__ import annotations
 

@@ -1,6 +1,12 @@
 """A small reader of sgdwalk recordings (.walk) in Python + numpy, written from
 format-spec/SPEC.md, so θ_t can be loaded without Rust.
 
+For your own code, use the ``sgdwalk`` package instead (``pip install ./python``; README,
+"Python"): the Rust reader itself, memory-mapped, with torch state_dicts, a Recorder for PyTorch
+loops and polars scans of the analysis tables. This file stays as the format's independent
+second implementation: it checks that SPEC.md alone suffices, and the test suite compares it
+with the Rust reader.
+
     import read_walk
     w = read_walk.open("run.walk")   # or read_walk.Walk("run.walk")
     w.steps                 # step numbers present
