@@ -585,6 +585,107 @@ fn copy_stage_pipeline_writes_device_snapshots_in_order() {
     }
 }
 
+/// The device snapshot path (ring buffers, copy stage with markers, host buffers the writer
+/// encodes from) run on the CPU with CPU tensors standing in: the same run through it and
+/// through the host path decodes to the same states bit for bit, and to the same recording.
+/// A ring of one buffer (training waits for every copy) and a resumed ring run agree too.
+#[test]
+fn ring_snapshot_path_records_the_host_paths_states_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, ring, ring1) = (
+        dir.path().join("host.walk"),
+        dir.path().join("ring.walk"),
+        dir.path().join("ring1.walk"),
+    );
+    let common = [
+        "--optimizer",
+        "momentum",
+        "--epochs",
+        "2",
+        "--encode-threads",
+        "2",
+    ];
+    let h = run(&synthetic_args(
+        &host,
+        &[&common[..], &["--snapshot-path", "host"]].concat(),
+    ));
+    let r = run(&synthetic_args(
+        &ring,
+        &[
+            &common[..],
+            &["--snapshot-path", "ring", "--snapshot-ring", "3"],
+        ]
+        .concat(),
+    ));
+    let r1 = run(&synthetic_args(
+        &ring1,
+        &[
+            &common[..],
+            &[
+                "--snapshot-path",
+                "ring",
+                "--snapshot-ring",
+                "1",
+                "--queue",
+                "1",
+            ],
+        ]
+        .concat(),
+    ));
+    assert_eq!(
+        (h.snapshot_path.as_str(), h.snapshot_ring_buffers),
+        ("host", 0)
+    );
+    assert_eq!(
+        (r.snapshot_path.as_str(), r.snapshot_ring_buffers),
+        ("ring", 3)
+    );
+    assert_eq!(r1.snapshot_ring_buffers, 1);
+    let (mut rh, mut rr) = (Reader::open(&host).unwrap(), Reader::open(&ring).unwrap());
+    let steps = rh.steps().to_vec();
+    assert_eq!(steps.len() as u64, h.steps_recorded);
+    assert!(steps.len() > 20, "{steps:?}");
+    assert_eq!(rr.steps(), steps.as_slice());
+    for &t in &steps {
+        assert_eq!(
+            bits(&rr.state(t).unwrap()),
+            bits(&rh.state(t).unwrap()),
+            "step {t}"
+        );
+    }
+    let expected = contents(&host);
+    assert_eq!(contents(&ring), expected);
+    assert_eq!(contents(&ring1), expected);
+    assert!(sgdwalk_format::verify(&ring).unwrap().is_clean());
+    // Where the time went is accounted for on both paths.
+    assert!(
+        r.writer_copy_secs > 0.0 && h.writer_copy_secs == 0.0,
+        "{r:?} {h:?}"
+    );
+    assert!(r.training_snapshot_secs > 0.0 && h.training_snapshot_secs > 0.0);
+    // Ring memory: 3 buffers of the state's f32 words.
+    let desc = run_description(rr.header(), &ring).unwrap();
+    assert_eq!(
+        r.snapshot_ring_device_bytes,
+        3 * 4 * desc.layout.len_elements() as u64
+    );
+}
+
+/// `--snapshot-ring` outside 1..=64 is refused naming the flag, before anything is written.
+#[test]
+fn snapshot_ring_out_of_range_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.walk");
+    for n in ["0", "65"] {
+        let err = synthetic_args(&out, &["--snapshot-ring", n])
+            .validate()
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("snapshot-ring") && msg.contains(n), "{msg}");
+    }
+    assert!(!out.exists());
+}
+
 /// A run that records windows (issue 11): a copy killed midway and resumed with no flags but
 /// --out records the same steps as the uninterrupted run (policy, keyframe interval, eval
 /// batch size and splits come from the recording), as does one resumed with every flag
@@ -696,6 +797,10 @@ fn resume_refuses_flags_that_differ_from_the_recording() {
                 "cpu",
                 "--queue",
                 "3",
+                "--snapshot-path",
+                "ring",
+                "--snapshot-ring",
+                "2",
             ],
         ]
         .concat(),

@@ -1,5 +1,5 @@
 // The workload crate's build script: the shared libtorch rpath set-up (build-rpath.rs) plus
-// the TorchScript shim (src/jit_shim.cpp), compiled against the same libtorch headers that
+// the TorchScript shim (src/jit_shim.cpp) and the copy shim (src/copy_shim.cpp), compiled against the same libtorch headers that
 // torch-sys uses (the folder above DEP_TCH_LIBTORCH_LIB).
 #[path = "../build-rpath.rs"]
 mod rpath;
@@ -7,6 +7,7 @@ mod rpath;
 fn main() {
     rpath::main();
     println!("cargo:rerun-if-changed=src/jit_shim.cpp");
+    println!("cargo:rerun-if-changed=src/copy_shim.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let Some(lib) = std::env::var_os("DEP_TCH_LIBTORCH_LIB") else {
         panic!("torch-sys did not say where libtorch is (DEP_TCH_LIBTORCH_LIB unset)");
@@ -21,6 +22,7 @@ fn main() {
     cc::Build::new()
         .cpp(true)
         .file("src/jit_shim.cpp")
+        .file("src/copy_shim.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

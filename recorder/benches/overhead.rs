@@ -108,9 +108,32 @@ fn main() -> anyhow::Result<()> {
         "overhead ratio on/off  (median of {repeats} pairs): {:.3}   all: {ratios:.3?}",
         median(ratios.clone())
     );
+    let per_step = |secs: f64| 1e3 * secs / steps;
     println!(
-        "last recorded run: writer copy {:.3} s, encode+write {:.3} s, training blocked {:.3} s, wall {:.3} s",
-        b.writer_copy_secs, b.writer_encode_write_secs, b.training_blocked_secs, b.wall_secs
+        "last recorded run ({} steps, snapshots via {}, {} ring buffers = {:.1} MB on the device, {} encode threads), per recorded step:",
+        b.steps_recorded,
+        b.snapshot_path,
+        b.snapshot_ring_buffers,
+        b.snapshot_ring_device_bytes as f64 * 1e-6,
+        b.encode_threads
+    );
+    println!(
+        "  training thread: snapshot {:.2} ms, blocked {:.2} ms | copy thread: copy {:.2} ms | writer: encode+write {:.2} ms | wall {:.2} ms per step",
+        per_step(b.training_snapshot_secs),
+        per_step(b.training_blocked_secs),
+        per_step(b.writer_copy_secs),
+        per_step(b.writer_encode_write_secs),
+        per_step(b.wall_secs)
+    );
+    println!(
+        "  totals: snapshot {:.3} s, copy {:.3} s, encode+write {:.3} s, training blocked {:.3} s, wall {:.3} s; copy {:.2} GB/s, encode+write {:.2} GB/s of raw state",
+        b.training_snapshot_secs,
+        b.writer_copy_secs,
+        b.writer_encode_write_secs,
+        b.training_blocked_secs,
+        b.wall_secs,
+        b.raw_state_bytes as f64 / b.writer_copy_secs.max(1e-9) * 1e-9,
+        b.raw_state_bytes as f64 / b.writer_encode_write_secs.max(1e-9) * 1e-9
     );
     println!(
         "bytes/step: raw state {:.0}, stored state {:.0} (ratio {:.2}x), file {:.0}",

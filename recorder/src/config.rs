@@ -33,6 +33,42 @@ pub enum FsyncName {
     Record,
 }
 
+/// How a snapshot leaves the training thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SnapshotPathName {
+    /// `ring` on CUDA, `host` on the CPU.
+    Auto,
+    /// The training thread copies the state into a host vector.
+    Host,
+    /// A device-to-device copy into the snapshot ring; a copy thread moves it to pinned host
+    /// memory on a side stream (on the CPU, CPU buffers stand in).
+    Ring,
+}
+
+impl SnapshotPathName {
+    /// Whether snapshots of a run on `device` go through the snapshot ring.
+    pub fn uses_ring(self, device: tch::Device) -> bool {
+        match self {
+            SnapshotPathName::Auto => device != tch::Device::Cpu,
+            SnapshotPathName::Host => false,
+            SnapshotPathName::Ring => true,
+        }
+    }
+
+    /// The name on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotPathName::Auto => "auto",
+            SnapshotPathName::Host => "host",
+            SnapshotPathName::Ring => "ring",
+        }
+    }
+}
+
+/// The longest snapshot ring accepted (each buffer holds one state on the device and one in
+/// host memory).
+pub const MAX_SNAPSHOT_RING: usize = 64;
+
 /// `sgdwalk-record`: train a network and record every step.
 #[derive(Clone, Debug, Args)]
 pub struct RecordArgs {
@@ -185,7 +221,7 @@ pub struct RecordArgs {
     /// Continue the killed or stopped run in --out from its last resume point. Every setting
     /// comes from the recording: a flag that differs from the recorded value is an error, an
     /// equal one is accepted. Only --data-dir, --device, --threads, --encode-threads, --fsync,
-    /// --queue, --quiet and --json may differ (device and threads default to the recorded
+    /// --queue, --snapshot-path, --snapshot-ring, --quiet and --json may differ (device and threads default to the recorded
     /// ones: others change the rounding of the resumed steps). A file killed before its first
     /// resume point starts over from step 0 with the recorded settings.
     #[arg(long)]
@@ -193,6 +229,15 @@ pub struct RecordArgs {
     /// Queue length between training and the writer thread, in records (0 is taken as 1).
     #[arg(long, default_value_t = 8)]
     pub queue: usize,
+    /// How snapshots leave the training thread: auto (ring on CUDA, host on the CPU), host (a
+    /// copy into a host vector on the training thread), ring (a device-side copy into the
+    /// snapshot ring, moved to pinned host memory off the training stream).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub snapshot_path: SnapshotPathName,
+    /// Buffers in the snapshot ring, 1..=64: each holds one state on the device and one in
+    /// pinned host memory (printed at start). Training waits only when all are in flight.
+    #[arg(long, default_value_t = 4)]
+    pub snapshot_ring: usize,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -318,6 +363,10 @@ pub struct RecordConfig {
     pub overwrite: bool,
     pub resume: bool,
     pub queue: usize,
+    /// How snapshots leave the training thread (see [`SnapshotPathName::uses_ring`]).
+    pub snapshot_path: SnapshotPathName,
+    /// Buffers of the snapshot ring.
+    pub snapshot_ring: usize,
     pub progress: bool,
 }
 
@@ -496,6 +545,12 @@ impl RecordArgs {
         if !self.keyframe_interval.is_power_of_two() {
             return Err(invalid("keyframe-interval", "must be a power of two"));
         }
+        if !(1..=MAX_SNAPSHOT_RING).contains(&self.snapshot_ring) {
+            return Err(invalid(
+                "snapshot-ring",
+                format!("{} (must be 1..={MAX_SNAPSHOT_RING})", self.snapshot_ring),
+            ));
+        }
         if self.eval_batch_size == 0 {
             return Err(invalid("eval-batch-size", "0 (must be at least 1)"));
         }
@@ -548,6 +603,8 @@ impl RecordArgs {
             overwrite: self.overwrite,
             resume: self.resume,
             queue: self.queue.max(1),
+            snapshot_path: self.snapshot_path,
+            snapshot_ring: self.snapshot_ring,
             progress: !self.quiet,
         })
     }

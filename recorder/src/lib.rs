@@ -10,6 +10,7 @@
 pub mod config;
 pub mod error;
 pub mod optim;
+pub mod planes;
 pub mod policy;
 pub mod resume;
 pub mod sink;
@@ -119,8 +120,19 @@ pub struct RecordSummary {
     pub compression_ratio: f64,
     pub wall_secs: f64,
     pub updates_per_sec: f64,
-    /// Where recording time went: the writer thread copying snapshots to the host, and encoding
-    /// plus writing them; the training thread blocked on a full queue.
+    /// How snapshots left the training thread: `ring` (device-side copy into the snapshot
+    /// ring, copied to pinned host memory off the training stream) or `host`.
+    pub snapshot_path: String,
+    /// Buffers of the snapshot ring (0 without it) and the device memory they hold (as much
+    /// again in host memory).
+    pub snapshot_ring_buffers: usize,
+    pub snapshot_ring_device_bytes: u64,
+    /// Threads encoding chunks (`--encode-threads`; 0 = one per core).
+    pub encode_threads: u32,
+    /// Where recording time went: the training thread taking snapshots (on CUDA: queueing the
+    /// device-side copy), the copy thread copying them to the host, the writer thread encoding
+    /// plus writing them, and the training thread blocked on a full queue or a full ring.
+    pub training_snapshot_secs: f64,
     pub writer_copy_secs: f64,
     pub writer_encode_write_secs: f64,
     pub training_blocked_secs: f64,
@@ -159,8 +171,14 @@ impl std::fmt::Display for RecordSummary {
         )?;
         writeln!(
             f,
-            "writer thread: {:.2} s copying snapshots to the host, {:.2} s encoding and writing; training blocked {:.2} s on a full queue",
-            self.writer_copy_secs, self.writer_encode_write_secs, self.training_blocked_secs
+            "snapshots via {} ({} ring buffers): training {:.2} s taking snapshots, {:.2} s blocked on a full queue or ring; copy thread {:.2} s copying to the host; writer {:.2} s encoding and writing ({} encode threads)",
+            self.snapshot_path,
+            self.snapshot_ring_buffers,
+            self.training_snapshot_secs,
+            self.training_blocked_secs,
+            self.writer_copy_secs,
+            self.writer_encode_write_secs,
+            self.encode_threads
         )?;
         for e in &self.epochs {
             writeln!(
@@ -305,8 +323,32 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
     let started_over = resume.as_ref().is_some_and(|r| r.start_over.is_some());
     let mut trainer = Trainer::new(desc.clone(), data, cfg.device, module)?;
     let start = open_output(cfg, &desc, resume.as_ref(), &mut trainer)?;
-    let on_cpu = cfg.device == tch::Device::Cpu;
-    let mut sink = Sink::start(start.writer, cfg.queue, cfg.out.clone(), !on_cpu)?;
+    let ring = cfg
+        .snapshot_path
+        .uses_ring(cfg.device)
+        .then(|| sink::RingOptions {
+            slots: cfg.snapshot_ring,
+            state_len: desc.layout.len_elements(),
+            device: cfg.device,
+        });
+    if let Some(r) = &ring
+        && cfg.progress
+    {
+        eprintln!(
+            "snapshot ring: {} buffers of {:.1} MB: {:.1} MB on {} and {:.1} MB of {} host memory",
+            r.slots,
+            r.state_len as f64 * 4e-6,
+            r.device_bytes() as f64 * 1e-6,
+            device_name(cfg.device),
+            r.device_bytes() as f64 * 1e-6,
+            if cfg.device == tch::Device::Cpu {
+                "(CPU stand-in)"
+            } else {
+                "pinned"
+            }
+        );
+    }
+    let mut sink = Sink::start_with_ring(start.writer, cfg.queue, cfg.out.clone(), false, ring)?;
 
     let total = desc.total_steps;
     let bar = progress_bar(cfg.progress, total, "steps");
@@ -314,7 +356,6 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
     let ctx = LoopContext {
         cfg,
         desc: &desc,
-        on_cpu,
         resumed_at: resume
             .as_ref()
             .filter(|r| r.start_over.is_none())
@@ -333,9 +374,10 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
     let closing_in_file = ctx.resumed_at == Some(t);
     if !matches!(cfg.policy, policy::RecordPolicy::Nothing) && !closing_in_file {
         first_step.get_or_insert(t);
+        let state = trainer.snapshot(&mut sink)?;
         sink.send(Record::Step {
             step: t,
-            state: trainer.snapshot(on_cpu)?,
+            state,
             sample_ids: Vec::new(),
             augmentation: Vec::new(),
             // No update follows the last state: its update scalars are absent (not NaN).
@@ -373,6 +415,11 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
         },
         wall_secs: wall,
         updates_per_sec: updates as f64 / ctx.loop_started.elapsed().as_secs_f64().max(1e-9),
+        snapshot_path: if ring.is_some() { "ring" } else { "host" }.into(),
+        snapshot_ring_buffers: ring.map_or(0, |r| r.slots),
+        snapshot_ring_device_bytes: ring.map_or(0, |r| r.device_bytes()),
+        encode_threads: cfg.encode_threads,
+        training_snapshot_secs: counters.snapshot_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
         writer_copy_secs: counters.copy_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
         writer_encode_write_secs: counters.write_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
         training_blocked_secs: counters.blocked_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
@@ -516,7 +563,6 @@ fn start_over(
 struct LoopContext<'a> {
     cfg: &'a RecordConfig,
     desc: &'a RunDescription,
-    on_cpu: bool,
     /// The resume point: its state and optimizer state are already in the file.
     resumed_at: Option<u64>,
     /// Wall-clock seconds the recording had reached when this process started training.
@@ -606,7 +652,7 @@ fn apply_and_record(
     let recorded = policy.records(t, spe);
     let already_in_file = ctx.resumed_at == Some(t);
     let snapshot = if recorded && !already_in_file {
-        Some(trainer.snapshot(ctx.on_cpu)?)
+        Some(trainer.snapshot(sink)?)
     } else {
         None
     };

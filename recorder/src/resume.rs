@@ -14,7 +14,7 @@ use crate::policy::RecordPolicy;
 
 /// Argument ids (clap's, the field names of [`RecordArgs`]) that may differ from the
 /// recording on `--resume`: the output and mode, the data's location, the device and threads,
-/// durability, the queue, and what is printed. The device and libtorch threads default to the
+/// durability, the queue and the snapshot path, and what is printed. The device and libtorch threads default to the
 /// recorded ones, since both change the rounding of the computed steps: given, they may
 /// differ, and the resumed steps then equal an uninterrupted run's only up to rounding.
 pub const MAY_DIFFER: &[&str] = &[
@@ -27,6 +27,8 @@ pub const MAY_DIFFER: &[&str] = &[
     "encode_threads",
     "fsync",
     "queue",
+    "snapshot_path",
+    "snapshot_ring",
     "quiet",
     "json",
 ];

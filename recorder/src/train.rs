@@ -183,15 +183,21 @@ impl Trainer {
         })
     }
 
-    /// The full state for the recording pipeline: a host vector when training on the CPU (the
-    /// copy is cheap there), else a device-side copy that the pipeline's copy stage moves to
-    /// the host off the training thread.
-    pub fn snapshot(&self, host: bool) -> Result<crate::sink::Snapshot, RecordError> {
-        Ok(if host {
-            crate::sink::Snapshot::Host(self.model.flatten()?)
-        } else {
-            crate::sink::Snapshot::Device(self.snapshot_on_device()?)
-        })
+    /// The full state for the recording pipeline: with the snapshot ring, a device-side copy
+    /// into a free ring buffer that the pipeline moves to the host off the training stream
+    /// (training waits only while every buffer is in flight); else a host vector copied on the
+    /// training thread (cheap on the CPU).
+    pub fn snapshot(
+        &self,
+        sink: &mut crate::sink::Sink,
+    ) -> Result<crate::sink::Snapshot, RecordError> {
+        if sink.has_ring() {
+            return sink.snapshot_into_ring(|buffer| Ok(self.model.concat_into(buffer)?));
+        }
+        let started = std::time::Instant::now();
+        let state = self.model.flatten()?;
+        sink.note_snapshot_time(started);
+        Ok(crate::sink::Snapshot::Host(state))
     }
 
     /// The full state as one flat f32 tensor on the model's device (a copy).

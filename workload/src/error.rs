@@ -168,6 +168,9 @@ pub enum WorkloadError {
         dtype: String,
         reason: &'static str,
     },
+    /// A device snapshot buffer, stream or copy that failed (see [`crate::copy`]).
+    #[error("device copy: {what}: {reason}")]
+    DeviceCopy { what: String, reason: String },
     /// An error reported by libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

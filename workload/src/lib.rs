@@ -13,9 +13,12 @@
 //!   [`eval::bn_batches`]; gradients and Hessian-vector products for curvature.
 //! - [`RunDescription`]: what a recording's metadata says about its run, and
 //!   [`run::derive_seed`], from which every seed of a run derives.
+//! - [`copy::Copier`]: asynchronous device-to-host copies on a side stream, for the recorder's
+//!   snapshot path.
 //! - [`progress::progress_bar`]: the command-line tools' progress bar.
 
 pub mod augment;
+pub mod copy;
 pub mod data;
 pub mod error;
 pub mod eval;

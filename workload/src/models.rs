@@ -455,6 +455,12 @@ impl Model {
         tch::no_grad(|| self.layout.concat(&self.tensors))
     }
 
+    /// Writes θ in canonical order into `out`, a flat f32 tensor of the state's length on the
+    /// model's device (a preallocated snapshot buffer: no allocation of the state's size).
+    pub fn concat_into(&self, out: &Tensor) -> Result<(), WorkloadError> {
+        tch::no_grad(|| self.layout.concat_into(&self.tensors, out))
+    }
+
     /// Loads θ (canonical order) into the variables.
     pub fn load_flat(&self, state: &[f32]) -> Result<(), WorkloadError> {
         self.layout.unflatten(&self.tensors, state)

@@ -247,6 +247,30 @@ impl StateLayout {
         Ok(Tensor::f_cat(&parts, 0)?)
     }
 
+    /// Writes the tensors (canonical order) as flat f32 words into `out`, a flat f32 tensor of
+    /// [`Self::len_elements`] on their device, without allocating a state-sized tensor.
+    pub fn concat_into(&self, tensors: &[Tensor], out: &Tensor) -> Result<(), WorkloadError> {
+        let n = self.len_elements();
+        if out.size() != [n as i64] || out.f_kind()? != Kind::Float {
+            return Err(WorkloadError::StateMismatch {
+                reason: format!(
+                    "snapshot buffer is {:?} {:?}, the state needs f32 [{n}]",
+                    out.f_kind()?,
+                    out.size()
+                ),
+            });
+        }
+        let parts = self
+            .entries
+            .iter()
+            .zip(tensors)
+            .map(|(e, t)| as_words(t, e.dtype))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The result aliases `out`.
+        let _filled = Tensor::f_cat_out(out, &parts, 0)?;
+        Ok(())
+    }
+
     /// Copies the tensors into one host f32-word vector in canonical order.
     pub fn flatten(&self, tensors: &[Tensor]) -> Result<Vec<f32>, WorkloadError> {
         to_host(&tch::no_grad(|| self.concat(tensors))?)

@@ -1,0 +1,301 @@
+//! The recorder's host pipeline at VGG-11 size, without training: a synthetic SGD-with-momentum
+//! trajectory of 9,756,426 f32 per step (format-spec's `sgd_trajectory`: realistic relative
+//! updates) goes through the snapshot ring with CPU tensors standing in for device buffers, the
+//! copy stage, the encoder and the writer into a temporary file, as fast as the pipeline takes
+//! it. Prints sustained GB/s of raw state for 1, 2 and all encode threads (medians of repeats),
+//! where the time went, the host path for comparison, and what a host-side residual pass costs
+//! (the work a device-side residual would take off the host).
+//!
+//!   cargo bench -p sgdwalk-recorder --bench pipeline
+//!   cargo bench -p sgdwalk-recorder --bench pipeline -- --test        (smoke: tiny, seconds)
+//! Options: --params N, --steps N, --repeats N, --ring N, --fsync never|keyframe|record.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "a benchmark binary aborts on setup errors"
+)]
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use sgdwalk_format::codec::residual_planes;
+use sgdwalk_format::testkit::synth::sgd_trajectory;
+use sgdwalk_format::{
+    CodecId, CodecSettings, FsyncPolicy, Header, StepScalars, Writer, WriterOptions,
+};
+use sgdwalk_recorder::planes::xor_residual_planes;
+use sgdwalk_recorder::sink::{Record, RingOptions, Sink, Snapshot};
+use tch::Tensor;
+
+struct Opts {
+    params: usize,
+    steps: usize,
+    repeats: usize,
+    ring: usize,
+    fsync: FsyncPolicy,
+}
+
+fn parse() -> Opts {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let test = args.iter().any(|a| a == "--test");
+    let mut o = if test {
+        Opts {
+            params: 50_000,
+            steps: 6,
+            repeats: 1,
+            ring: 2,
+            fsync: FsyncPolicy::EveryKeyframe,
+        }
+    } else {
+        Opts {
+            params: 9_756_426,
+            steps: 32,
+            repeats: 3,
+            ring: 4,
+            fsync: FsyncPolicy::EveryKeyframe,
+        }
+    };
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let num = |name: &str, default: usize| {
+        value(name).map_or(default, |v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} takes a number, not {v:?}"))
+        })
+    };
+    o.params = num("--params", o.params);
+    o.steps = num("--steps", o.steps).max(2);
+    o.repeats = num("--repeats", o.repeats).max(1);
+    o.ring = num("--ring", o.ring).max(1);
+    if let Some(f) = value("--fsync") {
+        o.fsync = match f.as_str() {
+            "never" => FsyncPolicy::Never,
+            "keyframe" => FsyncPolicy::EveryKeyframe,
+            "record" => FsyncPolicy::EveryRecord,
+            other => panic!("--fsync never|keyframe|record, not {other:?}"),
+        };
+    }
+    o
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn writer(path: &Path, n: usize, threads: usize, fsync: FsyncPolicy) -> Writer {
+    let layout = Header::contiguous_layout(&[("state", &[n as u64])]).expect("layout");
+    let header =
+        Header::new([7; 16], 0, layout, 0, "{}".into(), CodecSettings::default()).expect("header");
+    let _ = std::fs::remove_file(path);
+    Writer::create(path, header, WriterOptions { fsync, threads }).expect("create")
+}
+
+/// One pass of the trajectory through the pipeline; times in seconds.
+struct Pass {
+    wall: f64,
+    snapshot: f64,
+    copy: f64,
+    encode_write: f64,
+    blocked: f64,
+    stored_bytes: u64,
+}
+
+fn pass(states: &[Tensor], path: &Path, threads: usize, opts: &Opts, ring: bool) -> Pass {
+    let n = states[0].numel();
+    let w = writer(path, n, threads, opts.fsync);
+    let ring_opts = ring.then_some(RingOptions {
+        slots: opts.ring,
+        state_len: n,
+        device: tch::Device::Cpu,
+    });
+    let mut sink = Sink::start_with_ring(w, 8, path.to_path_buf(), false, ring_opts).expect("sink");
+    let started = Instant::now();
+    for (t, s) in states.iter().enumerate() {
+        let state = if ring {
+            sink.snapshot_into_ring(|buf| {
+                buf.shallow_clone().f_copy_(s)?;
+                Ok(())
+            })
+            .expect("snapshot")
+        } else {
+            let t0 = Instant::now();
+            let v = Vec::<f32>::try_from(s).expect("to host");
+            sink.note_snapshot_time(t0);
+            Snapshot::Host(v)
+        };
+        sink.send(Record::Step {
+            step: t as u64,
+            state,
+            sample_ids: vec![t as u32; 128],
+            augmentation: Vec::new(),
+            scalars: StepScalars::all(0.1, 1.0, 1.0, 1.0, t as f64),
+        })
+        .expect("send");
+    }
+    let c = std::sync::Arc::clone(&sink.counters);
+    sink.finish().expect("finish");
+    let secs = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64 * 1e-9;
+    Pass {
+        wall: started.elapsed().as_secs_f64(),
+        snapshot: secs(&c.snapshot_nanos),
+        copy: secs(&c.copy_nanos),
+        encode_write: secs(&c.write_nanos),
+        blocked: secs(&c.blocked_nanos),
+        stored_bytes: c.stored_bytes.load(Ordering::Relaxed),
+    }
+}
+
+fn uptime() -> String {
+    std::process::Command::new("uptime")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|e| format!("(uptime failed: {e})"))
+}
+
+fn main() {
+    let opts = parse();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let raw_step = opts.params as f64 * 4.0;
+    println!(
+        "pipeline bench: {} f32 per step ({:.1} MB), {} steps, {} repeats, ring {} buffers, fsync {:?}, {cores} cores",
+        opts.params,
+        raw_step * 1e-6,
+        opts.steps,
+        opts.repeats,
+        opts.ring,
+        opts.fsync
+    );
+    println!("load before: {}", uptime());
+    let t = Instant::now();
+    let states: Vec<Tensor> = sgd_trajectory(opts.params, opts.steps, 0.9, 0.05, 0x5eed)
+        .into_iter()
+        .map(|s| Tensor::from_slice(&s))
+        .collect();
+    println!(
+        "trajectory generated in {:.1} s (not timed below)",
+        t.elapsed().as_secs_f64()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pipeline.walk");
+    let raw_total = raw_step * opts.steps as f64;
+
+    println!(
+        "\n{:<6} {:>8} {:>9} {:>9} {:>10} {:>9} {:>13} {:>10} {:>8}",
+        "path",
+        "threads",
+        "GB/s raw",
+        "wall s",
+        "snapshot s",
+        "copy s",
+        "encode+write s",
+        "blocked s",
+        "ratio"
+    );
+    let mut last_stored = 0u64;
+    let mut rows = vec![("ring", 1usize), ("ring", 2), ("ring", 0), ("host", 0)];
+    if cores <= 2 {
+        // "all" is 2 here: keep the row (it says so) but do not run 2 twice.
+        rows.retain(|r| *r != ("ring", 2));
+    }
+    for (which, threads) in rows {
+        let ring = which == "ring";
+        let mut all = Vec::new();
+        for _ in 0..opts.repeats {
+            all.push(pass(&states, &path, threads, &opts, ring));
+        }
+        let m = |f: fn(&Pass) -> f64| median(all.iter().map(f).collect());
+        let wall = m(|p| p.wall);
+        last_stored = all.last().map_or(0, |p| p.stored_bytes);
+        let label = if threads == 0 {
+            format!("all={cores}")
+        } else {
+            threads.to_string()
+        };
+        println!(
+            "{:<6} {:>8} {:>9.3} {:>9.2} {:>10.2} {:>9.2} {:>13.2} {:>10.2} {:>8.2}",
+            which,
+            label,
+            raw_total / wall * 1e-9,
+            wall,
+            m(|p| p.snapshot),
+            m(|p| p.copy),
+            m(|p| p.encode_write),
+            m(|p| p.blocked),
+            raw_total / last_stored.max(1) as f64
+        );
+    }
+    println!(
+        "(medians of {} repeats; snapshot = producer filling ring buffers or host vectors, copy = copy stage (CPU stand-in: a memcpy), blocked = producer waiting for a ring buffer or queue slot)",
+        opts.repeats
+    );
+
+    // What encode+write splits into: the same stored bytes written alone.
+    let stored_step = last_stored as usize / opts.steps;
+    let junk = vec![0x5au8; stored_step.max(1)];
+    let wpath = dir.path().join("write-only.bin");
+    let t = Instant::now();
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&wpath).expect("create");
+        for i in 0..opts.steps {
+            f.write_all(&junk).expect("write");
+            if opts.fsync == FsyncPolicy::EveryRecord
+                || (opts.fsync == FsyncPolicy::EveryKeyframe && i % 32 == 0)
+            {
+                f.sync_data().expect("sync");
+            }
+        }
+    }
+    let write_secs = t.elapsed().as_secs_f64();
+    println!(
+        "\nwrite alone: {:.1} MB stored per step written to a file in {:.3} s per {} steps ({:.2} GB/s of stored bytes)",
+        stored_step as f64 * 1e-6,
+        write_secs,
+        opts.steps,
+        last_stored as f64 / write_secs * 1e-9
+    );
+
+    // The host-side residual pass a device-side residual would save (one thread).
+    let cur = Vec::<f32>::try_from(&states[opts.steps - 1]).expect("host");
+    let prev = Vec::<f32>::try_from(&states[opts.steps - 2]).expect("host");
+    let mut planes = vec![0u8; cur.len() * 4];
+    let mut host_t = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        residual_planes(CodecId::XorPrev, &cur, Some(&prev), None, 0, &mut planes)
+            .expect("residual");
+        host_t.push(t.elapsed().as_secs_f64());
+    }
+    let host_s = median(host_t);
+    let mut tensor_t = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let p = xor_residual_planes(&states[opts.steps - 1], &states[opts.steps - 2])
+            .expect("tensor residual");
+        drop(p);
+        tensor_t.push(t.elapsed().as_secs_f64());
+    }
+    let tensor_s = median(tensor_t);
+    println!(
+        "host residual pass (XOR + byte-plane shuffle, 1 thread): {:.1} ms per step = {:.2} GB/s of raw state",
+        host_s * 1e3,
+        raw_step / host_s * 1e-9
+    );
+    println!(
+        "same as libtorch CPU tensor ops ({} libtorch threads): {:.1} ms per step = {:.2} GB/s",
+        tch::get_num_threads(),
+        tensor_s * 1e3,
+        raw_step / tensor_s * 1e-9
+    );
+    println!("load after: {}", uptime());
+}
