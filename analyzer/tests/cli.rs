@@ -734,6 +734,7 @@ fn inspect_describes_the_run_and_its_json_is_plain() {
             keyframe_interval: 4,
             zstd_level: 1,
             delta_codec: CodecId::Pred2,
+            split_streams: true,
         },
     )
     .unwrap();

@@ -28,7 +28,8 @@ caps, codec settings); the chain rules (keyframe at every multiple of K included
 a finished file (without falling back to scanning when it fails); exact sizes of ids and
 augmentation; one zstd frame of exact size per blob and chunk; every reconstructed chunk's
 xxh3-64, so the whole delta chain is verified; format 1.1's typed layouts (incompat bit 0) and
-attachments (SHA-256 checked when read and by verify). Unfinished files (a killed writer) are read up to
+attachments (SHA-256 checked when read and by verify), 1.2's absent masks (incompat bit 1) and
+1.3's split-stream codecs 5–8 (incompat bit 2). Unfinished files (a killed writer) are read up to
 the last complete record. Errors are `WalkError`s whose `kind` names the error class as the Rust
 reader does ("corrupt", "checksum_mismatch", ...).
 
@@ -58,10 +59,12 @@ KIND_NAMES = {KIND_HEADER: "header record", KIND_STEP: "step record", KIND_EPOCH
               KIND_RESUME: "resume record", KIND_INDEX: "index record", KIND_FOOTER: "footer record",
               KIND_ATTACHMENT: "attachment record"}
 # SPEC §3: incompat bit 0, TYPED_LAYOUT (format 1.1); bit 1, ABSENT_MASK (format 1.2): STEP byte
-# 62 marks absent scalars and NaN is a recorded value (without it NaN means absent).
+# 62 marks absent scalars and NaN is a recorded value (without it NaN means absent); bit 2,
+# SPLIT_STREAMS (format 1.3): chunks may use the split-stream codecs 5–8 (SPEC §5.2).
 TYPED_LAYOUT = 0x01
 ABSENT_MASK = 0x02
-KNOWN_INCOMPAT = TYPED_LAYOUT | ABSENT_MASK
+SPLIT_STREAMS = 0x04
+KNOWN_INCOMPAT = TYPED_LAYOUT | ABSENT_MASK | SPLIT_STREAMS
 ABSENT_BITS = 0x7FF8_0000_0000_0000
 # SPEC §4.2: bytes per element and the numpy dtype of each layout dtype.
 DTYPE_SIZES = {"f32": 4, "f64": 8, "f16": 2, "bf16": 2, "i64": 8, "i32": 4, "i16": 2,
@@ -241,14 +244,55 @@ def _pred2(p: np.ndarray, q: np.ndarray, mu: int) -> np.ndarray:
     return p + (step & 0xFFFFFFFF).astype(np.uint32)
 
 
+def _split_words(stored: bytes, n: int) -> np.ndarray:
+    """SPEC §5.2: the residual words of a split-stream chunk (the bytes after mu_q8)."""
+    if len(stored) < 7 * 9:
+        raise ValueError("split chunk shorter than its stream table")
+    pos, streams = 7 * 9, []
+    for k in range(7):
+        mode, raw_len, stored_len = struct.unpack_from("<BII", stored, 9 * k)
+        if raw_len > n:
+            raise ValueError(f"split stream {k} declares {raw_len} bytes for {n} words")
+        data = stored[pos : pos + stored_len]
+        if len(data) != stored_len:
+            raise ValueError(f"split stream {k} runs past the chunk")
+        pos += stored_len
+        if mode == 0 and stored_len == raw_len:
+            streams.append(np.frombuffer(data, dtype=np.uint8))
+        elif mode == 1:
+            streams.append(np.frombuffer(_one_frame(data, raw_len), dtype=np.uint8))
+        else:
+            raise ValueError(f"split stream {k}: mode {mode}, {stored_len} bytes stored for {raw_len}")
+    if pos != len(stored):
+        raise ValueError(f"{len(stored) - pos} bytes after the last split stream")
+    if len(streams[0]) != n:
+        raise ValueError(f"byte-3 stream holds {len(streams[0])} bytes for {n} words")
+    w = streams[0].astype(np.uint32) << np.uint32(24)
+    # Byte j of a word comes from the lead stream Lj while the word's higher bytes are all
+    # zero, else from the tail stream Tj, in element order.
+    for j, lead, tail in ((2, 1, 2), (1, 3, 4), (0, 5, 6)):
+        is_lead = w == 0
+        if int(is_lead.sum()) != len(streams[lead]) or n - int(is_lead.sum()) != len(streams[tail]):
+            raise ValueError(f"byte-{j} streams hold {len(streams[lead])} + {len(streams[tail])} bytes, "
+                             f"the words need {int(is_lead.sum())} + {n - int(is_lead.sum())}")
+        b = np.empty(n, dtype=np.uint32)
+        b[is_lead] = streams[lead]
+        b[~is_lead] = streams[tail]
+        w |= b << np.uint32(8 * j)
+    return w
+
+
 def _decode_chunk(codec, stored, n, prev, prev2):
     """One chunk's words (SPEC §5); ValueError on anything malformed or a missing base."""
     if codec == 0:
         if len(stored) != 4 * n:
             raise ValueError(f"raw chunk has {len(stored)} bytes, expected {4 * n}")
         return np.frombuffer(stored, dtype="<u4").astype(np.uint32)
-    if codec not in (1, 2, 3, 4):
+    if codec not in range(1, 9):
         raise ValueError(f"unknown codec {codec}")
+    # Codecs 5–8 store the residual words of 1–4 as split streams (SPEC §5.2).
+    split = codec >= 5
+    codec = codec - 4 if split else codec
     if codec >= 2 and prev is None or codec == 4 and prev2 is None:
         raise ValueError(f"codec {codec} needs previous states the chain does not allow")
     mu, frame = 0, stored
@@ -257,7 +301,7 @@ def _decode_chunk(codec, stored, n, prev, prev2):
             raise ValueError("pred2 chunk shorter than its mu prefix")
         (mu,) = struct.unpack_from("<H", stored, 0)
         frame = stored[2:]
-    w = _unshuffle(_one_frame(frame, 4 * n), n)
+    w = _split_words(frame, n) if split else _unshuffle(_one_frame(frame, 4 * n), n)
     if codec == 1:
         return w
     if codec == 2:
@@ -661,8 +705,10 @@ class Walk:
             codec, stored_len, crc, xxh = struct.unpack_from("<B3xII4xQ", p, pos + 24 * i)
             if any(p[pos + 24 * i + 1 : pos + 24 * i + 4]) or any(p[pos + 24 * i + 12 : pos + 24 * i + 16]):
                 raise _corrupt(off, what, "reserved bytes are not zero")
-            if codec > 4:
+            if codec > 8:
                 raise _corrupt(off, what, f"unknown codec id {codec}")
+            if codec >= 5 and not self.incompat & SPLIT_STREAMS:
+                raise _corrupt(off, what, f"chunk codec {codec} without the SPLIT_STREAMS incompat bit")
             table.append((codec, stored_len, crc, xxh))
         return table, pos + 24 * count
 
@@ -814,7 +860,7 @@ class Walk:
         if count != -(-r // self.chunk_len):
             raise _corrupt(off, "resume record", f"{count} chunks for {r} elements")
         table, pos = self._chunk_table(p, 16, count, off, "resume record")
-        if any(c[0] > 1 for c in table):
+        if any(c[0] not in (0, 1, 5) for c in table):
             raise _corrupt(off, "resume record", "resume chunks must be standalone")
         if pos + desc_len > len(p):
             raise _corrupt(off, "resume record", "descriptor exceeds the payload")

@@ -13,7 +13,9 @@
 
 use std::time::Instant;
 
-use sgdwalk_format::testkit::codec_bench::{bench_trajectory, format_bench_table};
+use sgdwalk_format::testkit::codec_bench::{
+    bench_trajectory, format_bench_table, stream_entropy_table,
+};
 use sgdwalk_format::testkit::synth::sgd_trajectory;
 use sgdwalk_format::*;
 
@@ -43,13 +45,14 @@ fn load_real(path: &str, max_steps: usize) -> Result<Vec<Vec<f32>>, FormatError>
     Ok(out)
 }
 
-fn writer_reader_round(states: &[Vec<f32>], delta: CodecId) {
+fn writer_reader_round(states: &[Vec<f32>], delta: CodecId, split_streams: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bench.sgdw");
     let n = states[0].len() as u64;
     let layout = Header::contiguous_layout(&[("state", &[n])]).expect("layout");
     let codec = CodecSettings {
         delta_codec: delta,
+        split_streams,
         ..CodecSettings::default()
     };
     let header = Header::new([0; 16], 0, layout, 0, "{}".into(), codec).expect("header");
@@ -89,12 +92,77 @@ fn writer_reader_round(states: &[Vec<f32>], delta: CodecId) {
     });
     let raw = summary.raw_bytes as f64;
     println!(
-        "writer+reader, K=32, {:<17}  ratio {:.3} (whole file)  encode {:>6.0} MB/s  decode {:>6.0} MB/s (1 thread)",
-        delta.name(),
+        "writer+reader, K=32, {:<23}  ratio {:.3} (whole file)  encode {:>6.0} MB/s  decode {:>6.0} MB/s (1 thread)",
+        if split_streams { delta.split() } else { delta }.name(),
         raw / summary.file_bytes as f64,
         raw / 1e6 / enc,
         raw / 1e6 / dec
     );
+}
+
+/// pcodec (a peer compressor for numeric columns, level 8, its default) in the bench's chunks,
+/// on one thread: on every state's floats, and with key/32 mixing on the zigzag deltas of
+/// consecutive states' bits (each chunk round-tripped and checked).
+fn pcodec_rows(states: &[Vec<f32>]) {
+    const CHUNK: usize = 262_144;
+    let config = pco::ChunkConfig::default();
+    let n = states[0].len();
+    let raw = (states.len() * n * 4) as f64;
+    let (mut key, mut mixed) = (0usize, 0usize);
+    let (mut enc_key, mut dec_key, mut enc_mix, mut dec_mix) = (0.0, 0.0, 0.0, 0.0);
+    for (t, s) in states.iter().enumerate() {
+        for c0 in (0..n).step_by(CHUNK) {
+            let c1 = (c0 + CHUNK).min(n);
+            let at = Instant::now();
+            let bytes = pco::standalone::simple_compress(&s[c0..c1], &config).expect("pco");
+            enc_key += at.elapsed().as_secs_f64();
+            let at = Instant::now();
+            let back: Vec<f32> = pco::standalone::simple_decompress(&bytes).expect("pco");
+            dec_key += at.elapsed().as_secs_f64();
+            assert!(back.iter().zip(&s[c0..c1]).all(|(a, b)| a.to_bits() == b.to_bits()));
+            key += bytes.len();
+            if t % 32 == 0 {
+                mixed += bytes.len();
+                continue;
+            }
+            let at = Instant::now();
+            let deltas: Vec<u32> = s[c0..c1]
+                .iter()
+                .zip(&states[t - 1][c0..c1])
+                .map(|(c, p)| {
+                    let d = c.to_bits().wrapping_sub(p.to_bits()) as i32;
+                    ((d << 1) ^ (d >> 31)) as u32
+                })
+                .collect();
+            let bytes = pco::standalone::simple_compress(&deltas, &config).expect("pco");
+            enc_mix += at.elapsed().as_secs_f64();
+            let at = Instant::now();
+            let back: Vec<u32> = pco::standalone::simple_decompress(&bytes).expect("pco");
+            dec_mix += at.elapsed().as_secs_f64();
+            assert_eq!(back, deltas);
+            mixed += bytes.len();
+        }
+    }
+    let key_states = states.len().div_ceil(32) as f64 / states.len() as f64;
+    for (name, stored, enc, dec) in [
+        ("pcodec-8 floats (every state)", key, enc_key, dec_key),
+        (
+            "pcodec-8 key/32 + zigzag deltas",
+            mixed,
+            // The key states' share of the float pass, plus the delta pass.
+            enc_key * key_states + enc_mix,
+            dec_key * key_states + dec_mix,
+        ),
+    ] {
+        println!(
+            "{name:<34} {:>12.2} {:>12.2} {:>7.3} {:>10.0} {:>10.0}",
+            raw / 1e6,
+            stored as f64 / 1e6,
+            raw / stored as f64,
+            raw / 1e6 / enc,
+            raw / 1e6 / dec
+        );
+    }
 }
 
 fn run(name: &str, states: &[Vec<f32>]) {
@@ -106,8 +174,14 @@ fn run(name: &str, states: &[Vec<f32>]) {
     );
     let rows = bench_trajectory(states, 1);
     print!("{}", format_bench_table(&rows));
-    for delta in [CodecId::XorPrev, CodecId::ZigzagDeltaPrev, CodecId::Pred2] {
-        writer_reader_round(states, delta);
+    pcodec_rows(states);
+    for codec in [CodecId::ZigzagDeltaPrev, CodecId::Pred2] {
+        print!("{}", stream_entropy_table(states, codec, 1));
+    }
+    for split_streams in [false, true] {
+        for delta in [CodecId::XorPrev, CodecId::ZigzagDeltaPrev, CodecId::Pred2] {
+            writer_reader_round(states, delta, split_streams);
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use sgdwalk_format::Reader;
 use sgdwalk_format::testkit::synth::{
-    bad_fixtures, bad_fixtures_v1_1, edge_fixtures, fixture_specs_v1, write_fixture,
+    bad_fixtures, bad_fixtures_v1_1, bad_fixtures_v1_3, edge_fixtures, fixture_specs_v1, write_fixture,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -30,12 +30,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&edge)?;
 
     let mut readme = String::from(
-        "# Golden recordings, format v1 (1.0, 1.1 and 1.2)\n\nWritten by `cargo run -p sgdwalk-format --example gen_fixtures` from the seeded\n\
+        "# Golden recordings, format v1 (1.0 to 1.3)\n\nWritten by `cargo run -p sgdwalk-format --example gen_fixtures` from the seeded\n\
          generator `sgdwalk_format::testkit::synth::fixture_specs_v1` (states from `synth::sgd_trajectory`, seed\n\
          0x5eed2026). Never regenerate these files: `tests/format_golden.rs` decodes each one and compares it\n\
          with the generator's inputs, and `tests/spec_reader/` decodes them with the independent reader.\n\
          The `typed_attachment*` files are format 1.1 (typed layout, attachments), `absent_scalars.sgdw` is 1.2\n\
-         (absent mask); all others are 1.0.\n\n\
+         (absent mask), the `split_*` files are 1.3 (split byte streams); all others are 1.0.\n\n\
          | file | bytes | exercises |\n|---|---:|---|\n",
     );
     for spec in fixture_specs_v1() {
@@ -65,13 +65,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut readme = String::from(
         "# Corrupt recordings\n\nDerived from `v1/basic_pred2.sgdw` and `v1/killed_writer.sgdw` by\n\
          `sgdwalk_format::testkit::synth::bad_fixtures`, and from `v1/typed_attachment.sgdw` (format 1.1) by\n\
-         `sgdwalk_format::testkit::synth::bad_fixtures_v1_1` (run the `gen_fixtures` example). Each file has a test in\n\
+         `sgdwalk_format::testkit::synth::bad_fixtures_v1_1`, and from `v1/split_streams.sgdw` (format 1.3) by\n\
+         `sgdwalk_format::testkit::synth::bad_fixtures_v1_3` (run the `gen_fixtures` example). Each file has a test in\n\
          `tests/format_golden.rs` asserting its exact error; the inventory test fails on an untested file.\n\n\
          | file | bytes | broken how |\n|---|---:|---|\n",
     );
     let typed = std::fs::read(v1.join("typed_attachment.sgdw"))?;
     let mut bad_files = bad_fixtures(&basic, &killed, delta.record_offset as usize)?;
     bad_files.extend(bad_fixtures_v1_1(&typed)?);
+    bad_files.extend(bad_fixtures_v1_3(&std::fs::read(v1.join("split_streams.sgdw"))?)?);
     for b in bad_files {
         std::fs::write(bad.join(b.name), &b.bytes)?;
         writeln!(

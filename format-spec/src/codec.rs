@@ -20,13 +20,39 @@ struct Scratch {
     decompressor: Option<zstd::bulk::Decompressor<'static>>,
     planes: Vec<u8>,
     compressed: Vec<u8>,
+    words: Vec<u32>,
+    streams: [Vec<u8>; SPLIT_STREAMS],
+    lead: Vec<u8>,
 }
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = const {
-        RefCell::new(Scratch { compressor: None, decompressor: None, planes: Vec::new(), compressed: Vec::new() })
+        RefCell::new(Scratch {
+            compressor: None,
+            decompressor: None,
+            planes: Vec::new(),
+            compressed: Vec::new(),
+            words: Vec::new(),
+            streams: [const { Vec::new() }; SPLIT_STREAMS],
+            lead: Vec::new(),
+        })
     };
 }
+
+/// Streams of a split chunk (SPEC.md §5.2): the *class* stream (each word's count of
+/// significant bytes − 1, four 2-bit classes per byte), one *leading-byte* stream per class
+/// (the highest significant byte of every word of that class: it carries the skew of the
+/// magnitudes), and the *low* stream (the bytes below each word's leading byte, nearly uniform).
+pub const SPLIT_STREAMS: usize = 6;
+/// Bytes of one stream descriptor of a split chunk: mode u8, raw_len u32, stored_len u32.
+pub const SPLIT_DESCRIPTOR_BYTES: usize = 9;
+/// Stream mode: the bytes as they are.
+pub const STREAM_RAW: u8 = 0;
+/// Stream mode: one zstd frame of exactly raw_len bytes.
+pub const STREAM_ZSTD: u8 = 1;
+/// Order-0 entropy (bits per byte) at or above which a stream is stored raw without trying
+/// zstd: measured tails sit at 7.95–8.00, where zstd saves under 1 % at the cost of a pass.
+const RAW_ENTROPY_BITS: f64 = 7.9;
 
 fn zstd_err(what: &str, e: std::io::Error) -> FormatError {
     FormatError::invalid_input(format!("zstd {what} failed: {e}"))
@@ -154,8 +180,7 @@ pub fn residual_planes(
 ) -> Result<(), FormatError> {
     let n = cur.len();
     check_len("plane buffer", planes.len(), n * 4)?;
-    match codec {
-        CodecId::Raw | CodecId::Key => shuffle_into(planes, n, cur.iter().map(|v| v.to_bits())),
+    match codec.residual() {
         CodecId::XorPrev => {
             let p = need_base(codec, prev, n)?;
             shuffle_into(
@@ -186,8 +211,384 @@ pub fn residual_planes(
                 }),
             );
         }
+        _ => shuffle_into(planes, n, cur.iter().map(|v| v.to_bits())),
     }
     Ok(())
+}
+
+/// Order-0 entropy of `bytes` in bits per byte (0 for an empty slice); long slices are
+/// estimated on every 8th byte, which the codec's raw-or-zstd choice does not need finer.
+pub fn byte_entropy_bits(bytes: &[u8]) -> f64 {
+    let stride = if bytes.len() > 65_536 { 8 } else { 1 };
+    let mut counts = [0u64; 256];
+    let mut total = 0u64;
+    for &b in bytes.iter().step_by(stride) {
+        counts[usize::from(b)] += 1;
+        total += 1;
+    }
+    if total == 0 {
+        return 0.0;
+    }
+    let total_f = total as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / total_f;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+/// Writes the residual words of `codec`'s residual (key, xor, zigzag delta or pred2; split
+/// codecs use their unsplit residual) for `cur` against its bases into `words`.
+pub(crate) fn residual_words(
+    codec: CodecId,
+    cur: &[f32],
+    prev: Option<&[f32]>,
+    prev2: Option<&[f32]>,
+    mu_q8: u16,
+    words: &mut [u32],
+) -> Result<(), FormatError> {
+    let n = cur.len();
+    check_len("word buffer", words.len(), n)?;
+    match codec.residual() {
+        CodecId::XorPrev => {
+            let p = need_base(codec, prev, n)?;
+            for ((w, c), p) in words.iter_mut().zip(cur).zip(p) {
+                *w = c.to_bits() ^ p.to_bits();
+            }
+        }
+        CodecId::ZigzagDeltaPrev => {
+            let p = need_base(codec, prev, n)?;
+            for ((w, c), p) in words.iter_mut().zip(cur).zip(p) {
+                *w = zigzag(c.to_bits().wrapping_sub(p.to_bits()) as i32);
+            }
+        }
+        CodecId::Pred2 => {
+            let p = need_base(codec, prev, n)?;
+            let p2 = need_base(codec, prev2, n)?;
+            for (((w, c), p), p2) in words.iter_mut().zip(cur).zip(p).zip(p2) {
+                let pred = pred2_predict(p.to_bits(), p2.to_bits(), mu_q8);
+                *w = zigzag(c.to_bits().wrapping_sub(pred) as i32);
+            }
+        }
+        _ => {
+            for (w, c) in words.iter_mut().zip(cur) {
+                *w = c.to_bits();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Inverse of [`residual_words`]: the values from their residual words and bases.
+fn apply_residual(
+    codec: CodecId,
+    words: &[u32],
+    prev: Option<&[f32]>,
+    prev2: Option<&[f32]>,
+    mu_q8: u16,
+    out: &mut [f32],
+) -> Result<(), FormatError> {
+    let n = out.len();
+    check_len("word buffer", words.len(), n)?;
+    match codec.residual() {
+        CodecId::XorPrev => {
+            let p = need_base(codec, prev, n)?;
+            for ((o, w), p) in out.iter_mut().zip(words).zip(p) {
+                *o = f32::from_bits(w ^ p.to_bits());
+            }
+        }
+        CodecId::ZigzagDeltaPrev => {
+            let p = need_base(codec, prev, n)?;
+            for ((o, w), p) in out.iter_mut().zip(words).zip(p) {
+                *o = f32::from_bits(p.to_bits().wrapping_add(unzigzag(*w) as u32));
+            }
+        }
+        CodecId::Pred2 => {
+            let p = need_base(codec, prev, n)?;
+            let p2 = need_base(codec, prev2, n)?;
+            for (((o, w), p), p2) in out.iter_mut().zip(words).zip(p).zip(p2) {
+                let pred = pred2_predict(p.to_bits(), p2.to_bits(), mu_q8);
+                *o = f32::from_bits(pred.wrapping_add(unzigzag(*w) as u32));
+            }
+        }
+        _ => {
+            for (o, w) in out.iter_mut().zip(words) {
+                *o = f32::from_bits(*w);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The class of a word (SPEC.md §5.2): its count of significant bytes − 1 (0 for 0..=255).
+#[inline(always)]
+fn word_class(w: u32) -> usize {
+    usize::from(w >= 1 << 8) + usize::from(w >= 1 << 16) + usize::from(w >= 1 << 24)
+}
+
+/// Four 32-bit cursors packed in a u128, one per class (chunks hold at most 2^24 words): a
+/// cursor chosen by a word's class moves in a register, not through memory, which is what
+/// bounds a per-word loop whose cursor array would be stored and reloaded every word.
+#[inline(always)]
+fn lane(cursors: u128, c: usize) -> usize {
+    (cursors >> (32 * c)) as u32 as usize
+}
+
+/// Split chunks hold at most 2^24 words (the format's chunk cap), so [`lane`]'s 32-bit
+/// cursors cannot overflow.
+fn check_split_len(n: usize) -> Result<(), FormatError> {
+    if n > 1 << 24 {
+        return Err(FormatError::invalid_input(format!(
+            "split chunk of {n} words, more than 2^24"
+        )));
+    }
+    Ok(())
+}
+
+/// The cursors of [`lane`] starting at the offsets of the four classes' sections in one
+/// concatenated buffer of leading bytes (class 0 first).
+fn lane_bases(per_class: [usize; 4]) -> u128 {
+    let mut base = 0u128;
+    let mut at = 0usize;
+    for (c, count) in per_class.into_iter().enumerate() {
+        base |= (at as u128) << (32 * c);
+        at += count;
+    }
+    base
+}
+
+/// Cuts residual words into the [`SPLIT_STREAMS`] streams of SPEC.md §5.2 (each buffer is
+/// resized to its stream's length).
+pub fn split_into_streams(words: &[u32], streams: &mut [Vec<u8>; SPLIT_STREAMS]) {
+    let n = words.len();
+    let [class, l0, l1, l2, l3, low] = streams;
+    class.clear();
+    class.resize(n.div_ceil(4), 0);
+    let mut counts = 0u128;
+    for (quad, packed) in words.chunks(4).zip(class.iter_mut()) {
+        let mut p = 0u8;
+        for (q, &w) in quad.iter().enumerate() {
+            let c = word_class(w);
+            p |= (c as u8) << (2 * q);
+            counts += 1 << (32 * c);
+        }
+        *packed = p;
+    }
+    let per_class = [0, 1, 2, 3].map(|c| lane(counts, c));
+    // All leading bytes go to l0, class by class, then classes 1–3 are copied out of it. Every
+    // word writes 4 bytes at the low cursor and advances it by its class: 4 bytes of slack
+    // keep the last write in bounds.
+    l0.clear();
+    l0.resize(n, 0);
+    low.clear();
+    low.resize(3 * n + 4, 0);
+    let mut cursors = lane_bases(per_class);
+    let mut low_len = 0usize;
+    for &w in words {
+        let c = word_class(w);
+        l0[lane(cursors, c)] = (w >> (8 * c)) as u8;
+        cursors += 1 << (32 * c);
+        low[low_len..low_len + 4].copy_from_slice(&w.to_le_bytes());
+        low_len += c;
+    }
+    low.truncate(low_len);
+    let mut at = per_class[0];
+    for (s, count) in [l1, l2, l3].into_iter().zip(&per_class[1..]) {
+        s.clear();
+        s.extend_from_slice(&l0[at..at + count]);
+        at += count;
+    }
+    l0.truncate(per_class[0]);
+}
+
+/// Reassembles residual words from the streams of SPEC.md §5.2 (`lead` is scratch space). The
+/// class stream decides how many bytes every other stream must hold; a stream of another
+/// length, or nonzero padding bits, is an error, never a panic.
+pub fn join_streams(
+    streams: [&[u8]; SPLIT_STREAMS],
+    words: &mut [u32],
+    lead: &mut Vec<u8>,
+) -> Result<(), FormatError> {
+    let n = words.len();
+    let [class, l0, l1, l2, l3, low] = streams;
+    check_len("class stream", class.len(), n.div_ceil(4))?;
+    let mut per_class = [0usize; 4];
+    for &p in class {
+        for q in 0..4 {
+            per_class[usize::from((p >> (2 * q)) & 3)] += 1;
+        }
+    }
+    // The padding classes of the last byte must be zero (class 0); take them off the count.
+    let pad = class.len() * 4 - n;
+    if pad > 0 && class[class.len() - 1] >> (2 * (4 - pad)) != 0 {
+        return Err(FormatError::invalid_input(
+            "split chunk: nonzero padding in the class stream",
+        ));
+    }
+    per_class[0] -= pad;
+    for (c, (s, &want)) in [l0, l1, l2, l3].iter().zip(&per_class).enumerate() {
+        if s.len() != want {
+            return Err(FormatError::invalid_input(format!(
+                "split chunk: leading-byte stream of class {c} holds {} bytes for {want} words",
+                s.len()
+            )));
+        }
+    }
+    let low_want = per_class[1] + 2 * per_class[2] + 3 * per_class[3];
+    if low.len() != low_want {
+        return Err(FormatError::invalid_input(format!(
+            "split chunk: low-byte stream holds {} bytes, the classes need {low_want}",
+            low.len()
+        )));
+    }
+    lead.clear();
+    for s in [l0, l1, l2, l3] {
+        lead.extend_from_slice(s);
+    }
+    // The lengths match the classes, so every cursor stays in bounds. Low bytes are read 4 at a
+    // time and masked to the class while 4 bytes remain, byte by byte at the very end.
+    const MASK: [u32; 4] = [0, 0xFF, 0xFFFF, 0xFF_FFFF];
+    let mut cursors = lane_bases(per_class);
+    let mut low_pos = 0usize;
+    for (quad, &p) in words.chunks_mut(4).zip(class) {
+        for (q, w) in quad.iter_mut().enumerate() {
+            let c = usize::from((p >> (2 * q)) & 3);
+            let below = match low.get(low_pos..low_pos + 4) {
+                Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & MASK[c],
+                None => low[low_pos..low_pos + c]
+                    .iter()
+                    .rev()
+                    .fold(0, |v, &b| v << 8 | u32::from(b)),
+            };
+            *w = u32::from(lead[lane(cursors, c)]) << (8 * c) | below;
+            cursors += 1 << (32 * c);
+            low_pos += c;
+        }
+    }
+    Ok(())
+}
+
+/// Appends the split-stream encoding (SPEC.md §5.2) of `words` to `out`: per stream, raw when
+/// its measured entropy says zstd cannot pay (or zstd does not shrink it), else one zstd frame.
+fn encode_split(
+    words: &[u32],
+    level: i32,
+    streams: &mut [Vec<u8>; SPLIT_STREAMS],
+    compressor: &mut Option<(i32, zstd::bulk::Compressor<'static>)>,
+    compressed: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<(), FormatError> {
+    check_split_len(words.len())?;
+    split_into_streams(words, streams);
+    let table_at = out.len();
+    out.resize(table_at + SPLIT_STREAMS * SPLIT_DESCRIPTOR_BYTES, 0);
+    for (k, stream) in streams.iter().enumerate() {
+        let mut mode = STREAM_RAW;
+        let data_at = out.len();
+        if !stream.is_empty() && byte_entropy_bits(stream) < RAW_ENTROPY_BITS {
+            let ctx = match compressor {
+                Some((l, c)) if *l == level => c,
+                _ => {
+                    let c = zstd::bulk::Compressor::new(level).map_err(|e| zstd_err("init", e))?;
+                    &mut compressor.insert((level, c)).1
+                }
+            };
+            compressed.clear();
+            compressed.reserve(zstd::zstd_safe::compress_bound(stream.len()));
+            ctx.compress_to_buffer(stream.as_slice(), compressed)
+                .map_err(|e| zstd_err("compress", e))?;
+            if compressed.len() < stream.len() {
+                mode = STREAM_ZSTD;
+                out.extend_from_slice(compressed);
+            }
+        }
+        if mode == STREAM_RAW {
+            out.extend_from_slice(stream);
+        }
+        let stored = out.len() - data_at;
+        let too_long = |what| FormatError::invalid_input(format!("split stream {what} over 4 GiB"));
+        let raw_len = u32::try_from(stream.len()).map_err(|_| too_long("raw length"))?;
+        let stored_len = u32::try_from(stored).map_err(|_| too_long("stored length"))?;
+        let d = &mut out[table_at + k * SPLIT_DESCRIPTOR_BYTES..][..SPLIT_DESCRIPTOR_BYTES];
+        d[0] = mode;
+        d[1..5].copy_from_slice(&raw_len.to_le_bytes());
+        d[5..9].copy_from_slice(&stored_len.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// Decodes the split streams of one chunk of `words.len()` words (SPEC.md §5.2).
+fn decode_split(
+    stored: &[u8],
+    words: &mut [u32],
+    decompressor: &mut Option<zstd::bulk::Decompressor<'static>>,
+    buffers: &mut [Vec<u8>; SPLIT_STREAMS],
+    lead: &mut Vec<u8>,
+) -> Result<(), FormatError> {
+    let corrupt = |what: String| FormatError::invalid_input(format!("split chunk: {what}"));
+    check_split_len(words.len())?;
+    let table_len = SPLIT_STREAMS * SPLIT_DESCRIPTOR_BYTES;
+    let (table, mut data) = stored
+        .split_at_checked(table_len)
+        .ok_or_else(|| corrupt(format!("{} bytes, shorter than its stream table", stored.len())))?;
+    let n = words.len();
+    let mut spans: [(u8, usize, &[u8]); SPLIT_STREAMS] = [(STREAM_RAW, 0, &[]); SPLIT_STREAMS];
+    for (k, d) in table.chunks_exact(SPLIT_DESCRIPTOR_BYTES).enumerate() {
+        let mode = d[0];
+        let raw_len = u32::from_le_bytes([d[1], d[2], d[3], d[4]]) as usize;
+        let stored_len = u32::from_le_bytes([d[5], d[6], d[7], d[8]]) as usize;
+        // No stream holds more than 3 bytes per word (the low stream at most); join_streams
+        // checks the exact lengths against the classes.
+        if raw_len > n.saturating_mul(3) {
+            return Err(corrupt(format!("stream {k} declares {raw_len} bytes for {n} words")));
+        }
+        let (bytes, rest) = data.split_at_checked(stored_len).ok_or_else(|| {
+            corrupt(format!("stream {k} declares {stored_len} stored bytes, {} remain", data.len()))
+        })?;
+        data = rest;
+        match mode {
+            STREAM_RAW if stored_len != raw_len => {
+                return Err(corrupt(format!(
+                    "raw stream {k} stores {stored_len} bytes for {raw_len}"
+                )));
+            }
+            STREAM_RAW | STREAM_ZSTD => {}
+            m => return Err(corrupt(format!("stream {k} has unknown mode {m}"))),
+        }
+        spans[k] = (mode, raw_len, bytes);
+    }
+    if !data.is_empty() {
+        return Err(corrupt(format!("{} bytes after the last stream", data.len())));
+    }
+    for (k, ((mode, raw_len, bytes), buf)) in spans.iter_mut().zip(buffers.iter_mut()).enumerate() {
+        if *mode != STREAM_ZSTD {
+            continue;
+        }
+        match zstd::zstd_safe::find_frame_compressed_size(bytes) {
+            Ok(len) if len == bytes.len() => {}
+            _ => return Err(corrupt(format!("stream {k} is not exactly one zstd frame"))),
+        }
+        buf.resize(*raw_len, 0);
+        let ctx = match decompressor {
+            Some(d) => d,
+            None => decompressor
+                .insert(zstd::bulk::Decompressor::new().map_err(|e| zstd_err("init", e))?),
+        };
+        let got = ctx
+            .decompress_to_buffer(*bytes, &mut buf[..])
+            .map_err(|e| corrupt(format!("stream {k} does not decode: {e}")))?;
+        if got != *raw_len {
+            return Err(corrupt(format!("stream {k} decodes to {got} bytes, expected {raw_len}")));
+        }
+    }
+    let mut slices: [&[u8]; SPLIT_STREAMS] = [&[]; SPLIT_STREAMS];
+    for (k, ((mode, _, bytes), buf)) in spans.iter().zip(buffers.iter()).enumerate() {
+        slices[k] = if *mode == STREAM_ZSTD { buf.as_slice() } else { bytes };
+    }
+    join_streams(slices, words, lead)
 }
 
 /// Encodes one chunk with `codec` and appends the stored bytes to `out`; returns the number of
@@ -208,11 +609,30 @@ pub fn encode_chunk(
         out.extend(cur.iter().flat_map(|v| v.to_bits().to_le_bytes()));
         return Ok(out.len() - start);
     }
-    let mu_q8 = if codec == CodecId::Pred2 {
+    let mu_q8 = if codec.residual() == CodecId::Pred2 {
         estimate_mu_q8(cur, need_base(codec, prev, n)?, need_base(codec, prev2, n)?)
     } else {
         0
     };
+    if codec.is_split() {
+        SCRATCH.with(|s| -> Result<(), FormatError> {
+            let mut s = s.borrow_mut();
+            let Scratch {
+                compressor,
+                compressed,
+                words,
+                streams,
+                ..
+            } = &mut *s;
+            words.resize(n, 0);
+            residual_words(codec, cur, prev, prev2, mu_q8, words)?;
+            if codec.residual() == CodecId::Pred2 {
+                out.extend_from_slice(&mu_q8.to_le_bytes());
+            }
+            encode_split(words, level, streams, compressor, compressed, out)
+        })?;
+        return Ok(out.len() - start);
+    }
     SCRATCH.with(|s| -> Result<(), FormatError> {
         let mut planes = std::mem::take(&mut s.borrow_mut().planes);
         planes.resize(n * 4, 0);
@@ -243,8 +663,24 @@ pub fn encode_planes(
         ));
     }
     let start = out.len();
-    if codec == CodecId::Pred2 {
+    if codec.residual() == CodecId::Pred2 {
         out.extend_from_slice(&mu_q8.to_le_bytes());
+    }
+    if codec.is_split() {
+        SCRATCH.with(|s| -> Result<(), FormatError> {
+            let mut s = s.borrow_mut();
+            let Scratch {
+                compressor,
+                compressed,
+                words,
+                streams,
+                ..
+            } = &mut *s;
+            words.clear();
+            words.extend(unshuffled(planes, n));
+            encode_split(words, level, streams, compressor, compressed, out)
+        })?;
+        return Ok(out.len() - start);
     }
     SCRATCH.with(|s| -> Result<(), FormatError> {
         let mut s = s.borrow_mut();
@@ -294,7 +730,7 @@ pub fn decode_chunk(
         }
         return Ok(());
     }
-    let (q, frame) = if codec == CodecId::Pred2 {
+    let (q, frame) = if codec.residual() == CodecId::Pred2 {
         if encoded.len() < PRED2_PREFIX_BYTES {
             return Err(FormatError::invalid_input(
                 "pred2 chunk shorter than its μ prefix",
@@ -317,6 +753,21 @@ pub fn decode_chunk(
     } else {
         None
     };
+    if codec.is_split() {
+        return SCRATCH.with(|s| -> Result<(), FormatError> {
+            let mut s = s.borrow_mut();
+            let Scratch {
+                decompressor,
+                words,
+                streams,
+                lead,
+                ..
+            } = &mut *s;
+            words.resize(n, 0);
+            decode_split(frame, words, decompressor, streams, lead)?;
+            apply_residual(codec, words, p, p2, q, out)
+        });
+    }
     match zstd::zstd_safe::find_frame_compressed_size(frame) {
         Ok(len) if len == frame.len() => {}
         _ => {
@@ -495,6 +946,74 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn split_decode_rejects_malformed_tables_without_panicking() {
+        // Small and large residual words, so lead and tail streams are all non-empty.
+        let n = 4000;
+        let cur: Vec<f32> = (0..n)
+            .map(|i| f32::from_bits((i as u32).wrapping_mul(2_654_435_761) >> (i % 29)))
+            .collect();
+        let mut enc = Vec::new();
+        encode_chunk(CodecId::KeySplit, &cur, None, None, 1, &mut enc).unwrap();
+        let mut out = vec![0f32; n];
+        decode_chunk(CodecId::KeySplit, &enc, None, None, &mut out).unwrap();
+        assert!(out.iter().zip(&cur).all(|(a, b)| a.to_bits() == b.to_bits()));
+        let table = SPLIT_STREAMS * SPLIT_DESCRIPTOR_BYTES;
+        let lens = |d: &[u8], k: usize| {
+            let at = k * SPLIT_DESCRIPTOR_BYTES;
+            (
+                u32::from_le_bytes(d[at + 1..at + 5].try_into().unwrap()),
+                u32::from_le_bytes(d[at + 5..at + 9].try_into().unwrap()),
+            )
+        };
+        assert!((0..SPLIT_STREAMS).all(|k| lens(&enc, k).0 > 0), "every stream used");
+        let reject = |bytes: &[u8], why: &str| {
+            let mut out = vec![0f32; n];
+            let e = decode_chunk(CodecId::KeySplit, bytes, None, None, &mut out).unwrap_err();
+            assert!(e.to_string().contains(why), "{why}: {e}");
+        };
+        reject(&enc[..table - 1], "shorter than its stream table");
+        reject(&enc[..enc.len() - 1], "remain");
+        let mut longer = enc.clone();
+        longer.push(0);
+        reject(&longer, "after the last stream");
+        let mut bad = enc.clone();
+        bad[0] = 9;
+        reject(&bad, "unknown mode 9");
+        let mut bad = enc.clone();
+        bad[1..5].copy_from_slice(&(3 * n as u32 + 1).to_le_bytes());
+        reject(&bad, "declares");
+        // A hand-built all-raw chunk decodes; moving one byte from stream 1 to 2 keeps the
+        // lengths adding up, but no longer matches the class counts.
+        let words: Vec<u32> = cur.iter().map(|v| v.to_bits()).collect();
+        let mut streams: [Vec<u8>; SPLIT_STREAMS] = Default::default();
+        split_into_streams(&words, &mut streams);
+        let all_raw = |lens: [usize; SPLIT_STREAMS]| {
+            let mut b = Vec::new();
+            for len in lens {
+                b.push(STREAM_RAW);
+                b.extend_from_slice(&(len as u32).to_le_bytes());
+                b.extend_from_slice(&(len as u32).to_le_bytes());
+            }
+            for s in &streams {
+                b.extend_from_slice(s);
+            }
+            b
+        };
+        let mut lens = streams.clone().map(|s| s.len());
+        decode_chunk(CodecId::KeySplit, &all_raw(lens), None, None, &mut out).unwrap();
+        assert!(out.iter().zip(&cur).all(|(a, b)| a.to_bits() == b.to_bits()));
+        lens[1] -= 1;
+        lens[2] += 1;
+        reject(&all_raw(lens), "split chunk: leading-byte stream of class 0");
+        // Any single flipped byte: an error or other words, never a panic.
+        for at in 0..enc.len().min(table + 64) {
+            let mut bad = enc.clone();
+            bad[at] ^= 0x5A;
+            let _ = decode_chunk(CodecId::KeySplit, &bad, None, None, &mut out);
+        }
     }
 
     #[test]

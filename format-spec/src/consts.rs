@@ -3,7 +3,7 @@
 /// Format major version written by this crate. A reader refuses a larger major.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Format minor version written by this crate. Newer minors are readable.
-pub const FORMAT_MINOR: u16 = 2;
+pub const FORMAT_MINOR: u16 = 3;
 
 /// First 8 bytes of every recording, and last 8 bytes of a finished one.
 /// The 0x89 byte catches 7-bit transfers, the `\r\n`-free tail keeps it binary-looking.
@@ -78,8 +78,13 @@ pub const INCOMPAT_TYPED_LAYOUT: u64 = 1;
 /// byte 62, and NaN in a step scalar is a recorded value, not "absent" (SPEC.md §4.3). Set by
 /// this writer in every new file. Incompat because 1.0/1.1 readers reject a nonzero byte 62.
 pub const INCOMPAT_ABSENT_MASK: u64 = 1 << 1;
+/// Incompat feature bit 2 (format 1.3): chunks may be stored as split byte streams (codecs
+/// 5–8, SPEC.md §5.2). Set by the writer iff its codec settings ask for them; a reopened file
+/// keeps its codecs.
+pub const INCOMPAT_SPLIT_STREAMS: u64 = 1 << 2;
 /// Incompat feature bits this version understands.
-pub const KNOWN_INCOMPAT_FLAGS: u64 = INCOMPAT_TYPED_LAYOUT | INCOMPAT_ABSENT_MASK;
+pub const KNOWN_INCOMPAT_FLAGS: u64 =
+    INCOMPAT_TYPED_LAYOUT | INCOMPAT_ABSENT_MASK | INCOMPAT_SPLIT_STREAMS;
 /// Read-only-compatible feature bits this version understands.
 pub const KNOWN_RO_COMPAT_FLAGS: u64 = 0;
 

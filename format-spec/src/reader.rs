@@ -568,6 +568,7 @@ impl Reader {
             out,
             entry.record_offset,
             step,
+            self.opened.header.codec.split_streams,
         )
         .map_err(|e| e.with_path(&self.path))?;
         Ok(p.chunks)
@@ -636,6 +637,7 @@ impl Reader {
             &mut out,
             entry.record_offset,
             entry.step,
+            self.opened.header.codec.split_streams,
         )
         .map_err(|e| e.with_path(&self.path))?;
         Ok((out, p.descriptor_json.to_owned(), p.chunks.len() as u64))
@@ -670,8 +672,20 @@ pub(crate) fn decode_chunks(
     out: &mut [f32],
     record_offset: u64,
     step: u64,
+    split_streams: bool,
 ) -> Result<(), FormatError> {
     let cl = chunk_len_elements.max(1) as usize;
+    // Codecs 5–8 exist only under the prologue's SPLIT_STREAMS bit (SPEC.md §3, §8.4).
+    if !split_streams && let Some(e) = chunks.iter().find(|e| e.codec.is_split()) {
+        return Err(FormatError::corrupt(
+            record_offset,
+            "record",
+            format!(
+                "chunk codec {} without the prologue's SPLIT_STREAMS bit",
+                e.codec
+            ),
+        ));
+    }
     if out.len().div_ceil(cl) != chunks.len() || data.len() != chunks.len() {
         return Err(FormatError::corrupt(
             record_offset,

@@ -207,15 +207,21 @@ pub struct Prologue {
 impl Prologue {
     /// The prologue this crate writes for `header`: [`Prologue::current`] with the incompat bit
     /// [`INCOMPAT_TYPED_LAYOUT`] set iff the layout holds a tensor that is not `f32`, and
-    /// [`INCOMPAT_ABSENT_MASK`] always (format 1.2: absent step scalars are not NaN).
+    /// [`INCOMPAT_ABSENT_MASK`] always (format 1.2: absent step scalars are not NaN), and
+    /// [`INCOMPAT_SPLIT_STREAMS`] iff the codec settings ask for split streams (format 1.3).
     pub fn for_header(header: &Header) -> Prologue {
         let typed = if header.has_typed_layout() {
             INCOMPAT_TYPED_LAYOUT
         } else {
             0
         };
+        let split = if header.codec.split_streams {
+            INCOMPAT_SPLIT_STREAMS
+        } else {
+            0
+        };
         Prologue {
-            incompat_flags: typed | INCOMPAT_ABSENT_MASK,
+            incompat_flags: typed | INCOMPAT_ABSENT_MASK | split,
             ..Prologue::current()
         }
     }
@@ -503,11 +509,13 @@ pub fn encode_header_payload(h: &Header) -> Result<Vec<u8>, FormatError> {
         metadata_json,
         codec,
     } = h;
+    // split_streams lives in the prologue's incompat flags, not in the header record.
     let CodecSettings {
         chunk_len_elements,
         keyframe_interval,
         zstd_level,
         delta_codec,
+        split_streams: _,
     } = codec;
     let layout_json = serde_json::to_vec(layout)
         .map_err(|e| FormatError::invalid_layout(format!("cannot serialize layout: {e}")))?;
@@ -611,6 +619,9 @@ pub fn decode_header_payload(payload: &[u8], record_offset: u64) -> Result<Heade
             keyframe_interval,
             zstd_level,
             delta_codec,
+            // Not in the header record: the prologue's incompat bit SPLIT_STREAMS says it, and
+            // the scan sets it from there.
+            split_streams: false,
         },
     };
     header

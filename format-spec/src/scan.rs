@@ -411,8 +411,10 @@ pub(crate) fn open_bytes(bytes: &[u8]) -> Result<Opened, FormatError> {
                     "first record is not a header record",
                 ));
             }
-            let header = decode_header_payload(payload, header_offset)?;
+            let mut header = decode_header_payload(payload, header_offset)?;
             check_layout_flags(&header, prologue.incompat_flags, header_offset)?;
+            header.codec.split_streams =
+                prologue.incompat_flags & crate::consts::INCOMPAT_SPLIT_STREAMS != 0;
             (header, header_offset + total_len_bytes)
         }
         Probe::Torn => {

@@ -138,6 +138,14 @@ pub enum CodecId {
     ZigzagDeltaPrev = 3,
     /// Order-2 integer predictor with a stored momentum coefficient, zigzag, shuffle + zstd.
     Pred2 = 4,
+    /// The words of `Key`, stored as split byte streams (format 1.3).
+    KeySplit = 5,
+    /// The residual of `XorPrev`, stored as split byte streams (format 1.3).
+    XorPrevSplit = 6,
+    /// The residual of `ZigzagDeltaPrev`, stored as split byte streams (format 1.3).
+    ZigzagDeltaPrevSplit = 7,
+    /// The residual of `Pred2`, stored as split byte streams (format 1.3).
+    Pred2Split = 8,
 }
 
 impl CodecId {
@@ -146,18 +154,51 @@ impl CodecId {
     pub fn effective(self, has_prev2: bool) -> CodecId {
         match self {
             CodecId::Pred2 if !has_prev2 => CodecId::ZigzagDeltaPrev,
+            CodecId::Pred2Split if !has_prev2 => CodecId::ZigzagDeltaPrevSplit,
             c => c,
         }
     }
 
     /// All codecs, in id order.
-    pub const ALL: [CodecId; 5] = [
+    pub const ALL: [CodecId; 9] = [
         CodecId::Raw,
         CodecId::Key,
         CodecId::XorPrev,
         CodecId::ZigzagDeltaPrev,
         CodecId::Pred2,
+        CodecId::KeySplit,
+        CodecId::XorPrevSplit,
+        CodecId::ZigzagDeltaPrevSplit,
+        CodecId::Pred2Split,
     ];
+
+    /// The codec whose residual words this one stores (itself for 0–4; 5–8 store those of
+    /// 1–4 as split byte streams instead of zstd(shuffle4)).
+    pub fn residual(self) -> CodecId {
+        match self {
+            CodecId::KeySplit => CodecId::Key,
+            CodecId::XorPrevSplit => CodecId::XorPrev,
+            CodecId::ZigzagDeltaPrevSplit => CodecId::ZigzagDeltaPrev,
+            CodecId::Pred2Split => CodecId::Pred2,
+            c => c,
+        }
+    }
+
+    /// The split-stream variant of a codec (raw and the split codecs stay as they are).
+    pub fn split(self) -> CodecId {
+        match self {
+            CodecId::Key => CodecId::KeySplit,
+            CodecId::XorPrev => CodecId::XorPrevSplit,
+            CodecId::ZigzagDeltaPrev => CodecId::ZigzagDeltaPrevSplit,
+            CodecId::Pred2 => CodecId::Pred2Split,
+            c => c,
+        }
+    }
+
+    /// Whether chunks of this codec are stored as split byte streams (SPEC.md §5.2).
+    pub fn is_split(self) -> bool {
+        self.as_u8() >= CodecId::KeySplit.as_u8()
+    }
 
     /// Parses a stored codec id; `None` for ids this version does not know.
     pub fn from_u8(id: u8) -> Option<CodecId> {
@@ -177,20 +218,24 @@ impl CodecId {
             CodecId::XorPrev => "xor_prev",
             CodecId::ZigzagDeltaPrev => "zigzag_delta_prev",
             CodecId::Pred2 => "pred2",
+            CodecId::KeySplit => "key_split",
+            CodecId::XorPrevSplit => "xor_prev_split",
+            CodecId::ZigzagDeltaPrevSplit => "zigzag_delta_prev_split",
+            CodecId::Pred2Split => "pred2_split",
         }
     }
 
     /// Whether a chunk in this codec decodes without any previous state.
     pub fn is_standalone(self) -> bool {
-        matches!(self, CodecId::Raw | CodecId::Key)
+        matches!(self.residual(), CodecId::Raw | CodecId::Key)
     }
 
     /// How many previous states the decoder needs (0, 1 or 2).
     pub fn bases_needed(self) -> u8 {
-        match self {
-            CodecId::Raw | CodecId::Key => 0,
+        match self.residual() {
             CodecId::XorPrev | CodecId::ZigzagDeltaPrev => 1,
             CodecId::Pred2 => 2,
+            _ => 0,
         }
     }
 }
@@ -213,6 +258,11 @@ pub struct CodecSettings {
     /// Codec for chunks of non-keyframe steps. Default [`CodecId::Pred2`] (measured best, see
     /// `benches/codec.rs`).
     pub delta_codec: CodecId,
+    /// Store chunks as split byte streams (codecs 5–8, format 1.3, incompat bit SPLIT_STREAMS)
+    /// rather than zstd(shuffle4) (codecs 1–4). Default `true`: as small and several times
+    /// faster (`benches/codec.rs`). Read from the prologue; absent in older descriptions.
+    #[serde(default)]
+    pub split_streams: bool,
 }
 
 impl Default for CodecSettings {
@@ -222,6 +272,7 @@ impl Default for CodecSettings {
             keyframe_interval: 32,
             zstd_level: 1,
             delta_codec: CodecId::Pred2,
+            split_streams: true,
         }
     }
 }

@@ -63,16 +63,21 @@ struct EncodedChunk {
     standalone_len: Option<u64>,
 }
 
-fn encode_standalone(cur: &[f32], level: i32) -> Result<(CodecId, Vec<u8>), FormatError> {
+fn encode_standalone(
+    cur: &[f32],
+    level: i32,
+    split: bool,
+) -> Result<(CodecId, Vec<u8>), FormatError> {
+    let key_codec = if split { CodecId::KeySplit } else { CodecId::Key };
     let mut key = Vec::new();
-    encode_chunk(CodecId::Key, cur, None, None, level, &mut key)?;
+    encode_chunk(key_codec, cur, None, None, level, &mut key)?;
     // Raw fallback when compression saves less than 5 %.
     if (key.len() as u64) * 20 >= (cur.len() as u64 * 4) * 19 {
         let mut raw = Vec::new();
         encode_chunk(CodecId::Raw, cur, None, None, level, &mut raw)?;
         return Ok((CodecId::Raw, raw));
     }
-    Ok((CodecId::Key, key))
+    Ok((key_codec, key))
 }
 
 fn finish_chunk(
@@ -577,18 +582,20 @@ impl Writer {
         let cl = self.header.codec.chunk_len_elements as usize;
         let level = self.header.codec.zstd_level;
         let delta_codec = self.header.codec.delta_codec;
+        let split = self.header.codec.split_streams;
         let prev = if forced { None } else { self.prev.as_deref() };
         let prev2 = if forced { None } else { self.prev2.as_deref() };
         let standalone_len = &self.standalone_len;
         let encode_one = |(i, cur): (usize, &[f32])| -> Result<EncodedChunk, FormatError> {
             let range = i * cl..i * cl + cur.len();
             let Some(p) = prev.map(|p| &p[range.clone()]) else {
-                let (codec, bytes) = encode_standalone(cur, level)?;
+                let (codec, bytes) = encode_standalone(cur, level, split)?;
                 let len = bytes.len() as u64;
                 return Ok(finish_chunk(codec, bytes, cur, Some(len)));
             };
             let p2 = prev2.map(|p| &p[range]);
             let codec = delta_codec.effective(p2.is_some());
+            let codec = if split { codec.split() } else { codec };
             let mut delta = Vec::new();
             encode_chunk(codec, cur, Some(p), p2, level, &mut delta)?;
             check_chunk_len(delta.len())?;
@@ -596,7 +603,7 @@ impl Writer {
             // may not pay: encode standalone too and keep it if the delta exceeds 0.9 × it.
             let last_key = standalone_len.get(i).copied().unwrap_or(0);
             if (delta.len() as u64) * 10 > last_key * 9 {
-                let (scodec, sbytes) = encode_standalone(cur, level)?;
+                let (scodec, sbytes) = encode_standalone(cur, level, split)?;
                 let slen = sbytes.len() as u64;
                 if (delta.len() as u64) * 10 > slen * 9 {
                     return Ok(finish_chunk(scodec, sbytes, cur, Some(slen)));
@@ -673,11 +680,12 @@ impl Writer {
         )?;
         let cl = self.header.codec.chunk_len_elements as usize;
         let level = self.header.codec.zstd_level;
+        let split = self.header.codec.split_streams;
         let work = || {
             buffers
                 .par_chunks(cl)
                 .map(|cur| {
-                    let (codec, bytes) = encode_standalone(cur, level)?;
+                    let (codec, bytes) = encode_standalone(cur, level, split)?;
                     Ok(finish_chunk(codec, bytes, cur, None))
                 })
                 .collect::<Result<Vec<_>, FormatError>>()

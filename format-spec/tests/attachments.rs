@@ -32,6 +32,7 @@ fn typed_header() -> Header {
             keyframe_interval: 4,
             zstd_level: 1,
             delta_codec: CodecId::Pred2,
+            split_streams: true,
         },
     )
     .unwrap()
@@ -103,10 +104,10 @@ fn typed_layout_and_attachments_round_trip_through_reopen() {
     // Unfinished: the scan finds the attachments.
     let r = Reader::open(&path).unwrap();
     assert!(!r.is_finished());
-    assert_eq!(r.prologue().minor, 2);
+    assert_eq!(r.prologue().minor, 3);
     assert_eq!(
         r.prologue().incompat_flags,
-        INCOMPAT_TYPED_LAYOUT | INCOMPAT_ABSENT_MASK
+        INCOMPAT_TYPED_LAYOUT | INCOMPAT_ABSENT_MASK | INCOMPAT_SPLIT_STREAMS
     );
     let names: Vec<(&str, u64)> = r
         .attachments()
@@ -150,7 +151,7 @@ fn typed_layout_and_attachments_round_trip_through_reopen() {
     );
     let i = inspect(&path).unwrap();
     assert_eq!(i.attachments, r.attachments());
-    assert_eq!(i.format_version, "1.2");
+    assert_eq!(i.format_version, "1.3");
 }
 
 #[test]
@@ -169,10 +170,11 @@ fn a_reader_following_a_growing_file_sees_attachments() {
     let mut w = Writer::create_with_attachments(&path, h, opts(), &[("a", b"xyz")]).unwrap();
     let mut r = Reader::open(&path).unwrap();
     assert_eq!(r.attachment("a").unwrap(), Some(&b"xyz"[..]));
-    // An all-f32 layout needs no TYPED_LAYOUT bit; a new file is 1.2 with ABSENT_MASK.
+    // An all-f32 layout needs no TYPED_LAYOUT bit; a new file is 1.3 with ABSENT_MASK and
+    // (default codec settings) SPLIT_STREAMS.
     assert_eq!(
         (r.prologue().minor, r.prologue().incompat_flags),
-        (2, INCOMPAT_ABSENT_MASK)
+        (3, INCOMPAT_ABSENT_MASK | INCOMPAT_SPLIT_STREAMS)
     );
     step(&mut w, 0, &[0.5; 8]);
     w.finish().unwrap();

@@ -112,9 +112,11 @@ fn assert_holds_spec(path: &Path, spec: &FixtureSpec, finished: bool) {
     assert_eq!(r.attachment("absent").unwrap(), None);
     let typed = spec.header.layout.iter().any(|t| t.dtype != DType::F32);
     let absent_mask = spec.format_minor >= 2;
+    let split = spec.header.codec.split_streams;
+    assert!(!split || spec.format_minor >= 3, "{name}: split streams are 1.3");
     assert_eq!(
         r.prologue().incompat_flags,
-        u64::from(typed) | u64::from(absent_mask) << 1,
+        u64::from(typed) | u64::from(absent_mask) << 1 | u64::from(split) << 2,
         "{name}"
     );
     assert_eq!(
@@ -341,6 +343,28 @@ fn expect_bad(name: &str, open: Result<Reader, FormatError>, path: &Path) {
             matches!(&open, Err(FormatError::Corrupt { record_kind: "attachment record", reason, .. }) if reason.contains("after a step")),
             "{open:?}"
         ),
+        "split_codec_without_flag.sgdw" => {
+            // Opens (the prologue is sound), and the codecs 5–8 of its steps are refused.
+            let mut r = open.unwrap();
+            let err = r.state(0).unwrap_err();
+            assert!(
+                matches!(&err, FormatError::Corrupt { reason, .. } if reason.contains("key_split without the prologue's SPLIT_STREAMS bit")),
+                "{err:?}"
+            );
+            assert_eq!(verify_err().kind_name(), "corrupt");
+        }
+        "split_stream_mode.sgdw" => {
+            let mut r = open.unwrap();
+            // Steps before the broken one read; step 3 does not, naming the stream.
+            assert!(r.state(1).is_ok());
+            let err = r.state(2).unwrap_err();
+            assert!(
+                err.to_string().contains("stream 1 has unknown mode 7"),
+                "{err:?}"
+            );
+            assert_eq!(err.kind_name(), "corrupt");
+            assert_eq!(verify_err().kind_name(), "corrupt");
+        }
         other => panic!("untested bad fixture {other}: add it to expect_bad"),
     }
 }
@@ -349,7 +373,7 @@ fn expect_bad(name: &str, open: Result<Reader, FormatError>, path: &Path) {
 fn bad_files_fail_with_their_exact_error() {
     let dir = fixtures().join("bad");
     let names = names_in(&dir);
-    assert_eq!(names.len(), 21, "inventory: {names:?}");
+    assert_eq!(names.len(), 23, "inventory: {names:?}");
     for name in names {
         let path = dir.join(&name);
         let open = Reader::open(&path);

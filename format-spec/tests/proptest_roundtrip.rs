@@ -31,11 +31,12 @@ proptest! {
         aug in 0u32..3,
         seed in any::<u64>(),
         finish in any::<bool>(),
+        split_streams in any::<bool>(),
     ) {
         let names: Vec<String> = (0..shapes.len()).map(|i| format!("t{i}")).collect();
         let pairs: Vec<(&str, &[u64])> = names.iter().map(String::as_str).zip(shapes.iter().map(Vec::as_slice)).collect();
         let layout = Header::contiguous_layout(&pairs).unwrap();
-        let codec = CodecSettings { chunk_len_elements: chunk, keyframe_interval: k, zstd_level: 1, delta_codec: delta };
+        let codec = CodecSettings { chunk_len_elements: chunk, keyframe_interval: k, zstd_level: 1, delta_codec: delta, split_streams };
         let header = Header::new([3; 16], 9, layout, aug, "{}".into(), codec).unwrap();
         let n = header.state_len_elements as usize;
         let steps: Vec<u64> = step_mask.iter().enumerate().filter(|(_, b)| **b).map(|(i, _)| i as u64 * 2 / 2 + (i as u64 / 10) * 5).collect();

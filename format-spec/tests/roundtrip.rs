@@ -12,6 +12,10 @@ use sgdwalk_format::testkit::synth::{SplitMix64, sgd_trajectory};
 use sgdwalk_format::*;
 
 fn header(n: u64, chunk: u32, k: u32, delta: CodecId) -> Header {
+    header_split(n, chunk, k, delta, true)
+}
+
+fn header_split(n: u64, chunk: u32, k: u32, delta: CodecId, split_streams: bool) -> Header {
     let layout = Header::contiguous_layout(&[("a", &[n / 2]), ("b", &[n - n / 2])]).unwrap();
     Header::new(
         [7; 16],
@@ -24,6 +28,7 @@ fn header(n: u64, chunk: u32, k: u32, delta: CodecId) -> Header {
             keyframe_interval: k,
             zstd_level: 1,
             delta_codec: delta,
+            split_streams,
         },
     )
     .unwrap()
@@ -65,12 +70,14 @@ fn assert_state(r: &mut Reader, traj: &[Vec<f32>], step: u64) {
 
 #[test]
 fn round_trip_every_delta_codec_with_gaps() {
-    for delta in [CodecId::XorPrev, CodecId::ZigzagDeltaPrev, CodecId::Pred2] {
+    let codecs = [CodecId::XorPrev, CodecId::ZigzagDeltaPrev, CodecId::Pred2];
+    for (delta, split) in codecs.iter().flat_map(|&c| [(c, false), (c, true)]) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.sgdw");
         let traj = sgd_trajectory(1000, 60, 0.9, 0.01, 3);
         let steps: Vec<u64> = (0..20).chain(25..40).chain(41..60).collect();
-        let mut w = Writer::create(&path, header(1000, 300, 8, delta), opts()).unwrap();
+        let header = header_split(1000, 300, 8, delta, split);
+        let mut w = Writer::create(&path, header, opts()).unwrap();
         write_steps(&mut w, &traj, &steps);
         w.write_epoch(&EpochRecord {
             epoch: 0,
@@ -105,7 +112,9 @@ fn round_trip_every_delta_codec_with_gaps() {
         let ins = inspect(&path).unwrap();
         assert_eq!(ins.step_ranges.len(), 3);
         assert!(
-            ins.codecs.iter().any(|c| c.codec == delta),
+            ins.codecs
+                .iter()
+                .any(|c| c.codec == if split { delta.split() } else { delta }),
             "{delta}: {ins}"
         );
     }

@@ -4,7 +4,10 @@
 
 use std::time::Instant;
 
-use crate::codec::{decode_chunk, encode_chunk};
+use crate::codec::{
+    SPLIT_DESCRIPTOR_BYTES, SPLIT_STREAMS, STREAM_ZSTD, decode_chunk, encode_chunk, estimate_mu_q8,
+    residual_words, split_into_streams,
+};
 use crate::types::CodecId;
 
 /// One row of [`bench_trajectory`]'s table.
@@ -86,9 +89,14 @@ pub fn bench_trajectory(states: &[Vec<f32>], level: i32) -> Vec<CodecBenchRow> {
         ));
     }
 
-    // Per-state sizes of each codec, for the K=32 mix.
-    let key_sizes = bench_codec(states, CodecId::Key, level, &mut rows);
-    for codec in [CodecId::XorPrev, CodecId::ZigzagDeltaPrev, CodecId::Pred2] {
+    // Per-state sizes of each codec, for the K=32 mix; each codec beside its split variant.
+    let mut key_sizes = [Vec::new(), Vec::new()];
+    for (i, key) in [CodecId::Key, CodecId::KeySplit].into_iter().enumerate() {
+        key_sizes[i] = bench_codec(states, key, level, &mut rows);
+    }
+    let deltas = [CodecId::XorPrev, CodecId::ZigzagDeltaPrev, CodecId::Pred2];
+    for codec in deltas.into_iter().flat_map(|c| [c, c.split()]) {
+        let key_sizes = &key_sizes[usize::from(codec.is_split())];
         let delta_sizes = bench_codec(states, codec, level, &mut rows);
         let stored: u64 = (0..states.len())
             .map(|t| {
@@ -101,7 +109,11 @@ pub fn bench_trajectory(states: &[Vec<f32>], level: i32) -> Vec<CodecBenchRow> {
             .sum();
         let raw = raw_per_state * states.len() as u64;
         rows.push(CodecBenchRow {
-            method: format!("key/32 + {}", codec.name()),
+            method: format!(
+                "{}/32 + {}",
+                if codec.is_split() { "key_split" } else { "key" },
+                codec.name()
+            ),
             raw_bytes: raw,
             stored_bytes: stored,
             ratio: raw as f64 / stored.max(1) as f64,
@@ -174,6 +186,7 @@ fn bench_codec(
     let raw = ((states.len() - first) * n * 4) as u64;
     let name = match codec {
         CodecId::Key => "shuffle+zstd (key)".to_owned(),
+        c if c.is_split() => c.name().to_owned(),
         c => format!("{} (+shuffle+zstd)", c.name()),
     };
     rows.push(row(&name, raw, sizes.iter().sum(), enc_secs, dec_secs));
@@ -212,5 +225,132 @@ pub fn format_bench_table(rows: &[CodecBenchRow]) -> String {
             f(r.decode_mb_per_s)
         );
     }
+    s
+}
+
+/// Exact order-0 entropy of `bytes` in bits per byte (0 when empty).
+fn entropy_bits(bytes: &[u8]) -> f64 {
+    let mut counts = [0u64; 256];
+    for &b in bytes {
+        counts[usize::from(b)] += 1;
+    }
+    let total = bytes.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / total;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+/// Where the bytes of `codec`'s residual go, against their order-0 entropy: per byte plane
+/// (what shuffle4 + zstd sees) and per split stream (SPEC.md §5.2), over every transition of
+/// `states` (the first, without t−2, uses the zigzag residual for pred2), in the bench's
+/// chunks. Entropy is measured per chunk and summed as bytes, so "limit" is what an order-0
+/// coder per chunk and stream would store; "stored" is what the split codec stored (its stream
+/// tables and zstd frame headers counted in the total line only).
+pub fn stream_entropy_table(states: &[Vec<f32>], codec: CodecId, level: i32) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let Some(n) = states.first().map(Vec::len).filter(|&n| n > 0) else {
+        return s;
+    };
+    let base = codec.residual();
+    // C: the class stream; Lk: leading bytes of class k (k + 1 significant bytes); R: the rest.
+    let names = ["C", "L0", "L1", "L2", "L3", "R"];
+    // Per plane: [bytes, limit bytes]; per stream: [bytes, limit bytes, stored bytes, zstd chunks].
+    let mut planes = [[0f64; 2]; 4];
+    let mut streams = [[0f64; 4]; SPLIT_STREAMS];
+    let (mut raw_total, mut stored_total, mut chunks) = (0f64, 0f64, 0usize);
+    let mut words = Vec::new();
+    let mut split: [Vec<u8>; SPLIT_STREAMS] = Default::default();
+    for t in 1..states.len() {
+        let (cur, prev) = (&states[t], &states[t - 1]);
+        let prev2 = t.checked_sub(2).map(|i| &states[i]);
+        let c = base.split().effective(prev2.is_some());
+        for c0 in (0..n).step_by(BENCH_CHUNK) {
+            let c1 = (c0 + BENCH_CHUNK).min(n);
+            let (cur, prev) = (&cur[c0..c1], &prev[c0..c1]);
+            let prev2 = prev2.map(|p| &p[c0..c1]);
+            let mu = match prev2 {
+                Some(p2) if c.residual() == CodecId::Pred2 => estimate_mu_q8(cur, prev, p2),
+                _ => 0,
+            };
+            words.resize(c1 - c0, 0);
+            if residual_words(c, cur, Some(prev), prev2, mu, &mut words).is_err() {
+                continue;
+            }
+            for (k, plane) in planes.iter_mut().enumerate() {
+                let bytes: Vec<u8> = words.iter().map(|w| (w >> (8 * k)) as u8).collect();
+                plane[0] += bytes.len() as f64;
+                plane[1] += bytes.len() as f64 * entropy_bits(&bytes) / 8.0;
+            }
+            split_into_streams(&words, &mut split);
+            let mut enc = Vec::new();
+            let Ok(len) = encode_chunk(c, cur, Some(prev), prev2, level, &mut enc) else {
+                continue;
+            };
+            let table = &enc[if c.residual() == CodecId::Pred2 { 2 } else { 0 }..];
+            for (k, st) in streams.iter_mut().enumerate() {
+                let d = &table[k * SPLIT_DESCRIPTOR_BYTES..][..SPLIT_DESCRIPTOR_BYTES];
+                st[0] += split[k].len() as f64;
+                st[1] += split[k].len() as f64 * entropy_bits(&split[k]) / 8.0;
+                st[2] += f64::from(u32::from_le_bytes([d[5], d[6], d[7], d[8]]));
+                st[3] += f64::from(u8::from(d[0] == STREAM_ZSTD));
+            }
+            raw_total += (4 * (c1 - c0)) as f64;
+            stored_total += len as f64;
+            chunks += 1;
+        }
+    }
+    if chunks == 0 {
+        return s;
+    }
+    let bits = |bytes: f64, of: f64| if of > 0.0 { 8.0 * bytes / of } else { 0.0 };
+    let _ = writeln!(
+        s,
+        "{} residual, {chunks} chunks: order-0 entropy vs stored (bits per byte of each part)",
+        base.name()
+    );
+    let plane_limit: f64 = planes.iter().map(|p| p[1]).sum();
+    let _ = writeln!(
+        s,
+        "  byte planes (shuffle4):  {}  -> limit ratio {:.3}",
+        planes
+            .iter()
+            .enumerate()
+            .map(|(k, p)| format!("b{k} {:.2}", bits(p[1], p[0])))
+            .collect::<Vec<_>>()
+            .join("  "),
+        raw_total / plane_limit
+    );
+    let _ = writeln!(
+        s,
+        "  {:<6} {:>9} {:>10} {:>10} {:>10} {:>10}",
+        "stream", "words %", "entropy", "stored", "limit MB", "zstd/all"
+    );
+    for (k, st) in streams.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "  {:<6} {:>9.1} {:>10.2} {:>10.2} {:>10.2} {:>6}/{}",
+            names[k],
+            100.0 * st[0] / (raw_total / 4.0),
+            bits(st[1], st[0]),
+            bits(st[2], st[0]),
+            st[1] / 1e6,
+            st[3],
+            chunks
+        );
+    }
+    let stream_limit: f64 = streams.iter().map(|st| st[1]).sum();
+    let _ = writeln!(
+        s,
+        "  split streams: limit ratio {:.3}, stored ratio {:.3} ({:.1}% above the limit, tables and frame headers included)",
+        raw_total / stream_limit,
+        raw_total / stored_total,
+        100.0 * (stored_total / stream_limit - 1.0)
+    );
     s
 }

@@ -163,6 +163,11 @@ pub fn fixture_specs_v1() -> Vec<FixtureSpec> {
         keyframe_interval: 4,
         zstd_level: 1,
         delta_codec: delta,
+        split_streams: false,
+    };
+    let unsplit_default = CodecSettings {
+        split_streams: false,
+        ..CodecSettings::default()
     };
     let meta = r#"{"model":"mlp-8-12-3","dataset":"synthetic","optimizer":{"name":"sgd","lr":0.01,"momentum":0.9},"seed":7}"#;
     let base = FixtureSpec {
@@ -231,7 +236,7 @@ pub fn fixture_specs_v1() -> Vec<FixtureSpec> {
         FixtureSpec {
             name: "default_settings.sgdw",
             description: "one tensor of 600 f32 with CodecSettings::default() (one chunk, K=32, pred2), no augmentation, steps 0..=4, finished",
-            header: fixture_header(&[("w", &[600])], CodecSettings::default(), 0, "{}"),
+            header: fixture_header(&[("w", &[600])], unsplit_default, 0, "{}"),
             steps: (0..=4).collect(),
             ..base.clone()
         },
@@ -277,6 +282,32 @@ pub fn fixture_specs_v1() -> Vec<FixtureSpec> {
             steps: (0..=7).collect(),
             format_minor: 2,
             nan_and_absent_scalars: true,
+            ..base.clone()
+        },
+        // Format 1.3: split byte streams (incompat bit 2), codecs 5–8.
+        FixtureSpec {
+            name: "split_streams.sgdw",
+            description: "format 1.3: incompat bit 2 SPLIT_STREAMS; an MLP of 3060 f32 (b1 [60], w1 [40, 60], w2 [60, 10]) in chunks of 1024, K=4, split streams (key_split at keyframes, zigzag_delta_prev_split for the first delta of a chain, pred2_split after), 2 augmentation bytes per sample, steps 0..=9, finished",
+            header: fixture_header(
+                &[("b1", &[60]), ("w1", &[40, 60]), ("w2", &[60, 10])],
+                CodecSettings {
+                    chunk_len_elements: 1024,
+                    split_streams: true,
+                    ..small(CodecId::Pred2)
+                },
+                2,
+                meta,
+            ),
+            steps: (0..=9).collect(),
+            format_minor: 3,
+            ..base.clone()
+        },
+        FixtureSpec {
+            name: "split_default.sgdw",
+            description: "format 1.3: one tensor of 5000 f32 with CodecSettings::default() (split streams, one chunk, K=32, pred2), no augmentation, steps 0..=5, finished: both stream modes (raw tails, zstd lead streams) occur",
+            header: fixture_header(&[("w", &[5000])], CodecSettings::default(), 0, "{}"),
+            steps: (0..=5).collect(),
+            format_minor: 3,
             ..base
         },
     ]
@@ -333,6 +364,7 @@ fn typed_fixture_header() -> Header {
             keyframe_interval: 4,
             zstd_level: 1,
             delta_codec: CodecId::Pred2,
+            split_streams: false,
         },
         2,
         r#"{"model":"typed-fixture"}"#,
@@ -615,6 +647,55 @@ pub fn bad_fixtures(
     });
     debug_assert!(basic.starts_with(&FILE_MAGIC));
     out.extend(crafted_bad_fixtures(basic)?);
+    Ok(out)
+}
+
+/// The corrupt files of `fixtures/bad/` about format 1.3, derived from the bytes of
+/// `v1/split_streams.sgdw` (`split`): split codecs without the SPLIT_STREAMS bit, and a split
+/// chunk whose stream table names an unknown stream mode (chunk and record CRCs recomputed).
+pub fn bad_fixtures_v1_3(split: &[u8]) -> Result<Vec<BadFixture>, FormatError> {
+    let mut out = Vec::new();
+    let mut b = split.to_vec();
+    b[16] &= !(INCOMPAT_SPLIT_STREAMS as u8);
+    fix_prologue_crc(&mut b);
+    out.push(BadFixture {
+        name: "split_codec_without_flag.sgdw",
+        description: "split_streams with incompat bit 2 (SPLIT_STREAMS) cleared, prologue CRC recomputed: opens, but decoding a step with codecs 5–8 is corrupt",
+        bytes: b,
+    });
+
+    let (prefix, mut records) = split_records(split)?;
+    let presence = prefix_presence(&prefix)?;
+    let chunk_count = open_bytes(split)?.header.chunk_count();
+    // The first pred2_split chunk of the file: (record, chunk, data offset, stored length).
+    let mut found = None;
+    for (i, r) in records.iter().enumerate() {
+        if r.kind != RecordKind::Step as u8 {
+            continue;
+        }
+        let p = decode_step_payload(&r.payload, 0, chunk_count, presence)?;
+        if let Some(c) = p.chunks.iter().position(|e| e.codec == CodecId::Pred2Split) {
+            let data = p.chunk_data[c];
+            let at = data.as_ptr() as usize - r.payload.as_ptr() as usize;
+            found = Some((i, c, at, data.len()));
+            break;
+        }
+    }
+    let (i, c, data_at, stored_len) = found
+        .ok_or_else(|| FormatError::invalid_input("no pred2_split chunk in split_streams"))?;
+    let step = &mut records[i];
+    // pred2_split: mu_q8, then the stream table; mode byte of stream 1 (L2).
+    step.payload[data_at + 2 + crate::codec::SPLIT_DESCRIPTOR_BYTES] = 7;
+    let crc = crc32c::crc32c(&step.payload[data_at..data_at + stored_len]);
+    // Chunk table entries start at payload offset 72 (SPEC.md §4.3): codec, 3 reserved,
+    // stored_len, stored_crc.
+    let entry_at = 72 + 24 * c;
+    step.payload[entry_at + 8..entry_at + 12].copy_from_slice(&crc.to_le_bytes());
+    out.push(BadFixture {
+        name: "split_stream_mode.sgdw",
+        description: "split_streams with the mode of stream 1 (L2) of the first pred2_split chunk (step 2, chunk 0) set to 7 (reserved), chunk and record CRCs recomputed: reading step 2 is corrupt",
+        bytes: assemble(&prefix, &records, Ending::Finished { record_flags: 0 })?,
+    });
     Ok(out)
 }
 

@@ -126,7 +126,7 @@ fn spec_reader_agrees_with_the_crate_on_every_golden_and_edge_file() {
 #[test]
 fn spec_reader_rejects_every_bad_file_for_its_reason() {
     let bad = files_in(&fixtures().join("bad"));
-    assert!(bad.len() >= 21, "bad files missing");
+    assert!(bad.len() >= 23, "bad files missing");
     for path in bad {
         let name = path.file_name().unwrap().to_str().unwrap();
         let want = match name {
@@ -149,6 +149,8 @@ fn spec_reader_rejects_every_bad_file_for_its_reason() {
             "attachment_sha256.sgdw" => "attachment sha256 of \"model.pt\"",
             "attachment_duplicate_name.sgdw" => "attachment name \"model.pt\" twice",
             "attachment_after_step.sgdw" => "attachment at",
+            "split_codec_without_flag.sgdw" => "codec 5 without SPLIT_STREAMS",
+            "split_stream_mode.sgdw" => "split stream mode 7",
             other => panic!("untested bad fixture {other}"),
         };
         let bytes = std::fs::read(&path).unwrap();
@@ -237,4 +239,23 @@ fn spec_reader_tells_recorded_nan_from_absent_scalars() {
         "NaN update_norm of a 1.0 file is absent"
     );
     assert_eq!(old.steps[1].scalars[3], Some(0.01f64.to_bits()));
+}
+
+#[test]
+fn spec_reader_reads_split_stream_files() {
+    // §5.2: format 1.3 files with incompat bit SPLIT_STREAMS and codecs 5–8 decode to the
+    // generator's states (assert_agrees_with_the_crate compares every word with the crate).
+    for name in ["split_streams.sgdw", "split_default.sgdw"] {
+        let path = fixtures().join("v1").join(name);
+        let f = assert_agrees_with_the_crate(&path);
+        assert_eq!((f.minor, f.incompat), (3, ABSENT_MASK | SPLIT_STREAMS), "{name}");
+        assert!(f.steps.len() >= 6, "{name}");
+    }
+    // Without the bit the same chunks are corrupt (§3).
+    let mut b = std::fs::read(fixtures().join("v1/split_streams.sgdw")).unwrap();
+    b[16] &= !(SPLIT_STREAMS as u8);
+    let crc = crc32c::crc32c(&b[..60]);
+    b[60..64].copy_from_slice(&crc.to_le_bytes());
+    let e = parse(&b).unwrap_err();
+    assert!(e.contains("without SPLIT_STREAMS"), "{e}");
 }

@@ -29,6 +29,8 @@ const KIND_ATTACHMENT: u8 = 7;
 pub const TYPED_LAYOUT: u64 = 1;
 /// §3: incompat bit 1, ABSENT_MASK (format 1.2): STEP byte 62 marks absent scalars.
 pub const ABSENT_MASK: u64 = 2;
+/// §3: incompat bit 2, SPLIT_STREAMS (format 1.3): codecs 5–8 (§5.2).
+pub const SPLIT_STREAMS: u64 = 4;
 /// §4.3: the bits an absent scalar holds in a file with ABSENT_MASK.
 const ABSENT_BITS: u64 = 0x7FF8_0000_0000_0000;
 
@@ -172,6 +174,68 @@ fn unshuffle(planes: &[u8], n: usize) -> Vec<u32> {
         .collect()
 }
 
+/// §5.2: the residual words of a split-stream chunk (the bytes after `mu_q8`).
+fn split_words(stored: &[u8], n: usize) -> Result<Vec<u32>, String> {
+    let (table, mut data) = stored
+        .split_at_checked(7 * 9)
+        .ok_or("split stream table")?;
+    let mut streams: Vec<Vec<u8>> = Vec::with_capacity(7);
+    for d in table.chunks_exact(9) {
+        let raw = u32::from_le_bytes([d[1], d[2], d[3], d[4]]) as usize;
+        let st = u32::from_le_bytes([d[5], d[6], d[7], d[8]]) as usize;
+        if raw > n {
+            return Err("split stream longer than the chunk".into());
+        }
+        let (bytes, rest) = data.split_at_checked(st).ok_or("split stream past the chunk")?;
+        data = rest;
+        streams.push(match d[0] {
+            0 if st == raw => bytes.to_vec(),
+            1 => one_frame(bytes, raw)?,
+            m => return Err(format!("split stream mode {m} with {st} of {raw} bytes")),
+        });
+    }
+    if !data.is_empty() || streams[0].len() != n {
+        return Err("split stream lengths".into());
+    }
+    // Next unread byte of each stream; byte j comes from Lj while w is still zero, else Tj.
+    let mut next = [0usize; 7];
+    let mut words = Vec::with_capacity(n);
+    for &b3 in &streams[0] {
+        let mut w = u32::from(b3) << 24;
+        for (j, lead, tail) in [(2, 1, 2), (1, 3, 4), (0, 5, 6)] {
+            let k = if w == 0 { lead } else { tail };
+            let b = *streams[k].get(next[k]).ok_or("split stream runs out")?;
+            next[k] += 1;
+            w |= u32::from(b) << (8 * j);
+        }
+        words.push(w);
+    }
+    if (1..7).any(|k| next[k] != streams[k].len()) {
+        return Err("split stream has bytes left".into());
+    }
+    Ok(words)
+}
+
+/// §3, §4.3, §4.5: codec ids a chunk of this table may use.
+fn check_codecs(
+    table: &[(u8, u32, u32, u64)],
+    incompat: u64,
+    standalone: bool,
+) -> Result<(), String> {
+    for &(c, ..) in table {
+        if c > 8 {
+            return Err(format!("unknown codec {c}"));
+        }
+        if c >= 5 && incompat & SPLIT_STREAMS == 0 {
+            return Err(format!("codec {c} without SPLIT_STREAMS"));
+        }
+        if standalone && !matches!(c, 0 | 1 | 5) {
+            return Err(format!("delta codec {c} in a keyframe or resume record"));
+        }
+    }
+    Ok(())
+}
+
 /// Exactly one zstd frame of exactly `len` bytes (SPEC §5.1).
 fn one_frame(frame: &[u8], len: usize) -> Result<Vec<u8>, String> {
     match zstd::zstd_safe::find_frame_compressed_size(frame) {
@@ -213,7 +277,13 @@ fn decode_chunk(
         }
         return Ok(le_words(stored));
     }
-    let (mu, frame) = if codec == 4 {
+    // Codecs 5–8 store the residual words of 1–4 as split streams (§5.2).
+    let (residual, split) = if codec >= 5 {
+        (codec - 4, true)
+    } else {
+        (codec, false)
+    };
+    let (mu, frame) = if residual == 4 {
         if stored.len() < 2 {
             return Err("pred2 prefix".into());
         }
@@ -226,7 +296,7 @@ fn decode_chunk(
             .ok_or_else(|| "delta codec lacks a base".to_owned())
     }
     // The bases the chain rules allow must exist before anything is decompressed.
-    match codec {
+    match residual {
         1 => {}
         2 | 3 => {
             need(p, n)?;
@@ -237,8 +307,12 @@ fn decode_chunk(
         }
         _ => return Err(format!("unknown codec {codec}")),
     }
-    let w = unshuffle(&one_frame(frame, 4 * n)?, n);
-    Ok(match codec {
+    let w = if split {
+        split_words(frame, n)?
+    } else {
+        unshuffle(&one_frame(frame, 4 * n)?, n)
+    };
+    Ok(match residual {
         1 => w,
         2 => w.iter().zip(need(p, n)?).map(|(w, p)| w ^ p).collect(),
         3 => w
@@ -522,9 +596,7 @@ fn data_record(f: &mut SpecFile, w: &mut Walk, rec: &Rec<'_>, pos: usize) -> Res
             }
             plausible(rec.payload.len() as u64, r * 4)?;
             let table = chunk_table(&mut rd, count)?;
-            if table.iter().any(|e| e.0 > 1) {
-                return Err("resume codec".into());
-            }
+            check_codecs(&table, f.incompat, true)?;
             let desc =
                 String::from_utf8(rd.take(d as usize)?.to_vec()).map_err(|_| "descriptor utf8")?;
             let buf = decode_chunks(
@@ -659,9 +731,7 @@ fn step_record(f: &mut SpecFile, w: &mut Walk, rec: &Rec<'_>) -> Result<(), Stri
         return Err("broken chain".into());
     }
     let table = chunk_table(&mut rd, count)?;
-    if keyframe && table.iter().any(|e| e.0 > 1) {
-        return Err("delta codec in a keyframe".into());
-    }
+    check_codecs(&table, f.incompat, keyframe)?;
     // §4.3 sample ids and augmentation: exact sizes, zstd blobs one frame.
     let raw_aug = s_count as u64 * f.aug_per_sample;
     let ids_stored = rd.take(ids_len)?;
@@ -732,7 +802,7 @@ pub fn parse(bytes: &[u8]) -> Result<SpecFile, String> {
     }
     rd.zeros(4)?;
     f.incompat = rd.u64()?;
-    if f.incompat & !(TYPED_LAYOUT | ABSENT_MASK) != 0 {
+    if f.incompat & !(TYPED_LAYOUT | ABSENT_MASK | SPLIT_STREAMS) != 0 {
         return Err("incompat flags".into());
     }
     rd.take(32)?;
