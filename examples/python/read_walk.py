@@ -245,13 +245,18 @@ def _pred2(p: np.ndarray, q: np.ndarray, mu: int) -> np.ndarray:
 
 
 def _split_words(stored: bytes, n: int) -> np.ndarray:
-    """SPEC §5.2: the residual words of a split-stream chunk (the bytes after mu_q8)."""
-    if len(stored) < 7 * 9:
+    """SPEC §5.2: the residual words of a split-stream chunk (the bytes after mu_q8).
+
+    A table of 6 descriptors (mode u8, raw_len u32, stored_len u32), then the streams: the
+    2-bit classes of the words, the leading bytes of the words of class 0, 1, 2 and 3, and the
+    low bytes below each word's leading byte."""
+    table_len = 6 * 9
+    if len(stored) < table_len:
         raise ValueError("split chunk shorter than its stream table")
-    pos, streams = 7 * 9, []
-    for k in range(7):
+    pos, streams = table_len, []
+    for k in range(6):
         mode, raw_len, stored_len = struct.unpack_from("<BII", stored, 9 * k)
-        if raw_len > n:
+        if raw_len > 3 * n:
             raise ValueError(f"split stream {k} declares {raw_len} bytes for {n} words")
         data = stored[pos : pos + stored_len]
         if len(data) != stored_len:
@@ -265,20 +270,31 @@ def _split_words(stored: bytes, n: int) -> np.ndarray:
             raise ValueError(f"split stream {k}: mode {mode}, {stored_len} bytes stored for {raw_len}")
     if pos != len(stored):
         raise ValueError(f"{len(stored) - pos} bytes after the last split stream")
-    if len(streams[0]) != n:
-        raise ValueError(f"byte-3 stream holds {len(streams[0])} bytes for {n} words")
-    w = streams[0].astype(np.uint32) << np.uint32(24)
-    # Byte j of a word comes from the lead stream Lj while the word's higher bytes are all
-    # zero, else from the tail stream Tj, in element order.
-    for j, lead, tail in ((2, 1, 2), (1, 3, 4), (0, 5, 6)):
-        is_lead = w == 0
-        if int(is_lead.sum()) != len(streams[lead]) or n - int(is_lead.sum()) != len(streams[tail]):
-            raise ValueError(f"byte-{j} streams hold {len(streams[lead])} + {len(streams[tail])} bytes, "
-                             f"the words need {int(is_lead.sum())} + {n - int(is_lead.sum())}")
-        b = np.empty(n, dtype=np.uint32)
-        b[is_lead] = streams[lead]
-        b[~is_lead] = streams[tail]
-        w |= b << np.uint32(8 * j)
+    packed, leads, low = streams[0], streams[1:5], streams[5]
+    if len(packed) != (n + 3) // 4:
+        raise ValueError(f"class stream holds {len(packed)} bytes for {n} words")
+    # Class of word i: bits 2(i mod 4) and 2(i mod 4)+1 of byte i // 4; the classes after the
+    # last word (padding) must be zero.
+    classes = ((packed[:, None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3).reshape(-1)
+    if classes[n:].any():
+        raise ValueError("nonzero padding in the class stream")
+    classes = classes[:n]
+    counts = np.bincount(classes, minlength=4)
+    for k in range(4):
+        if len(leads[k]) != counts[k]:
+            raise ValueError(f"class-{k} leading-byte stream holds {len(leads[k])} bytes for {counts[k]} words")
+    low_need = int(counts[1] + 2 * counts[2] + 3 * counts[3])
+    if len(low) != low_need:
+        raise ValueError(f"low-byte stream holds {len(low)} bytes, the classes need {low_need}")
+    # Word i of class k: the next leading byte of class k at byte k, above the next k low bytes
+    # (little-endian). The low bytes of word i start after those of the words before it.
+    w = np.zeros(n, dtype=np.uint32)
+    for k in range(4):
+        w[classes == k] = leads[k].astype(np.uint32) << np.uint32(8 * k)
+    low_start = np.cumsum(classes, dtype=np.int64) - classes
+    for j in range(3):
+        has = classes > j
+        w[has] |= low[low_start[has] + j].astype(np.uint32) << np.uint32(8 * j)
     return w
 
 

@@ -119,7 +119,11 @@ fn pcodec_rows(states: &[Vec<f32>]) {
             let at = Instant::now();
             let back: Vec<f32> = pco::standalone::simple_decompress(&bytes).expect("pco");
             dec_key += at.elapsed().as_secs_f64();
-            assert!(back.iter().zip(&s[c0..c1]).all(|(a, b)| a.to_bits() == b.to_bits()));
+            assert!(
+                back.iter()
+                    .zip(&s[c0..c1])
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
+            );
             key += bytes.len();
             if t % 32 == 0 {
                 mixed += bytes.len();

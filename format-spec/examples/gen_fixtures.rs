@@ -12,7 +12,8 @@ use std::path::PathBuf;
 
 use sgdwalk_format::Reader;
 use sgdwalk_format::testkit::synth::{
-    bad_fixtures, bad_fixtures_v1_1, bad_fixtures_v1_3, edge_fixtures, fixture_specs_v1, write_fixture,
+    bad_fixtures, bad_fixtures_v1_1, bad_fixtures_v1_3, edge_fixtures, fixture_specs_v1,
+    write_fixture,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,7 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          0x5eed2026). Never regenerate these files: `tests/format_golden.rs` decodes each one and compares it\n\
          with the generator's inputs, and `tests/spec_reader/` decodes them with the independent reader.\n\
          The `typed_attachment*` files are format 1.1 (typed layout, attachments), `absent_scalars.sgdw` is 1.2\n\
-         (absent mask), the `split_*` files are 1.3 (split byte streams); all others are 1.0.\n\n\
+         (absent mask), the `split_*` files are 1.3 (split byte streams, asked for explicitly: the writer's\n\
+         default stores codecs 0–4); all others are 1.0.\n\n\
          | file | bytes | exercises |\n|---|---:|---|\n",
     );
     for spec in fixture_specs_v1() {
@@ -73,7 +75,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let typed = std::fs::read(v1.join("typed_attachment.sgdw"))?;
     let mut bad_files = bad_fixtures(&basic, &killed, delta.record_offset as usize)?;
     bad_files.extend(bad_fixtures_v1_1(&typed)?);
-    bad_files.extend(bad_fixtures_v1_3(&std::fs::read(v1.join("split_streams.sgdw"))?)?);
+    bad_files.extend(bad_fixtures_v1_3(&std::fs::read(
+        v1.join("split_streams.sgdw"),
+    )?)?);
     for b in bad_files {
         std::fs::write(bad.join(b.name), &b.bytes)?;
         writeln!(

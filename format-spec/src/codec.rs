@@ -329,16 +329,7 @@ fn word_class(w: u32) -> usize {
     usize::from(w >= 1 << 8) + usize::from(w >= 1 << 16) + usize::from(w >= 1 << 24)
 }
 
-/// Four 32-bit cursors packed in a u128, one per class (chunks hold at most 2^24 words): a
-/// cursor chosen by a word's class moves in a register, not through memory, which is what
-/// bounds a per-word loop whose cursor array would be stored and reloaded every word.
-#[inline(always)]
-fn lane(cursors: u128, c: usize) -> usize {
-    (cursors >> (32 * c)) as u32 as usize
-}
-
-/// Split chunks hold at most 2^24 words (the format's chunk cap), so [`lane`]'s 32-bit
-/// cursors cannot overflow.
+/// Split chunks hold at most 2^24 words (the format's chunk cap).
 fn check_split_len(n: usize) -> Result<(), FormatError> {
     if n > 1 << 24 {
         return Err(FormatError::invalid_input(format!(
@@ -348,16 +339,64 @@ fn check_split_len(n: usize) -> Result<(), FormatError> {
     Ok(())
 }
 
-/// The cursors of [`lane`] starting at the offsets of the four classes' sections in one
-/// concatenated buffer of leading bytes (class 0 first).
-fn lane_bases(per_class: [usize; 4]) -> u128 {
-    let mut base = 0u128;
-    let mut at = 0usize;
-    for (c, count) in per_class.into_iter().enumerate() {
-        base |= (at as u128) << (32 * c);
-        at += count;
+/// What one byte of the class stream says about its 4 words: each word's class, where its low
+/// bytes start within the group's low bytes, its rank among the group's words of the same class,
+/// and per class how many of the 4 words it holds. Split and join work a group at a time from
+/// this table, so their cursors move once per 4 words instead of once per word.
+#[derive(Clone, Copy)]
+struct GroupShape {
+    class: [u8; 4],
+    low_at: [u8; 4],
+    rank: [u8; 4],
+    low_len: u8,
+    per_class: [u8; 4],
+}
+
+const GROUP_SHAPES: [GroupShape; 256] = {
+    let mut table = [GroupShape {
+        class: [0; 4],
+        low_at: [0; 4],
+        rank: [0; 4],
+        low_len: 0,
+        per_class: [0; 4],
+    }; 256];
+    let mut p = 0;
+    while p < 256 {
+        let mut g = table[p];
+        let mut q = 0;
+        while q < 4 {
+            let c = ((p >> (2 * q)) & 3) as u8;
+            g.class[q] = c;
+            g.low_at[q] = g.low_len;
+            g.rank[q] = g.per_class[c as usize];
+            g.low_len += c;
+            g.per_class[c as usize] += 1;
+            q += 1;
+        }
+        table[p] = g;
+        p += 1;
     }
-    base
+    table
+};
+
+/// Where each class's leading bytes start in one buffer holding all of them, class 0 first.
+fn class_starts(per_class: [usize; 4]) -> [usize; 4] {
+    [
+        0,
+        per_class[0],
+        per_class[0] + per_class[1],
+        per_class[0] + per_class[1] + per_class[2],
+    ]
+}
+
+const LOW_MASK: [u32; 4] = [0, 0xFF, 0xFFFF, 0xFF_FFFF];
+
+/// Moves per-class cursors (or counts) past one group.
+#[inline(always)]
+fn advance(cursor: &mut [usize; 4], g: &GroupShape) {
+    for (c, &k) in cursor.iter_mut().zip(&g.per_class) {
+        *c += usize::from(k);
+    }
 }
 
 /// Cuts residual words into the [`SPLIT_STREAMS`] streams of SPEC.md §5.2 (each buffer is
@@ -367,32 +406,36 @@ pub fn split_into_streams(words: &[u32], streams: &mut [Vec<u8>; SPLIT_STREAMS])
     let [class, l0, l1, l2, l3, low] = streams;
     class.clear();
     class.resize(n.div_ceil(4), 0);
-    let mut counts = 0u128;
+    let mut per_class = [0usize; 4];
     for (quad, packed) in words.chunks(4).zip(class.iter_mut()) {
         let mut p = 0u8;
         for (q, &w) in quad.iter().enumerate() {
             let c = word_class(w);
             p |= (c as u8) << (2 * q);
-            counts += 1 << (32 * c);
+            per_class[c] += 1;
         }
         *packed = p;
     }
-    let per_class = [0, 1, 2, 3].map(|c| lane(counts, c));
-    // All leading bytes go to l0, class by class, then classes 1–3 are copied out of it. Every
-    // word writes 4 bytes at the low cursor and advances it by its class: 4 bytes of slack
-    // keep the last write in bounds.
+    // All leading bytes go to l0, class by class, then classes 1–3 are copied out of it. Each
+    // word writes 4 bytes where its low bytes start; the next word's write covers the excess,
+    // and 16 bytes of slack keep the last group's writes in bounds.
     l0.clear();
     l0.resize(n, 0);
     low.clear();
-    low.resize(3 * n + 4, 0);
-    let mut cursors = lane_bases(per_class);
+    low.resize(3 * n + 16, 0);
+    let mut cursor = class_starts(per_class);
     let mut low_len = 0usize;
-    for &w in words {
-        let c = word_class(w);
-        l0[lane(cursors, c)] = (w >> (8 * c)) as u8;
-        cursors += 1 << (32 * c);
-        low[low_len..low_len + 4].copy_from_slice(&w.to_le_bytes());
-        low_len += c;
+    for (quad, &p) in words.chunks(4).zip(class.iter()) {
+        let g = &GROUP_SHAPES[usize::from(p)];
+        for (q, &w) in quad.iter().enumerate() {
+            let c = usize::from(g.class[q]);
+            l0[cursor[c] + usize::from(g.rank[q])] = (w >> (8 * c)) as u8;
+            let at = low_len + usize::from(g.low_at[q]);
+            low[at..at + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        // A short last group's padding classes are 0: no low bytes, and nothing follows it.
+        advance(&mut cursor, g);
+        low_len += usize::from(g.low_len);
     }
     low.truncate(low_len);
     let mut at = per_class[0];
@@ -417,9 +460,7 @@ pub fn join_streams(
     check_len("class stream", class.len(), n.div_ceil(4))?;
     let mut per_class = [0usize; 4];
     for &p in class {
-        for q in 0..4 {
-            per_class[usize::from((p >> (2 * q)) & 3)] += 1;
-        }
+        advance(&mut per_class, &GROUP_SHAPES[usize::from(p)]);
     }
     // The padding classes of the last byte must be zero (class 0); take them off the count.
     let pad = class.len() * 4 - n;
@@ -448,27 +489,68 @@ pub fn join_streams(
     for s in [l0, l1, l2, l3] {
         lead.extend_from_slice(s);
     }
-    // The lengths match the classes, so every cursor stays in bounds. Low bytes are read 4 at a
-    // time and masked to the class while 4 bytes remain, byte by byte at the very end.
-    const MASK: [u32; 4] = [0, 0xFF, 0xFFFF, 0xFF_FFFF];
-    let mut cursors = lane_bases(per_class);
+    // The lengths match the classes, so every cursor stays in bounds. Whole groups whose low
+    // bytes lie 16 or more bytes before the end read 4 bytes per word and mask them to the
+    // class; the rest go byte by byte.
+    let mut cursor = class_starts(per_class);
     let mut low_pos = 0usize;
-    for (quad, &p) in words.chunks_mut(4).zip(class) {
+    let full = n / 4;
+    let (head, tail) = words.split_at_mut(full * 4);
+    let mut groups = head.chunks_exact_mut(4).zip(class);
+    for (quad, &p) in groups.by_ref() {
+        let g = &GROUP_SHAPES[usize::from(p)];
+        let Some(bytes) = low.get(low_pos..low_pos + 16) else {
+            // Put this group back in line for the byte-by-byte loop.
+            join_slow(g, quad, lead, low, &mut cursor, &mut low_pos);
+            break;
+        };
         for (q, w) in quad.iter_mut().enumerate() {
-            let c = usize::from((p >> (2 * q)) & 3);
-            let below = match low.get(low_pos..low_pos + 4) {
-                Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & MASK[c],
-                None => low[low_pos..low_pos + c]
-                    .iter()
-                    .rev()
-                    .fold(0, |v, &b| v << 8 | u32::from(b)),
-            };
-            *w = u32::from(lead[lane(cursors, c)]) << (8 * c) | below;
-            cursors += 1 << (32 * c);
-            low_pos += c;
+            let c = usize::from(g.class[q]);
+            let at = usize::from(g.low_at[q]);
+            let below =
+                u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+                    & LOW_MASK[c];
+            *w = u32::from(lead[cursor[c] + usize::from(g.rank[q])]) << (8 * c) | below;
         }
+        advance(&mut cursor, g);
+        low_pos += usize::from(g.low_len);
+    }
+    for (quad, &p) in groups {
+        join_slow(
+            &GROUP_SHAPES[usize::from(p)],
+            quad,
+            lead,
+            low,
+            &mut cursor,
+            &mut low_pos,
+        );
+    }
+    if !tail.is_empty() {
+        let g = &GROUP_SHAPES[usize::from(class[full])];
+        join_slow(g, tail, lead, low, &mut cursor, &mut low_pos);
     }
     Ok(())
+}
+
+/// One group (or the short last one) of [`join_streams`], reading low bytes one at a time.
+fn join_slow(
+    g: &GroupShape,
+    quad: &mut [u32],
+    lead: &[u8],
+    low: &[u8],
+    cursor: &mut [usize; 4],
+    low_pos: &mut usize,
+) {
+    for (q, w) in quad.iter_mut().enumerate() {
+        let c = usize::from(g.class[q]);
+        let below = low[*low_pos..*low_pos + c]
+            .iter()
+            .rev()
+            .fold(0, |v, &b| v << 8 | u32::from(b));
+        *w = u32::from(lead[cursor[c]]) << (8 * c) | below;
+        cursor[c] += 1;
+        *low_pos += c;
+    }
 }
 
 /// Appends the split-stream encoding (SPEC.md §5.2) of `words` to `out`: per stream, raw when
@@ -531,9 +613,12 @@ fn decode_split(
     let corrupt = |what: String| FormatError::invalid_input(format!("split chunk: {what}"));
     check_split_len(words.len())?;
     let table_len = SPLIT_STREAMS * SPLIT_DESCRIPTOR_BYTES;
-    let (table, mut data) = stored
-        .split_at_checked(table_len)
-        .ok_or_else(|| corrupt(format!("{} bytes, shorter than its stream table", stored.len())))?;
+    let (table, mut data) = stored.split_at_checked(table_len).ok_or_else(|| {
+        corrupt(format!(
+            "{} bytes, shorter than its stream table",
+            stored.len()
+        ))
+    })?;
     let n = words.len();
     let mut spans: [(u8, usize, &[u8]); SPLIT_STREAMS] = [(STREAM_RAW, 0, &[]); SPLIT_STREAMS];
     for (k, d) in table.chunks_exact(SPLIT_DESCRIPTOR_BYTES).enumerate() {
@@ -543,10 +628,15 @@ fn decode_split(
         // No stream holds more than 3 bytes per word (the low stream at most); join_streams
         // checks the exact lengths against the classes.
         if raw_len > n.saturating_mul(3) {
-            return Err(corrupt(format!("stream {k} declares {raw_len} bytes for {n} words")));
+            return Err(corrupt(format!(
+                "stream {k} declares {raw_len} bytes for {n} words"
+            )));
         }
         let (bytes, rest) = data.split_at_checked(stored_len).ok_or_else(|| {
-            corrupt(format!("stream {k} declares {stored_len} stored bytes, {} remain", data.len()))
+            corrupt(format!(
+                "stream {k} declares {stored_len} stored bytes, {} remain",
+                data.len()
+            ))
         })?;
         data = rest;
         match mode {
@@ -561,7 +651,10 @@ fn decode_split(
         spans[k] = (mode, raw_len, bytes);
     }
     if !data.is_empty() {
-        return Err(corrupt(format!("{} bytes after the last stream", data.len())));
+        return Err(corrupt(format!(
+            "{} bytes after the last stream",
+            data.len()
+        )));
     }
     for (k, ((mode, raw_len, bytes), buf)) in spans.iter_mut().zip(buffers.iter_mut()).enumerate() {
         if *mode != STREAM_ZSTD {
@@ -578,15 +671,21 @@ fn decode_split(
                 .insert(zstd::bulk::Decompressor::new().map_err(|e| zstd_err("init", e))?),
         };
         let got = ctx
-            .decompress_to_buffer(*bytes, &mut buf[..])
+            .decompress_to_buffer(bytes, &mut buf[..])
             .map_err(|e| corrupt(format!("stream {k} does not decode: {e}")))?;
         if got != *raw_len {
-            return Err(corrupt(format!("stream {k} decodes to {got} bytes, expected {raw_len}")));
+            return Err(corrupt(format!(
+                "stream {k} decodes to {got} bytes, expected {raw_len}"
+            )));
         }
     }
     let mut slices: [&[u8]; SPLIT_STREAMS] = [&[]; SPLIT_STREAMS];
     for (k, ((mode, _, bytes), buf)) in spans.iter().zip(buffers.iter()).enumerate() {
-        slices[k] = if *mode == STREAM_ZSTD { buf.as_slice() } else { bytes };
+        slices[k] = if *mode == STREAM_ZSTD {
+            buf.as_slice()
+        } else {
+            bytes
+        };
     }
     join_streams(slices, words, lead)
 }
@@ -948,9 +1047,69 @@ mod tests {
         );
     }
 
+    /// Split then join gives back every word, for every length around the group size and the
+    /// fast path's end (slow groups, short last group), with words of all four classes mixed in
+    /// runs and alone; the streams hold exactly what SPEC.md §5.2 says.
+    #[test]
+    fn split_and_join_round_trip_every_length_and_class_mix() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut streams: [Vec<u8>; SPLIT_STREAMS] = Default::default();
+        let mut lead = Vec::new();
+        for n in (0..70).chain([1021, 1024, 4099]) {
+            for mix in 0..4 {
+                let words: Vec<u32> = (0..n)
+                    .map(|i| {
+                        let r = next();
+                        let class = match mix {
+                            0 => (r >> 40) as usize % 4,
+                            1 => (i / 5) % 4,
+                            2 => 3,
+                            _ => 0,
+                        };
+                        let w = (r as u32) >> (8 * (3 - class));
+                        // Force the class: its leading byte nonzero (class 0 may be zero).
+                        if class == 0 {
+                            w & 0xFF
+                        } else {
+                            w | 1 << (8 * class)
+                        }
+                    })
+                    .collect();
+                split_into_streams(&words, &mut streams);
+                let classes: Vec<usize> = words.iter().map(|&w| word_class(w)).collect();
+                assert_eq!(streams[0].len(), n.div_ceil(4));
+                for c in 0..4 {
+                    let lead_c: Vec<u8> = words
+                        .iter()
+                        .zip(&classes)
+                        .filter(|&(_, &k)| k == c)
+                        .map(|(&w, _)| (w >> (8 * c)) as u8)
+                        .collect();
+                    assert_eq!(streams[1 + c], lead_c, "n {n} mix {mix} class {c}");
+                }
+                let low: Vec<u8> = words
+                    .iter()
+                    .zip(&classes)
+                    .flat_map(|(&w, &k)| w.to_le_bytes().into_iter().take(k))
+                    .collect();
+                assert_eq!(streams[5], low, "n {n} mix {mix}");
+                let mut back = vec![0u32; n];
+                let slices: [&[u8]; SPLIT_STREAMS] = std::array::from_fn(|k| streams[k].as_slice());
+                join_streams(slices, &mut back, &mut lead).unwrap();
+                assert_eq!(back, words, "n {n} mix {mix}");
+            }
+        }
+    }
+
     #[test]
     fn split_decode_rejects_malformed_tables_without_panicking() {
-        // Small and large residual words, so lead and tail streams are all non-empty.
+        // Small and large residual words, so every stream is non-empty.
         let n = 4000;
         let cur: Vec<f32> = (0..n)
             .map(|i| f32::from_bits((i as u32).wrapping_mul(2_654_435_761) >> (i % 29)))
@@ -959,7 +1118,11 @@ mod tests {
         encode_chunk(CodecId::KeySplit, &cur, None, None, 1, &mut enc).unwrap();
         let mut out = vec![0f32; n];
         decode_chunk(CodecId::KeySplit, &enc, None, None, &mut out).unwrap();
-        assert!(out.iter().zip(&cur).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(
+            out.iter()
+                .zip(&cur)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
         let table = SPLIT_STREAMS * SPLIT_DESCRIPTOR_BYTES;
         let lens = |d: &[u8], k: usize| {
             let at = k * SPLIT_DESCRIPTOR_BYTES;
@@ -968,7 +1131,10 @@ mod tests {
                 u32::from_le_bytes(d[at + 5..at + 9].try_into().unwrap()),
             )
         };
-        assert!((0..SPLIT_STREAMS).all(|k| lens(&enc, k).0 > 0), "every stream used");
+        assert!(
+            (0..SPLIT_STREAMS).all(|k| lens(&enc, k).0 > 0),
+            "every stream used"
+        );
         let reject = |bytes: &[u8], why: &str| {
             let mut out = vec![0f32; n];
             let e = decode_chunk(CodecId::KeySplit, bytes, None, None, &mut out).unwrap_err();
@@ -1004,10 +1170,17 @@ mod tests {
         };
         let mut lens = streams.clone().map(|s| s.len());
         decode_chunk(CodecId::KeySplit, &all_raw(lens), None, None, &mut out).unwrap();
-        assert!(out.iter().zip(&cur).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(
+            out.iter()
+                .zip(&cur)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
         lens[1] -= 1;
         lens[2] += 1;
-        reject(&all_raw(lens), "split chunk: leading-byte stream of class 0");
+        reject(
+            &all_raw(lens),
+            "split chunk: leading-byte stream of class 0",
+        );
         // Any single flipped byte: an error or other words, never a panic.
         for at in 0..enc.len().min(table + 64) {
             let mut bad = enc.clone();

@@ -259,8 +259,10 @@ pub struct CodecSettings {
     /// `benches/codec.rs`).
     pub delta_codec: CodecId,
     /// Store chunks as split byte streams (codecs 5–8, format 1.3, incompat bit SPLIT_STREAMS)
-    /// rather than zstd(shuffle4) (codecs 1–4). Default `true`: as small and several times
-    /// faster (`benches/codec.rs`). Read from the prologue; absent in older descriptions.
+    /// rather than zstd(shuffle4) (codecs 1–4): as small and several times faster
+    /// (`benches/codec.rs`), but readable by 1.3 readers only. Default `false`, so that a new
+    /// file stays readable by 1.2 readers unless asked otherwise. Read from the prologue;
+    /// absent in older descriptions.
     #[serde(default)]
     pub split_streams: bool,
 }
@@ -272,7 +274,7 @@ impl Default for CodecSettings {
             keyframe_interval: 32,
             zstd_level: 1,
             delta_codec: CodecId::Pred2,
-            split_streams: true,
+            split_streams: false,
         }
     }
 }

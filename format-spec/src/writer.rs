@@ -68,7 +68,11 @@ fn encode_standalone(
     level: i32,
     split: bool,
 ) -> Result<(CodecId, Vec<u8>), FormatError> {
-    let key_codec = if split { CodecId::KeySplit } else { CodecId::Key };
+    let key_codec = if split {
+        CodecId::KeySplit
+    } else {
+        CodecId::Key
+    };
     let mut key = Vec::new();
     encode_chunk(key_codec, cur, None, None, level, &mut key)?;
     // Raw fallback when compression saves less than 5 %.

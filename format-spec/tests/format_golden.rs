@@ -113,7 +113,10 @@ fn assert_holds_spec(path: &Path, spec: &FixtureSpec, finished: bool) {
     let typed = spec.header.layout.iter().any(|t| t.dtype != DType::F32);
     let absent_mask = spec.format_minor >= 2;
     let split = spec.header.codec.split_streams;
-    assert!(!split || spec.format_minor >= 3, "{name}: split streams are 1.3");
+    assert!(
+        !split || spec.format_minor >= 3,
+        "{name}: split streams are 1.3"
+    );
     assert_eq!(
         r.prologue().incompat_flags,
         u64::from(typed) | u64::from(absent_mask) << 1 | u64::from(split) << 2,
@@ -343,6 +346,14 @@ fn expect_bad(name: &str, open: Result<Reader, FormatError>, path: &Path) {
             matches!(&open, Err(FormatError::Corrupt { record_kind: "attachment record", reason, .. }) if reason.contains("after a step")),
             "{open:?}"
         ),
+        other => expect_bad_v1_3(other, open, path),
+    }
+}
+
+/// How each bad file of format 1.3 (split streams) must fail, and at which stage.
+fn expect_bad_v1_3(name: &str, open: Result<Reader, FormatError>, path: &Path) {
+    let verify_err = || verify(path).expect_err(name);
+    match name {
         "split_codec_without_flag.sgdw" => {
             // Opens (the prologue is sound), and the codecs 5–8 of its steps are refused.
             let mut r = open.unwrap();
@@ -355,7 +366,7 @@ fn expect_bad(name: &str, open: Result<Reader, FormatError>, path: &Path) {
         }
         "split_stream_mode.sgdw" => {
             let mut r = open.unwrap();
-            // Steps before the broken one read; step 3 does not, naming the stream.
+            // Steps before the broken one read; step 2 does not, naming the stream.
             assert!(r.state(1).is_ok());
             let err = r.state(2).unwrap_err();
             assert!(

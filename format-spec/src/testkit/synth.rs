@@ -165,10 +165,6 @@ pub fn fixture_specs_v1() -> Vec<FixtureSpec> {
         delta_codec: delta,
         split_streams: false,
     };
-    let unsplit_default = CodecSettings {
-        split_streams: false,
-        ..CodecSettings::default()
-    };
     let meta = r#"{"model":"mlp-8-12-3","dataset":"synthetic","optimizer":{"name":"sgd","lr":0.01,"momentum":0.9},"seed":7}"#;
     let base = FixtureSpec {
         name: "",
@@ -236,7 +232,7 @@ pub fn fixture_specs_v1() -> Vec<FixtureSpec> {
         FixtureSpec {
             name: "default_settings.sgdw",
             description: "one tensor of 600 f32 with CodecSettings::default() (one chunk, K=32, pred2), no augmentation, steps 0..=4, finished",
-            header: fixture_header(&[("w", &[600])], unsplit_default, 0, "{}"),
+            header: fixture_header(&[("w", &[600])], CodecSettings::default(), 0, "{}"),
             steps: (0..=4).collect(),
             ..base.clone()
         },
@@ -288,13 +284,10 @@ pub fn fixture_specs_v1() -> Vec<FixtureSpec> {
         FixtureSpec {
             name: "split_streams.sgdw",
             description: "format 1.3: incompat bit 2 SPLIT_STREAMS; an MLP of 3060 f32 (b1 [60], w1 [40, 60], w2 [60, 10]) in chunks of 1024, K=4, split streams (key_split at keyframes, zigzag_delta_prev_split for the first delta of a chain, pred2_split after), 2 augmentation bytes per sample, steps 0..=9, finished",
-            header: fixture_header(
+            header: split_fixture_header(
                 &[("b1", &[60]), ("w1", &[40, 60]), ("w2", &[60, 10])],
-                CodecSettings {
-                    chunk_len_elements: 1024,
-                    split_streams: true,
-                    ..small(CodecId::Pred2)
-                },
+                1024,
+                CodecId::Pred2,
                 2,
                 meta,
             ),
@@ -303,14 +296,33 @@ pub fn fixture_specs_v1() -> Vec<FixtureSpec> {
             ..base.clone()
         },
         FixtureSpec {
-            name: "split_default.sgdw",
-            description: "format 1.3: one tensor of 5000 f32 with CodecSettings::default() (split streams, one chunk, K=32, pred2), no augmentation, steps 0..=5, finished: both stream modes (raw tails, zstd lead streams) occur",
-            header: fixture_header(&[("w", &[5000])], CodecSettings::default(), 0, "{}"),
+            name: "split_xor.sgdw",
+            description: "format 1.3: incompat bit 2 SPLIT_STREAMS; one tensor of 4999 f32 in chunks of 2048 (the last of 903 words, so its class stream ends in padding), K=4, delta codec xor_prev with split streams (key_split at keyframes, xor_prev_split deltas), no augmentation, steps 0..=5, finished: every chunk stores streams both ways (zstd classes, raw low bytes), keyframe chunks also empty streams (all their words are class 3)",
+            header: split_fixture_header(&[("w", &[4999])], 2048, CodecId::XorPrev, 0, "{}"),
             steps: (0..=5).collect(),
             format_minor: 3,
             ..base
         },
     ]
+}
+
+/// The header of a format 1.3 fixture: split streams turned on explicitly (the writer's default
+/// leaves them off), chunks of `chunk_len` elements, K=4, zstd level 1 and `delta`.
+fn split_fixture_header(
+    layout: &[(&str, &[u64])],
+    chunk_len: u32,
+    delta: CodecId,
+    aug: u32,
+    metadata: &str,
+) -> Header {
+    let codec = CodecSettings {
+        chunk_len_elements: chunk_len,
+        keyframe_interval: 4,
+        zstd_level: 1,
+        delta_codec: delta,
+        split_streams: true,
+    };
+    fixture_header(layout, codec, aug, metadata)
 }
 
 /// The step scalars of the format 1.2 fixture: recorded NaNs of several payloads, infinities
@@ -681,10 +693,11 @@ pub fn bad_fixtures_v1_3(split: &[u8]) -> Result<Vec<BadFixture>, FormatError> {
             break;
         }
     }
-    let (i, c, data_at, stored_len) = found
-        .ok_or_else(|| FormatError::invalid_input("no pred2_split chunk in split_streams"))?;
+    let (i, c, data_at, stored_len) =
+        found.ok_or_else(|| FormatError::invalid_input("no pred2_split chunk in split_streams"))?;
     let step = &mut records[i];
-    // pred2_split: mu_q8, then the stream table; mode byte of stream 1 (L2).
+    // pred2_split: mu_q8, then the stream table (SPEC.md §5.2); the mode byte of stream 1,
+    // the leading bytes of class 0.
     step.payload[data_at + 2 + crate::codec::SPLIT_DESCRIPTOR_BYTES] = 7;
     let crc = crc32c::crc32c(&step.payload[data_at..data_at + stored_len]);
     // Chunk table entries start at payload offset 72 (SPEC.md §4.3): codec, 3 reserved,
@@ -693,7 +706,7 @@ pub fn bad_fixtures_v1_3(split: &[u8]) -> Result<Vec<BadFixture>, FormatError> {
     step.payload[entry_at + 8..entry_at + 12].copy_from_slice(&crc.to_le_bytes());
     out.push(BadFixture {
         name: "split_stream_mode.sgdw",
-        description: "split_streams with the mode of stream 1 (L2) of the first pred2_split chunk (step 2, chunk 0) set to 7 (reserved), chunk and record CRCs recomputed: reading step 2 is corrupt",
+        description: "split_streams with the mode of stream 1 (the leading bytes of class 0) of the first pred2_split chunk (step 2, chunk 0) set to 7 (reserved), chunk and record CRCs recomputed: reading step 2 is corrupt",
         bytes: assemble(&prefix, &records, Ending::Finished { record_flags: 0 })?,
     });
     Ok(out)

@@ -245,11 +245,28 @@ fn spec_reader_tells_recorded_nan_from_absent_scalars() {
 fn spec_reader_reads_split_stream_files() {
     // §5.2: format 1.3 files with incompat bit SPLIT_STREAMS and codecs 5–8 decode to the
     // generator's states (assert_agrees_with_the_crate compares every word with the crate).
-    for name in ["split_streams.sgdw", "split_default.sgdw"] {
+    let mut codecs = Vec::new();
+    for name in ["split_streams.sgdw", "split_xor.sgdw"] {
         let path = fixtures().join("v1").join(name);
         let f = assert_agrees_with_the_crate(&path);
-        assert_eq!((f.minor, f.incompat), (3, ABSENT_MASK | SPLIT_STREAMS), "{name}");
+        assert_eq!(
+            (f.minor, f.incompat),
+            (3, ABSENT_MASK | SPLIT_STREAMS),
+            "{name}"
+        );
         assert!(f.steps.len() >= 6, "{name}");
+        codecs.extend(
+            sgdwalk_format::inspect(&path)
+                .unwrap()
+                .codecs
+                .iter()
+                .map(|c| c.codec),
+        );
+    }
+    // Between them the two files use every split codec.
+    use sgdwalk_format::CodecId::*;
+    for c in [KeySplit, XorPrevSplit, ZigzagDeltaPrevSplit, Pred2Split] {
+        assert!(codecs.contains(&c), "{c} in no split fixture");
     }
     // Without the bit the same chunks are corrupt (§3).
     let mut b = std::fs::read(fixtures().join("v1/split_streams.sgdw")).unwrap();
@@ -258,4 +275,63 @@ fn spec_reader_reads_split_stream_files() {
     b[60..64].copy_from_slice(&crc.to_le_bytes());
     let e = parse(&b).unwrap_err();
     assert!(e.contains("without SPLIT_STREAMS"), "{e}");
+}
+
+#[test]
+fn spec_reader_and_crate_decode_the_split_example_of_the_spec_alike() {
+    use sgdwalk_format::CodecId;
+    use sgdwalk_format::codec::{decode_chunk, encode_chunk};
+    // §5.2's example: 5 words of classes 0, 1, 3, 2, 1, as an all-raw key_split chunk.
+    let words = [
+        0x0000_0005u32,
+        0x0000_1234,
+        0x3F80_0000,
+        0x00AB_CDEF,
+        0x0000_0100,
+    ];
+    let chunk = |streams: [&[u8]; 6]| {
+        let mut b = Vec::new();
+        for s in streams {
+            b.push(0);
+            b.extend((s.len() as u32).to_le_bytes());
+            b.extend((s.len() as u32).to_le_bytes());
+        }
+        for s in streams {
+            b.extend_from_slice(s);
+        }
+        b
+    };
+    let low: &[u8] = &[0x34, 0x00, 0x00, 0x80, 0xEF, 0xCD, 0x00];
+    let good = chunk([&[0xB4, 0x01], &[0x05], &[0x12, 0x01], &[0xAB], &[0x3F], low]);
+    assert_eq!(split_words(&good, 5).unwrap(), words);
+    let crate_words = |b: &[u8]| {
+        let mut out = [0f32; 5];
+        decode_chunk(CodecId::KeySplit, b, None, None, &mut out).map(|()| out.map(f32::to_bits))
+    };
+    assert_eq!(crate_words(&good).unwrap(), words);
+    // What the crate's encoder stores, the independent reader decodes.
+    let values = words.map(f32::from_bits);
+    let mut enc = Vec::new();
+    encode_chunk(CodecId::KeySplit, &values, None, None, 1, &mut enc).unwrap();
+    assert_eq!(split_words(&enc, 5).unwrap(), words);
+    // Both refuse what §5.2 calls corrupt: a nonzero padding class, leading-byte streams whose
+    // lengths add up but do not match the classes, a low stream one byte short, bytes after the
+    // last stream.
+    let bad = [
+        chunk([&[0xB4, 0x05], &[0x05], &[0x12, 0x01], &[0xAB], &[0x3F], low]),
+        chunk([&[0xB4, 0x01], &[0x05, 0x12], &[0x01], &[0xAB], &[0x3F], low]),
+        chunk([
+            &[0xB4, 0x01],
+            &[0x05],
+            &[0x12, 0x01],
+            &[0xAB],
+            &[0x3F],
+            &low[..6],
+        ]),
+        [&good[..], &[0]].concat(),
+    ];
+    for (i, b) in bad.iter().enumerate() {
+        assert!(split_words(b, 5).is_err(), "bad chunk {i}");
+        assert!(crate_words(b).is_err(), "bad chunk {i}");
+    }
 }

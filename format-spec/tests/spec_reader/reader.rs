@@ -174,44 +174,72 @@ fn unshuffle(planes: &[u8], n: usize) -> Vec<u32> {
         .collect()
 }
 
-/// §5.2: the residual words of a split-stream chunk (the bytes after `mu_q8`).
-fn split_words(stored: &[u8], n: usize) -> Result<Vec<u32>, String> {
-    let (table, mut data) = stored
-        .split_at_checked(7 * 9)
-        .ok_or("split stream table")?;
-    let mut streams: Vec<Vec<u8>> = Vec::with_capacity(7);
-    for d in table.chunks_exact(9) {
+/// §5.2: the residual words of a split-stream chunk (the bytes after `mu_q8`): a table of 6
+/// descriptors (mode, raw length, stored length), then the streams classes, lead0 … lead3 and
+/// low.
+pub fn split_words(stored: &[u8], n: usize) -> Result<Vec<u32>, String> {
+    let (table, mut data) = stored.split_at_checked(6 * 9).ok_or("split stream table")?;
+    let mut streams: Vec<Vec<u8>> = Vec::new();
+    for (k, d) in table.chunks_exact(9).enumerate() {
+        let mode = d[0];
         let raw = u32::from_le_bytes([d[1], d[2], d[3], d[4]]) as usize;
         let st = u32::from_le_bytes([d[5], d[6], d[7], d[8]]) as usize;
-        if raw > n {
-            return Err("split stream longer than the chunk".into());
+        if raw > 3 * n {
+            return Err(format!("split stream {k} longer than 3 bytes per word"));
         }
-        let (bytes, rest) = data.split_at_checked(st).ok_or("split stream past the chunk")?;
+        let (bytes, rest) = data
+            .split_at_checked(st)
+            .ok_or_else(|| format!("split stream {k} runs past the chunk"))?;
         data = rest;
-        streams.push(match d[0] {
+        let stream = match mode {
             0 if st == raw => bytes.to_vec(),
             1 => one_frame(bytes, raw)?,
             m => return Err(format!("split stream mode {m} with {st} of {raw} bytes")),
-        });
+        };
+        streams.push(stream);
     }
-    if !data.is_empty() || streams[0].len() != n {
-        return Err("split stream lengths".into());
+    if !data.is_empty() {
+        return Err("bytes after the last split stream".into());
     }
-    // Next unread byte of each stream; byte j comes from Lj while w is still zero, else Tj.
-    let mut next = [0usize; 7];
+    let classes = &streams[0];
+    let low = &streams[5];
+    if classes.len() != n.div_ceil(4) {
+        return Err("split class stream length".into());
+    }
+    // The class of word i: bits 2(i mod 4) and 2(i mod 4)+1 of byte i/4. The classes after the
+    // last word (padding) must be zero.
+    let class_of = |i: usize| usize::from((classes[i / 4] >> (2 * (i % 4))) & 3);
+    for i in n..4 * classes.len() {
+        if class_of(i) != 0 {
+            return Err("split class padding".into());
+        }
+    }
+    let mut count = [0usize; 4];
+    for i in 0..n {
+        count[class_of(i)] += 1;
+    }
+    for k in 0..4 {
+        if streams[1 + k].len() != count[k] {
+            return Err(format!("split lead{k} stream length"));
+        }
+    }
+    if low.len() != count[1] + 2 * count[2] + 3 * count[3] {
+        return Err("split low stream length".into());
+    }
+    // Word i of class k: the next byte of lead_k at byte k, above the next k bytes of low
+    // (little-endian).
+    let mut next_lead = [0usize; 4];
+    let mut next_low = 0;
     let mut words = Vec::with_capacity(n);
-    for &b3 in &streams[0] {
-        let mut w = u32::from(b3) << 24;
-        for (j, lead, tail) in [(2, 1, 2), (1, 3, 4), (0, 5, 6)] {
-            let k = if w == 0 { lead } else { tail };
-            let b = *streams[k].get(next[k]).ok_or("split stream runs out")?;
-            next[k] += 1;
-            w |= u32::from(b) << (8 * j);
+    for i in 0..n {
+        let k = class_of(i);
+        let mut w = u32::from(streams[1 + k][next_lead[k]]) << (8 * k);
+        next_lead[k] += 1;
+        for j in 0..k {
+            w |= u32::from(low[next_low]) << (8 * j);
+            next_low += 1;
         }
         words.push(w);
-    }
-    if (1..7).any(|k| next[k] != streams[k].len()) {
-        return Err("split stream has bytes left".into());
     }
     Ok(words)
 }
