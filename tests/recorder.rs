@@ -671,6 +671,56 @@ fn ring_snapshot_path_records_the_host_paths_states_bit_for_bit() {
     );
 }
 
+/// `--split-streams` records the same states, bit for bit, with the split-stream codecs (format
+/// 1.3's SPLIT_STREAMS bit set, every delta chunk a split codec); a resumed split recording
+/// stays split (the setting comes from the file).
+#[test]
+fn split_streams_record_the_same_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, split) = (dir.path().join("plain.walk"), dir.path().join("split.walk"));
+    let extra = ["--epochs", "2", "--optimizer", "momentum"];
+    run(&synthetic_args(&plain, &extra));
+    run(&synthetic_args(
+        &split,
+        &[&extra[..], &["--split-streams"]].concat(),
+    ));
+    let (mut rp, mut rs) = (Reader::open(&plain).unwrap(), Reader::open(&split).unwrap());
+    assert!(!rp.header().codec.split_streams);
+    assert!(rs.header().codec.split_streams);
+    let steps = rp.steps().to_vec();
+    assert_eq!(rs.steps(), steps.as_slice());
+    let mut split_chunks = 0;
+    for &t in &steps {
+        assert_eq!(
+            bits(&rs.state(t).unwrap()),
+            bits(&rp.state(t).unwrap()),
+            "step {t}"
+        );
+        for c in rs.chunk_table(t).unwrap() {
+            assert!(
+                !rp.chunk_table(t)
+                    .unwrap()
+                    .iter()
+                    .any(|p| p.codec.is_split())
+            );
+            if !c.codec.is_standalone() {
+                assert!(c.codec.is_split(), "step {t}: {:?}", c.codec);
+                split_chunks += 1;
+            }
+        }
+    }
+    assert!(split_chunks > 10, "{split_chunks}");
+    assert!(sgdwalk_format::verify(&split).unwrap().is_clean());
+    // Resumed with no codec flags: the recording's setting holds.
+    let bytes = std::fs::read(&split).unwrap();
+    let killed = dir.path().join("killed.walk");
+    std::fs::write(&killed, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let mut a = synthetic_args(&killed, &extra);
+    a.resume = true;
+    run(&a);
+    assert_eq!(contents(&killed), contents(&split));
+}
+
 /// `--snapshot-ring` outside 1..=64 is refused naming the flag, before anything is written.
 #[test]
 fn snapshot_ring_out_of_range_is_refused() {
@@ -762,6 +812,7 @@ fn resume_refuses_flags_that_differ_from_the_recording() {
         ),
         (&["--eval-splits", "test"], "--eval-splits test", "val,test"),
         (&["--zstd-level", "3"], "--zstd-level 3", "1"),
+        (&["--split-streams"], "--split-streams true", "false"),
         (&["--max-steps", "5"], "--max-steps 5", "24"),
         (&["--augment", "false"], "--augment false", "true"),
     ] {

@@ -410,12 +410,15 @@ pub fn split_into_streams(words: &[u32], streams: &mut [Vec<u8>; SPLIT_STREAMS])
     for (quad, packed) in words.chunks(4).zip(class.iter_mut()) {
         let mut p = 0u8;
         for (q, &w) in quad.iter().enumerate() {
-            let c = word_class(w);
-            p |= (c as u8) << (2 * q);
-            per_class[c] += 1;
+            p |= (word_class(w) as u8) << (2 * q);
         }
         *packed = p;
+        // Counted from the table, not per word: a count indexed by each word's class would be
+        // stored and reloaded every word.
+        advance(&mut per_class, &GROUP_SHAPES[usize::from(p)]);
     }
+    // A short last group's padding counted as class 0.
+    per_class[0] -= class.len() * 4 - n;
     // All leading bytes go to l0, class by class, then classes 1–3 are copied out of it. Each
     // word writes 4 bytes where its low bytes start; the next word's write covers the excess,
     // and 16 bytes of slack keep the last group's writes in bounds.

@@ -287,6 +287,7 @@ fn header_for(desc: &RunDescription, cfg: &RecordConfig) -> Result<Header, Recor
         codec: CodecSettings {
             keyframe_interval: cfg.keyframe_interval,
             zstd_level: cfg.zstd_level,
+            split_streams: cfg.split_streams,
             ..CodecSettings::default()
         },
     })

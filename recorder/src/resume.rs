@@ -66,6 +66,7 @@ pub const COMPARED: &[&str] = &[
     "record",
     "keyframe_interval",
     "zstd_level",
+    "split_streams",
     "eval_splits",
     "eval_batch_size",
 ];
@@ -127,6 +128,7 @@ pub(crate) fn adopt_recording(
     cfg.policy = policy;
     cfg.keyframe_interval = codec.keyframe_interval;
     cfg.zstd_level = codec.zstd_level;
+    cfg.split_streams = codec.split_streams;
     // Recordings made before the splits were stored evaluate the splits given (or the default).
     if let Some(splits) = &desc.eval_splits {
         cfg.eval_splits = splits.clone();
@@ -366,6 +368,11 @@ fn compare_training(
             "zstd-level",
             args.zstd_level.to_string(),
             codec.zstd_level.to_string(),
+        ),
+        "split_streams" => (
+            "split-streams",
+            args.split_streams.to_string(),
+            codec.split_streams.to_string(),
         ),
         "eval_splits" => {
             let names = |s: &[sgdwalk_workload::Split]| {
