@@ -741,6 +741,7 @@ fn inspect_describes_the_run_and_its_json_is_plain() {
     let options = WriterOptions {
         fsync: FsyncPolicy::Never,
         threads: 1,
+        overlap_writes: false,
     };
     let mut w = Writer::create(&other, header, options).unwrap();
     w.write_step(&StepInput {

@@ -62,6 +62,7 @@ fn writer_reader_round(states: &[Vec<f32>], delta: CodecId, split_streams: bool)
         WriterOptions {
             fsync: FsyncPolicy::Never,
             threads: 1,
+            overlap_writes: false,
         },
     )
     .expect("create");

@@ -705,6 +705,13 @@ pub struct WriterOptions {
     pub fsync: FsyncPolicy,
     /// Encoder threads; 0 = rayon's global pool.
     pub threads: usize,
+    /// Write each step record while the next step is encoded, on a second thread, instead of
+    /// before `write_step` returns: the file then lags the calls by one step record (written
+    /// by the next write of any record, `flush`, `finish` or dropping the writer), and an I/O
+    /// error of that record is returned by the call that writes it. Not under
+    /// [`FsyncPolicy::EveryRecord`], and a keyframe under [`FsyncPolicy::EveryKeyframe`] is
+    /// written and synced before its call returns, as without it.
+    pub overlap_writes: bool,
 }
 
 /// What one `write_step` stored.

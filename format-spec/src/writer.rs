@@ -44,6 +44,36 @@ pub struct Writer {
     version: (u16, u16),
     /// How the file stores absent step scalars (a reopened 1.0/1.1 file keeps NaN).
     presence: ScalarPresence,
+    /// A step record counted in `end_offset` and `entries` but not yet in the file
+    /// ([`WriterOptions::overlap_writes`]): written while the next step encodes.
+    pending: Option<PendingRecord>,
+}
+
+/// One record's bytes, ready to write.
+struct PendingRecord {
+    header: [u8; RECORD_HEADER_ENCODED_SIZE_BYTES],
+    payload: Vec<u8>,
+    pad: usize,
+}
+
+impl PendingRecord {
+    fn write_to(&self, mut file: &File) -> std::io::Result<()> {
+        file.write_all(&self.header)?;
+        file.write_all(&self.payload)?;
+        file.write_all(&[0u8; 8][..self.pad])
+    }
+}
+
+impl Drop for Writer {
+    /// A writer dropped without `finish` leaves its records in the file as a killed one would,
+    /// the pending step record too (best effort: an error here has no caller to go to).
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take()
+            && !self.poisoned
+        {
+            let _ = p.write_to(&self.file);
+        }
+    }
 }
 
 impl std::fmt::Debug for Writer {
@@ -216,6 +246,7 @@ impl Writer {
             poisoned: false,
             version: (prologue.major, prologue.minor),
             presence: prologue.scalar_presence(),
+            pending: None,
         })
     }
 
@@ -324,6 +355,7 @@ impl Writer {
             poisoned: false,
             version,
             presence,
+            pending: None,
         };
         Ok((writer, report))
     }
@@ -415,6 +447,7 @@ impl Writer {
         payload: &[u8],
     ) -> Result<(u64, u64), FormatError> {
         self.check_usable()?;
+        self.write_pending()?;
         let h = RecordHeader::for_payload(kind, flags, step, payload);
         let total = h.total_len_bytes().ok_or(FormatError::SizeCap {
             what: "record payload_len_bytes",
@@ -441,7 +474,47 @@ impl Writer {
         Ok((offset, total))
     }
 
+    /// Writes the pending step record, if any (poisoning the writer on an I/O error).
+    fn write_pending(&mut self) -> Result<(), FormatError> {
+        if let Some(p) = self.pending.take()
+            && let Err(e) = p.write_to(&self.file)
+        {
+            self.poisoned = true;
+            return Err(FormatError::io(&self.path, e));
+        }
+        Ok(())
+    }
+
+    /// Counts a record in the file's length without writing it yet (see `pending`).
+    fn defer_record(
+        &mut self,
+        kind: RecordKind,
+        step: u64,
+        payload: Vec<u8>,
+    ) -> Result<(u64, u64), FormatError> {
+        let h = RecordHeader::for_payload(kind, 0, step, &payload);
+        let total = h.total_len_bytes().ok_or(FormatError::SizeCap {
+            what: "record payload_len_bytes",
+            value: payload.len() as u64,
+            cap: MAX_PAYLOAD_BYTES,
+        })?;
+        cap(
+            "record payload_len_bytes",
+            payload.len() as u64,
+            MAX_PAYLOAD_BYTES,
+        )?;
+        let offset = self.end_offset;
+        self.pending = Some(PendingRecord {
+            header: h.encode(),
+            pad: padding_len(payload.len() as u64),
+            payload,
+        });
+        self.end_offset += total;
+        Ok((offset, total))
+    }
+
     fn sync(&mut self) -> Result<(), FormatError> {
+        self.write_pending()?;
         self.file.sync_data().map_err(|e| {
             self.poisoned = true;
             FormatError::io(&self.path, e)
@@ -488,7 +561,27 @@ impl Writer {
             )));
         }
         let forced = self.is_keyframe_next(step);
-        let chunks = self.encode_state(input.state, forced)?;
+        let chunks = match self.pending.take() {
+            None => self.encode_state(input.state, forced)?,
+            // The previous step record goes to the file while this step encodes.
+            Some(previous) => {
+                let (chunks, written) = std::thread::scope(|s| {
+                    let file = &self.file;
+                    let writing = s.spawn(move || previous.write_to(file));
+                    let chunks = self.encode_state(input.state, forced);
+                    (chunks, writing.join())
+                });
+                if let Err(e) = written.unwrap_or_else(|_| {
+                    Err(std::io::Error::other(
+                        "the thread writing the previous step record panicked",
+                    ))
+                }) {
+                    self.poisoned = true;
+                    return Err(FormatError::io(&self.path, e));
+                }
+                chunks?
+            }
+        };
         let keyframe = forced || chunks.iter().all(|c| c.entry.codec.is_standalone());
         let chain_start = if keyframe { step } else { self.chain_start };
 
@@ -539,7 +632,17 @@ impl Writer {
         for c in &chunks {
             payload.extend_from_slice(&c.bytes);
         }
-        let (offset, total) = self.write_record(RecordKind::Step, 0, step, &payload)?;
+        let defer = self.options.overlap_writes
+            && match self.options.fsync {
+                FsyncPolicy::Never => true,
+                FsyncPolicy::EveryKeyframe => !keyframe,
+                FsyncPolicy::EveryRecord => false,
+            };
+        let (offset, total) = if defer {
+            self.defer_record(RecordKind::Step, step, payload)?
+        } else {
+            self.write_record(RecordKind::Step, 0, step, &payload)?
+        };
         self.entries.push(IndexEntry {
             record_offset: offset,
             record_len_bytes: total,
@@ -712,6 +815,7 @@ impl Writer {
     /// Makes everything written so far durable (a no-op under [`FsyncPolicy::Never`]).
     pub fn flush(&mut self) -> Result<(), FormatError> {
         self.check_usable()?;
+        self.write_pending()?;
         self.file
             .flush()
             .map_err(|e| FormatError::io(&self.path, e))?;

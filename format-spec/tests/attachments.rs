@@ -42,6 +42,7 @@ fn opts() -> WriterOptions {
     WriterOptions {
         fsync: FsyncPolicy::Never,
         threads: 1,
+        overlap_writes: false,
     }
 }
 

@@ -134,6 +134,7 @@ fn follower_sees_steps_as_they_are_written() {
         WriterOptions {
             fsync: FsyncPolicy::Never,
             threads: 1,
+            overlap_writes: false,
         },
     )
     .unwrap();

@@ -32,6 +32,7 @@ proptest! {
         seed in any::<u64>(),
         finish in any::<bool>(),
         split_streams in any::<bool>(),
+        overlap_writes in any::<bool>(),
     ) {
         let names: Vec<String> = (0..shapes.len()).map(|i| format!("t{i}")).collect();
         let pairs: Vec<(&str, &[u64])> = names.iter().map(String::as_str).zip(shapes.iter().map(Vec::as_slice)).collect();
@@ -58,7 +59,7 @@ proptest! {
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.sgdw");
-        let mut w = Writer::create(&path, header.clone(), WriterOptions { fsync: FsyncPolicy::Never, threads: 0 }).unwrap();
+        let mut w = Writer::create(&path, header.clone(), WriterOptions { fsync: FsyncPolicy::Never, threads: 0, overlap_writes }).unwrap();
         let mut ids_all = Vec::new();
         for (s, st) in steps.iter().zip(&states) {
             let ids: Vec<u32> = (0..(rng.next_u64() % 5)).map(|_| rng.next_u64() as u32).collect();

@@ -36,6 +36,7 @@ fn write(path: &std::path::Path, states: &[Vec<f32>], chunk_len_elements: u32) {
     let options = WriterOptions {
         fsync: FsyncPolicy::Never,
         threads: 1,
+        overlap_writes: false,
     };
     let mut w = Writer::create(path, header, options).unwrap();
     for (t, s) in states.iter().enumerate() {

@@ -38,6 +38,7 @@ fn opts() -> WriterOptions {
     WriterOptions {
         fsync: FsyncPolicy::Never,
         threads: 0,
+        overlap_writes: false,
     }
 }
 
@@ -250,4 +251,80 @@ fn writer_rejects_bad_input() {
     );
     let _ = Path::new("");
     let _ = SplitMix64::new(1);
+}
+
+/// `overlap_writes` (each step record written while the next one encodes) writes the same bytes
+/// as writing before `write_step` returns, under every fsync policy, finished or dropped; while
+/// it runs the file lags by at most one step record, and `flush` writes that one.
+#[test]
+fn overlapped_writes_give_the_same_file_and_lag_one_step_at_most() {
+    let traj = sgd_trajectory(3000, 40, 0.9, 0.01, 11);
+    let steps: Vec<u64> = (0..40).filter(|s| s % 13 != 5).collect();
+    let dir = tempfile::tempdir().unwrap();
+    for fsync in [
+        FsyncPolicy::Never,
+        FsyncPolicy::EveryKeyframe,
+        FsyncPolicy::EveryRecord,
+    ] {
+        for finish in [true, false] {
+            let mut files = Vec::new();
+            for overlap_writes in [false, true] {
+                let path = dir
+                    .path()
+                    .join(format!("{fsync:?}-{finish}-{overlap_writes}.sgdw"));
+                let options = WriterOptions {
+                    fsync,
+                    threads: 2,
+                    overlap_writes,
+                };
+                let mut w =
+                    Writer::create(&path, header(3000, 512, 8, CodecId::Pred2), options).unwrap();
+                let mut lagged = 0;
+                for (i, &s) in steps.iter().enumerate() {
+                    w.write_step(&StepInput {
+                        step: s,
+                        state: &traj[s as usize],
+                        sample_ids: &[s as u32],
+                        augmentation: &[1],
+                        scalars: StepScalars::absent(),
+                    })
+                    .unwrap();
+                    let seen = Reader::open(&path).unwrap().steps().len();
+                    let deferred = overlap_writes && fsync != FsyncPolicy::EveryRecord;
+                    lagged += usize::from(seen == i);
+                    assert!(
+                        seen == i + 1 || (deferred && seen == i),
+                        "{fsync:?} overlap {overlap_writes}: {seen} steps in the file after {}",
+                        i + 1
+                    );
+                    if i == 10 {
+                        w.flush().unwrap();
+                        assert_eq!(Reader::open(&path).unwrap().steps().len(), i + 1);
+                    }
+                }
+                // Deferred, the file lags after every step but keyframes (synced at once under
+                // EveryKeyframe); else never.
+                let deferred = overlap_writes && fsync != FsyncPolicy::EveryRecord;
+                assert_eq!(
+                    lagged > steps.len() / 2,
+                    deferred,
+                    "{fsync:?}: lagged {lagged}"
+                );
+                if finish {
+                    w.finish().unwrap();
+                } else {
+                    drop(w);
+                }
+                files.push(std::fs::read(&path).unwrap());
+            }
+            assert_eq!(files[0], files[1], "{fsync:?} finish {finish}");
+            let mut r =
+                Reader::open(&dir.path().join(format!("{fsync:?}-{finish}-true.sgdw"))).unwrap();
+            assert_eq!(r.steps(), steps.as_slice());
+            assert_eq!(r.is_finished(), finish);
+            for &s in &steps {
+                assert_state(&mut r, &traj, s);
+            }
+        }
+    }
 }

@@ -236,6 +236,7 @@ impl NativeWriter {
         let options = WriterOptions {
             fsync: fsync_policy(fsync)?,
             threads,
+            overlap_writes: false,
         };
         let atts: Vec<(&str, &[u8])> = attachments
             .iter()

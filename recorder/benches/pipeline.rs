@@ -97,7 +97,16 @@ fn writer(path: &Path, n: usize, threads: usize, fsync: FsyncPolicy) -> Writer {
     let header =
         Header::new([7; 16], 0, layout, 0, "{}".into(), CodecSettings::default()).expect("header");
     let _ = std::fs::remove_file(path);
-    Writer::create(path, header, WriterOptions { fsync, threads }).expect("create")
+    Writer::create(
+        path,
+        header,
+        WriterOptions {
+            fsync,
+            threads,
+            overlap_writes: std::env::var_os("SGDWALK_NO_OVERLAP").is_none(),
+        },
+    )
+    .expect("create")
 }
 
 /// One pass of the trajectory through the pipeline; times in seconds.

@@ -463,6 +463,7 @@ fn open_output(
     let writer_options = WriterOptions {
         fsync: cfg.fsync,
         threads: cfg.encode_threads as usize,
+        overlap_writes: true,
     };
     if let Some(StartOver {
         header,

@@ -31,7 +31,7 @@ pub fn check(bytes: &[u8]) -> bool {
     let _ = verify(&path);
     let _ = inspect(&path);
     if opened {
-        let opts = WriterOptions { fsync: sgdwalk_format::FsyncPolicy::Never, threads: 1 };
+        let opts = WriterOptions { fsync: sgdwalk_format::FsyncPolicy::Never, threads: 1, overlap_writes: false };
         let _ = Writer::reopen(&path, opts, None);
     }
     opened

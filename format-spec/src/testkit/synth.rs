@@ -515,6 +515,7 @@ pub fn write_fixture(spec: &FixtureSpec, dir: &Path) -> Result<PathBuf, FormatEr
     let options = WriterOptions {
         fsync: FsyncPolicy::Never,
         threads: 1,
+        overlap_writes: false,
     };
     let attachments: Vec<(&str, &[u8])> = spec
         .attachments
