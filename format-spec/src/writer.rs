@@ -561,27 +561,7 @@ impl Writer {
             )));
         }
         let forced = self.is_keyframe_next(step);
-        let chunks = match self.pending.take() {
-            None => self.encode_state(input.state, forced)?,
-            // The previous step record goes to the file while this step encodes.
-            Some(previous) => {
-                let (chunks, written) = std::thread::scope(|s| {
-                    let file = &self.file;
-                    let writing = s.spawn(move || previous.write_to(file));
-                    let chunks = self.encode_state(input.state, forced);
-                    (chunks, writing.join())
-                });
-                if let Err(e) = written.unwrap_or_else(|_| {
-                    Err(std::io::Error::other(
-                        "the thread writing the previous step record panicked",
-                    ))
-                }) {
-                    self.poisoned = true;
-                    return Err(FormatError::io(&self.path, e));
-                }
-                chunks?
-            }
-        };
+        let chunks = self.encode_state_writing_pending(input.state, forced)?;
         let keyframe = forced || chunks.iter().all(|c| c.entry.codec.is_standalone());
         let chain_start = if keyframe { step } else { self.chain_start };
 
@@ -682,6 +662,33 @@ impl Writer {
             stored_bytes: total,
             keyframe,
         })
+    }
+
+    /// [`Self::encode_state`], with the pending step record (if any) written to the file
+    /// meanwhile on a second thread.
+    fn encode_state_writing_pending(
+        &mut self,
+        state: &[f32],
+        forced: bool,
+    ) -> Result<Vec<EncodedChunk>, FormatError> {
+        let Some(previous) = self.pending.take() else {
+            return self.encode_state(state, forced);
+        };
+        let (chunks, written) = std::thread::scope(|s| {
+            let file = &self.file;
+            let writing = s.spawn(move || previous.write_to(file));
+            let chunks = self.encode_state(state, forced);
+            (chunks, writing.join())
+        });
+        if let Err(e) = written.unwrap_or_else(|_| {
+            Err(std::io::Error::other(
+                "the thread writing the previous step record panicked",
+            ))
+        }) {
+            self.poisoned = true;
+            return Err(FormatError::io(&self.path, e));
+        }
+        chunks
     }
 
     /// Encodes all chunks of a state in parallel.
