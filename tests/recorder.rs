@@ -721,6 +721,34 @@ fn split_streams_record_the_same_states() {
     assert_eq!(contents(&killed), contents(&split));
 }
 
+/// `--encode-threads` not given: 1 on the CPU (the cores train), all cores but two on CUDA
+/// (at least 1); given, it is taken as is.
+#[test]
+fn encode_threads_default_depends_on_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.walk");
+    assert_eq!(
+        synthetic_args(&out, &[]).validate().unwrap().encode_threads,
+        1
+    );
+    assert_eq!(
+        synthetic_args(&out, &["--encode-threads", "0"])
+            .validate()
+            .unwrap()
+            .encode_threads,
+        0
+    );
+    let cores = std::thread::available_parallelism().unwrap().get() as u32;
+    assert_eq!(
+        sgdwalk_recorder::default_encode_threads(tch::Device::Cuda(0)),
+        cores.saturating_sub(2).max(1)
+    );
+    assert_eq!(
+        sgdwalk_recorder::default_encode_threads(tch::Device::Cpu),
+        1
+    );
+}
+
 /// `--snapshot-ring` outside 1..=64 is refused naming the flag, before anything is written.
 #[test]
 fn snapshot_ring_out_of_range_is_refused() {

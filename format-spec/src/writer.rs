@@ -49,6 +49,10 @@ pub struct Writer {
     pending: Option<PendingRecord>,
 }
 
+/// Pending step records smaller than this are written on the calling thread before the next
+/// step encodes (still deferred, but not overlapped).
+const OVERLAP_MIN_PAYLOAD_BYTES: usize = 256 << 10;
+
 /// One record's bytes, ready to write.
 struct PendingRecord {
     header: [u8; RECORD_HEADER_ENCODED_SIZE_BYTES],
@@ -674,6 +678,14 @@ impl Writer {
         let Some(previous) = self.pending.take() else {
             return self.encode_state(state, forced);
         };
+        if previous.payload.len() < OVERLAP_MIN_PAYLOAD_BYTES {
+            // Small records: starting a thread costs more than the write it would hide.
+            if let Err(e) = previous.write_to(&self.file) {
+                self.poisoned = true;
+                return Err(FormatError::io(&self.path, e));
+            }
+            return self.encode_state(state, forced);
+        }
         let (chunks, written) = std::thread::scope(|s| {
             let file = &self.file;
             let writing = s.spawn(move || previous.write_to(file));

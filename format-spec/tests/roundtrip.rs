@@ -258,7 +258,9 @@ fn writer_rejects_bad_input() {
 /// it runs the file lags by at most one step record, and `flush` writes that one.
 #[test]
 fn overlapped_writes_give_the_same_file_and_lag_one_step_at_most() {
-    let traj = sgd_trajectory(3000, 40, 0.9, 0.01, 11);
+    // 300k f32 per state: step records above the size the writer overlaps (256 KiB).
+    let n = 300_000;
+    let traj = sgd_trajectory(n, 40, 0.9, 0.01, 11);
     let steps: Vec<u64> = (0..40).filter(|s| s % 13 != 5).collect();
     let dir = tempfile::tempdir().unwrap();
     for fsync in [
@@ -278,7 +280,8 @@ fn overlapped_writes_give_the_same_file_and_lag_one_step_at_most() {
                     overlap_writes,
                 };
                 let mut w =
-                    Writer::create(&path, header(3000, 512, 8, CodecId::Pred2), options).unwrap();
+                    Writer::create(&path, header(n as u64, 65_536, 8, CodecId::Pred2), options)
+                        .unwrap();
                 let mut lagged = 0;
                 for (i, &s) in steps.iter().enumerate() {
                     w.write_step(&StepInput {

@@ -69,6 +69,16 @@ impl SnapshotPathName {
 /// host memory).
 pub const MAX_SNAPSHOT_RING: usize = 64;
 
+/// `--encode-threads` when not given: on a GPU the host's cores are free for encoding, but for
+/// the training thread and the copy stage; on the CPU they train.
+pub fn default_encode_threads(device: tch::Device) -> u32 {
+    if device == tch::Device::Cpu {
+        return 1;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    u32::try_from(cores.saturating_sub(2).max(1)).unwrap_or(u32::MAX)
+}
+
 /// `sgdwalk-record`: train a network and record every step.
 #[derive(Clone, Debug, Args)]
 pub struct RecordArgs {
@@ -188,10 +198,11 @@ pub struct RecordArgs {
     /// libtorch intra-op threads (0 = libtorch's default).
     #[arg(long, default_value_t = 0)]
     pub threads: u32,
-    /// Threads that encode snapshot chunks (0 = one per core). Each is busy only while a
-    /// snapshot is encoded; on few cores, 1 leaves the rest to training.
-    #[arg(long, default_value_t = 1)]
-    pub encode_threads: u32,
+    /// Threads that encode snapshot chunks (0 = one per core). Default: on CUDA, one per core
+    /// but two (training needs a core to launch work, the copy stage another); on the CPU 1,
+    /// which leaves the cores to training.
+    #[arg(long)]
+    pub encode_threads: Option<u32>,
     /// Which steps to record: every; epochs:1,10,25,100 (every step of those epochs, numbered
     /// from 1); every:K (every K-th step, K >= 1); window:W,K (W consecutive pairs, steps t with
     /// t mod K <= W, every K steps; 0 < W < K). θ_0 and the final state are always kept.
@@ -595,7 +606,9 @@ impl RecordArgs {
             },
             device,
             threads: self.threads,
-            encode_threads: self.encode_threads,
+            encode_threads: self
+                .encode_threads
+                .unwrap_or_else(|| default_encode_threads(device)),
             policy,
             keyframe_interval: self.keyframe_interval,
             zstd_level: self.zstd_level,

@@ -34,7 +34,7 @@ use sgdwalk_workload::run::{
 };
 use sgdwalk_workload::{AUG_BYTES_PER_SAMPLE, BnPolicy, Dataset, ModelSpec, evaluate};
 
-pub use config::{RecordArgs, RecordConfig};
+pub use config::{RecordArgs, RecordConfig, default_encode_threads};
 pub use error::RecordError;
 use optim::Optimizer;
 use sink::{Record, Sink};
