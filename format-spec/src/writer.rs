@@ -49,6 +49,28 @@ pub struct Writer {
     pending: Option<PendingRecord>,
 }
 
+/// The header of a record holding `payload`, and the record's whole length (header, payload,
+/// padding), within the format's payload cap.
+fn record_header(
+    kind: RecordKind,
+    flags: u8,
+    step: u64,
+    payload: &[u8],
+) -> Result<(RecordHeader, u64), FormatError> {
+    let h = RecordHeader::for_payload(kind, flags, step, payload);
+    let total = h.total_len_bytes().ok_or(FormatError::SizeCap {
+        what: "record payload_len_bytes",
+        value: payload.len() as u64,
+        cap: MAX_PAYLOAD_BYTES,
+    })?;
+    cap(
+        "record payload_len_bytes",
+        payload.len() as u64,
+        MAX_PAYLOAD_BYTES,
+    )?;
+    Ok((h, total))
+}
+
 /// Pending step records smaller than this are written on the calling thread before the next
 /// step encodes (still deferred, but not overlapped).
 const OVERLAP_MIN_PAYLOAD_BYTES: usize = 256 << 10;
@@ -452,17 +474,7 @@ impl Writer {
     ) -> Result<(u64, u64), FormatError> {
         self.check_usable()?;
         self.write_pending()?;
-        let h = RecordHeader::for_payload(kind, flags, step, payload);
-        let total = h.total_len_bytes().ok_or(FormatError::SizeCap {
-            what: "record payload_len_bytes",
-            value: payload.len() as u64,
-            cap: MAX_PAYLOAD_BYTES,
-        })?;
-        cap(
-            "record payload_len_bytes",
-            payload.len() as u64,
-            MAX_PAYLOAD_BYTES,
-        )?;
+        let (h, total) = record_header(kind, flags, step, payload)?;
         let pad = padding_len(payload.len() as u64);
         let offset = self.end_offset;
         let res = self
@@ -496,17 +508,7 @@ impl Writer {
         step: u64,
         payload: Vec<u8>,
     ) -> Result<(u64, u64), FormatError> {
-        let h = RecordHeader::for_payload(kind, 0, step, &payload);
-        let total = h.total_len_bytes().ok_or(FormatError::SizeCap {
-            what: "record payload_len_bytes",
-            value: payload.len() as u64,
-            cap: MAX_PAYLOAD_BYTES,
-        })?;
-        cap(
-            "record payload_len_bytes",
-            payload.len() as u64,
-            MAX_PAYLOAD_BYTES,
-        )?;
+        let (h, total) = record_header(kind, 0, step, &payload)?;
         let offset = self.end_offset;
         self.pending = Some(PendingRecord {
             header: h.encode(),
