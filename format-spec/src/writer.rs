@@ -57,15 +57,19 @@ fn record_header(
     step: u64,
     payload: &[u8],
 ) -> Result<(RecordHeader, u64), FormatError> {
-    let h = RecordHeader::for_payload(kind, flags, step, payload);
+    sized_header(RecordHeader::for_payload(kind, flags, step, payload))
+}
+
+/// `h` with its record's whole length, within the format's payload cap.
+fn sized_header(h: RecordHeader) -> Result<(RecordHeader, u64), FormatError> {
     let total = h.total_len_bytes().ok_or(FormatError::SizeCap {
         what: "record payload_len_bytes",
-        value: payload.len() as u64,
+        value: h.payload_len_bytes,
         cap: MAX_PAYLOAD_BYTES,
     })?;
     cap(
         "record payload_len_bytes",
-        payload.len() as u64,
+        h.payload_len_bytes,
         MAX_PAYLOAD_BYTES,
     )?;
     Ok((h, total))
@@ -75,17 +79,24 @@ fn record_header(
 /// step encodes (still deferred, but not overlapped).
 const OVERLAP_MIN_PAYLOAD_BYTES: usize = 256 << 10;
 
-/// One record's bytes, ready to write.
+/// One record's bytes, ready to write: its payload in pieces written back to back (a step's
+/// table, then its chunks as encoded, so the chunk bytes are never copied into one buffer).
 struct PendingRecord {
     header: [u8; RECORD_HEADER_ENCODED_SIZE_BYTES],
-    payload: Vec<u8>,
+    pieces: Vec<Vec<u8>>,
     pad: usize,
 }
 
 impl PendingRecord {
+    fn payload_len_bytes(&self) -> usize {
+        self.pieces.iter().map(Vec::len).sum()
+    }
+
     fn write_to(&self, mut file: &File) -> std::io::Result<()> {
         file.write_all(&self.header)?;
-        file.write_all(&self.payload)?;
+        for p in &self.pieces {
+            file.write_all(p)?;
+        }
         file.write_all(&[0u8; 8][..self.pad])
     }
 }
@@ -501,20 +512,46 @@ impl Writer {
         Ok(())
     }
 
-    /// Counts a record in the file's length without writing it yet (see `pending`).
-    fn defer_record(
+    /// Appends a step record whose payload is `head` followed by the encoded chunks (its CRC
+    /// combined from the chunks' own), now or, when `defer`, as the pending record (counted in
+    /// the file's length, written while the next step encodes).
+    fn put_step_record(
         &mut self,
-        kind: RecordKind,
         step: u64,
-        payload: Vec<u8>,
+        head: Vec<u8>,
+        chunks: Vec<EncodedChunk>,
+        defer: bool,
     ) -> Result<(u64, u64), FormatError> {
-        let (h, total) = record_header(kind, 0, step, &payload)?;
+        self.write_pending()?;
+        let mut crc = crc32c::crc32c(&head);
+        let mut pieces = Vec::with_capacity(chunks.len() + 1);
+        pieces.push(head);
+        for c in chunks {
+            crc = crc32c::crc32c_combine(crc, c.entry.stored_crc32c, c.bytes.len());
+            pieces.push(c.bytes);
+        }
+        let mut record = PendingRecord {
+            header: [0; RECORD_HEADER_ENCODED_SIZE_BYTES],
+            pieces,
+            pad: 0,
+        };
+        let payload_len = record.payload_len_bytes() as u64;
+        let (h, total) = sized_header(RecordHeader {
+            kind: RecordKind::Step as u8,
+            flags: 0,
+            payload_len_bytes: payload_len,
+            step,
+            payload_crc32c: crc,
+        })?;
+        record.header = h.encode();
+        record.pad = padding_len(payload_len);
         let offset = self.end_offset;
-        self.pending = Some(PendingRecord {
-            header: h.encode(),
-            pad: padding_len(payload.len() as u64),
-            payload,
-        });
+        if defer {
+            self.pending = Some(record);
+        } else if let Err(e) = record.write_to(&self.file) {
+            self.poisoned = true;
+            return Err(FormatError::io(&self.path, e));
+        }
         self.end_offset += total;
         Ok((offset, total))
     }
@@ -612,23 +649,16 @@ impl Writer {
         };
         let parts: Vec<(ChunkEntry, Vec<u8>)> =
             chunks.iter().map(|c| (c.entry, Vec::new())).collect();
-        // Assemble without copying chunk bytes twice: table first, then the data.
-        let mut payload = encode_step_payload(self.presence, &fixed, &parts, &ids, &aug);
-        payload.reserve(chunks.iter().map(|c| c.bytes.len()).sum());
-        for c in &chunks {
-            payload.extend_from_slice(&c.bytes);
-        }
+        // The table, ids and augmentation; the chunk bytes follow as they are.
+        let head = encode_step_payload(self.presence, &fixed, &parts, &ids, &aug);
+        let standalone: Vec<Option<u64>> = chunks.iter().map(|c| c.standalone_len).collect();
         let defer = self.options.overlap_writes
             && match self.options.fsync {
                 FsyncPolicy::Never => true,
                 FsyncPolicy::EveryKeyframe => !keyframe,
                 FsyncPolicy::EveryRecord => false,
             };
-        let (offset, total) = if defer {
-            self.defer_record(RecordKind::Step, step, payload)?
-        } else {
-            self.write_record(RecordKind::Step, 0, step, &payload)?
-        };
+        let (offset, total) = self.put_step_record(step, head, chunks, defer)?;
         self.entries.push(IndexEntry {
             record_offset: offset,
             record_len_bytes: total,
@@ -644,8 +674,8 @@ impl Writer {
         }
 
         // Advance the bases (reusing the oldest buffer).
-        for (slot, c) in self.standalone_len.iter_mut().zip(&chunks) {
-            if let Some(len) = c.standalone_len {
+        for (slot, len) in self.standalone_len.iter_mut().zip(standalone) {
+            if let Some(len) = len {
                 *slot = len;
             }
         }
@@ -680,7 +710,7 @@ impl Writer {
         let Some(previous) = self.pending.take() else {
             return self.encode_state(state, forced);
         };
-        if previous.payload.len() < OVERLAP_MIN_PAYLOAD_BYTES {
+        if previous.payload_len_bytes() < OVERLAP_MIN_PAYLOAD_BYTES {
             // Small records: starting a thread costs more than the write it would hide.
             if let Err(e) = previous.write_to(&self.file) {
                 self.poisoned = true;
