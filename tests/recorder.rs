@@ -663,6 +663,17 @@ fn ring_snapshot_path_records_the_host_paths_states_bit_for_bit() {
         "{r:?} {h:?}"
     );
     assert!(r.training_snapshot_secs > 0.0 && h.training_snapshot_secs > 0.0);
+    // The summary names the path it took, and a copy stage only where there is one.
+    let (rs, hs) = (r.to_string(), h.to_string());
+    assert!(
+        rs.contains("snapshots via the ring (3 buffers)") && rs.contains("copy thread"),
+        "{rs}"
+    );
+    assert!(
+        hs.contains("snapshots via host memory") && !hs.contains("copy thread"),
+        "{hs}"
+    );
+    assert!(hs.contains("(2 encode threads)"), "{hs}");
     // Ring memory: 3 buffers of the state's f32 words.
     let desc = run_description(rr.header(), &ring).unwrap();
     assert_eq!(

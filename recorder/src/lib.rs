@@ -169,17 +169,30 @@ impl std::fmt::Display for RecordSummary {
             self.compression_ratio,
             self.file_bytes as f64 / 1e6
         )?;
-        writeln!(
-            f,
-            "snapshots via {} ({} ring buffers): training {:.2} s taking snapshots, {:.2} s blocked on a full queue or ring; copy thread {:.2} s copying to the host; writer {:.2} s encoding and writing ({} encode threads)",
-            self.snapshot_path,
-            self.snapshot_ring_buffers,
-            self.training_snapshot_secs,
-            self.training_blocked_secs,
-            self.writer_copy_secs,
-            self.writer_encode_write_secs,
-            self.encode_threads
-        )?;
+        let encoders = match self.encode_threads {
+            0 => "one encode thread per core".to_string(),
+            1 => "1 encode thread".to_string(),
+            n => format!("{n} encode threads"),
+        };
+        if self.snapshot_ring_buffers > 0 {
+            writeln!(
+                f,
+                "snapshots via the ring ({} buffers): training {:.2} s taking snapshots, {:.2} s blocked on a full queue or ring; copy thread {:.2} s copying to the host; writer {:.2} s encoding and writing ({encoders})",
+                self.snapshot_ring_buffers,
+                self.training_snapshot_secs,
+                self.training_blocked_secs,
+                self.writer_copy_secs,
+                self.writer_encode_write_secs,
+            )?;
+        } else {
+            writeln!(
+                f,
+                "snapshots via host memory: training {:.2} s taking snapshots, {:.2} s blocked on a full queue; writer {:.2} s encoding and writing ({encoders})",
+                self.training_snapshot_secs,
+                self.training_blocked_secs,
+                self.writer_encode_write_secs,
+            )?;
+        }
         for e in &self.epochs {
             writeln!(
                 f,
