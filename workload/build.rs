@@ -8,6 +8,7 @@ fn main() {
     rpath::main();
     println!("cargo:rerun-if-changed=src/jit_shim.cpp");
     println!("cargo:rerun-if-changed=src/copy_shim.cpp");
+    println!("cargo:rerun-if-changed=src/shim_errors.h");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let Some(lib) = std::env::var_os("DEP_TCH_LIBTORCH_LIB") else {
         panic!("torch-sys did not say where libtorch is (DEP_TCH_LIBTORCH_LIB unset)");

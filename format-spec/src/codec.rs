@@ -166,6 +166,45 @@ fn need_base(codec: CodecId, base: Option<&[f32]>, n: usize) -> Result<&[f32], F
     Ok(b)
 }
 
+/// Runs `$body` with `$words` bound to an iterator over the residual words of `codec`'s
+/// residual (key, xor, zigzag delta or pred2; a split codec's unsplit one) of `cur` against its
+/// bases: the one definition of the residuals, expanded per codec so each loop stays
+/// monomorphic. Returns early (`?`) when a base is missing or of the wrong length.
+macro_rules! with_residual_words {
+    ($codec:expr, $cur:expr, $prev:expr, $prev2:expr, $mu_q8:expr, |$words:ident| $body:expr) => {{
+        let (codec, cur, mu_q8): (CodecId, &[f32], u16) = ($codec, $cur, $mu_q8);
+        let n = cur.len();
+        match codec.residual() {
+            CodecId::XorPrev => {
+                let p = need_base(codec, $prev, n)?;
+                let $words = cur.iter().zip(p).map(|(c, p)| c.to_bits() ^ p.to_bits());
+                $body
+            }
+            CodecId::ZigzagDeltaPrev => {
+                let p = need_base(codec, $prev, n)?;
+                let $words = cur
+                    .iter()
+                    .zip(p)
+                    .map(|(c, p)| zigzag(c.to_bits().wrapping_sub(p.to_bits()) as i32));
+                $body
+            }
+            CodecId::Pred2 => {
+                let p = need_base(codec, $prev, n)?;
+                let p2 = need_base(codec, $prev2, n)?;
+                let $words = cur.iter().zip(p).zip(p2).map(|((c, p), p2)| {
+                    let pred = pred2_predict(p.to_bits(), p2.to_bits(), mu_q8);
+                    zigzag(c.to_bits().wrapping_sub(pred) as i32)
+                });
+                $body
+            }
+            _ => {
+                let $words = cur.iter().map(|v| v.to_bits());
+                $body
+            }
+        }
+    }};
+}
+
 /// Writes the residual words of `codec` for `cur` against its bases into 4 byte planes
 /// (`planes.len() == 4 · cur.len()`, plane k = byte k of every little-endian word). `mu_q8` is
 /// pred2's coefficient (ignored by the other codecs). This is the host reference of what a
@@ -180,46 +219,20 @@ pub fn residual_planes(
 ) -> Result<(), FormatError> {
     let n = cur.len();
     check_len("plane buffer", planes.len(), n * 4)?;
-    match codec.residual() {
-        CodecId::XorPrev => {
-            let p = need_base(codec, prev, n)?;
-            shuffle_into(
-                planes,
-                n,
-                cur.iter().zip(p).map(|(c, p)| c.to_bits() ^ p.to_bits()),
-            );
-        }
-        CodecId::ZigzagDeltaPrev => {
-            let p = need_base(codec, prev, n)?;
-            shuffle_into(
-                planes,
-                n,
-                cur.iter()
-                    .zip(p)
-                    .map(|(c, p)| zigzag(c.to_bits().wrapping_sub(p.to_bits()) as i32)),
-            );
-        }
-        CodecId::Pred2 => {
-            let p = need_base(codec, prev, n)?;
-            let p2 = need_base(codec, prev2, n)?;
-            shuffle_into(
-                planes,
-                n,
-                cur.iter().zip(p).zip(p2).map(|((c, p), p2)| {
-                    let pred = pred2_predict(p.to_bits(), p2.to_bits(), mu_q8);
-                    zigzag(c.to_bits().wrapping_sub(pred) as i32)
-                }),
-            );
-        }
-        _ => shuffle_into(planes, n, cur.iter().map(|v| v.to_bits())),
-    }
+    with_residual_words!(codec, cur, prev, prev2, mu_q8, |words| shuffle_into(
+        planes, n, words
+    ));
     Ok(())
 }
 
 /// Order-0 entropy of `bytes` in bits per byte (0 for an empty slice); long slices are
 /// estimated on every 8th byte, which the codec's raw-or-zstd choice does not need finer.
 pub fn byte_entropy_bits(bytes: &[u8]) -> f64 {
-    let stride = if bytes.len() > 65_536 { 8 } else { 1 };
+    sampled_entropy_bits(bytes, if bytes.len() > 65_536 { 8 } else { 1 })
+}
+
+/// Order-0 entropy in bits per byte of every `stride`-th byte of `bytes` (0 for none).
+pub(crate) fn sampled_entropy_bits(bytes: &[u8], stride: usize) -> f64 {
     let mut counts = [0u64; 256];
     let mut total = 0u64;
     for &b in bytes.iter().step_by(stride) {
@@ -250,35 +263,12 @@ pub(crate) fn residual_words(
     mu_q8: u16,
     words: &mut [u32],
 ) -> Result<(), FormatError> {
-    let n = cur.len();
-    check_len("word buffer", words.len(), n)?;
-    match codec.residual() {
-        CodecId::XorPrev => {
-            let p = need_base(codec, prev, n)?;
-            for ((w, c), p) in words.iter_mut().zip(cur).zip(p) {
-                *w = c.to_bits() ^ p.to_bits();
-            }
+    check_len("word buffer", words.len(), cur.len())?;
+    with_residual_words!(codec, cur, prev, prev2, mu_q8, |residuals| {
+        for (w, r) in words.iter_mut().zip(residuals) {
+            *w = r;
         }
-        CodecId::ZigzagDeltaPrev => {
-            let p = need_base(codec, prev, n)?;
-            for ((w, c), p) in words.iter_mut().zip(cur).zip(p) {
-                *w = zigzag(c.to_bits().wrapping_sub(p.to_bits()) as i32);
-            }
-        }
-        CodecId::Pred2 => {
-            let p = need_base(codec, prev, n)?;
-            let p2 = need_base(codec, prev2, n)?;
-            for (((w, c), p), p2) in words.iter_mut().zip(cur).zip(p).zip(p2) {
-                let pred = pred2_predict(p.to_bits(), p2.to_bits(), mu_q8);
-                *w = zigzag(c.to_bits().wrapping_sub(pred) as i32);
-            }
-        }
-        _ => {
-            for (w, c) in words.iter_mut().zip(cur) {
-                *w = c.to_bits();
-            }
-        }
-    }
+    });
     Ok(())
 }
 

@@ -465,6 +465,13 @@ impl Writer {
         }
     }
 
+    /// An I/O error while writing: a partial record may be on disk, so the writer takes no
+    /// more records (`reopen` cuts it).
+    fn poison(&mut self, e: std::io::Error) -> FormatError {
+        self.poisoned = true;
+        FormatError::io(&self.path, e)
+    }
+
     fn check_usable(&self) -> Result<(), FormatError> {
         if self.poisoned {
             return Err(FormatError::WriterPoisoned {
@@ -493,10 +500,7 @@ impl Writer {
             .write_all(&h.encode())
             .and_then(|()| self.file.write_all(payload))
             .and_then(|()| self.file.write_all(&[0u8; 8][..pad]));
-        if let Err(e) = res {
-            self.poisoned = true;
-            return Err(FormatError::io(&self.path, e));
-        }
+        res.map_err(|e| self.poison(e))?;
         self.end_offset += total;
         Ok((offset, total))
     }
@@ -506,8 +510,7 @@ impl Writer {
         if let Some(p) = self.pending.take()
             && let Err(e) = p.write_to(&self.file)
         {
-            self.poisoned = true;
-            return Err(FormatError::io(&self.path, e));
+            return Err(self.poison(e));
         }
         Ok(())
     }
@@ -549,8 +552,7 @@ impl Writer {
         if defer {
             self.pending = Some(record);
         } else if let Err(e) = record.write_to(&self.file) {
-            self.poisoned = true;
-            return Err(FormatError::io(&self.path, e));
+            return Err(self.poison(e));
         }
         self.end_offset += total;
         Ok((offset, total))
@@ -558,10 +560,7 @@ impl Writer {
 
     fn sync(&mut self) -> Result<(), FormatError> {
         self.write_pending()?;
-        self.file.sync_data().map_err(|e| {
-            self.poisoned = true;
-            FormatError::io(&self.path, e)
-        })
+        self.file.sync_data().map_err(|e| self.poison(e))
     }
 
     /// Encodes and appends step `input.step`. Steps must strictly increase; gaps are allowed
@@ -707,31 +706,27 @@ impl Writer {
         state: &[f32],
         forced: bool,
     ) -> Result<Vec<EncodedChunk>, FormatError> {
-        let Some(previous) = self.pending.take() else {
+        // Small records (or none): starting a thread costs more than the write it would hide.
+        let Some(previous) = self
+            .pending
+            .take_if(|p| p.payload_len_bytes() >= OVERLAP_MIN_PAYLOAD_BYTES)
+        else {
+            self.write_pending()?;
             return self.encode_state(state, forced);
         };
-        if previous.payload_len_bytes() < OVERLAP_MIN_PAYLOAD_BYTES {
-            // Small records: starting a thread costs more than the write it would hide.
-            if let Err(e) = previous.write_to(&self.file) {
-                self.poisoned = true;
-                return Err(FormatError::io(&self.path, e));
-            }
-            return self.encode_state(state, forced);
-        }
         let (chunks, written) = std::thread::scope(|s| {
             let file = &self.file;
             let writing = s.spawn(move || previous.write_to(file));
             let chunks = self.encode_state(state, forced);
             (chunks, writing.join())
         });
-        if let Err(e) = written.unwrap_or_else(|_| {
-            Err(std::io::Error::other(
-                "the thread writing the previous step record panicked",
-            ))
-        }) {
-            self.poisoned = true;
-            return Err(FormatError::io(&self.path, e));
-        }
+        written
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::other(
+                    "the thread writing the previous step record panicked",
+                ))
+            })
+            .map_err(|e| self.poison(e))?;
         chunks
     }
 

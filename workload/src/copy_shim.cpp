@@ -24,29 +24,12 @@
 #include <optional>
 #include <string>
 
+#include "shim_errors.h"
+
 namespace {
 
-char *copy_message(const std::string &s) {
-  char *out = static_cast<char *>(std::malloc(s.size() + 1));
-  if (out != nullptr) {
-    std::memcpy(out, s.c_str(), s.size() + 1);
-  }
-  return out;
-}
-
-template <typename F> int guarded(char **err, F &&f) {
-  try {
-    f();
-    return 0;
-  } catch (const c10::Error &e) {
-    *err = copy_message(e.what_without_backtrace());
-  } catch (const std::exception &e) {
-    *err = copy_message(e.what());
-  } catch (...) {
-    *err = copy_message("unknown C++ exception");
-  }
-  return 1;
-}
+using sgdwalk_shim::copy_message;
+using sgdwalk_shim::guarded;
 
 struct Copier {
   c10::Device device;

@@ -238,13 +238,16 @@ impl StateLayout {
     /// The tensors (canonical order) concatenated into one flat f32-word tensor on their
     /// device (a copy; no host transfer).
     pub fn concat(&self, tensors: &[Tensor]) -> Result<Tensor, WorkloadError> {
-        let parts = self
-            .entries
+        Ok(Tensor::f_cat(&self.word_views(tensors)?, 0)?)
+    }
+
+    /// The tensors (canonical order) seen as flat f32 words.
+    fn word_views(&self, tensors: &[Tensor]) -> Result<Vec<Tensor>, WorkloadError> {
+        self.entries
             .iter()
             .zip(tensors)
             .map(|(e, t)| as_words(t, e.dtype))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Tensor::f_cat(&parts, 0)?)
+            .collect()
     }
 
     /// Writes the tensors (canonical order) as flat f32 words into `out`, a flat f32 tensor of
@@ -260,14 +263,8 @@ impl StateLayout {
                 ),
             });
         }
-        let parts = self
-            .entries
-            .iter()
-            .zip(tensors)
-            .map(|(e, t)| as_words(t, e.dtype))
-            .collect::<Result<Vec<_>, _>>()?;
         // The result aliases `out`.
-        let _filled = Tensor::f_cat_out(out, &parts, 0)?;
+        let _filled = Tensor::f_cat_out(out, &self.word_views(tensors)?, 0)?;
         Ok(())
     }
 

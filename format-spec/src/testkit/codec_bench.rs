@@ -230,19 +230,7 @@ pub fn format_bench_table(rows: &[CodecBenchRow]) -> String {
 
 /// Exact order-0 entropy of `bytes` in bits per byte (0 when empty).
 fn entropy_bits(bytes: &[u8]) -> f64 {
-    let mut counts = [0u64; 256];
-    for &b in bytes {
-        counts[usize::from(b)] += 1;
-    }
-    let total = bytes.len() as f64;
-    counts
-        .iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| {
-            let p = c as f64 / total;
-            -p * p.log2()
-        })
-        .sum()
+    crate::codec::sampled_entropy_bits(bytes, 1)
 }
 
 /// Where the bytes of `codec`'s residual go, against their order-0 entropy: per byte plane
