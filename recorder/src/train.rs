@@ -199,11 +199,6 @@ impl Trainer {
         sink.note_snapshot_time(started);
         Ok(crate::sink::Snapshot::Host(state))
     }
-
-    /// The full state as one flat f32 tensor on the model's device (a copy).
-    pub fn snapshot_on_device(&self) -> Result<Tensor, RecordError> {
-        Ok(self.model.concat()?)
-    }
 }
 
 fn global_norm(tensors: &[Tensor]) -> Result<f64, RecordError> {
