@@ -683,6 +683,31 @@ fn decode_split(
     join_streams(slices, words, lead)
 }
 
+/// Appends the split-stream encoding of the residual words `fill` writes into this thread's
+/// scratch buffer, after the pred2 prefix `mu_q8` when given.
+fn encode_split_scratch(
+    level: i32,
+    mu_q8: Option<u16>,
+    out: &mut Vec<u8>,
+    fill: impl FnOnce(&mut Vec<u32>) -> Result<(), FormatError>,
+) -> Result<(), FormatError> {
+    SCRATCH.with(|s| -> Result<(), FormatError> {
+        let mut s = s.borrow_mut();
+        let Scratch {
+            compressor,
+            compressed,
+            words,
+            streams,
+            ..
+        } = &mut *s;
+        fill(words)?;
+        if let Some(mu_q8) = mu_q8 {
+            out.extend_from_slice(&mu_q8.to_le_bytes());
+        }
+        encode_split(words, level, streams, compressor, compressed, out)
+    })
+}
+
 /// Encodes one chunk with `codec` and appends the stored bytes to `out`; returns the number of
 /// bytes appended. `prev` (state t−1) is needed by the delta codecs, `prev2` (state t−2) by
 /// pred2. Raw needs nothing; Key ignores the bases.
@@ -707,21 +732,10 @@ pub fn encode_chunk(
         0
     };
     if codec.is_split() {
-        SCRATCH.with(|s| -> Result<(), FormatError> {
-            let mut s = s.borrow_mut();
-            let Scratch {
-                compressor,
-                compressed,
-                words,
-                streams,
-                ..
-            } = &mut *s;
+        let prefix = (codec.residual() == CodecId::Pred2).then_some(mu_q8);
+        encode_split_scratch(level, prefix, out, |words| {
             words.resize(n, 0);
-            residual_words(codec, cur, prev, prev2, mu_q8, words)?;
-            if codec.residual() == CodecId::Pred2 {
-                out.extend_from_slice(&mu_q8.to_le_bytes());
-            }
-            encode_split(words, level, streams, compressor, compressed, out)
+            residual_words(codec, cur, prev, prev2, mu_q8, words)
         })?;
         return Ok(out.len() - start);
     }
@@ -759,18 +773,10 @@ pub fn encode_planes(
         out.extend_from_slice(&mu_q8.to_le_bytes());
     }
     if codec.is_split() {
-        SCRATCH.with(|s| -> Result<(), FormatError> {
-            let mut s = s.borrow_mut();
-            let Scratch {
-                compressor,
-                compressed,
-                words,
-                streams,
-                ..
-            } = &mut *s;
+        encode_split_scratch(level, None, out, |words| {
             words.clear();
             words.extend(unshuffled(planes, n));
-            encode_split(words, level, streams, compressor, compressed, out)
+            Ok(())
         })?;
         return Ok(out.len() - start);
     }
