@@ -673,7 +673,7 @@ fn ring_snapshot_path_records_the_host_paths_states_bit_for_bit() {
         hs.contains("snapshots via host memory") && !hs.contains("copy thread"),
         "{hs}"
     );
-    assert!(hs.contains("(2 encode threads)"), "{hs}");
+    assert!(hs.contains("s of it encoding, 2 encode threads)"), "{hs}");
     // Ring memory: 3 buffers of the state's f32 words.
     let desc = run_description(rr.header(), &ring).unwrap();
     assert_eq!(
@@ -682,19 +682,20 @@ fn ring_snapshot_path_records_the_host_paths_states_bit_for_bit() {
     );
 }
 
-/// `--split-streams` records the same states, bit for bit, with the split-stream codecs (format
-/// 1.3's SPLIT_STREAMS bit set, every delta chunk a split codec); a resumed split recording
-/// stays split (the setting comes from the file).
+/// Split streams (the default) record the same states, bit for bit, as `--split-streams false`
+/// (byte planes in one zstd frame), with the split-stream codecs (format 1.3's SPLIT_STREAMS
+/// bit set, every delta chunk a split codec); a resumed plain recording stays plain (the
+/// setting comes from the file, not the default).
 #[test]
 fn split_streams_record_the_same_states() {
     let dir = tempfile::tempdir().unwrap();
     let (plain, split) = (dir.path().join("plain.walk"), dir.path().join("split.walk"));
     let extra = ["--epochs", "2", "--optimizer", "momentum"];
-    run(&synthetic_args(&plain, &extra));
     run(&synthetic_args(
-        &split,
-        &[&extra[..], &["--split-streams"]].concat(),
+        &plain,
+        &[&extra[..], &["--split-streams", "false"]].concat(),
     ));
+    run(&synthetic_args(&split, &extra));
     let (mut rp, mut rs) = (Reader::open(&plain).unwrap(), Reader::open(&split).unwrap());
     assert!(!rp.header().codec.split_streams);
     assert!(rs.header().codec.split_streams);
@@ -722,14 +723,14 @@ fn split_streams_record_the_same_states() {
     }
     assert!(split_chunks > 10, "{split_chunks}");
     assert!(sgdwalk_format::verify(&split).unwrap().is_clean());
-    // Resumed with no codec flags: the recording's setting holds.
-    let bytes = std::fs::read(&split).unwrap();
+    // Resumed with no codec flags: the recording's setting holds (plain, not the default).
+    let bytes = std::fs::read(&plain).unwrap();
     let killed = dir.path().join("killed.walk");
     std::fs::write(&killed, &bytes[..bytes.len() * 2 / 3]).unwrap();
     let mut a = synthetic_args(&killed, &extra);
     a.resume = true;
     run(&a);
-    assert_eq!(contents(&killed), contents(&split));
+    assert_eq!(contents(&killed), contents(&plain));
 }
 
 /// `--encode-threads` not given: 1 on the CPU (the cores train), all cores but two on CUDA
@@ -739,7 +740,10 @@ fn encode_threads_default_depends_on_the_device() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("r.walk");
     assert_eq!(
-        synthetic_args(&out, &[]).validate().unwrap().encode_threads,
+        synthetic_args(&out, &["--device", "cpu"])
+            .validate()
+            .unwrap()
+            .encode_threads,
         1
     );
     assert_eq!(
@@ -758,6 +762,27 @@ fn encode_threads_default_depends_on_the_device() {
         sgdwalk_recorder::default_encode_threads(tch::Device::Cpu),
         1
     );
+}
+
+/// `--threads` not given: libtorch's default (0) on the CPU, 2 on CUDA (the encode threads
+/// take the other cores); given, it is taken as is.
+#[test]
+fn libtorch_threads_default_depends_on_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.walk");
+    let mut not_given = synthetic_args(&out, &["--device", "cpu"]);
+    // The test helper pins --threads 1; this one is about the flag left out.
+    not_given.threads = None;
+    assert_eq!(not_given.validate().unwrap().threads, 0);
+    assert_eq!(
+        synthetic_args(&out, &["--threads", "3"])
+            .validate()
+            .unwrap()
+            .threads,
+        3
+    );
+    assert_eq!(sgdwalk_recorder::default_threads(tch::Device::Cuda(0)), 2);
+    assert_eq!(sgdwalk_recorder::default_threads(tch::Device::Cpu), 0);
 }
 
 /// `--snapshot-ring` outside 1..=64 is refused naming the flag, before anything is written.
@@ -851,7 +876,11 @@ fn resume_refuses_flags_that_differ_from_the_recording() {
         ),
         (&["--eval-splits", "test"], "--eval-splits test", "val,test"),
         (&["--zstd-level", "3"], "--zstd-level 3", "1"),
-        (&["--split-streams"], "--split-streams true", "false"),
+        (
+            &["--split-streams", "false"],
+            "--split-streams false",
+            "true",
+        ),
         (&["--max-steps", "5"], "--max-steps 5", "24"),
         (&["--augment", "false"], "--augment false", "true"),
     ] {

@@ -723,6 +723,10 @@ pub struct StepWriteStats {
     pub stored_bytes: u64,
     /// Whether the step was stored as a keyframe.
     pub keyframe: bool,
+    /// Time encoding the state's chunks (in parallel), with the wait for the previous record's
+    /// write when writes overlap; the rest of the call is serial: the file write (unless
+    /// overlapped), syncs, and advancing the bases.
+    pub encode_time: std::time::Duration,
 }
 
 /// What `finish` produced.

@@ -66,6 +66,7 @@ class NativeWriter:
         queue: int = 4,
         fsync: str = "every-keyframe",
         threads: int = 0,
+        split_streams: bool = True,
     ) -> None: ...
     def submit(
         self,

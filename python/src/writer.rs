@@ -192,7 +192,8 @@ impl NativeWriter {
     #[pyo3(signature = (
         path, layout, metadata_json, run_id, created_unix_ms, *, attachments = Vec::new(),
         keyframe_interval = 32, zstd_level = 1, chunk_len_elements = 262_144,
-        augmentation_bytes_per_sample = 0, queue = 4, fsync = "every-keyframe", threads = 0
+        augmentation_bytes_per_sample = 0, queue = 4, fsync = "every-keyframe", threads = 0,
+        split_streams = true
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -210,6 +211,7 @@ impl NativeWriter {
         queue: usize,
         fsync: &str,
         threads: usize,
+        split_streams: bool,
     ) -> PyResult<Self> {
         let typed: Vec<(&str, DType, &[u64])> = layout
             .iter()
@@ -220,6 +222,7 @@ impl NativeWriter {
             chunk_len_elements,
             keyframe_interval,
             zstd_level,
+            split_streams,
             ..CodecSettings::default()
         };
         let header = Header::new(
@@ -236,7 +239,8 @@ impl NativeWriter {
         let options = WriterOptions {
             fsync: fsync_policy(fsync)?,
             threads,
-            overlap_writes: false,
+            // A step record is written while the next one encodes (as sgdwalk-record does).
+            overlap_writes: true,
         };
         let atts: Vec<(&str, &[u8])> = attachments
             .iter()

@@ -69,24 +69,35 @@ fn main() -> anyhow::Result<()> {
         std::env::set_current_dir(&root)?;
     }
     argv.extend(user);
+    // libtorch's own default, before any run sets it.
+    let libtorch_default_threads = u32::try_from(tch::get_num_threads()).unwrap_or(0);
     let mut off_args = Cli::parse_from(&argv).args;
     off_args.record = "none".into();
     let mut on_args = off_args.clone();
     on_args.record = "every".into();
+    // The baseline is training as it runs without the recorder: libtorch's default threads,
+    // unless --threads was given (then both runs use it).
+    off_args.threads = off_args.threads.or(Some(libtorch_default_threads));
     let off_cfg = off_args.validate()?;
     let on_cfg = on_args.validate()?;
     println!(
-        "recorder overhead: model {:?} on {:?}, device {:?}, {} threads, {} steps per run, {repeats} off/on pairs",
+        "recorder overhead: model {:?} on {:?}, device {:?}, libtorch threads {} off / {} on, {} steps per run, {repeats} off/on pairs",
         off_cfg.model.short_name(),
         off_cfg.dataset.name,
         off_cfg.device,
-        tch::get_num_threads(),
+        off_cfg.threads,
+        if on_cfg.threads == 0 {
+            libtorch_default_threads
+        } else {
+            on_cfg.threads
+        },
         off_cfg.max_steps.unwrap_or(0)
     );
     // One warm-up run of each (allocator, caches, CUDA context).
     record(&off_cfg, &StopFlag::default())?;
     record(&on_cfg, &StopFlag::default())?;
     let (mut off_t, mut on_t, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut loop_ratios, mut extra_secs) = (Vec::new(), Vec::new());
     let mut last = None;
     for _ in 0..repeats {
         let t0 = Instant::now();
@@ -98,15 +109,32 @@ fn main() -> anyhow::Result<()> {
         off_t.push(a.updates as f64 / t_off);
         on_t.push(b.updates as f64 / t_on);
         ratios.push(t_on / t_off);
+        loop_ratios.push(b.training_loop_secs / a.training_loop_secs.max(1e-9));
+        // What recording adds outside the loop: setting up the ring and writer, draining them.
+        extra_secs.push((t_on - b.training_loop_secs) - (t_off - a.training_loop_secs));
         last = Some(b);
     }
     let b = last.ok_or_else(|| anyhow::anyhow!("no repeats"))?;
     let steps = b.steps_recorded.max(1) as f64;
-    println!("steps/s recording off  (median): {:.1}", median(off_t));
-    println!("steps/s recording on   (median): {:.1}", median(on_t));
     println!(
-        "overhead ratio on/off  (median of {repeats} pairs): {:.3}   all: {ratios:.3?}",
+        "steps/s recording off  (median, whole run): {:.1}",
+        median(off_t)
+    );
+    println!(
+        "steps/s recording on   (median, whole run): {:.1}",
+        median(on_t)
+    );
+    println!(
+        "overhead ratio on/off  (median of {repeats} pairs, whole run): {:.3}   all: {ratios:.3?}",
         median(ratios.clone())
+    );
+    println!(
+        "overhead ratio on/off  (median, training loop only): {:.3}   all: {loop_ratios:.3?}",
+        median(loop_ratios.clone())
+    );
+    println!(
+        "fixed cost of recording outside the loop (setup, closing snapshot, drain; median): {:.3} s",
+        median(extra_secs)
     );
     let per_step = |secs: f64| 1e3 * secs / steps;
     println!(
@@ -118,21 +146,32 @@ fn main() -> anyhow::Result<()> {
         b.encode_threads
     );
     println!(
-        "  training thread: snapshot {:.2} ms, blocked {:.2} ms | copy thread: copy {:.2} ms | writer: encode+write {:.2} ms | wall {:.2} ms per step",
+        "  training thread: snapshot {:.2} ms, blocked {:.2} ms | copy thread: copy {:.2} ms | writer: encode+write {:.2} ms (encode {:.2}, serial rest {:.2}) | loop {:.2} ms, wall {:.2} ms per step",
         per_step(b.training_snapshot_secs),
         per_step(b.training_blocked_secs),
         per_step(b.writer_copy_secs),
         per_step(b.writer_encode_write_secs),
+        per_step(b.writer_encode_secs),
+        per_step(b.writer_encode_write_secs - b.writer_encode_secs),
+        per_step(b.training_loop_secs),
         per_step(b.wall_secs)
     );
+    // Without a copy stage (the host path) there is no copy rate to print.
+    let copy_rate = if b.writer_copy_secs > 0.0 {
+        format!(
+            "copy {:.2} GB/s, ",
+            b.raw_state_bytes as f64 / b.writer_copy_secs * 1e-9
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "  totals: snapshot {:.3} s, copy {:.3} s, encode+write {:.3} s, training blocked {:.3} s, wall {:.3} s; copy {:.2} GB/s, encode+write {:.2} GB/s of raw state",
+        "  totals: snapshot {:.3} s, copy {:.3} s, encode+write {:.3} s, training blocked {:.3} s, wall {:.3} s; {copy_rate}encode+write {:.2} GB/s of raw state",
         b.training_snapshot_secs,
         b.writer_copy_secs,
         b.writer_encode_write_secs,
         b.training_blocked_secs,
         b.wall_secs,
-        b.raw_state_bytes as f64 / b.writer_copy_secs.max(1e-9) * 1e-9,
         b.raw_state_bytes as f64 / b.writer_encode_write_secs.max(1e-9) * 1e-9
     );
     println!(

@@ -34,7 +34,7 @@ use sgdwalk_workload::run::{
 };
 use sgdwalk_workload::{AUG_BYTES_PER_SAMPLE, BnPolicy, Dataset, ModelSpec, evaluate};
 
-pub use config::{RecordArgs, RecordConfig, default_encode_threads};
+pub use config::{RecordArgs, RecordConfig, default_encode_threads, default_threads};
 pub use error::RecordError;
 use optim::Optimizer;
 use sink::{Record, Sink};
@@ -135,7 +135,15 @@ pub struct RecordSummary {
     pub training_snapshot_secs: f64,
     pub writer_copy_secs: f64,
     pub writer_encode_write_secs: f64,
+    /// The part of `writer_encode_write_secs` spent encoding chunks in parallel (and waiting for
+    /// an overlapped write); the rest is serial: writes, syncs, advancing the delta bases.
+    pub writer_encode_secs: f64,
     pub training_blocked_secs: f64,
+    /// The training loop alone (first to last update, with the snapshots, back-pressure and
+    /// evaluations inside it), and what followed it: the closing snapshot, draining the queue
+    /// and ring, the footer. The setup before the loop is `wall_secs` less both.
+    pub training_loop_secs: f64,
+    pub finish_secs: f64,
     pub epochs: Vec<EpochSummary>,
 }
 
@@ -177,20 +185,22 @@ impl std::fmt::Display for RecordSummary {
         if self.snapshot_ring_buffers > 0 {
             writeln!(
                 f,
-                "snapshots via the ring ({} buffers): training {:.2} s taking snapshots, {:.2} s blocked on a full queue or ring; copy thread {:.2} s copying to the host; writer {:.2} s encoding and writing ({encoders})",
+                "snapshots via the ring ({} buffers): training {:.2} s taking snapshots, {:.2} s blocked on a full queue or ring; copy thread {:.2} s copying to the host; writer {:.2} s encoding and writing ({:.2} s of it encoding, {encoders})",
                 self.snapshot_ring_buffers,
                 self.training_snapshot_secs,
                 self.training_blocked_secs,
                 self.writer_copy_secs,
                 self.writer_encode_write_secs,
+                self.writer_encode_secs,
             )?;
         } else {
             writeln!(
                 f,
-                "snapshots via host memory: training {:.2} s taking snapshots, {:.2} s blocked on a full queue; writer {:.2} s encoding and writing ({encoders})",
+                "snapshots via host memory: training {:.2} s taking snapshots, {:.2} s blocked on a full queue; writer {:.2} s encoding and writing ({:.2} s of it encoding, {encoders})",
                 self.training_snapshot_secs,
                 self.training_blocked_secs,
                 self.writer_encode_write_secs,
+                self.writer_encode_secs,
             )?;
         }
         for e in &self.epochs {
@@ -378,6 +388,12 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
         loop_started: Instant::now(),
     };
     let walked = train_loop(&ctx, stop, &mut trainer, &mut sink, &bar, start.step)?;
+    // The loop ends when the device has applied the last update, not when the host queued it
+    // (without recording, the host runs ahead of the device by several steps).
+    if let tch::Device::Cuda(index) = cfg.device {
+        tch::Cuda::synchronize(index as i64);
+    }
+    let loop_ended = Instant::now();
     let t = walked.step;
     let mut first_step = walked.first_step;
     // The state after the last update: it closes the last pair, and like θ_0 it is always kept
@@ -436,7 +452,12 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
         training_snapshot_secs: counters.snapshot_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
         writer_copy_secs: counters.copy_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
         writer_encode_write_secs: counters.write_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
+        writer_encode_secs: counters.encode_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
         training_blocked_secs: counters.blocked_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
+        training_loop_secs: loop_ended
+            .saturating_duration_since(ctx.loop_started)
+            .as_secs_f64(),
+        finish_secs: loop_ended.elapsed().as_secs_f64(),
         epochs: walked.epochs,
     })
 }

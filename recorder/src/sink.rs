@@ -94,6 +94,8 @@ pub struct SinkCounters {
     pub copy_nanos: AtomicU64,
     /// Writer thread: nanoseconds encoding and writing records.
     pub write_nanos: AtomicU64,
+    /// Writer thread: the part of `write_nanos` encoding chunks in parallel.
+    pub encode_nanos: AtomicU64,
     /// Training thread: nanoseconds blocked on a full queue or waiting for a free ring buffer
     /// (back-pressure).
     pub blocked_nanos: AtomicU64,
@@ -399,6 +401,9 @@ fn writer_loop(
                     })
                     .map_err(|source| RecordError::Write { step, source })?;
                 add_nanos(&counters.write_nanos, write_started);
+                counters
+                    .encode_nanos
+                    .fetch_add(stats.encode_time.as_nanos() as u64, Ordering::Relaxed);
                 if let (Some(host), Some(back)) = (pinned, &host_return) {
                     // The copy thread may have stopped; the buffer is then dropped.
                     let _ = back.send(host);

@@ -34,7 +34,6 @@ unsafe extern "C" {
         done: *mut c_void,
         err: *mut *mut c_char,
     ) -> c_int;
-    fn sgdwalk_marker_wait(m: *mut c_void, err: *mut *mut c_char) -> c_int;
     fn sgdwalk_marker_query(m: *mut c_void, err: *mut *mut c_char) -> c_int;
 }
 
@@ -69,6 +68,10 @@ pub struct Marker {
     ptr: *mut c_void,
 }
 
+/// First and longest sleep between polls of [`Marker::wait`].
+const MIN_POLL_SLEEP: std::time::Duration = std::time::Duration::from_micros(20);
+const MAX_POLL_SLEEP: std::time::Duration = std::time::Duration::from_micros(200);
+
 // SAFETY: a marker wraps a c10::Event, which may move between threads; the recorder hands it
 // from one thread to the next through channels, never using it from two threads at once.
 unsafe impl Send for Marker {}
@@ -83,11 +86,18 @@ impl Marker {
     }
 
     /// Blocks the calling thread until the work before the mark has completed.
+    ///
+    /// Polls with short sleeps rather than synchronizing on the event: under CUDA's default
+    /// scheduling an event synchronize spins a core for the whole copy, a core the encode
+    /// threads and the training thread's kernel launches need. A sleep of at most
+    /// [`MAX_POLL_SLEEP`] adds that much latency to a copy of a millisecond or more.
     pub fn wait(&self) -> Result<(), WorkloadError> {
-        let mut err = std::ptr::null_mut();
-        // SAFETY: ptr is a live marker.
-        let status = unsafe { sgdwalk_marker_wait(self.ptr, &mut err) };
-        check(status, err, "waiting for a device event")
+        let mut sleep = MIN_POLL_SLEEP;
+        while !self.is_done()? {
+            std::thread::sleep(sleep);
+            sleep = (sleep * 2).min(MAX_POLL_SLEEP);
+        }
+        Ok(())
     }
 
     /// Whether the work before the mark has completed (without blocking).

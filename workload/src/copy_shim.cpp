@@ -138,16 +138,6 @@ int sgdwalk_copy_to_host(void *c, void *after, void *src, void *dst, void *done,
   });
 }
 
-// Waits until the stream work before the mark has completed (at once for an unmarked one).
-int sgdwalk_marker_wait(void *m, char **err) {
-  return guarded(err, [&] {
-    auto *mk = static_cast<Marker *>(m);
-    if (mk->event) {
-      mk->event->synchronize();
-    }
-  });
-}
-
 // 1 when the work before the mark has completed (or it was never marked), 0 when not yet, -1 on
 // error.
 int sgdwalk_marker_query(void *m, char **err) {
