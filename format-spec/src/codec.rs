@@ -439,6 +439,10 @@ pub fn split_into_streams(words: &[u32], streams: &mut [Vec<u8>; SPLIT_STREAMS])
     low.truncate(kl);
 }
 
+/// Words the join reassembles at a time before handing them on ([`join_streams_blocks`]): the
+/// decoder undoes the residual on each block while its words are still in the L1 cache.
+const JOIN_BLOCK_WORDS: usize = 4096;
+
 /// Reassembles residual words from the streams of SPEC.md §5.2 (`lead` is scratch space). The
 /// class stream decides how many bytes every other stream must hold; a stream of another
 /// length, or nonzero padding bits, is an error, never a panic.
@@ -447,7 +451,20 @@ pub fn join_streams(
     words: &mut [u32],
     lead: &mut Vec<u8>,
 ) -> Result<(), FormatError> {
-    let n = words.len();
+    join_streams_blocks(streams, words.len(), lead, |start, block| {
+        words[start..start + block.len()].copy_from_slice(block);
+        Ok(())
+    })
+}
+
+/// [`join_streams`] for `n` words, handed to `emit` a block of at most [`JOIN_BLOCK_WORDS`] at a
+/// time with the index of its first word, in order.
+fn join_streams_blocks(
+    streams: [&[u8]; SPLIT_STREAMS],
+    n: usize,
+    lead: &mut Vec<u8>,
+    mut emit: impl FnMut(usize, &[u32]) -> Result<(), FormatError>,
+) -> Result<(), FormatError> {
     let [class, l0, l1, l2, l3, low] = streams;
     check_len("class stream", class.len(), n.div_ceil(4))?;
     let mut per_class = [0usize; 4];
@@ -486,40 +503,47 @@ pub fn join_streams(
     // class; the rest go byte by byte.
     let mut cursor = class_starts(per_class);
     let mut low_pos = 0usize;
-    let full = n / 4;
-    let (head, tail) = words.split_at_mut(full * 4);
-    let mut groups = head.chunks_exact_mut(4).zip(class);
-    for (quad, &p) in groups.by_ref() {
-        let g = &GROUP_SHAPES[usize::from(p)];
-        let Some(bytes) = low.get(low_pos..low_pos + 16) else {
-            // Put this group back in line for the byte-by-byte loop.
-            join_slow(g, quad, lead, low, &mut cursor, &mut low_pos);
-            break;
-        };
-        for (q, w) in quad.iter_mut().enumerate() {
-            let c = usize::from(g.class[q]);
-            let at = usize::from(g.low_at[q]);
-            let below =
-                u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-                    & LOW_MASK[c];
-            *w = u32::from(lead[cursor[c] + usize::from(g.rank[q])]) << (8 * c) | below;
+    let mut block = [0u32; JOIN_BLOCK_WORDS];
+    for start in (0..n).step_by(JOIN_BLOCK_WORDS) {
+        let words = &mut block[..JOIN_BLOCK_WORDS.min(n - start)];
+        // Blocks start on a group: JOIN_BLOCK_WORDS is a multiple of 4.
+        let classes = &class[start / 4..];
+        let full = words.len() / 4;
+        let (head, tail) = words.split_at_mut(full * 4);
+        let mut groups = head.chunks_exact_mut(4).zip(classes);
+        for (quad, &p) in groups.by_ref() {
+            let g = &GROUP_SHAPES[usize::from(p)];
+            let Some(bytes) = low.get(low_pos..low_pos + 16) else {
+                // Put this group back in line for the byte-by-byte loop.
+                join_slow(g, quad, lead, low, &mut cursor, &mut low_pos);
+                break;
+            };
+            for (q, w) in quad.iter_mut().enumerate() {
+                let c = usize::from(g.class[q]);
+                let at = usize::from(g.low_at[q]);
+                let below =
+                    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+                        & LOW_MASK[c];
+                *w = u32::from(lead[cursor[c] + usize::from(g.rank[q])]) << (8 * c) | below;
+            }
+            advance(&mut cursor, g);
+            low_pos += usize::from(g.low_len);
         }
-        advance(&mut cursor, g);
-        low_pos += usize::from(g.low_len);
-    }
-    for (quad, &p) in groups {
-        join_slow(
-            &GROUP_SHAPES[usize::from(p)],
-            quad,
-            lead,
-            low,
-            &mut cursor,
-            &mut low_pos,
-        );
-    }
-    if !tail.is_empty() {
-        let g = &GROUP_SHAPES[usize::from(class[full])];
-        join_slow(g, tail, lead, low, &mut cursor, &mut low_pos);
+        for (quad, &p) in groups {
+            join_slow(
+                &GROUP_SHAPES[usize::from(p)],
+                quad,
+                lead,
+                low,
+                &mut cursor,
+                &mut low_pos,
+            );
+        }
+        if !tail.is_empty() {
+            let g = &GROUP_SHAPES[usize::from(classes[full])];
+            join_slow(g, tail, lead, low, &mut cursor, &mut low_pos);
+        }
+        emit(start, words)?;
     }
     Ok(())
 }
@@ -609,13 +633,14 @@ fn encode_split(
 /// Decodes the split streams of one chunk of `words.len()` words (SPEC.md §5.2).
 fn decode_split(
     stored: &[u8],
-    words: &mut [u32],
+    n: usize,
     decompressor: &mut Option<zstd::bulk::Decompressor<'static>>,
     buffers: &mut [Vec<u8>; SPLIT_STREAMS],
     lead: &mut Vec<u8>,
+    emit: impl FnMut(usize, &[u32]) -> Result<(), FormatError>,
 ) -> Result<(), FormatError> {
     let corrupt = |what: String| FormatError::invalid_input(format!("split chunk: {what}"));
-    check_split_len(words.len())?;
+    check_split_len(n)?;
     let table_len = SPLIT_STREAMS * SPLIT_DESCRIPTOR_BYTES;
     let (table, mut data) = stored.split_at_checked(table_len).ok_or_else(|| {
         corrupt(format!(
@@ -623,7 +648,6 @@ fn decode_split(
             stored.len()
         ))
     })?;
-    let n = words.len();
     let mut spans: [(u8, usize, &[u8]); SPLIT_STREAMS] = [(STREAM_RAW, 0, &[]); SPLIT_STREAMS];
     for (k, d) in table.chunks_exact(SPLIT_DESCRIPTOR_BYTES).enumerate() {
         let mode = d[0];
@@ -691,7 +715,7 @@ fn decode_split(
             bytes
         };
     }
-    join_streams(slices, words, lead)
+    join_streams_blocks(slices, n, lead, emit)
 }
 
 /// Appends the split-stream encoding of the residual words `fill` writes into this thread's
@@ -866,14 +890,22 @@ pub fn decode_chunk(
             let mut s = s.borrow_mut();
             let Scratch {
                 decompressor,
-                words,
                 streams,
                 lead,
                 ..
             } = &mut *s;
-            words.resize(n, 0);
-            decode_split(frame, words, decompressor, streams, lead)?;
-            apply_residual(codec, words, p, p2, q, out)
+            // The residual is undone a block at a time, as the join hands the words on.
+            decode_split(frame, n, decompressor, streams, lead, |start, words| {
+                let range = start..start + words.len();
+                apply_residual(
+                    codec,
+                    words,
+                    p.map(|p| &p[range.clone()]),
+                    p2.map(|p| &p[range.clone()]),
+                    q,
+                    &mut out[range],
+                )
+            })
         });
     }
     match zstd::zstd_safe::find_frame_compressed_size(frame) {
@@ -1070,9 +1102,10 @@ mod tests {
         };
         let mut streams: [Vec<u8>; SPLIT_STREAMS] = Default::default();
         let mut lead = Vec::new();
-        for n in (0..70).chain([1021, 1024, 4099]) {
+        // Around the group size, the fast path's end, and the join's blocks of 4096 words.
+        for n in (0..70).chain([1021, 1024, 4095, 4096, 4099, 8192, 8197, 12_290]) {
             for mix in 0..4 {
-                let words: Vec<u32> = (0..n)
+                let (words, intended): (Vec<u32>, Vec<usize>) = (0..n)
                     .map(|i| {
                         let r = next();
                         let class = match mix {
@@ -1083,15 +1116,17 @@ mod tests {
                         };
                         let w = (r as u32) >> (8 * (3 - class));
                         // Force the class: its leading byte nonzero (class 0 may be zero).
-                        if class == 0 {
+                        let w = if class == 0 {
                             w & 0xFF
                         } else {
                             w | 1 << (8 * class)
-                        }
+                        };
+                        (w, class)
                     })
-                    .collect();
+                    .unzip();
                 split_into_streams(&words, &mut streams);
                 let classes: Vec<usize> = words.iter().map(|&w| word_class(w)).collect();
+                assert_eq!(classes, intended, "n {n} mix {mix}");
                 assert_eq!(streams[0].len(), n.div_ceil(4));
                 for c in 0..4 {
                     let lead_c: Vec<u8> = words
