@@ -85,9 +85,9 @@ struct PendingRecord {
     header: [u8; RECORD_HEADER_ENCODED_SIZE_BYTES],
     pieces: Vec<Vec<u8>>,
     pad: usize,
-    /// Where the record starts in the file, for [`start_writeback`] once it is written; `None`
-    /// when the writer syncs at most at `finish` (the kernel then writes back as it likes).
-    writeback_from: Option<u64>,
+    /// The record's range in the file (offset, length in bytes), for [`start_writeback`] once it
+    /// is written; `None` when the writer never syncs (the kernel then writes back as it likes).
+    writeback: Option<(u64, u64)>,
 }
 
 /// Asks the kernel to start writing `len_bytes` from `offset_from_file_start` to the disk now,
@@ -128,9 +128,8 @@ impl PendingRecord {
             file.write_all(p)?;
         }
         file.write_all(&[0u8; 8][..self.pad])?;
-        if let Some(offset) = self.writeback_from {
-            let len = self.header.len() + self.payload_len_bytes() + self.pad;
-            start_writeback(file, offset, len as u64);
+        if let Some((offset, len_bytes)) = self.writeback {
+            start_writeback(file, offset, len_bytes);
         }
         Ok(())
     }
@@ -572,7 +571,7 @@ impl Writer {
             header: [0; RECORD_HEADER_ENCODED_SIZE_BYTES],
             pieces,
             pad: 0,
-            writeback_from: (self.options.fsync != FsyncPolicy::Never).then_some(self.end_offset),
+            writeback: None,
         };
         let payload_len = record.payload_len_bytes() as u64;
         let (h, total) = sized_header(RecordHeader {
@@ -585,6 +584,7 @@ impl Writer {
         record.header = h.encode();
         record.pad = padding_len(payload_len);
         let offset = self.end_offset;
+        record.writeback = (self.options.fsync != FsyncPolicy::Never).then_some((offset, total));
         if defer {
             self.pending = Some(record);
         } else if let Err(e) = record.write_to(&self.file) {
@@ -750,11 +750,15 @@ impl Writer {
             return;
         }
         let cl = self.header.codec.chunk_len_elements as usize;
-        let mut work = || {
+        self.on_pool(|| {
             base.par_chunks_mut(cl)
                 .zip(state.par_chunks(cl))
                 .for_each(|(dst, src)| dst.copy_from_slice(src));
-        };
+        });
+    }
+
+    /// Runs `work` (rayon work) on the writer's pool, or on rayon's global pool without one.
+    fn on_pool<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
         match &self.pool {
             Some(pool) => pool.install(work),
             None => work(),
@@ -832,17 +836,13 @@ impl Writer {
         if self.options.threads == 1 {
             return state.chunks(cl).enumerate().map(encode_one).collect();
         }
-        let work = || {
+        self.on_pool(|| {
             state
                 .par_chunks(cl)
                 .enumerate()
                 .map(encode_one)
                 .collect::<Result<Vec<_>, _>>()
-        };
-        match &self.pool {
-            Some(pool) => pool.install(work),
-            None => work(),
-        }
+        })
     }
 
     /// Appends an epoch record.
@@ -896,7 +896,7 @@ impl Writer {
         let cl = self.header.codec.chunk_len_elements as usize;
         let level = self.header.codec.zstd_level;
         let split = self.header.codec.split_streams;
-        let work = || {
+        let chunks = self.on_pool(|| {
             buffers
                 .par_chunks(cl)
                 .map(|cur| {
@@ -904,11 +904,7 @@ impl Writer {
                     Ok(finish_chunk(codec, bytes, cur, None))
                 })
                 .collect::<Result<Vec<_>, FormatError>>()
-        };
-        let chunks = match &self.pool {
-            Some(pool) => pool.install(work)?,
-            None => work()?,
-        };
+        })?;
         let parts: Vec<(ChunkEntry, Vec<u8>)> =
             chunks.into_iter().map(|c| (c.entry, c.bytes)).collect();
         let payload = encode_resume_payload(buffers.len() as u64, &parts, descriptor_json);
