@@ -24,7 +24,6 @@ struct Scratch {
     compressed: Vec<u8>,
     words: Vec<u32>,
     streams: [Vec<u8>; SPLIT_STREAMS],
-    lead: Vec<u8>,
 }
 
 thread_local! {
@@ -37,7 +36,6 @@ thread_local! {
             compressed: Vec::new(),
             words: Vec::new(),
             streams: [const { Vec::new() }; SPLIT_STREAMS],
-            lead: Vec::new(),
         })
     };
 }
@@ -96,19 +94,27 @@ pub fn chunk_hash(values: &[f32]) -> u64 {
 }
 
 /// Estimates the pred2 coefficient q = round(256·μ) in 0..=256 by least squares of
-/// `d0 = b0 − b1` on `d1 = b1 − b2` over every 4th element (bit patterns as i32 differences).
+/// `d0 = b0 − b1` on `d1 = b1 − b2` over every 16th element (bit patterns as i32 differences):
+/// one element per 64-byte line of each state, so the estimate reads a quarter of the lines
+/// (it is a pass over three states before the residual's own; every 4th element read them all).
 pub fn estimate_mu_q8(cur: &[f32], prev: &[f32], prev2: &[f32]) -> u16 {
     let (mut num, mut den) = (0f64, 0f64);
     // Differences of 2^22 or more are sign flips or exponent jumps, which no momentum
     // predicts; left in, they would dominate the squares.
     const OUTLIER: i32 = 1 << 22;
-    for ((c, p), p2) in cur.iter().zip(prev).zip(prev2).step_by(4) {
-        let d0 = c.to_bits().wrapping_sub(p.to_bits()) as i32;
-        let d1 = p.to_bits().wrapping_sub(p2.to_bits()) as i32;
-        if d0.unsigned_abs() >= OUTLIER as u32 || d1.unsigned_abs() >= OUTLIER as u32 {
-            continue;
-        }
-        let (d0, d1) = (f64::from(d0), f64::from(d1));
+    // Outliers add zeros instead of skipping (no unpredictable branch); the elements are read
+    // by index, as a strided iterator over three zipped slices is slow.
+    let n = cur.len().min(prev.len()).min(prev2.len());
+    for i in (0..n).step_by(16) {
+        let (c, p, p2) = (cur[i].to_bits(), prev[i].to_bits(), prev2[i].to_bits());
+        let d0 = c.wrapping_sub(p) as i32;
+        let d1 = p.wrapping_sub(p2) as i32;
+        let inlier = d0.unsigned_abs() < OUTLIER as u32 && d1.unsigned_abs() < OUTLIER as u32;
+        let (d0, d1) = if inlier {
+            (f64::from(d0), f64::from(d1))
+        } else {
+            (0.0, 0.0)
+        };
         num += d0 * d1;
         den += d1 * d1;
     }
@@ -333,38 +339,54 @@ fn check_split_len(n: usize) -> Result<(), FormatError> {
     Ok(())
 }
 
-/// What one byte of the class stream says about its 4 words: each word's class, where its low
-/// bytes start within the group's low bytes, its rank among the group's words of the same class,
-/// and per class how many of the 4 words it holds. The join works a group at a time from this
-/// table, so its cursors move once per 4 words instead of once per word.
+/// Words the split and the join work on at a time: each class's bytes of one block fit a
+/// fixed-size buffer (every cursor is masked to it, so no access needs a bounds check), a
+/// block's per-class counts fit 16 bits, and the decoder undoes the residual on each joined
+/// block while its words are still in the L1 cache.
+const BLOCK_WORDS: usize = 4096;
+
+/// What one byte of the class stream says about its 4 words, for the split and the join: per word,
+/// the shift that takes its class's cursor out of the packed cursors, where its leading byte
+/// lies in the block's leading bytes (its class's start plus its rank among the group's words of
+/// that class), the shift of that byte into the word, the mask of its low bytes and where they
+/// start within the group's low bytes; per group, the count of low bytes and the count of each
+/// class packed as four 16-bit fields.
 #[derive(Clone, Copy)]
 struct GroupShape {
-    class: [u8; 4],
+    cursor_shift: [u8; 4],
+    lead_at: [u16; 4],
+    lead_shift: [u8; 4],
+    low_mask: [u32; 4],
     low_at: [u8; 4],
-    rank: [u8; 4],
     low_len: u8,
-    per_class: [u8; 4],
+    per_class: u64,
 }
 
 const GROUP_SHAPES: [GroupShape; 256] = {
     let mut table = [GroupShape {
-        class: [0; 4],
+        cursor_shift: [0; 4],
+        lead_at: [0; 4],
+        lead_shift: [0; 4],
+        low_mask: [0; 4],
         low_at: [0; 4],
-        rank: [0; 4],
         low_len: 0,
-        per_class: [0; 4],
+        per_class: 0,
     }; 256];
     let mut p = 0;
     while p < 256 {
         let mut g = table[p];
+        let mut rank = [0u16; 4];
         let mut q = 0;
         while q < 4 {
-            let c = ((p >> (2 * q)) & 3) as u8;
-            g.class[q] = c;
+            let c = (p >> (2 * q)) & 3;
+            g.cursor_shift[q] = 16 * c as u8;
+            g.lead_at[q] = (c * BLOCK_WORDS) as u16 + rank[c];
+            g.lead_shift[q] = 8 * c as u8;
+            g.low_mask[q] = [0, 0xFF, 0xFFFF, 0xFF_FFFF][c];
             g.low_at[q] = g.low_len;
-            g.rank[q] = g.per_class[c as usize];
-            g.low_len += c;
-            g.per_class[c as usize] += 1;
+            g.low_len += c as u8;
+            g.per_class += 1 << (16 * c);
+            rank[c] += 1;
             q += 1;
         }
         table[p] = g;
@@ -373,200 +395,173 @@ const GROUP_SHAPES: [GroupShape; 256] = {
     table
 };
 
-/// Where each class's leading bytes start in one buffer holding all of them, class 0 first.
-fn class_starts(per_class: [usize; 4]) -> [usize; 4] {
-    [
-        0,
-        per_class[0],
-        per_class[0] + per_class[1],
-        per_class[0] + per_class[1] + per_class[2],
-    ]
-}
-
-const LOW_MASK: [u32; 4] = [0, 0xFF, 0xFFFF, 0xFF_FFFF];
-
-/// Moves per-class cursors (or counts) past one group.
-#[inline(always)]
-fn advance(cursor: &mut [usize; 4], g: &GroupShape) {
-    for (c, &k) in cursor.iter_mut().zip(&g.per_class) {
-        *c += usize::from(k);
-    }
+/// The four 16-bit class counts packed by [`GroupShape::per_class`] (summed over at most
+/// [`BLOCK_WORDS`] words, so no field overflows).
+fn unpack_counts(packed: u64) -> [usize; 4] {
+    [0, 16, 32, 48].map(|shift| ((packed >> shift) & 0xFFFF) as usize)
 }
 
 /// Cuts residual words into the [`SPLIT_STREAMS`] streams of SPEC.md §5.2 (each buffer is
 /// resized to its stream's length).
 pub fn split_into_streams(words: &[u32], streams: &mut [Vec<u8>; SPLIT_STREAMS]) {
     let n = words.len();
-    let [class, l0, l1, l2, l3, low] = streams;
-    class.clear();
-    class.resize(n.div_ceil(4), 0);
-    for s in [&mut *l0, &mut *l1, &mut *l2, &mut *l3] {
+    for s in streams.iter_mut() {
         s.clear();
-        s.resize(n, 0);
     }
+    let [class, l0, l1, l2, l3, low] = streams;
+    class.reserve(n.div_ceil(4));
+    low.reserve(3 * n);
+    let mut class_block = [0u8; BLOCK_WORDS / 4];
+    let mut lead_block = [0u8; 4 * BLOCK_WORDS];
     // Every word writes 4 bytes where its low bytes start; the next word's write covers the
-    // excess, and 4 bytes of slack keep the last write in bounds.
-    low.clear();
-    low.resize(3 * n + 4, 0);
-    // One pass, no branch on the class: each word writes its byte of every class's leading
-    // stream at that stream's cursor and advances only its own class's cursor, so a byte
-    // written for another class is overwritten by that class's next word (or cut off at the
-    // end). The cursors stay in registers; the class mix is not predictable enough to branch on.
-    let (mut k0, mut k1, mut k2, mut k3, mut kl) = (0usize, 0usize, 0usize, 0usize, 0usize);
-    for (quad, packed) in words.chunks(4).zip(class.iter_mut()) {
-        let mut p = 0u8;
-        for (q, &w) in quad.iter().enumerate() {
-            let c = word_class(w);
-            p |= (c as u8) << (2 * q);
-            let [b0, b1, b2, b3] = w.to_le_bytes();
-            l0[k0] = b0;
-            l1[k1] = b1;
-            l2[k2] = b2;
-            l3[k3] = b3;
-            k0 += usize::from(c == 0);
-            k1 += usize::from(c == 1);
-            k2 += usize::from(c == 2);
-            k3 += usize::from(c == 3);
-            low[kl..kl + 4].copy_from_slice(&[b0, b1, b2, b3]);
-            kl += c;
+    // excess. The position is masked to 4 · BLOCK_WORDS (it stays below 3 · BLOCK_WORDS), and
+    // 4 bytes of slack keep the write in bounds.
+    let mut low_block = [0u8; 4 * BLOCK_WORDS + 4];
+    for block in words.chunks(BLOCK_WORDS) {
+        // A group at a time, as the join reads it: the 4 classes make the class byte, and the
+        // group's shape says where each word's leading byte and low bytes go, so a word costs
+        // two stores and no branch on its class.
+        let mut cursors = 0u64;
+        let mut low_len = 0usize;
+        for (quad, packed) in block.chunks(4).zip(class_block.iter_mut()) {
+            let mut p = 0;
+            for (q, &w) in quad.iter().enumerate() {
+                p |= word_class(w) << (2 * q);
+            }
+            let g = &GROUP_SHAPES[p];
+            for (q, &w) in quad.iter().enumerate() {
+                let cursor = (cursors >> g.cursor_shift[q]) as usize & 0xFFFF;
+                let at = (cursor + usize::from(g.lead_at[q])) & (4 * BLOCK_WORDS - 1);
+                lead_block[at] = (w >> g.lead_shift[q]) as u8;
+                let at = (low_len + usize::from(g.low_at[q])) & (4 * BLOCK_WORDS - 1);
+                low_block[at..at + 4].copy_from_slice(&w.to_le_bytes());
+            }
+            cursors += g.per_class;
+            low_len += usize::from(g.low_len);
+            *packed = p as u8;
         }
-        *packed = p;
+        let groups = block.len().div_ceil(4);
+        class.extend_from_slice(&class_block[..groups]);
+        // A short last group's missing words count as class 0 in its shape.
+        let mut counts = unpack_counts(cursors);
+        counts[0] -= groups * 4 - block.len();
+        for (c, (stream, k)) in [&mut *l0, &mut *l1, &mut *l2, &mut *l3]
+            .into_iter()
+            .zip(counts)
+            .enumerate()
+        {
+            stream.extend_from_slice(&lead_block[c * BLOCK_WORDS..][..k]);
+        }
+        low.extend_from_slice(&low_block[..low_len]);
     }
-    l0.truncate(k0);
-    l1.truncate(k1);
-    l2.truncate(k2);
-    l3.truncate(k3);
-    low.truncate(kl);
 }
 
-/// Words the join reassembles at a time before handing them on ([`join_streams_blocks`]): the
-/// decoder undoes the residual on each block while its words are still in the L1 cache.
-const JOIN_BLOCK_WORDS: usize = 4096;
-
-/// Reassembles residual words from the streams of SPEC.md §5.2 (`lead` is scratch space). The
-/// class stream decides how many bytes every other stream must hold; a stream of another
-/// length, or nonzero padding bits, is an error, never a panic.
-pub fn join_streams(
-    streams: [&[u8]; SPLIT_STREAMS],
-    words: &mut [u32],
-    lead: &mut Vec<u8>,
-) -> Result<(), FormatError> {
-    join_streams_blocks(streams, words.len(), lead, |start, block| {
+/// Reassembles residual words from the streams of SPEC.md §5.2. The class stream decides how
+/// many bytes every other stream must hold; a stream of another length, or nonzero padding
+/// bits, is an error, never a panic.
+pub fn join_streams(streams: [&[u8]; SPLIT_STREAMS], words: &mut [u32]) -> Result<(), FormatError> {
+    join_streams_blocks(streams, words.len(), |start, block| {
         words[start..start + block.len()].copy_from_slice(block);
         Ok(())
     })
 }
 
-/// [`join_streams`] for `n` words, handed to `emit` a block of at most [`JOIN_BLOCK_WORDS`] at a
+/// [`join_streams`] for `n` words, handed to `emit` a block of at most [`BLOCK_WORDS`] at a
 /// time with the index of its first word, in order.
 fn join_streams_blocks(
     streams: [&[u8]; SPLIT_STREAMS],
     n: usize,
-    lead: &mut Vec<u8>,
     mut emit: impl FnMut(usize, &[u32]) -> Result<(), FormatError>,
 ) -> Result<(), FormatError> {
+    let corrupt = |what: String| FormatError::invalid_input(format!("split chunk: {what}"));
     let [class, l0, l1, l2, l3, low] = streams;
     check_len("class stream", class.len(), n.div_ceil(4))?;
     let mut per_class = [0usize; 4];
-    for &p in class {
-        advance(&mut per_class, &GROUP_SHAPES[usize::from(p)]);
+    for groups in class.chunks(BLOCK_WORDS / 4) {
+        let packed = groups
+            .iter()
+            .map(|&p| GROUP_SHAPES[usize::from(p)].per_class)
+            .sum();
+        for (total, k) in per_class.iter_mut().zip(unpack_counts(packed)) {
+            *total += k;
+        }
     }
     // The padding classes of the last byte must be zero (class 0); take them off the count.
     let pad = class.len() * 4 - n;
     if pad > 0 && class[class.len() - 1] >> (2 * (4 - pad)) != 0 {
-        return Err(FormatError::invalid_input(
-            "split chunk: nonzero padding in the class stream",
-        ));
+        return Err(corrupt("nonzero padding in the class stream".into()));
     }
     per_class[0] -= pad;
-    for (c, (s, &want)) in [l0, l1, l2, l3].iter().zip(&per_class).enumerate() {
+    let leads = [l0, l1, l2, l3];
+    for (c, (s, &want)) in leads.iter().zip(&per_class).enumerate() {
         if s.len() != want {
-            return Err(FormatError::invalid_input(format!(
-                "split chunk: leading-byte stream of class {c} holds {} bytes for {want} words",
+            return Err(corrupt(format!(
+                "leading-byte stream of class {c} holds {} bytes for {want} words",
                 s.len()
             )));
         }
     }
     let low_want = per_class[1] + 2 * per_class[2] + 3 * per_class[3];
     if low.len() != low_want {
-        return Err(FormatError::invalid_input(format!(
-            "split chunk: low-byte stream holds {} bytes, the classes need {low_want}",
+        return Err(corrupt(format!(
+            "low-byte stream holds {} bytes, the classes need {low_want}",
             low.len()
         )));
     }
-    lead.clear();
-    for s in [l0, l1, l2, l3] {
-        lead.extend_from_slice(s);
-    }
-    // The lengths match the classes, so every cursor stays in bounds. Whole groups whose low
-    // bytes lie 16 or more bytes before the end read 4 bytes per word and mask them to the
-    // class; the rest go byte by byte.
-    let mut cursor = class_starts(per_class);
-    let mut low_pos = 0usize;
-    let mut block = [0u32; JOIN_BLOCK_WORDS];
-    for start in (0..n).step_by(JOIN_BLOCK_WORDS) {
-        let words = &mut block[..JOIN_BLOCK_WORDS.min(n - start)];
-        // Blocks start on a group: JOIN_BLOCK_WORDS is a multiple of 4.
-        let classes = &class[start / 4..];
-        let full = words.len() / 4;
-        let (head, tail) = words.split_at_mut(full * 4);
-        let mut groups = head.chunks_exact_mut(4).zip(classes);
-        for (quad, &p) in groups.by_ref() {
+    // Per block: copy each class's leading bytes and the low bytes of the block into fixed-size
+    // buffers, then join from those with masked cursors. The lengths match the classes, so the
+    // masks never change an index; they only spare the bounds checks.
+    let mut lead_at = [0usize; 4];
+    let mut low_at = 0usize;
+    let mut lead_block = [0u8; 4 * BLOCK_WORDS];
+    // Every word reads 4 bytes where its low bytes start and masks them to its class.
+    let mut low_block = [0u8; 4 * BLOCK_WORDS + 4];
+    let mut block = [0u32; BLOCK_WORDS];
+    for start in (0..n).step_by(BLOCK_WORDS) {
+        let words = &mut block[..BLOCK_WORDS.min(n - start)];
+        let groups = &class[start / 4..][..words.len().div_ceil(4)];
+        let packed: u64 = groups
+            .iter()
+            .map(|&p| GROUP_SHAPES[usize::from(p)].per_class)
+            .sum();
+        // The last block's padding words are class 0 in the class stream, not words.
+        let mut counts = unpack_counts(packed);
+        counts[0] -= groups.len() * 4 - words.len();
+        for (c, (lead, k)) in leads.iter().zip(counts).enumerate() {
+            let from = lead
+                .get(lead_at[c]..lead_at[c] + k)
+                .ok_or_else(|| corrupt(format!("leading-byte stream of class {c} ends early")))?;
+            lead_block[c * BLOCK_WORDS..][..k].copy_from_slice(from);
+            lead_at[c] += k;
+        }
+        let low_len = counts[1] + 2 * counts[2] + 3 * counts[3];
+        let from = low
+            .get(low_at..low_at + low_len)
+            .ok_or_else(|| corrupt("low-byte stream ends early".into()))?;
+        low_block[..low_len].copy_from_slice(from);
+        low_at += low_len;
+        let mut cursors = 0u64;
+        let mut low_pos = 0usize;
+        for (quad, &p) in words.chunks_mut(4).zip(groups) {
             let g = &GROUP_SHAPES[usize::from(p)];
-            let Some(bytes) = low.get(low_pos..low_pos + 16) else {
-                // Put this group back in line for the byte-by-byte loop.
-                join_slow(g, quad, lead, low, &mut cursor, &mut low_pos);
-                break;
-            };
             for (q, w) in quad.iter_mut().enumerate() {
-                let c = usize::from(g.class[q]);
-                let at = usize::from(g.low_at[q]);
-                let below =
-                    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-                        & LOW_MASK[c];
-                *w = u32::from(lead[cursor[c] + usize::from(g.rank[q])]) << (8 * c) | below;
+                let at = (low_pos + usize::from(g.low_at[q])) & (4 * BLOCK_WORDS - 1);
+                let below = u32::from_le_bytes([
+                    low_block[at],
+                    low_block[at + 1],
+                    low_block[at + 2],
+                    low_block[at + 3],
+                ]) & g.low_mask[q];
+                let cursor = (cursors >> g.cursor_shift[q]) as usize & 0xFFFF;
+                let lead = lead_block[(cursor + usize::from(g.lead_at[q])) & (4 * BLOCK_WORDS - 1)];
+                *w = u32::from(lead) << g.lead_shift[q] | below;
             }
-            advance(&mut cursor, g);
+            cursors += g.per_class;
             low_pos += usize::from(g.low_len);
-        }
-        for (quad, &p) in groups {
-            join_slow(
-                &GROUP_SHAPES[usize::from(p)],
-                quad,
-                lead,
-                low,
-                &mut cursor,
-                &mut low_pos,
-            );
-        }
-        if !tail.is_empty() {
-            let g = &GROUP_SHAPES[usize::from(classes[full])];
-            join_slow(g, tail, lead, low, &mut cursor, &mut low_pos);
         }
         emit(start, words)?;
     }
     Ok(())
-}
-
-/// One group (or the short last one) of [`join_streams`], reading low bytes one at a time.
-fn join_slow(
-    g: &GroupShape,
-    quad: &mut [u32],
-    lead: &[u8],
-    low: &[u8],
-    cursor: &mut [usize; 4],
-    low_pos: &mut usize,
-) {
-    for (q, w) in quad.iter_mut().enumerate() {
-        let c = usize::from(g.class[q]);
-        let below = low[*low_pos..*low_pos + c]
-            .iter()
-            .rev()
-            .fold(0, |v, &b| v << 8 | u32::from(b));
-        *w = u32::from(lead[cursor[c]]) << (8 * c) | below;
-        cursor[c] += 1;
-        *low_pos += c;
-    }
 }
 
 /// A zstd compressor for the split streams: zstd's fastest match search (its lowest level) with
@@ -636,7 +631,6 @@ fn decode_split(
     n: usize,
     decompressor: &mut Option<zstd::bulk::Decompressor<'static>>,
     buffers: &mut [Vec<u8>; SPLIT_STREAMS],
-    lead: &mut Vec<u8>,
     emit: impl FnMut(usize, &[u32]) -> Result<(), FormatError>,
 ) -> Result<(), FormatError> {
     let corrupt = |what: String| FormatError::invalid_input(format!("split chunk: {what}"));
@@ -715,7 +709,7 @@ fn decode_split(
             bytes
         };
     }
-    join_streams_blocks(slices, n, lead, emit)
+    join_streams_blocks(slices, n, emit)
 }
 
 /// Appends the split-stream encoding of the residual words `fill` writes into this thread's
@@ -891,11 +885,10 @@ pub fn decode_chunk(
             let Scratch {
                 decompressor,
                 streams,
-                lead,
                 ..
             } = &mut *s;
             // The residual is undone a block at a time, as the join hands the words on.
-            decode_split(frame, n, decompressor, streams, lead, |start, words| {
+            decode_split(frame, n, decompressor, streams, |start, words| {
                 let range = start..start + words.len();
                 apply_residual(
                     codec,
@@ -1088,9 +1081,10 @@ mod tests {
         );
     }
 
-    /// Split then join gives back every word, for every length around the group size and the
-    /// fast path's end (slow groups, short last group), with words of all four classes mixed in
-    /// runs and alone; the streams hold exactly what SPEC.md §5.2 says.
+    /// Split then join gives back every word, for every length around the group size (short
+    /// last group) and the blocks of 4096 words (a block of one class fills that class's
+    /// cursor), with words of all four classes mixed, in runs and alone; the streams hold
+    /// exactly what SPEC.md §5.2 says.
     #[test]
     fn split_and_join_round_trip_every_length_and_class_mix() {
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -1101,10 +1095,9 @@ mod tests {
             state
         };
         let mut streams: [Vec<u8>; SPLIT_STREAMS] = Default::default();
-        let mut lead = Vec::new();
-        // Around the group size, the fast path's end, and the join's blocks of 4096 words.
+        // Around the group size and the blocks of 4096 words.
         for n in (0..70).chain([1021, 1024, 4095, 4096, 4099, 8192, 8197, 12_290]) {
-            for mix in 0..4 {
+            for mix in 0..6 {
                 let (words, intended): (Vec<u32>, Vec<usize>) = (0..n)
                     .map(|i| {
                         let r = next();
@@ -1112,7 +1105,8 @@ mod tests {
                             0 => (r >> 40) as usize % 4,
                             1 => (i / 5) % 4,
                             2 => 3,
-                            _ => 0,
+                            3 => 0,
+                            m => m - 3,
                         };
                         let w = (r as u32) >> (8 * (3 - class));
                         // Force the class: its leading byte nonzero (class 0 may be zero).
@@ -1145,7 +1139,7 @@ mod tests {
                 assert_eq!(streams[5], low, "n {n} mix {mix}");
                 let mut back = vec![0u32; n];
                 let slices: [&[u8]; SPLIT_STREAMS] = std::array::from_fn(|k| streams[k].as_slice());
-                join_streams(slices, &mut back, &mut lead).unwrap();
+                join_streams(slices, &mut back).unwrap();
                 assert_eq!(back, words, "n {n} mix {mix}");
             }
         }
