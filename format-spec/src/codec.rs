@@ -345,6 +345,9 @@ fn check_split_len(n: usize) -> Result<(), FormatError> {
 /// block while its words are still in the L1 cache.
 const BLOCK_WORDS: usize = 4096;
 
+#[cfg(target_arch = "x86_64")]
+mod split_x86;
+
 /// What one byte of the class stream says about its 4 words, for the split and the join: per word,
 /// the shift that takes its class's cursor out of the packed cursors, where its leading byte
 /// lies in the block's leading bytes (its class's start plus its rank among the group's words of
@@ -395,15 +398,111 @@ const GROUP_SHAPES: [GroupShape; 256] = {
     table
 };
 
+/// Per class byte, the count of its words of each class as four 16-bit fields (a compact copy
+/// of [`GroupShape::per_class`] for the passes that only count).
+const CLASS_COUNTS: [u64; 256] = {
+    let mut table = [0; 256];
+    let mut p = 0;
+    while p < 256 {
+        table[p] = GROUP_SHAPES[p].per_class;
+        p += 1;
+    }
+    table
+};
+
 /// The four 16-bit class counts packed by [`GroupShape::per_class`] (summed over at most
 /// [`BLOCK_WORDS`] words, so no field overflows).
 fn unpack_counts(packed: u64) -> [usize; 4] {
     [0, 16, 32, 48].map(|shift| ((packed >> shift) & 0xFFFF) as usize)
 }
 
+/// Leading-byte buffer of a block for the SIMD path: class `c`'s bytes start at
+/// `c · LEAD_STRIDE`, a power of two, so a cursor masked to it stays in its class's part; the
+/// room past [`BLOCK_WORDS`] takes the 4-byte accesses past a class's last byte. (The scalar
+/// path puts class `c` at `c · BLOCK_WORDS`.)
+const LEAD_STRIDE: usize = 2 * BLOCK_WORDS;
+const LEAD_BUF_BYTES: usize = 4 * LEAD_STRIDE + 4;
+/// Low-byte buffer of a block: at most 3 bytes a word, positions masked to `4 · BLOCK_WORDS`,
+/// and room for a 16-byte access from the last of them.
+const LOW_BUF_BYTES: usize = 4 * BLOCK_WORDS + 16;
+
+/// How a block is split and joined: the same bytes either way (tested), SIMD where the CPU has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SplitPath {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Ssse3(split_x86::Ssse3),
+}
+
+impl SplitPath {
+    /// Every path this CPU runs, the scalar one first (for the tests).
+    #[cfg(test)]
+    fn all() -> Vec<Self> {
+        let mut paths = vec![SplitPath::Scalar];
+        if SplitPath::detect() != SplitPath::Scalar {
+            paths.push(SplitPath::detect());
+        }
+        paths
+    }
+
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = split_x86::Ssse3::detect() {
+            return SplitPath::Ssse3(simd);
+        }
+        SplitPath::Scalar
+    }
+
+    /// Where class `c`'s leading bytes start in a block's buffer.
+    fn lead_stride(self) -> usize {
+        match self {
+            SplitPath::Scalar => BLOCK_WORDS,
+            #[cfg(target_arch = "x86_64")]
+            SplitPath::Ssse3(_) => LEAD_STRIDE,
+        }
+    }
+
+    fn split_block(
+        self,
+        block: &[u32],
+        classes: &mut [u8],
+        lead: &mut [u8; LEAD_BUF_BYTES],
+        low: &mut [u8; LOW_BUF_BYTES],
+    ) -> (u64, usize) {
+        match self {
+            SplitPath::Scalar => split_block_scalar(block, classes, lead, low),
+            #[cfg(target_arch = "x86_64")]
+            SplitPath::Ssse3(simd) => simd.split_block(block, classes, lead, low),
+        }
+    }
+
+    /// Joins the groups of one block into the start of `words` (a short last group's padding
+    /// words too).
+    fn join_block(
+        self,
+        classes: &[u8],
+        streams: &BlockStreams<'_>,
+        buffers: &mut BlockBuffers,
+        words: &mut [u32; BLOCK_WORDS],
+    ) {
+        match self {
+            SplitPath::Scalar => {
+                streams.copy_into(buffers, BLOCK_WORDS);
+                join_block_scalar(classes, &buffers.lead, &buffers.low, words);
+            }
+            #[cfg(target_arch = "x86_64")]
+            SplitPath::Ssse3(simd) => simd.join_block(classes, streams, buffers, words),
+        }
+    }
+}
+
 /// Cuts residual words into the [`SPLIT_STREAMS`] streams of SPEC.md §5.2 (each buffer is
 /// resized to its stream's length).
 pub fn split_into_streams(words: &[u32], streams: &mut [Vec<u8>; SPLIT_STREAMS]) {
+    split_with(SplitPath::detect(), words, streams);
+}
+
+fn split_with(path: SplitPath, words: &[u32], streams: &mut [Vec<u8>; SPLIT_STREAMS]) {
     let n = words.len();
     for s in streams.iter_mut() {
         s.clear();
@@ -412,35 +511,21 @@ pub fn split_into_streams(words: &[u32], streams: &mut [Vec<u8>; SPLIT_STREAMS])
     class.reserve(n.div_ceil(4));
     low.reserve(3 * n);
     let mut class_block = [0u8; BLOCK_WORDS / 4];
-    let mut lead_block = [0u8; 4 * BLOCK_WORDS];
-    // Every word writes 4 bytes where its low bytes start; the next word's write covers the
-    // excess. The position is masked to 4 · BLOCK_WORDS (it stays below 3 · BLOCK_WORDS), and
-    // 4 bytes of slack keep the write in bounds.
-    let mut low_block = [0u8; 4 * BLOCK_WORDS + 4];
+    let mut lead_block = [0u8; LEAD_BUF_BYTES];
+    let mut low_block = [0u8; LOW_BUF_BYTES];
+    let stride = path.lead_stride();
     for block in words.chunks(BLOCK_WORDS) {
-        // A group at a time, as the join reads it: the 4 classes make the class byte, and the
-        // group's shape says where each word's leading byte and low bytes go, so a word costs
-        // two stores and no branch on its class.
-        let mut cursors = 0u64;
-        let mut low_len = 0usize;
-        for (quad, packed) in block.chunks(4).zip(class_block.iter_mut()) {
-            let mut p = 0;
-            for (q, &w) in quad.iter().enumerate() {
-                p |= word_class(w) << (2 * q);
-            }
-            let g = &GROUP_SHAPES[p];
-            for (q, &w) in quad.iter().enumerate() {
-                let cursor = (cursors >> g.cursor_shift[q]) as usize & 0xFFFF;
-                let at = (cursor + usize::from(g.lead_at[q])) & (4 * BLOCK_WORDS - 1);
-                lead_block[at] = (w >> g.lead_shift[q]) as u8;
-                let at = (low_len + usize::from(g.low_at[q])) & (4 * BLOCK_WORDS - 1);
-                low_block[at..at + 4].copy_from_slice(&w.to_le_bytes());
-            }
-            cursors += g.per_class;
-            low_len += usize::from(g.low_len);
-            *packed = p as u8;
-        }
         let groups = block.len().div_ceil(4);
+        // The block functions take whole groups: a short last group is padded with zero
+        // words, class 0, which the counts below leave out.
+        let (cursors, low_len) = if block.len() % 4 == 0 {
+            path.split_block(block, &mut class_block, &mut lead_block, &mut low_block)
+        } else {
+            let mut tail = [0u32; BLOCK_WORDS];
+            tail[..block.len()].copy_from_slice(block);
+            let tail = &tail[..groups * 4];
+            path.split_block(tail, &mut class_block, &mut lead_block, &mut low_block)
+        };
         class.extend_from_slice(&class_block[..groups]);
         // A short last group's missing words count as class 0 in its shape.
         let mut counts = unpack_counts(cursors);
@@ -450,17 +535,63 @@ pub fn split_into_streams(words: &[u32], streams: &mut [Vec<u8>; SPLIT_STREAMS])
             .zip(counts)
             .enumerate()
         {
-            stream.extend_from_slice(&lead_block[c * BLOCK_WORDS..][..k]);
+            stream.extend_from_slice(&lead_block[c * stride..][..k]);
         }
         low.extend_from_slice(&low_block[..low_len]);
     }
+}
+
+/// Splits one block of whole groups a group at a time, as the join reads it: the 4 classes make the class
+/// byte, and the group's shape says where each word's leading byte and low bytes go, so a word
+/// costs two stores and no branch on its class. Returns the per-class counts (four 16-bit
+/// fields) and the count of low bytes.
+fn split_block_scalar(
+    block: &[u32],
+    classes: &mut [u8],
+    lead: &mut [u8; LEAD_BUF_BYTES],
+    low: &mut [u8; LOW_BUF_BYTES],
+) -> (u64, usize) {
+    // Every word writes 4 bytes where its low bytes start; the next word's write covers the
+    // excess. Positions are masked to 4 · BLOCK_WORDS (they stay below 3 · BLOCK_WORDS for the
+    // low bytes and below 4 · BLOCK_WORDS for the leading bytes), so no access needs a bounds
+    // check.
+    let mut cursors = 0u64;
+    let mut low_len = 0usize;
+    let (quads, rest) = block.as_chunks::<4>();
+    assert!(rest.is_empty(), "split_with pads the last group");
+    for (quad, packed) in quads.iter().zip(classes.iter_mut()) {
+        let mut p = 0;
+        for (q, &w) in quad.iter().enumerate() {
+            p |= word_class(w) << (2 * q);
+        }
+        let g = &GROUP_SHAPES[p];
+        for (q, &w) in quad.iter().enumerate() {
+            let cursor = (cursors >> g.cursor_shift[q]) as usize & 0xFFFF;
+            let at = (cursor + usize::from(g.lead_at[q])) & (4 * BLOCK_WORDS - 1);
+            lead[at] = (w >> g.lead_shift[q]) as u8;
+            let at = (low_len + usize::from(g.low_at[q])) & (4 * BLOCK_WORDS - 1);
+            low[at..at + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        cursors += g.per_class;
+        low_len += usize::from(g.low_len);
+        *packed = p as u8;
+    }
+    (cursors, low_len)
 }
 
 /// Reassembles residual words from the streams of SPEC.md §5.2. The class stream decides how
 /// many bytes every other stream must hold; a stream of another length, or nonzero padding
 /// bits, is an error, never a panic.
 pub fn join_streams(streams: [&[u8]; SPLIT_STREAMS], words: &mut [u32]) -> Result<(), FormatError> {
-    join_streams_blocks(streams, words.len(), |start, block| {
+    join_with(SplitPath::detect(), streams, words)
+}
+
+fn join_with(
+    path: SplitPath,
+    streams: [&[u8]; SPLIT_STREAMS],
+    words: &mut [u32],
+) -> Result<(), FormatError> {
+    join_streams_blocks(path, streams, words.len(), |start, block| {
         words[start..start + block.len()].copy_from_slice(block);
         Ok(())
     })
@@ -469,6 +600,7 @@ pub fn join_streams(streams: [&[u8]; SPLIT_STREAMS], words: &mut [u32]) -> Resul
 /// [`join_streams`] for `n` words, handed to `emit` a block of at most [`BLOCK_WORDS`] at a
 /// time with the index of its first word, in order.
 fn join_streams_blocks(
+    path: SplitPath,
     streams: [&[u8]; SPLIT_STREAMS],
     n: usize,
     mut emit: impl FnMut(usize, &[u32]) -> Result<(), FormatError>,
@@ -476,12 +608,14 @@ fn join_streams_blocks(
     let corrupt = |what: String| FormatError::invalid_input(format!("split chunk: {what}"));
     let [class, l0, l1, l2, l3, low] = streams;
     check_len("class stream", class.len(), n.div_ceil(4))?;
+    // Each block's class counts (the join needs them before it reads the block's bytes), and
+    // the totals.
+    let block_counts: Vec<u64> = class
+        .chunks(BLOCK_WORDS / 4)
+        .map(|groups| groups.iter().map(|&p| CLASS_COUNTS[usize::from(p)]).sum())
+        .collect();
     let mut per_class = [0usize; 4];
-    for groups in class.chunks(BLOCK_WORDS / 4) {
-        let packed = groups
-            .iter()
-            .map(|&p| GROUP_SHAPES[usize::from(p)].per_class)
-            .sum();
+    for &packed in &block_counts {
         for (total, k) in per_class.iter_mut().zip(unpack_counts(packed)) {
             *total += k;
         }
@@ -508,60 +642,92 @@ fn join_streams_blocks(
             low.len()
         )));
     }
-    // Per block: copy each class's leading bytes and the low bytes of the block into fixed-size
-    // buffers, then join from those with masked cursors. The lengths match the classes, so the
-    // masks never change an index; they only spare the bounds checks.
+    // Per block: the path joins from the streams, or from copies of the block's bytes in
+    // fixed-size buffers. The lengths match the classes, so the join reads only what is there
+    // (the bytes past a class's count are read and dropped).
     let mut lead_at = [0usize; 4];
     let mut low_at = 0usize;
-    let mut lead_block = [0u8; 4 * BLOCK_WORDS];
-    // Every word reads 4 bytes where its low bytes start and masks them to its class.
-    let mut low_block = [0u8; 4 * BLOCK_WORDS + 4];
+    let mut buffers = BlockBuffers {
+        lead: [0u8; LEAD_BUF_BYTES],
+        low: [0u8; LOW_BUF_BYTES],
+    };
     let mut block = [0u32; BLOCK_WORDS];
-    for start in (0..n).step_by(BLOCK_WORDS) {
-        let words = &mut block[..BLOCK_WORDS.min(n - start)];
-        let groups = &class[start / 4..][..words.len().div_ceil(4)];
-        let packed: u64 = groups
-            .iter()
-            .map(|&p| GROUP_SHAPES[usize::from(p)].per_class)
-            .sum();
+    for (start, &packed) in (0..n).step_by(BLOCK_WORDS).zip(&block_counts) {
+        let len = BLOCK_WORDS.min(n - start);
+        let groups = &class[start / 4..][..len.div_ceil(4)];
         // The last block's padding words are class 0 in the class stream, not words.
         let mut counts = unpack_counts(packed);
-        counts[0] -= groups.len() * 4 - words.len();
-        for (c, (lead, k)) in leads.iter().zip(counts).enumerate() {
-            let from = lead
-                .get(lead_at[c]..lead_at[c] + k)
-                .ok_or_else(|| corrupt(format!("leading-byte stream of class {c} ends early")))?;
-            lead_block[c * BLOCK_WORDS..][..k].copy_from_slice(from);
-            lead_at[c] += k;
-        }
+        counts[0] -= groups.len() * 4 - len;
         let low_len = counts[1] + 2 * counts[2] + 3 * counts[3];
-        let from = low
-            .get(low_at..low_at + low_len)
-            .ok_or_else(|| corrupt("low-byte stream ends early".into()))?;
-        low_block[..low_len].copy_from_slice(from);
-        low_at += low_len;
-        let mut cursors = 0u64;
-        let mut low_pos = 0usize;
-        for (quad, &p) in words.chunks_mut(4).zip(groups) {
-            let g = &GROUP_SHAPES[usize::from(p)];
-            for (q, w) in quad.iter_mut().enumerate() {
-                let at = (low_pos + usize::from(g.low_at[q])) & (4 * BLOCK_WORDS - 1);
-                let below = u32::from_le_bytes([
-                    low_block[at],
-                    low_block[at + 1],
-                    low_block[at + 2],
-                    low_block[at + 3],
-                ]) & g.low_mask[q];
-                let cursor = (cursors >> g.cursor_shift[q]) as usize & 0xFFFF;
-                let lead = lead_block[(cursor + usize::from(g.lead_at[q])) & (4 * BLOCK_WORDS - 1)];
-                *w = u32::from(lead) << g.lead_shift[q] | below;
-            }
-            cursors += g.per_class;
-            low_pos += usize::from(g.low_len);
+        let streams = BlockStreams {
+            lead: std::array::from_fn(|c| &leads[c][lead_at[c]..]),
+            low: &low[low_at..],
+            counts,
+            low_len,
+        };
+        path.join_block(groups, &streams, &mut buffers, &mut block);
+        for (at, k) in lead_at.iter_mut().zip(counts) {
+            *at += k;
         }
-        emit(start, words)?;
+        low_at += low_len;
+        emit(start, &block[..len])?;
     }
     Ok(())
+}
+
+/// One block's bytes in the streams: each class's leading bytes and the low bytes from where
+/// the block's start, to the stream's end (the totals are checked, so each holds at least its
+/// count).
+struct BlockStreams<'a> {
+    lead: [&'a [u8]; 4],
+    low: &'a [u8],
+    counts: [usize; 4],
+    low_len: usize,
+}
+
+/// Fixed-size copies of one block's bytes, for a join that reads past them.
+struct BlockBuffers {
+    lead: [u8; LEAD_BUF_BYTES],
+    low: [u8; LOW_BUF_BYTES],
+}
+
+impl BlockStreams<'_> {
+    /// Copies the block's bytes into `buffers`, class `c`'s leading bytes at `c · lead_stride`.
+    fn copy_into(&self, buffers: &mut BlockBuffers, lead_stride: usize) {
+        for (c, (lead, k)) in self.lead.iter().zip(self.counts).enumerate() {
+            buffers.lead[c * lead_stride..][..k].copy_from_slice(&lead[..k]);
+        }
+        buffers.low[..self.low_len].copy_from_slice(&self.low[..self.low_len]);
+    }
+}
+
+/// Joins the groups of one block from the buffers [`split_block_scalar`] fills, with masked
+/// cursors, into the start of `words` (a short last group's padding words too): the caller
+/// has checked the buffers hold what the classes need, so the masks never change an index;
+/// they only spare the bounds checks.
+fn join_block_scalar(
+    classes: &[u8],
+    lead: &[u8; LEAD_BUF_BYTES],
+    low: &[u8; LOW_BUF_BYTES],
+    words: &mut [u32; BLOCK_WORDS],
+) {
+    let mut cursors = 0u64;
+    let mut low_pos = 0usize;
+    let (quads, _) = words.as_chunks_mut::<4>();
+    for (quad, &p) in quads.iter_mut().zip(classes) {
+        let g = &GROUP_SHAPES[usize::from(p)];
+        for (q, w) in quad.iter_mut().enumerate() {
+            // Every word reads 4 bytes where its low bytes start and masks them to its class.
+            let at = (low_pos + usize::from(g.low_at[q])) & (4 * BLOCK_WORDS - 1);
+            let below = u32::from_le_bytes([low[at], low[at + 1], low[at + 2], low[at + 3]])
+                & g.low_mask[q];
+            let cursor = (cursors >> g.cursor_shift[q]) as usize & 0xFFFF;
+            let lead = lead[(cursor + usize::from(g.lead_at[q])) & (4 * BLOCK_WORDS - 1)];
+            *w = u32::from(lead) << g.lead_shift[q] | below;
+        }
+        cursors += g.per_class;
+        low_pos += usize::from(g.low_len);
+    }
 }
 
 /// A zstd compressor for the split streams: zstd's fastest match search (its lowest level) with
@@ -709,7 +875,7 @@ fn decode_split(
             bytes
         };
     }
-    join_streams_blocks(slices, n, emit)
+    join_streams_blocks(SplitPath::detect(), slices, n, emit)
 }
 
 /// Appends the split-stream encoding of the residual words `fill` writes into this thread's
@@ -1084,7 +1250,8 @@ mod tests {
     /// Split then join gives back every word, for every length around the group size (short
     /// last group) and the blocks of 4096 words (a block of one class fills that class's
     /// cursor), with words of all four classes mixed, in runs and alone; the streams hold
-    /// exactly what SPEC.md §5.2 says.
+    /// exactly what SPEC.md §5.2 says, and the SIMD path (where the CPU has one) splits to the
+    /// scalar path's bytes and joins them back.
     #[test]
     fn split_and_join_round_trip_every_length_and_class_mix() {
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -1118,7 +1285,13 @@ mod tests {
                         (w, class)
                     })
                     .unzip();
-                split_into_streams(&words, &mut streams);
+                // Every path gives the scalar path's streams, byte for byte.
+                let mut scalar: [Vec<u8>; SPLIT_STREAMS] = Default::default();
+                split_with(SplitPath::Scalar, &words, &mut scalar);
+                for path in SplitPath::all() {
+                    split_with(path, &words, &mut streams);
+                    assert_eq!(streams, scalar, "{path:?} n {n} mix {mix}");
+                }
                 let classes: Vec<usize> = words.iter().map(|&w| word_class(w)).collect();
                 assert_eq!(classes, intended, "n {n} mix {mix}");
                 assert_eq!(streams[0].len(), n.div_ceil(4));
@@ -1137,10 +1310,12 @@ mod tests {
                     .flat_map(|(&w, &k)| w.to_le_bytes().into_iter().take(k))
                     .collect();
                 assert_eq!(streams[5], low, "n {n} mix {mix}");
-                let mut back = vec![0u32; n];
                 let slices: [&[u8]; SPLIT_STREAMS] = std::array::from_fn(|k| streams[k].as_slice());
-                join_streams(slices, &mut back).unwrap();
-                assert_eq!(back, words, "n {n} mix {mix}");
+                for path in SplitPath::all() {
+                    let mut back = vec![0u32; n];
+                    join_with(path, slices, &mut back).unwrap();
+                    assert_eq!(back, words, "{path:?} n {n} mix {mix}");
+                }
             }
         }
     }
