@@ -8,7 +8,8 @@
 //!
 //!   cargo bench -p sgdwalk-recorder --bench pipeline
 //!   cargo bench -p sgdwalk-recorder --bench pipeline -- --test        (smoke: tiny, seconds)
-//! Options: --params N, --steps N, --repeats N, --ring N, --fsync never|keyframe|record.
+//! Options: --params N, --steps N, --repeats N, --ring N, --fsync never|keyframe|record,
+//! --split-streams true|false (default true, as `sgdwalk-record`).
 
 #![allow(
     clippy::expect_used,
@@ -35,6 +36,7 @@ struct Opts {
     repeats: usize,
     ring: usize,
     fsync: FsyncPolicy,
+    split_streams: bool,
 }
 
 fn parse() -> Opts {
@@ -50,6 +52,7 @@ fn parse() -> Opts {
             repeats: 1,
             ring: 2,
             fsync: FsyncPolicy::EveryKeyframe,
+            split_streams: true,
         }
     } else {
         Opts {
@@ -58,6 +61,7 @@ fn parse() -> Opts {
             repeats: 3,
             ring: 4,
             fsync: FsyncPolicy::EveryKeyframe,
+            split_streams: true,
         }
     };
     let value = |name: &str| {
@@ -84,6 +88,11 @@ fn parse() -> Opts {
             other => panic!("--fsync never|keyframe|record, not {other:?}"),
         };
     }
+    if let Some(v) = value("--split-streams") {
+        o.split_streams = v
+            .parse()
+            .unwrap_or_else(|_| panic!("--split-streams true|false, not {v:?}"));
+    }
     o
 }
 
@@ -92,16 +101,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn writer(path: &Path, n: usize, threads: usize, fsync: FsyncPolicy) -> Writer {
+fn writer(path: &Path, n: usize, threads: usize, opts: &Opts) -> Writer {
     let layout = Header::contiguous_layout(&[("state", &[n as u64])]).expect("layout");
-    let header =
-        Header::new([7; 16], 0, layout, 0, "{}".into(), CodecSettings::default()).expect("header");
+    let codec = CodecSettings {
+        split_streams: opts.split_streams,
+        ..CodecSettings::default()
+    };
+    let header = Header::new([7; 16], 0, layout, 0, "{}".into(), codec).expect("header");
     let _ = std::fs::remove_file(path);
     Writer::create(
         path,
         header,
         WriterOptions {
-            fsync,
+            fsync: opts.fsync,
             threads,
             overlap_writes: std::env::var_os("SGDWALK_NO_OVERLAP").is_none(),
         },
@@ -121,7 +133,7 @@ struct Pass {
 
 fn pass(states: &[Tensor], path: &Path, threads: usize, opts: &Opts, ring: bool) -> Pass {
     let n = states[0].numel();
-    let w = writer(path, n, threads, opts.fsync);
+    let w = writer(path, n, threads, opts);
     let ring_opts = ring.then_some(RingOptions {
         slots: opts.ring,
         state_len: n,
@@ -176,13 +188,14 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let raw_step = opts.params as f64 * 4.0;
     println!(
-        "pipeline bench: {} f32 per step ({:.1} MB), {} steps, {} repeats, ring {} buffers, fsync {:?}, {cores} cores",
+        "pipeline bench: {} f32 per step ({:.1} MB), {} steps, {} repeats, ring {} buffers, fsync {:?}, split streams {}, {cores} cores",
         opts.params,
         raw_step * 1e-6,
         opts.steps,
         opts.repeats,
         opts.ring,
-        opts.fsync
+        opts.fsync,
+        opts.split_streams
     );
     println!("load before: {}", uptime());
     let t = Instant::now();
