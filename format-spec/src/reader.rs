@@ -51,12 +51,12 @@ impl StateCache {
         self.items.iter().find(|(s, _)| *s == step).map(|(_, v)| v)
     }
 
-    fn insert(&mut self, step: u64, state: Arc<Vec<f32>>) {
+    /// Caches `state`; returns the state it evicts, if any.
+    fn insert(&mut self, step: u64, state: Arc<Vec<f32>>) -> Option<Arc<Vec<f32>>> {
         self.items.retain(|(s, _)| *s != step);
-        if self.items.len() >= self.capacity {
-            self.items.remove(0);
-        }
+        let evicted = (self.items.len() >= self.capacity).then(|| self.items.remove(0).1);
         self.items.push((step, state));
+        evicted
     }
 }
 
@@ -72,6 +72,9 @@ pub struct Reader {
     /// O(1) lookup when steps are dense enough: `dense[step - steps[0]]` = position in `steps`.
     dense: Vec<u32>,
     cache: StateCache,
+    /// A state buffer nobody else holds any more, decoded into next: a fresh zeroed
+    /// allocation of a large state costs a pass over it on every step of a sequential read.
+    spare: Option<Vec<f32>>,
     /// Decodes done by `state` (for tests of the cache policy).
     decoded_steps: u64,
 }
@@ -122,6 +125,7 @@ impl Reader {
                 capacity: 4,
                 items: Vec::new(),
             },
+            spare: None,
             decoded_steps: 0,
         };
         reader.remap_committed()?;
@@ -414,6 +418,13 @@ impl Reader {
         Ok(self.step_payload(step)?.1.chunks)
     }
 
+    /// Keeps `state`'s buffer for the next decode if no one else holds it.
+    fn keep_spare(&mut self, state: Option<Arc<Vec<f32>>>) {
+        if let Some(v) = state.and_then(|a| Arc::try_unwrap(a).ok()) {
+            self.spare = Some(v);
+        }
+    }
+
     /// The state θ_step, bit-exact; every chunk hash along the chain is verified. Decodes from
     /// the step's keyframe, or from the latest cached state of the same chain.
     pub fn state(&mut self, step: u64) -> Result<Arc<Vec<f32>>, FormatError> {
@@ -451,7 +462,12 @@ impl Reader {
             }
         })?;
         for u in from..=step {
-            let mut out = vec![0f32; n];
+            // Every element is overwritten: decoding fills each chunk's whole range (its hash is
+            // checked over it) or fails.
+            let mut out = match self.spare.take() {
+                Some(v) if v.len() == n => v,
+                _ => vec![0f32; n],
+            };
             self.decode_step_into(
                 u,
                 prev.as_deref().map(|v| v.as_slice()),
@@ -462,10 +478,11 @@ impl Reader {
             let out = Arc::new(out);
             if u + 2 > step {
                 // Keep the last two: the pair (t, t+1) and the base pred2 needs for t+2.
-                self.cache.insert(u, Arc::clone(&out));
+                let evicted = self.cache.insert(u, Arc::clone(&out));
+                self.keep_spare(evicted);
             }
-            prev2 = prev;
-            prev = Some(out);
+            let dropped = std::mem::replace(&mut prev2, prev.replace(out));
+            self.keep_spare(dropped);
         }
         prev.ok_or(FormatError::StepNotFound { step })
     }

@@ -97,6 +97,21 @@ fn round_trip_every_delta_codec_with_gaps() {
         for &s in [57u64, 3, 26, 0].iter().chain(steps.iter()) {
             assert_state(&mut r, &traj, s);
         }
+        // Backwards and forwards, holding every state: the reader decodes into buffers it
+        // reuses, never into one a caller holds.
+        let held: Vec<_> = (steps.iter().rev().chain(&steps))
+            .map(|&s| (s, r.state(s).unwrap()))
+            .collect();
+        for (s, state) in held {
+            let want = &traj[s as usize];
+            assert!(
+                state
+                    .iter()
+                    .zip(want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "held state {s} changed"
+            );
+        }
         let info = r.step_info(7).unwrap();
         assert_eq!(info.sample_ids, vec![7, 10]);
         assert!(
