@@ -541,10 +541,10 @@ fn split_with(path: SplitPath, words: &[u32], streams: &mut [Vec<u8>; SPLIT_STRE
     }
 }
 
-/// Splits one block of whole groups a group at a time, as the join reads it: the 4 classes make the class
-/// byte, and the group's shape says where each word's leading byte and low bytes go, so a word
-/// costs two stores and no branch on its class. Returns the per-class counts (four 16-bit
-/// fields) and the count of low bytes.
+/// Splits one block of whole groups a group at a time, as the join reads it: the 4 classes
+/// make the class byte, and the group's shape says where each word's leading byte and low
+/// bytes go, so a word costs two stores and no branch on its class. Returns the per-class
+/// counts (four 16-bit fields) and the count of low bytes.
 fn split_block_scalar(
     block: &[u32],
     classes: &mut [u8],
@@ -675,9 +675,9 @@ fn join_streams_blocks(
     Ok(())
 }
 
-/// One block's bytes in the streams: each class's leading bytes and the low bytes from where
-/// the block's start, to the stream's end (the totals are checked, so each holds at least its
-/// count).
+/// One block's bytes in the streams: each class's leading bytes and the low bytes, each slice
+/// from the block's first byte to the stream's end (the totals are checked, so each holds at
+/// least the block's count).
 struct BlockStreams<'a> {
     lead: [&'a [u8]; 4],
     low: &'a [u8],
