@@ -408,14 +408,30 @@ fn group_runs<'a>(groups: &'a [Group<'_>]) -> Vec<&'a RunData> {
         .collect()
 }
 
+/// `lo..=hi` cut into the fewest windows of at most `w` steps, of sizes that differ by at most
+/// one: a short last window would be the mean of a few steps, a noisy point at the end of the
+/// curve that looks like a change of the run.
+fn even_windows(lo: u64, hi: u64, w: usize) -> Vec<(u64, u64)> {
+    let len = hi - lo + 1;
+    let count = len.div_ceil(w.max(1) as u64);
+    let (base, longer) = (len / count, len % count);
+    let mut start = lo;
+    (0..count)
+        .map(|i| {
+            let end = start + base + u64::from(i < longer) - 1;
+            let window = (start, end);
+            start = end + 1;
+            window
+        })
+        .collect()
+}
+
 /// Means of the finite heights in windows of at most `w` consecutive analyzed steps.
 fn height_points(r: &RunData, w: usize) -> Vec<(f64, f64)> {
     let steps: Vec<u64> = r.floors.iter().map(|f| f.step).collect();
     let mut out = Vec::new();
     for (lo, hi) in consecutive_runs(&steps) {
-        let mut start = lo;
-        while start <= hi {
-            let end = (start + w as u64 - 1).min(hi);
+        for (start, end) in even_windows(lo, hi, w) {
             let h: Vec<f64> = r
                 .floors
                 .iter()
@@ -426,7 +442,6 @@ fn height_points(r: &RunData, w: usize) -> Vec<(f64, f64)> {
                 let mid = (x_of(r, start) + x_of(r, end)) / 2.0;
                 out.push((mid, h.iter().sum::<f64>() / h.len() as f64));
             }
-            start = end + 1;
         }
     }
     out
@@ -713,4 +728,39 @@ fn lr_batch(runs: &[RunData]) -> Option<FigurePlan> {
             .collect(),
         panels,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn even_windows_cover_the_run_in_near_equal_sizes() {
+        for (lo, hi, w) in [
+            (0, 899, 23),
+            (5, 5, 23),
+            (0, 45, 23),
+            (0, 46, 23),
+            (10, 19, 1),
+        ] {
+            let windows = even_windows(lo, hi, w);
+            let len = hi - lo + 1;
+            assert_eq!(
+                windows.len() as u64,
+                len.div_ceil(w as u64),
+                "{lo}..={hi} by {w}"
+            );
+            assert_eq!(windows.first().map(|x| x.0), Some(lo));
+            assert_eq!(windows.last().map(|x| x.1), Some(hi));
+            for pair in windows.windows(2) {
+                assert_eq!(pair[0].1 + 1, pair[1].0, "contiguous");
+            }
+            let sizes: Vec<u64> = windows.iter().map(|(a, b)| b - a + 1).collect();
+            let (min, max) = (sizes.iter().min(), sizes.iter().max());
+            assert!(max <= Some(&(w as u64)), "{sizes:?}");
+            assert!(max.zip(min).is_some_and(|(a, b)| a - b <= 1), "{sizes:?}");
+        }
+        // 900 steps by 23: 40 windows of 22 or 23 steps, not 39 of 23 and one of 3.
+        assert_eq!(even_windows(0, 899, 23).last(), Some(&(878, 899)));
+    }
 }
