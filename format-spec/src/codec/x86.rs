@@ -1,9 +1,11 @@
-//! The split and the join of one block (SPEC.md §5.2) with SSSE3 byte shuffles: the same
-//! streams as the scalar path, byte for byte, but a group of 4 words costs one shuffle for its
-//! low bytes and one for its leading bytes instead of a load, a mask and a store per word.
+//! The codec's x86-64 paths, chosen at run time. The split and the join of one block (SPEC.md
+//! §5.2) with SSSE3 byte shuffles: the same streams as the scalar path, byte for byte, but a
+//! group of 4 words costs one shuffle for its low bytes and one for its leading bytes instead
+//! of a load, a mask and a store per word. The decoder's residual pass compiled for AVX2.
 //!
 //! `unsafe` is confined to unaligned 16-byte loads and stores of ranges that are bounds-checked
-//! slices, and to calling the `ssse3` functions through an [`Ssse3`] token.
+//! slices, and to calling the `target_feature` functions through an [`Ssse3`] or [`Avx2`]
+//! token.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
@@ -13,8 +15,8 @@ use std::arch::x86_64::{
 };
 
 use super::{
-    BLOCK_WORDS, BlockBuffers, BlockStreams, GROUP_SHAPES, LEAD_BUF_BYTES, LEAD_STRIDE,
-    LOW_BUF_BYTES,
+    BLOCK_WORDS, BlockBuffers, BlockStreams, CodecId, FormatError, GROUP_SHAPES, LEAD_BUF_BYTES,
+    LEAD_STRIDE, LOW_BUF_BYTES,
 };
 
 /// Low-byte positions stay below `3 · BLOCK_WORDS`; masked to this, they need no bounds check.
@@ -67,6 +69,43 @@ impl Ssse3 {
             unsafe { join_block(classes, lead, &buffers.low, words) }
         }
     }
+}
+
+/// Proof that this CPU has AVX2: only [`Avx2::detect`] makes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Avx2(());
+
+impl Avx2 {
+    /// `Some` where this CPU has AVX2 (std caches the answer).
+    pub(super) fn detect() -> Option<Self> {
+        std::is_x86_feature_detected!("avx2").then_some(Avx2(()))
+    }
+
+    /// [`super::apply_residual`] compiled for AVX2.
+    pub(super) fn apply_residual(
+        self,
+        codec: CodecId,
+        words: &[u32],
+        prev: Option<&[f32]>,
+        prev2: Option<&[f32]>,
+        mu_q8: u16,
+        out: &mut [f32],
+    ) -> Result<(), FormatError> {
+        // SAFETY: `self` exists, so the CPU has AVX2.
+        unsafe { apply_residual_avx2(codec, words, prev, prev2, mu_q8, out) }
+    }
+}
+
+#[target_feature(enable = "avx2")]
+fn apply_residual_avx2(
+    codec: CodecId,
+    words: &[u32],
+    prev: Option<&[f32]>,
+    prev2: Option<&[f32]>,
+    mu_q8: u16,
+    out: &mut [f32],
+) -> Result<(), FormatError> {
+    super::apply_residual_inline(codec, words, prev, prev2, mu_q8, out)
 }
 
 /// What one byte of the class stream means for a group of 4 words, as shuffles: `low` and
