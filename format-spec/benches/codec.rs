@@ -134,10 +134,7 @@ fn pcodec_rows(states: &[Vec<f32>]) {
             let deltas: Vec<u32> = s[c0..c1]
                 .iter()
                 .zip(&states[t - 1][c0..c1])
-                .map(|(c, p)| {
-                    let d = c.to_bits().wrapping_sub(p.to_bits()) as i32;
-                    ((d << 1) ^ (d >> 31)) as u32
-                })
+                .map(|(c, p)| codec::zigzag(c.to_bits().wrapping_sub(p.to_bits()) as i32))
                 .collect();
             let bytes = pco::standalone::simple_compress(&deltas, &config).expect("pco");
             enc_mix += at.elapsed().as_secs_f64();
@@ -148,10 +145,7 @@ fn pcodec_rows(states: &[Vec<f32>]) {
             let values: Vec<f32> = back
                 .iter()
                 .zip(&states[t - 1][c0..c1])
-                .map(|(&z, p)| {
-                    let d = ((z >> 1) as i32) ^ -((z & 1) as i32);
-                    f32::from_bits(p.to_bits().wrapping_add(d as u32))
-                })
+                .map(|(&z, p)| f32::from_bits(p.to_bits().wrapping_add(codec::unzigzag(z) as u32)))
                 .collect();
             dec_mix += at.elapsed().as_secs_f64();
             assert!(

@@ -281,63 +281,66 @@ pub(crate) fn residual_words(
     Ok(())
 }
 
-/// Inverse of [`residual_words`]: the values from their residual words and bases (with AVX2
-/// where the CPU has it: pred2's 64-bit products vectorize twice as wide).
-fn apply_residual(
+/// A chunk's residual codec with what undoing it needs: its bases and pred2's μ.
+#[derive(Clone, Copy)]
+struct Residual<'a> {
     codec: CodecId,
-    words: &[u32],
-    prev: Option<&[f32]>,
-    prev2: Option<&[f32]>,
+    prev: Option<&'a [f32]>,
+    prev2: Option<&'a [f32]>,
     mu_q8: u16,
-    out: &mut [f32],
-) -> Result<(), FormatError> {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(avx2) = x86::Avx2::detect() {
-        return avx2.apply_residual(codec, words, prev, prev2, mu_q8, out);
-    }
-    apply_residual_inline(codec, words, prev, prev2, mu_q8, out)
 }
 
-/// [`apply_residual`]'s work, inlined into each CPU-feature variant.
-#[inline(always)]
-fn apply_residual_inline(
-    codec: CodecId,
-    words: &[u32],
-    prev: Option<&[f32]>,
-    prev2: Option<&[f32]>,
-    mu_q8: u16,
-    out: &mut [f32],
-) -> Result<(), FormatError> {
-    let n = out.len();
-    check_len("word buffer", words.len(), n)?;
-    match codec.residual() {
-        CodecId::XorPrev => {
-            let p = need_base(codec, prev, n)?;
-            for ((o, w), p) in out.iter_mut().zip(words).zip(p) {
-                *o = f32::from_bits(w ^ p.to_bits());
-            }
+impl Residual<'_> {
+    /// Inverse of [`residual_words`]: the values from their residual words and the bases (with
+    /// AVX2 where the CPU has it: pred2's 64-bit products vectorize twice as wide).
+    fn apply(&self, words: &[u32], out: &mut [f32]) -> Result<(), FormatError> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(avx2) = x86::Avx2::detect() {
+            return avx2.apply_residual(self, words, out);
         }
-        CodecId::ZigzagDeltaPrev => {
-            let p = need_base(codec, prev, n)?;
-            for ((o, w), p) in out.iter_mut().zip(words).zip(p) {
-                *o = f32::from_bits(p.to_bits().wrapping_add(unzigzag(*w) as u32));
-            }
-        }
-        CodecId::Pred2 => {
-            let p = need_base(codec, prev, n)?;
-            let p2 = need_base(codec, prev2, n)?;
-            for (((o, w), p), p2) in out.iter_mut().zip(words).zip(p).zip(p2) {
-                let pred = pred2_predict(p.to_bits(), p2.to_bits(), mu_q8);
-                *o = f32::from_bits(pred.wrapping_add(unzigzag(*w) as u32));
-            }
-        }
-        _ => {
-            for (o, w) in out.iter_mut().zip(words) {
-                *o = f32::from_bits(*w);
-            }
-        }
+        self.apply_inline(words, out)
     }
-    Ok(())
+
+    /// [`Residual::apply`]'s work, inlined into each CPU-feature variant.
+    #[inline(always)]
+    fn apply_inline(&self, words: &[u32], out: &mut [f32]) -> Result<(), FormatError> {
+        let Residual {
+            codec,
+            prev,
+            prev2,
+            mu_q8,
+        } = *self;
+        let n = out.len();
+        check_len("word buffer", words.len(), n)?;
+        match codec.residual() {
+            CodecId::XorPrev => {
+                let p = need_base(codec, prev, n)?;
+                for ((o, w), p) in out.iter_mut().zip(words).zip(p) {
+                    *o = f32::from_bits(w ^ p.to_bits());
+                }
+            }
+            CodecId::ZigzagDeltaPrev => {
+                let p = need_base(codec, prev, n)?;
+                for ((o, w), p) in out.iter_mut().zip(words).zip(p) {
+                    *o = f32::from_bits(p.to_bits().wrapping_add(unzigzag(*w) as u32));
+                }
+            }
+            CodecId::Pred2 => {
+                let p = need_base(codec, prev, n)?;
+                let p2 = need_base(codec, prev2, n)?;
+                for (((o, w), p), p2) in out.iter_mut().zip(words).zip(p).zip(p2) {
+                    let pred = pred2_predict(p.to_bits(), p2.to_bits(), mu_q8);
+                    *o = f32::from_bits(pred.wrapping_add(unzigzag(*w) as u32));
+                }
+            }
+            _ => {
+                for (o, w) in out.iter_mut().zip(words) {
+                    *o = f32::from_bits(*w);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The class of a word (SPEC.md §5.2): its count of significant bytes − 1 (0 for 0..=255).
@@ -411,18 +414,6 @@ const GROUP_SHAPES: [GroupShape; 256] = {
             q += 1;
         }
         table[p] = g;
-        p += 1;
-    }
-    table
-};
-
-/// Per class byte, the count of its words of each class as four 16-bit fields (a compact copy
-/// of [`GroupShape::per_class`] for the passes that only count).
-const CLASS_COUNTS: [u64; 256] = {
-    let mut table = [0; 256];
-    let mut p = 0;
-    while p < 256 {
-        table[p] = GROUP_SHAPES[p].per_class;
         p += 1;
     }
     table
@@ -630,7 +621,12 @@ fn join_streams_blocks(
     // the totals.
     let block_counts: Vec<u64> = class
         .chunks(BLOCK_WORDS / 4)
-        .map(|groups| groups.iter().map(|&p| CLASS_COUNTS[usize::from(p)]).sum())
+        .map(|groups| {
+            groups
+                .iter()
+                .map(|&p| GROUP_SHAPES[usize::from(p)].per_class)
+                .sum()
+        })
         .collect();
     let mut per_class = [0usize; 4];
     for &packed in &block_counts {
@@ -1074,14 +1070,13 @@ pub fn decode_chunk(
             // The residual is undone a block at a time, as the join hands the words on.
             decode_split(frame, n, decompressor, streams, |start, words| {
                 let range = start..start + words.len();
-                apply_residual(
+                let residual = Residual {
                     codec,
-                    words,
-                    p.map(|p| &p[range.clone()]),
-                    p2.map(|p| &p[range.clone()]),
-                    q,
-                    &mut out[range],
-                )
+                    prev: p.map(|p| &p[range.clone()]),
+                    prev2: p2.map(|p| &p[range.clone()]),
+                    mu_q8: q,
+                };
+                residual.apply(words, &mut out[range])
             })
         });
     }
@@ -1192,6 +1187,16 @@ pub(crate) fn unshuffle_u32(planes: &[u8], n: usize) -> Vec<u32> {
 mod tests {
     use super::*;
 
+    /// A seeded xorshift64 generator for test inputs.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
     #[test]
     fn zigzag_round_trips_extremes() {
         for v in [0, 1, -1, 2, -2, i32::MAX, i32::MIN, 12345, -12345] {
@@ -1272,13 +1277,7 @@ mod tests {
     /// scalar path's bytes and joins them back.
     #[test]
     fn split_and_join_round_trip_every_length_and_class_mix() {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
         let mut streams: [Vec<u8>; SPLIT_STREAMS] = Default::default();
         // Around the group size and the blocks of 4096 words.
         for n in (0..70).chain([1021, 1024, 4095, 4096, 4099, 8192, 8197, 12_290]) {
@@ -1424,13 +1423,8 @@ mod tests {
     /// the same source compiled for other instructions), across block-sized and odd lengths.
     #[test]
     fn residual_pass_is_the_same_on_every_path() {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u32
-        };
+        let mut state = xorshift(0x2545_F491_4F6C_DD1D);
+        let mut next = move || state() as u32;
         for n in [0, 1, 7, 31, 4096, 5003] {
             let words: Vec<u32> = (0..n).map(|i| next() >> (i % 32)).collect();
             let prev: Vec<f32> = (0..n).map(|_| f32::from_bits(next())).collect();
@@ -1447,10 +1441,15 @@ mod tests {
                         apply(&mut out).unwrap();
                         out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
                     };
-                    let (p, p2) = (Some(prev.as_slice()), Some(prev2.as_slice()));
-                    let want = run(&|out| apply_residual_inline(codec, &words, p, p2, mu_q8, out));
+                    let residual = Residual {
+                        codec,
+                        prev: Some(&prev),
+                        prev2: Some(&prev2),
+                        mu_q8,
+                    };
+                    let want = run(&|out| residual.apply_inline(&words, out));
                     assert_eq!(
-                        run(&|out| apply_residual(codec, &words, p, p2, mu_q8, out)),
+                        run(&|out| residual.apply(&words, out)),
                         want,
                         "{codec} n {n} mu {mu_q8}"
                     );

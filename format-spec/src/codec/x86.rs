@@ -15,8 +15,8 @@ use std::arch::x86_64::{
 };
 
 use super::{
-    BLOCK_WORDS, BlockBuffers, BlockStreams, CodecId, FormatError, GROUP_SHAPES, LEAD_BUF_BYTES,
-    LEAD_STRIDE, LOW_BUF_BYTES,
+    BLOCK_WORDS, BlockBuffers, BlockStreams, FormatError, GROUP_SHAPES, LEAD_BUF_BYTES,
+    LEAD_STRIDE, LOW_BUF_BYTES, Residual,
 };
 
 /// Low-byte positions stay below `3 · BLOCK_WORDS`; masked to this, they need no bounds check.
@@ -81,31 +81,25 @@ impl Avx2 {
         std::is_x86_feature_detected!("avx2").then_some(Avx2(()))
     }
 
-    /// [`super::apply_residual`] compiled for AVX2.
+    /// [`Residual::apply`] compiled for AVX2.
     pub(super) fn apply_residual(
         self,
-        codec: CodecId,
+        residual: &Residual<'_>,
         words: &[u32],
-        prev: Option<&[f32]>,
-        prev2: Option<&[f32]>,
-        mu_q8: u16,
         out: &mut [f32],
     ) -> Result<(), FormatError> {
         // SAFETY: `self` exists, so the CPU has AVX2.
-        unsafe { apply_residual_avx2(codec, words, prev, prev2, mu_q8, out) }
+        unsafe { apply_residual_avx2(residual, words, out) }
     }
 }
 
 #[target_feature(enable = "avx2")]
 fn apply_residual_avx2(
-    codec: CodecId,
+    residual: &Residual<'_>,
     words: &[u32],
-    prev: Option<&[f32]>,
-    prev2: Option<&[f32]>,
-    mu_q8: u16,
     out: &mut [f32],
 ) -> Result<(), FormatError> {
-    super::apply_residual_inline(codec, words, prev, prev2, mu_q8, out)
+    residual.apply_inline(words, out)
 }
 
 /// What one byte of the class stream means for a group of 4 words, as shuffles: `low` and
