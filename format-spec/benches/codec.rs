@@ -14,7 +14,7 @@
 use std::time::Instant;
 
 use sgdwalk_format::testkit::codec_bench::{
-    bench_trajectory, format_bench_table, stream_entropy_table,
+    bench_trajectory, format_bench_table, split_path_table, stream_entropy_table,
 };
 use sgdwalk_format::testkit::synth::sgd_trajectory;
 use sgdwalk_format::*;
@@ -192,6 +192,7 @@ fn run(name: &str, states: &[Vec<f32>]) {
     for codec in [CodecId::ZigzagDeltaPrev, CodecId::Pred2] {
         print!("{}", stream_entropy_table(states, codec, 1));
     }
+    print!("{}", split_path_table(states, CodecId::Pred2, 5));
     for split_streams in [false, true] {
         for delta in [CodecId::XorPrev, CodecId::ZigzagDeltaPrev, CodecId::Pred2] {
             writer_reader_round(states, delta, split_streams);

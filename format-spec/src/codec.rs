@@ -72,12 +72,20 @@ pub fn unzigzag(z: u32) -> i32 {
 }
 
 /// The order-2 prediction of SPEC.md: `b1 + floor((b1 − b2) · q / 256)`, all in wrapping
-/// 32-bit arithmetic on bit patterns (`b1 − b2` read as i32, the product in i64).
+/// 32-bit arithmetic on bit patterns (`b1 − b2` read as i32; SPEC.md widens the product to i64).
+///
+/// Computed in 32-bit lanes, which vectorize twice as wide as 64-bit products: with
+/// `d1 = 256·a + b` (`a = d1 >> 8` arithmetic, `b = d1 & 255`), `floor(d1·q / 256) =
+/// a·q + floor(b·q / 256)` exactly, `b·q < 2^24` fits, and the low 32 bits of `a·q` are those of
+/// its wrapping product, so the result's low 32 bits match the i64 formula for every `q`
+/// (tested against it).
 #[inline(always)]
 pub fn pred2_predict(b1: u32, b2: u32, mu_q8: u16) -> u32 {
-    let d1 = b1.wrapping_sub(b2) as i32;
-    let p = (i64::from(d1) * i64::from(mu_q8)) >> 8;
-    b1.wrapping_add(p as u32)
+    let d1 = b1.wrapping_sub(b2);
+    let q = u32::from(mu_q8);
+    let high = ((d1 as i32) >> 8) as u32;
+    let low = ((d1 & 0xFF) * q) >> 8;
+    b1.wrapping_add(high.wrapping_mul(q)).wrapping_add(low)
 }
 
 /// xxh3-64 of the little-endian bytes of `values` (the chunk hash of SPEC.md).
@@ -191,6 +199,16 @@ macro_rules! with_residual_words {
             }
             CodecId::ZigzagDeltaPrev => {
                 let p = need_base(codec, $prev, n)?;
+                let $words = cur
+                    .iter()
+                    .zip(p)
+                    .map(|(c, p)| zigzag(c.to_bits().wrapping_sub(p.to_bits()) as i32));
+                $body
+            }
+            // pred2 with q = 0 predicts `p` itself: zigzag_delta_prev's words, one base read.
+            CodecId::Pred2 if mu_q8 == 0 => {
+                let p = need_base(codec, $prev, n)?;
+                need_base(codec, $prev2, n)?;
                 let $words = cur
                     .iter()
                     .zip(p)
@@ -325,6 +343,14 @@ impl Residual<'_> {
                     *o = f32::from_bits(p.to_bits().wrapping_add(unzigzag(*w) as u32));
                 }
             }
+            // q = 0 predicts `p` itself (see pred2_predict): one base to read, not two.
+            CodecId::Pred2 if mu_q8 == 0 => {
+                let p = need_base(codec, prev, n)?;
+                need_base(codec, prev2, n)?;
+                for ((o, w), p) in out.iter_mut().zip(words).zip(p) {
+                    *o = f32::from_bits(p.to_bits().wrapping_add(unzigzag(*w) as u32));
+                }
+            }
             CodecId::Pred2 => {
                 let p = need_base(codec, prev, n)?;
                 let p2 = need_base(codec, prev2, n)?;
@@ -437,23 +463,35 @@ const LOW_BUF_BYTES: usize = 4 * BLOCK_WORDS + 16;
 
 /// How a block is split and joined: the same bytes either way (tested), SIMD where the CPU has it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SplitPath {
+pub(crate) enum SplitPath {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Ssse3(x86::Ssse3),
 }
 
 impl SplitPath {
-    /// Every path this CPU runs, the scalar one first (for the tests).
-    #[cfg(test)]
-    fn all() -> Vec<Self> {
+    /// Every path this CPU runs, the scalar one first (for the tests and the bench).
+    #[cfg(any(test, feature = "testkit"))]
+    pub(crate) fn all() -> Vec<Self> {
         let mut paths = vec![SplitPath::Scalar];
-        if SplitPath::detect() != SplitPath::Scalar {
-            paths.push(SplitPath::detect());
+        #[cfg(target_arch = "x86_64")]
+        {
+            paths.extend(x86::Ssse3::detect().map(SplitPath::Ssse3));
         }
         paths
     }
 
+    /// The path's name, for the bench.
+    #[cfg(any(test, feature = "testkit"))]
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            SplitPath::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            SplitPath::Ssse3(_) => "SSSE3",
+        }
+    }
+
+    /// The fastest path this CPU runs.
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if let Some(simd) = x86::Ssse3::detect() {
@@ -511,7 +549,7 @@ pub fn split_into_streams(words: &[u32], streams: &mut [Vec<u8>; SPLIT_STREAMS])
     split_with(SplitPath::detect(), words, streams);
 }
 
-fn split_with(path: SplitPath, words: &[u32], streams: &mut [Vec<u8>; SPLIT_STREAMS]) {
+pub(crate) fn split_with(path: SplitPath, words: &[u32], streams: &mut [Vec<u8>; SPLIT_STREAMS]) {
     let n = words.len();
     for s in streams.iter_mut() {
         s.clear();
@@ -595,7 +633,7 @@ pub fn join_streams(streams: [&[u8]; SPLIT_STREAMS], words: &mut [u32]) -> Resul
     join_with(SplitPath::detect(), streams, words)
 }
 
-fn join_with(
+pub(crate) fn join_with(
     path: SplitPath,
     streams: [&[u8]; SPLIT_STREAMS],
     words: &mut [u32],
@@ -1216,6 +1254,40 @@ mod tests {
         assert_eq!(pred2_predict(100, 103, 128), 98);
         // wrapping at the u32 boundary
         assert_eq!(pred2_predict(u32::MAX, u32::MAX - 2, 256), 1);
+        // The 32-bit computation equals SPEC.md's i64 formula for every q a reader may meet.
+        let spec = |b1: u32, b2: u32, q: u16| {
+            let d1 = b1.wrapping_sub(b2) as i32;
+            b1.wrapping_add(((i64::from(d1) * i64::from(q)) >> 8) as u32)
+        };
+        let mut next = xorshift(0x0005_EED0_F9E2);
+        let edges = [
+            0,
+            1,
+            0xFF,
+            0x100,
+            0x7FFF_FFFF,
+            0x8000_0000,
+            0x8000_00FF,
+            u32::MAX,
+        ];
+        for q in (0..=600u16).chain([0x7FFF, 0x8000, 0xFFFE, u16::MAX]) {
+            for &b1 in &edges {
+                for &b2 in &edges {
+                    assert_eq!(pred2_predict(b1, b2, q), spec(b1, b2, q), "{b1} {b2} {q}");
+                }
+            }
+            for _ in 0..2000 {
+                let (r, s) = (next(), next());
+                // Small differences (the common case) and any.
+                let b1 = r as u32;
+                let b2 = if s & 1 == 0 {
+                    b1.wrapping_add((s >> 8) as u32 % 4096).wrapping_sub(2048)
+                } else {
+                    (s >> 32) as u32
+                };
+                assert_eq!(pred2_predict(b1, b2, q), spec(b1, b2, q), "{b1} {b2} {q}");
+            }
+        }
     }
 
     #[test]
@@ -1453,6 +1525,27 @@ mod tests {
                         want,
                         "{codec} n {n} mu {mu_q8}"
                     );
+                    // pred2 by SPEC.md's formula, term by term (q = 0 takes a one-base path).
+                    if codec == CodecId::Pred2 {
+                        let spec: Vec<u32> = words
+                            .iter()
+                            .zip(prev.iter().zip(&prev2))
+                            .map(|(w, (p, p2))| {
+                                let d1 = i64::from(p.to_bits().wrapping_sub(p2.to_bits()) as i32);
+                                let pred = p
+                                    .to_bits()
+                                    .wrapping_add(((d1 * i64::from(mu_q8)) >> 8) as u32);
+                                pred.wrapping_add(unzigzag(*w) as u32)
+                            })
+                            .collect();
+                        assert_eq!(want, spec, "n {n} mu {mu_q8}");
+                    }
+                    // The encoder's residual of the decoded values gives the words back.
+                    let cur: Vec<f32> = want.iter().map(|&b| f32::from_bits(b)).collect();
+                    let mut again = vec![0u32; n];
+                    residual_words(codec, &cur, Some(&prev), Some(&prev2), mu_q8, &mut again)
+                        .unwrap();
+                    assert_eq!(again, words, "{codec} n {n} mu {mu_q8}");
                 }
             }
         }

@@ -226,8 +226,8 @@ pub struct RecordArgs {
     #[arg(long, default_value_t = 1)]
     pub zstd_level: i32,
     /// Store residuals as split streams (format 1.3, codecs 5–8: word classes, leading bytes
-    /// per class, low bytes raw): on a recorded MLP trajectory 3.7% smaller, 1.8× faster to
-    /// encode and 1.4× faster to decode than byte planes in one zstd frame (`--split-streams
+    /// per class, low bytes raw): on a recorded MLP trajectory 3.7% smaller, 1.9× faster to
+    /// encode and 1.5× faster to decode than byte planes in one zstd frame (`--split-streams
     /// false`). Readers older than format 1.3 cannot open such a file.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub split_streams: bool,

@@ -4,7 +4,7 @@
 //! of a load, a mask and a store per word. The decoder's residual pass compiled for AVX2.
 //!
 //! `unsafe` is confined to unaligned 16-byte loads and stores of ranges that are bounds-checked
-//! slices, and to calling the `target_feature` functions through an [`Ssse3`] or [`Avx2`]
+//! slices, unaligned 4-byte loads at cursors checked against their slices, and to calling the `target_feature` functions through an [`Ssse3`] or [`Avx2`]
 //! token.
 #![allow(unsafe_code)]
 
@@ -24,7 +24,7 @@ const LOW_MASK: usize = 4 * BLOCK_WORDS - 1;
 
 /// Proof that this CPU has SSSE3: only [`Ssse3::detect`] makes one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Ssse3(());
+pub(crate) struct Ssse3(());
 
 impl Ssse3 {
     /// `Some` where this CPU runs the functions of this module (std caches the answer).
@@ -294,16 +294,29 @@ fn split_block(
 /// and dropped by the shuffles).
 #[target_feature(enable = "ssse3")]
 fn join_block(classes: &[u8], lead: [&[u8]; 4], low: &[u8], words: &mut [u32; BLOCK_WORDS]) {
+    // Where each class's last 4-byte window starts, in four 16-bit fields with the top bit
+    // set: a block's cursors stay below 2^13, so a start past 2^15 − 1 is as good as it, and
+    // `fields − cursors` then borrows across no field and clears a field's top bit exactly
+    // where that cursor is past its window. One test a group instead of one per class.
+    assert!(lead.iter().all(|l| l.len() >= 4), "4 bytes past each class");
+    let last = lead.iter().enumerate().fold(0u64, |packed, (c, l)| {
+        packed | ((l.len() - 4).min(0x7FFF) as u64 | 0x8000) << (16 * c)
+    });
+    const TOP_BITS: u64 = 0x8000_8000_8000_8000;
     let mut cursors = 0u64;
     let mut low_at = 0usize;
     let (quads, _) = words.as_chunks_mut::<4>();
     for (quad, &p) in quads.iter_mut().zip(classes) {
         let s = &JOIN[usize::from(p)];
         let lows = load16(low, low_at);
+        assert!(
+            (last - cursors) & TOP_BITS == TOP_BITS,
+            "a class's cursor past its stream"
+        );
         let lane = |c: usize| {
             let at = ((cursors >> (16 * c)) & 0xFFFF) as usize;
-            let b = &lead[c][at..at + 4];
-            i32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            // SAFETY: the assert above: `at + 4 <= lead[c].len()`.
+            unsafe { lead[c].as_ptr().add(at).cast::<i32>().read_unaligned() }
         };
         let leads = _mm_set_epi32(lane(3), lane(2), lane(1), lane(0));
         store_words(

@@ -344,3 +344,117 @@ pub fn stream_entropy_table(states: &[Vec<f32>], codec: CodecId, level: i32) -> 
     );
     s
 }
+
+/// Split and join alone, per path this CPU runs (scalar, SSSE3): the split-stream
+/// work without the entropy coder and the residual pass, over the `codec` residual words of
+/// every transition in the bench's chunks, alternating the paths `rounds` times; prints each
+/// path's median MB/s of raw words (4 bytes a word) and its ratio to the scalar path's. Every
+/// path's streams equal the scalar path's and join back to the words; a mismatch panics.
+pub fn split_path_table(states: &[Vec<f32>], codec: CodecId, rounds: usize) -> String {
+    use std::fmt::Write as _;
+
+    use crate::codec::{SplitPath, join_with, split_with};
+    let mut s = String::new();
+    let Some(n) = states.first().map(Vec::len).filter(|&n| n > 0) else {
+        return s;
+    };
+    let base = codec.residual();
+    let mut chunks: Vec<Vec<u32>> = Vec::new();
+    for t in 1..states.len() {
+        let (cur, prev) = (&states[t], &states[t - 1]);
+        let prev2 = t.checked_sub(2).map(|i| &states[i]);
+        let c = base.split().effective(prev2.is_some());
+        for c0 in (0..n).step_by(BENCH_CHUNK) {
+            let c1 = (c0 + BENCH_CHUNK).min(n);
+            let (cur, prev) = (&cur[c0..c1], &prev[c0..c1]);
+            let prev2 = prev2.map(|p| &p[c0..c1]);
+            let mu = match prev2 {
+                Some(p2) if c.residual() == CodecId::Pred2 => estimate_mu_q8(cur, prev, p2),
+                _ => 0,
+            };
+            let mut words = vec![0; c1 - c0];
+            if residual_words(c, cur, Some(prev), prev2, mu, &mut words).is_ok() {
+                chunks.push(words);
+            }
+        }
+    }
+    let raw_mb = chunks.iter().map(|w| 4 * w.len()).sum::<usize>() as f64 / 1e6;
+    let mut reference: Vec<[Vec<u8>; SPLIT_STREAMS]> = Vec::new();
+    for words in &chunks {
+        let mut streams: [Vec<u8>; SPLIT_STREAMS] = Default::default();
+        split_with(SplitPath::Scalar, words, &mut streams);
+        reference.push(streams);
+    }
+    let paths = SplitPath::all();
+    // Per path: split seconds and join seconds of each round.
+    let mut secs = vec![(Vec::new(), Vec::new()); paths.len()];
+    let mut streams: [Vec<u8>; SPLIT_STREAMS] = Default::default();
+    let mut back = Vec::new();
+    for _ in 0..rounds.max(1) {
+        for (path, (split_secs, join_secs)) in paths.iter().zip(&mut secs) {
+            let t = Instant::now();
+            for words in &chunks {
+                split_with(*path, words, &mut streams);
+                std::hint::black_box(&streams);
+            }
+            split_secs.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            for (words, streams) in chunks.iter().zip(&reference) {
+                back.resize(words.len(), 0);
+                let slices: [&[u8]; SPLIT_STREAMS] = std::array::from_fn(|k| streams[k].as_slice());
+                let joined = join_with(*path, slices, &mut back);
+                assert!(
+                    joined.is_ok(),
+                    "{path:?} cannot join the scalar path's streams"
+                );
+                std::hint::black_box(&back);
+            }
+            join_secs.push(t.elapsed().as_secs_f64());
+        }
+    }
+    // Outside the timing: every path's bytes, both ways.
+    for path in &paths {
+        for (words, want) in chunks.iter().zip(&reference) {
+            split_with(*path, words, &mut streams);
+            assert!(&streams == want, "{path:?} splits differently");
+            let slices: [&[u8]; SPLIT_STREAMS] = std::array::from_fn(|k| want[k].as_slice());
+            back.resize(words.len(), 0);
+            let joined = join_with(*path, slices, &mut back);
+            assert!(
+                joined.is_ok() && &back == words,
+                "{path:?} joins differently"
+            );
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let _ = writeln!(
+        s,
+        "split and join alone, {} residual, {} chunks, medians of {} alternating rounds",
+        base.name(),
+        chunks.len(),
+        rounds.max(1)
+    );
+    let _ = writeln!(
+        s,
+        "  {:<10} {:>10} {:>10} {:>10} {:>10}",
+        "path", "split MB/s", "vs scalar", "join MB/s", "vs scalar"
+    );
+    let scalar = (median(&secs[0].0), median(&secs[0].1));
+    for (path, (split_secs, join_secs)) in paths.iter().zip(&secs) {
+        let (split, join) = (median(split_secs), median(join_secs));
+        let _ = writeln!(
+            s,
+            "  {:<10} {:>10.0} {:>9.2}× {:>10.0} {:>9.2}×",
+            path.name(),
+            raw_mb / split,
+            scalar.0 / split,
+            raw_mb / join,
+            scalar.1 / join
+        );
+    }
+    s
+}
