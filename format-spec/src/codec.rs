@@ -183,6 +183,27 @@ fn need_base(codec: CodecId, base: Option<&[f32]>, n: usize) -> Result<&[f32], F
     Ok(b)
 }
 
+/// The residual whose words `codec` stores in a chunk of `n` values: its unsplit residual, but
+/// zigzag_delta_prev for pred2 with `mu_q8 = 0`, which predicts `p` itself (SPEC.md): the same
+/// words from one base read instead of two. Such a chunk still needs both bases, as any pred2
+/// chunk does (checked here, in the order the pred2 path checks them).
+fn residual_of(
+    codec: CodecId,
+    prev: Option<&[f32]>,
+    prev2: Option<&[f32]>,
+    n: usize,
+    mu_q8: u16,
+) -> Result<CodecId, FormatError> {
+    match codec.residual() {
+        CodecId::Pred2 if mu_q8 == 0 => {
+            need_base(codec, prev, n)?;
+            need_base(codec, prev2, n)?;
+            Ok(CodecId::ZigzagDeltaPrev)
+        }
+        residual => Ok(residual),
+    }
+}
+
 /// Runs `$body` with `$words` bound to an iterator over the residual words of `codec`'s
 /// residual (key, xor, zigzag delta or pred2; a split codec's unsplit one) of `cur` against its
 /// bases: the one definition of the residuals, expanded per codec so each loop stays
@@ -191,7 +212,7 @@ macro_rules! with_residual_words {
     ($codec:expr, $cur:expr, $prev:expr, $prev2:expr, $mu_q8:expr, |$words:ident| $body:expr) => {{
         let (codec, cur, mu_q8): (CodecId, &[f32], u16) = ($codec, $cur, $mu_q8);
         let n = cur.len();
-        match codec.residual() {
+        match residual_of(codec, $prev, $prev2, n, mu_q8)? {
             CodecId::XorPrev => {
                 let p = need_base(codec, $prev, n)?;
                 let $words = cur.iter().zip(p).map(|(c, p)| c.to_bits() ^ p.to_bits());
@@ -199,16 +220,6 @@ macro_rules! with_residual_words {
             }
             CodecId::ZigzagDeltaPrev => {
                 let p = need_base(codec, $prev, n)?;
-                let $words = cur
-                    .iter()
-                    .zip(p)
-                    .map(|(c, p)| zigzag(c.to_bits().wrapping_sub(p.to_bits()) as i32));
-                $body
-            }
-            // pred2 with q = 0 predicts `p` itself: zigzag_delta_prev's words, one base read.
-            CodecId::Pred2 if mu_q8 == 0 => {
-                let p = need_base(codec, $prev, n)?;
-                need_base(codec, $prev2, n)?;
                 let $words = cur
                     .iter()
                     .zip(p)
@@ -310,7 +321,7 @@ struct Residual<'a> {
 
 impl Residual<'_> {
     /// Inverse of [`residual_words`]: the values from their residual words and the bases (with
-    /// AVX2 where the CPU has it: pred2's 64-bit products vectorize twice as wide).
+    /// AVX2 where the CPU has it: the loops vectorize twice as wide).
     fn apply(&self, words: &[u32], out: &mut [f32]) -> Result<(), FormatError> {
         #[cfg(target_arch = "x86_64")]
         if let Some(avx2) = x86::Avx2::detect() {
@@ -330,7 +341,7 @@ impl Residual<'_> {
         } = *self;
         let n = out.len();
         check_len("word buffer", words.len(), n)?;
-        match codec.residual() {
+        match residual_of(codec, prev, prev2, n, mu_q8)? {
             CodecId::XorPrev => {
                 let p = need_base(codec, prev, n)?;
                 for ((o, w), p) in out.iter_mut().zip(words).zip(p) {
@@ -339,14 +350,6 @@ impl Residual<'_> {
             }
             CodecId::ZigzagDeltaPrev => {
                 let p = need_base(codec, prev, n)?;
-                for ((o, w), p) in out.iter_mut().zip(words).zip(p) {
-                    *o = f32::from_bits(p.to_bits().wrapping_add(unzigzag(*w) as u32));
-                }
-            }
-            // q = 0 predicts `p` itself (see pred2_predict): one base to read, not two.
-            CodecId::Pred2 if mu_q8 == 0 => {
-                let p = need_base(codec, prev, n)?;
-                need_base(codec, prev2, n)?;
                 for ((o, w), p) in out.iter_mut().zip(words).zip(p) {
                     *o = f32::from_bits(p.to_bits().wrapping_add(unzigzag(*w) as u32));
                 }

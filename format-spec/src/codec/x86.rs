@@ -4,8 +4,8 @@
 //! of a load, a mask and a store per word. The decoder's residual pass compiled for AVX2.
 //!
 //! `unsafe` is confined to unaligned 16-byte loads and stores of ranges that are bounds-checked
-//! slices, unaligned 4-byte loads at cursors checked against their slices, and to calling the `target_feature` functions through an [`Ssse3`] or [`Avx2`]
-//! token.
+//! slices, unaligned 4-byte loads at cursors checked against their slices, and to calling the
+//! `target_feature` functions through an [`Ssse3`] or [`Avx2`] token.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{

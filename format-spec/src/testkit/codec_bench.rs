@@ -244,9 +244,9 @@ fn entropy_bits(bytes: &[u8]) -> f64 {
 pub fn stream_entropy_table(states: &[Vec<f32>], codec: CodecId, level: i32) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let Some(n) = states.first().map(Vec::len).filter(|&n| n > 0) else {
+    if states.first().is_none_or(Vec::is_empty) {
         return s;
-    };
+    }
     let base = codec.residual();
     // C: the class stream; Lk: leading bytes of class k (k + 1 significant bytes); R: the rest.
     let names = ["C", "L0", "L1", "L2", "L3", "R"];
@@ -254,47 +254,30 @@ pub fn stream_entropy_table(states: &[Vec<f32>], codec: CodecId, level: i32) -> 
     let mut planes = [[0f64; 2]; 4];
     let mut streams = [[0f64; 4]; SPLIT_STREAMS];
     let (mut raw_total, mut stored_total, mut chunks) = (0f64, 0f64, 0usize);
-    let mut words = Vec::new();
     let mut split: [Vec<u8>; SPLIT_STREAMS] = Default::default();
-    for t in 1..states.len() {
-        let (cur, prev) = (&states[t], &states[t - 1]);
-        let prev2 = t.checked_sub(2).map(|i| &states[i]);
-        let c = base.split().effective(prev2.is_some());
-        for c0 in (0..n).step_by(BENCH_CHUNK) {
-            let c1 = (c0 + BENCH_CHUNK).min(n);
-            let (cur, prev) = (&cur[c0..c1], &prev[c0..c1]);
-            let prev2 = prev2.map(|p| &p[c0..c1]);
-            let mu = match prev2 {
-                Some(p2) if c.residual() == CodecId::Pred2 => estimate_mu_q8(cur, prev, p2),
-                _ => 0,
-            };
-            words.resize(c1 - c0, 0);
-            if residual_words(c, cur, Some(prev), prev2, mu, &mut words).is_err() {
-                continue;
-            }
-            for (k, plane) in planes.iter_mut().enumerate() {
-                let bytes: Vec<u8> = words.iter().map(|w| (w >> (8 * k)) as u8).collect();
-                plane[0] += bytes.len() as f64;
-                plane[1] += bytes.len() as f64 * entropy_bits(&bytes) / 8.0;
-            }
-            split_into_streams(&words, &mut split);
-            let mut enc = Vec::new();
-            let Ok(len) = encode_chunk(c, cur, Some(prev), prev2, level, &mut enc) else {
-                continue;
-            };
-            let table = &enc[if c.residual() == CodecId::Pred2 { 2 } else { 0 }..];
-            for (k, st) in streams.iter_mut().enumerate() {
-                let d = &table[k * SPLIT_DESCRIPTOR_BYTES..][..SPLIT_DESCRIPTOR_BYTES];
-                st[0] += split[k].len() as f64;
-                st[1] += split[k].len() as f64 * entropy_bits(&split[k]) / 8.0;
-                st[2] += f64::from(u32::from_le_bytes([d[5], d[6], d[7], d[8]]));
-                st[3] += f64::from(u8::from(d[0] == STREAM_ZSTD));
-            }
-            raw_total += (4 * (c1 - c0)) as f64;
-            stored_total += len as f64;
-            chunks += 1;
+    for_each_residual_chunk(states, base, |c, cur, prev, prev2, words| {
+        for (k, plane) in planes.iter_mut().enumerate() {
+            let bytes: Vec<u8> = words.iter().map(|w| (w >> (8 * k)) as u8).collect();
+            plane[0] += bytes.len() as f64;
+            plane[1] += bytes.len() as f64 * entropy_bits(&bytes) / 8.0;
         }
-    }
+        split_into_streams(words, &mut split);
+        let mut enc = Vec::new();
+        let Ok(len) = encode_chunk(c, cur, Some(prev), prev2, level, &mut enc) else {
+            return;
+        };
+        let table = &enc[if c.residual() == CodecId::Pred2 { 2 } else { 0 }..];
+        for (k, st) in streams.iter_mut().enumerate() {
+            let d = &table[k * SPLIT_DESCRIPTOR_BYTES..][..SPLIT_DESCRIPTOR_BYTES];
+            st[0] += split[k].len() as f64;
+            st[1] += split[k].len() as f64 * entropy_bits(&split[k]) / 8.0;
+            st[2] += f64::from(u32::from_le_bytes([d[5], d[6], d[7], d[8]]));
+            st[3] += f64::from(u8::from(d[0] == STREAM_ZSTD));
+        }
+        raw_total += (4 * words.len()) as f64;
+        stored_total += len as f64;
+        chunks += 1;
+    });
     if chunks == 0 {
         return s;
     }
@@ -345,21 +328,16 @@ pub fn stream_entropy_table(states: &[Vec<f32>], codec: CodecId, level: i32) -> 
     s
 }
 
-/// Split and join alone, per path this CPU runs (scalar, SSSE3): the split-stream
-/// work without the entropy coder and the residual pass, over the `codec` residual words of
-/// every transition in the bench's chunks, alternating the paths `rounds` times; prints each
-/// path's median MB/s of raw words (4 bytes a word) and its ratio to the scalar path's. Every
-/// path's streams equal the scalar path's and join back to the words; a mismatch panics.
-pub fn split_path_table(states: &[Vec<f32>], codec: CodecId, rounds: usize) -> String {
-    use std::fmt::Write as _;
-
-    use crate::codec::{SplitPath, join_with, split_with};
-    let mut s = String::new();
-    let Some(n) = states.first().map(Vec::len).filter(|&n| n > 0) else {
-        return s;
-    };
-    let base = codec.residual();
-    let mut chunks: Vec<Vec<u32>> = Vec::new();
+/// Calls `visit` for every bench chunk of every transition of `states`, with the chunk's split
+/// codec of the `base` residual (pred2 falls back to zigzag for the first transition), its
+/// values, bases and residual words (chunks whose residual fails are skipped).
+fn for_each_residual_chunk(
+    states: &[Vec<f32>],
+    base: CodecId,
+    mut visit: impl FnMut(CodecId, &[f32], &[f32], Option<&[f32]>, &[u32]),
+) {
+    let n = states.first().map_or(0, Vec::len);
+    let mut words = Vec::new();
     for t in 1..states.len() {
         let (cur, prev) = (&states[t], &states[t - 1]);
         let prev2 = t.checked_sub(2).map(|i| &states[i]);
@@ -372,12 +350,31 @@ pub fn split_path_table(states: &[Vec<f32>], codec: CodecId, rounds: usize) -> S
                 Some(p2) if c.residual() == CodecId::Pred2 => estimate_mu_q8(cur, prev, p2),
                 _ => 0,
             };
-            let mut words = vec![0; c1 - c0];
+            words.resize(c1 - c0, 0);
             if residual_words(c, cur, Some(prev), prev2, mu, &mut words).is_ok() {
-                chunks.push(words);
+                visit(c, cur, prev, prev2, &words);
             }
         }
     }
+}
+
+/// Split and join alone, per path this CPU runs (scalar, SSSE3): the split-stream
+/// work without the entropy coder and the residual pass, over the `codec` residual words of
+/// every transition in the bench's chunks, alternating the paths `rounds` times; prints each
+/// path's median MB/s of raw words (4 bytes a word) and its ratio to the scalar path's. Every
+/// path's streams equal the scalar path's and join back to the words; a mismatch panics.
+pub fn split_path_table(states: &[Vec<f32>], codec: CodecId, rounds: usize) -> String {
+    use std::fmt::Write as _;
+
+    use crate::codec::{SplitPath, join_with, split_with};
+    let mut s = String::new();
+    if states.first().is_none_or(Vec::is_empty) {
+        return s;
+    }
+    let mut chunks: Vec<Vec<u32>> = Vec::new();
+    for_each_residual_chunk(states, codec.residual(), |_, _, _, _, words| {
+        chunks.push(words.to_vec());
+    });
     let raw_mb = chunks.iter().map(|w| 4 * w.len()).sum::<usize>() as f64 / 1e6;
     let mut reference: Vec<[Vec<u8>; SPLIT_STREAMS]> = Vec::new();
     for words in &chunks {
@@ -434,7 +431,7 @@ pub fn split_path_table(states: &[Vec<f32>], codec: CodecId, rounds: usize) -> S
     let _ = writeln!(
         s,
         "split and join alone, {} residual, {} chunks, medians of {} alternating rounds",
-        base.name(),
+        codec.residual().name(),
         chunks.len(),
         rounds.max(1)
     );
