@@ -90,15 +90,24 @@ pub fn pred2_predict(b1: u32, b2: u32, mu_q8: u16) -> u32 {
 
 /// xxh3-64 of the little-endian bytes of `values` (the chunk hash of SPEC.md).
 pub fn chunk_hash(values: &[f32]) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    let mut buf = [0u8; 16384];
-    for block in values.chunks(buf.len() / 4) {
-        for (dst, v) in buf.chunks_exact_mut(4).zip(block) {
-            dst.copy_from_slice(&v.to_bits().to_le_bytes());
-        }
-        h.update(&buf[..block.len() * 4]);
+    // In memory the words already are those bytes: hash them in place (a copy into a byte
+    // buffer first cost as much as the hash itself).
+    #[cfg(target_endian = "little")]
+    {
+        xxhash_rust::xxh3::xxh3_64(bytemuck::cast_slice(values))
     }
-    h.digest()
+    #[cfg(not(target_endian = "little"))]
+    {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        let mut buf = [0u8; 16384];
+        for block in values.chunks(buf.len() / 4) {
+            for (dst, v) in buf.chunks_exact_mut(4).zip(block) {
+                dst.copy_from_slice(&v.to_bits().to_le_bytes());
+            }
+            h.update(&buf[..block.len() * 4]);
+        }
+        h.digest()
+    }
 }
 
 /// Estimates the pred2 coefficient q = round(256·μ) in 0..=256 by least squares of

@@ -3,6 +3,7 @@
 
 pub mod codec;
 mod consts;
+mod crc;
 mod error;
 mod lock;
 mod reader;

@@ -12,7 +12,10 @@ use crate::codec::{chunk_hash, decode_chunk, unshuffle_u32, unzstd_bytes};
 use crate::consts::*;
 use crate::error::FormatError;
 use crate::records::*;
-use crate::scan::{Opened, open_bytes, read_indexed_record, scan_records};
+use crate::scan::{
+    Opened, PayloadCrc, check_payload_crc, open_bytes, payload_crc_matches, read_indexed_record,
+    read_indexed_record_with, scan_records,
+};
 use crate::types::{AttachmentInfo, CodecId, EpochRecord, Header, StepInfo};
 
 /// Maps the first `len_bytes` of `file` read-only.
@@ -355,13 +358,24 @@ impl Reader {
         let entry = *self.step_index_entry(step)?;
         let (_, payload) =
             read_indexed_record(&self.map, &entry).map_err(|e| e.with_path(&self.path))?;
+        let p = self
+            .parse_step_payload(&entry, payload)
+            .map_err(|e| e.with_path(&self.path))?;
+        Ok((entry, p))
+    }
+
+    /// Parses a step payload and checks its chain fields against the index.
+    fn parse_step_payload<'a>(
+        &self,
+        entry: &IndexEntry,
+        payload: &'a [u8],
+    ) -> Result<StepPayload<'a>, FormatError> {
         let p = decode_step_payload(
             payload,
             entry.record_offset,
             self.opened.header.chunk_count(),
             self.opened.prologue.scalar_presence(),
-        )
-        .map_err(|e| e.with_path(&self.path))?;
+        )?;
         if p.fixed.chain_start_step != entry.chain_start_step
             || p.fixed.is_keyframe() != (entry.flags & INDEX_FLAG_KEYFRAME != 0)
         {
@@ -369,10 +383,9 @@ impl Reader {
                 entry.record_offset,
                 "step record",
                 "chain fields differ from the index",
-            )
-            .with_path(&self.path));
+            ));
         }
-        Ok((entry, p))
+        Ok(p)
     }
 
     /// Ids, augmentation, scalars and sizes of one step (no state decode).
@@ -567,7 +580,35 @@ impl Reader {
         prev2: Option<&[f32]>,
         out: &mut [f32],
     ) -> Result<Vec<ChunkEntry>, FormatError> {
-        let (entry, p) = self.step_payload(step)?;
+        let entry = *self.step_index_entry(step)?;
+        let (header, payload) = read_indexed_record_with(&self.map, &entry, PayloadCrc::Deferred)
+            .map_err(|e| e.with_path(&self.path))?;
+        self.decode_step_payload_into(step, &entry, &header, payload, prev, prev2, out)
+            .map_err(|e| {
+                // A damaged record reports its payload checksum first, as when it is checked
+                // before parsing; the other errors stand where the payload is intact.
+                check_payload_crc(&header, payload, entry.record_offset)
+                    .err()
+                    .unwrap_or(e)
+                    .with_path(&self.path)
+            })
+    }
+
+    /// [`Self::decode_step_into`] on a payload whose CRC is not checked yet: the chunks' CRCs are
+    /// checked as they are decoded (SPEC.md §8), and the payload's is then combined from them and
+    /// the CRC of the bytes before the chunk data, so the chunk bytes are read once.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_step_payload_into(
+        &self,
+        step: u64,
+        entry: &IndexEntry,
+        header: &RecordHeader,
+        payload: &[u8],
+        prev: Option<&[f32]>,
+        prev2: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> Result<Vec<ChunkEntry>, FormatError> {
+        let p = self.parse_step_payload(entry, payload)?;
         let chain_start = p.fixed.chain_start_step;
         // Which bases the chain rules allow: prev if step > chain start, prev2 if step−2 ≥ it.
         let prev = if step > chain_start { prev } else { None };
@@ -586,8 +627,21 @@ impl Reader {
             entry.record_offset,
             step,
             self.opened.header.codec.split_streams,
-        )
-        .map_err(|e| e.with_path(&self.path))?;
+        )?;
+        // The chunk data lies back to back at the end of the payload (the parser checks it),
+        // and every chunk's bytes matched its stored CRC.
+        let chunk_bytes: usize = p.chunk_data.iter().map(|d| d.len()).sum();
+        let head = payload
+            .get(..payload.len().saturating_sub(chunk_bytes))
+            .unwrap_or_default();
+        let found = p
+            .chunks
+            .iter()
+            .zip(&p.chunk_data)
+            .fold(crc32c::crc32c(head), |crc, (c, d)| {
+                crate::crc::crc32c_combine(crc, c.stored_crc32c, d.len() as u64)
+            });
+        payload_crc_matches(header, found, entry.record_offset)?;
         Ok(p.chunks)
     }
 

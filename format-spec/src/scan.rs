@@ -9,7 +9,7 @@ use crate::types::{AttachmentInfo, Header, ScalarPresence};
 
 /// Outcome of looking at the bytes at one record offset.
 pub(crate) enum Probe<'a> {
-    /// A complete record with valid checksums and zero padding.
+    /// A complete record with valid checksums (the payload's unless deferred) and zero padding.
     Complete {
         header: RecordHeader,
         payload: &'a [u8],
@@ -22,8 +22,21 @@ pub(crate) enum Probe<'a> {
     Bad(FormatError),
 }
 
+/// Whether [`probe_record`] checks the payload CRC itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PayloadCrc {
+    Check,
+    /// The caller checks it: the state decode derives it from the chunk CRCs it checks anyway
+    /// (one pass over a step's bytes instead of two).
+    Deferred,
+}
+
 /// Looks at the record starting at `offset`.
 pub(crate) fn probe_record(bytes: &[u8], offset: u64) -> Probe<'_> {
+    probe_record_with(bytes, offset, PayloadCrc::Check)
+}
+
+fn probe_record_with(bytes: &[u8], offset: u64, crc: PayloadCrc) -> Probe<'_> {
     let len = bytes.len() as u64;
     let Some(remaining) = len.checked_sub(offset) else {
         return Probe::Bad(FormatError::corrupt(
@@ -56,15 +69,10 @@ pub(crate) fn probe_record(bytes: &[u8], offset: u64) -> Probe<'_> {
     let payload_start = start + RECORD_HEADER_ENCODED_SIZE_BYTES;
     let payload_end = payload_start + header.payload_len_bytes as usize;
     let payload = &bytes[payload_start..payload_end];
-    let found = crc32c::crc32c(payload);
-    if found != header.payload_crc32c {
-        return Probe::Bad(FormatError::ChecksumMismatch {
-            path: no_path(),
-            what: "record payload",
-            offset_from_file_start: offset,
-            expected: header.payload_crc32c,
-            found,
-        });
+    if crc == PayloadCrc::Check
+        && let Err(e) = check_payload_crc(&header, payload, offset)
+    {
+        return Probe::Bad(e);
     }
     let record_end = start + total as usize;
     if bytes[payload_end..record_end].iter().any(|&b| b != 0) {
@@ -81,12 +89,48 @@ pub(crate) fn probe_record(bytes: &[u8], offset: u64) -> Probe<'_> {
     }
 }
 
+/// The payload CRC of a record header against the payload's bytes.
+pub(crate) fn check_payload_crc(
+    header: &RecordHeader,
+    payload: &[u8],
+    record_offset: u64,
+) -> Result<(), FormatError> {
+    payload_crc_matches(header, crc32c::crc32c(payload), record_offset)
+}
+
+/// The payload CRC of a record header against `found`, however it was computed.
+pub(crate) fn payload_crc_matches(
+    header: &RecordHeader,
+    found: u32,
+    record_offset: u64,
+) -> Result<(), FormatError> {
+    if found == header.payload_crc32c {
+        return Ok(());
+    }
+    Err(FormatError::ChecksumMismatch {
+        path: no_path(),
+        what: "record payload",
+        offset_from_file_start: record_offset,
+        expected: header.payload_crc32c,
+        found,
+    })
+}
+
 /// Reads a complete record that the index says is at `entry`; any mismatch is corruption.
 pub(crate) fn read_indexed_record<'a>(
     bytes: &'a [u8],
     entry: &IndexEntry,
 ) -> Result<(RecordHeader, &'a [u8]), FormatError> {
-    match probe_record(bytes, entry.record_offset) {
+    read_indexed_record_with(bytes, entry, PayloadCrc::Check)
+}
+
+/// [`read_indexed_record`], with the payload CRC checked or left to the caller.
+pub(crate) fn read_indexed_record_with<'a>(
+    bytes: &'a [u8],
+    entry: &IndexEntry,
+    crc: PayloadCrc,
+) -> Result<(RecordHeader, &'a [u8]), FormatError> {
+    match probe_record_with(bytes, entry.record_offset, crc) {
         Probe::Complete {
             header,
             payload,

@@ -564,7 +564,7 @@ impl Writer {
         let mut pieces = Vec::with_capacity(chunks.len() + 1);
         pieces.push(head);
         for c in chunks {
-            crc = crc32c::crc32c_combine(crc, c.entry.stored_crc32c, c.bytes.len());
+            crc = crate::crc::crc32c_combine(crc, c.entry.stored_crc32c, c.bytes.len() as u64);
             pieces.push(c.bytes);
         }
         let mut record = PendingRecord {
