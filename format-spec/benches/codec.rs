@@ -179,6 +179,59 @@ fn pcodec_rows(states: &[Vec<f32>]) {
     }
 }
 
+/// A state identical to its predecessors (frozen weights, a layer that no longer trains): every
+/// delta codec's residual is zero, which the split codecs store and read back without their
+/// residual, split and compression passes. One thread, medians of 9 passes over the state
+/// (which stays in cache at this size: memory bandwidth bounds larger states).
+fn unchanged_state_rows(states: &[Vec<f32>]) {
+    const CHUNK: usize = 262_144;
+    let s = &states[states.len() - 1];
+    let raw_mb = s.len() as f64 * 4e-6;
+    println!("unchanged state (= θ_{{t−1}} = θ_{{t−2}}), 1 thread, medians of 9 passes:");
+    for c in [
+        CodecId::XorPrevSplit,
+        CodecId::ZigzagDeltaPrevSplit,
+        CodecId::Pred2Split,
+        CodecId::Pred2,
+    ] {
+        let (mut enc_s, mut dec_s, mut stored) = (Vec::new(), Vec::new(), 0);
+        let mut out = vec![0f32; s.len()];
+        for _ in 0..9 {
+            let mut chunks = Vec::new();
+            let t = Instant::now();
+            for part in s.chunks(CHUNK) {
+                let mut bytes = Vec::new();
+                codec::encode_chunk(c, part, Some(part), Some(part), 1, &mut bytes)
+                    .expect("encode");
+                chunks.push(bytes);
+            }
+            enc_s.push(t.elapsed().as_secs_f64());
+            stored = chunks.iter().map(Vec::len).sum();
+            let t = Instant::now();
+            for ((bytes, part), o) in chunks
+                .iter()
+                .zip(s.chunks(CHUNK))
+                .zip(out.chunks_mut(CHUNK))
+            {
+                codec::decode_chunk(c, bytes, Some(part), Some(part), o).expect("decode");
+            }
+            dec_s.push(t.elapsed().as_secs_f64());
+            assert!(out.iter().zip(s).all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "  {:<24} {:>8} bytes stored   encode {:>7.0} MB/s   decode {:>7.0} MB/s",
+            c.name(),
+            stored,
+            raw_mb / median(enc_s),
+            raw_mb / median(dec_s)
+        );
+    }
+}
+
 fn run(name: &str, states: &[Vec<f32>]) {
     println!(
         "\n== {name}: {} states × {} f32 ({:.1} MB raw each)",
@@ -193,6 +246,7 @@ fn run(name: &str, states: &[Vec<f32>]) {
         print!("{}", stream_entropy_table(states, codec, 1));
     }
     print!("{}", split_path_table(states, CodecId::Pred2, 5));
+    unchanged_state_rows(states);
     for split_streams in [false, true] {
         for delta in [CodecId::XorPrev, CodecId::ZigzagDeltaPrev, CodecId::Pred2] {
             writer_reader_round(states, delta, split_streams);

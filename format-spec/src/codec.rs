@@ -24,6 +24,9 @@ struct Scratch {
     compressed: Vec<u8>,
     words: Vec<u32>,
     streams: [Vec<u8>; SPLIT_STREAMS],
+    /// The split encoding of `n` zero words, per `n` met (a state's chunk length and its last
+    /// chunk's): what an unchanged chunk stores ([`ZeroSplit`]).
+    zero_split: Vec<(usize, Vec<u8>)>,
 }
 
 thread_local! {
@@ -36,6 +39,7 @@ thread_local! {
             compressed: Vec::new(),
             words: Vec::new(),
             streams: [const { Vec::new() }; SPLIT_STREAMS],
+            zero_split: Vec::new(),
         })
     };
 }
@@ -942,6 +946,79 @@ fn decode_split(
     join_streams_blocks(SplitPath::detect(), slices, n, emit)
 }
 
+/// Whether `codec`'s residual words of `cur` are all zero, judged from the states alone: `cur`
+/// is bit for bit `prev` (xor and zigzag deltas), and for pred2 also its prediction is `prev`
+/// (μ = 0, or `prev` bit for bit `prev2`). A chunk that changed stops the comparison at its first
+/// difference, so the check costs next to nothing where it fails.
+fn residual_is_zero(
+    codec: CodecId,
+    cur: &[f32],
+    prev: Option<&[f32]>,
+    prev2: Option<&[f32]>,
+    mu_q8: u16,
+) -> bool {
+    let same = |a: &[f32], b: &[f32]| {
+        bytemuck::cast_slice::<f32, u32>(a) == bytemuck::cast_slice::<f32, u32>(b)
+    };
+    match (codec.residual(), prev, prev2) {
+        (CodecId::XorPrev | CodecId::ZigzagDeltaPrev, Some(p), _) => same(cur, p),
+        (CodecId::Pred2, Some(p), Some(p2)) => same(cur, p) && (mu_q8 == 0 || same(p, p2)),
+        _ => false,
+    }
+}
+
+/// The split-stream encoding of `n` zero words (after the pred2 prefix), made once per length
+/// and thread by the general encoder, so that the unchanged-chunk fast paths store exactly its
+/// bytes and recognise them.
+fn zero_split_encoding(s: &mut Scratch, n: usize) -> Result<&[u8], FormatError> {
+    let Scratch {
+        split_compressor,
+        compressed,
+        words,
+        streams,
+        zero_split,
+        ..
+    } = s;
+    let at = match zero_split.iter().position(|(len, _)| *len == n) {
+        Some(at) => at,
+        None => {
+            words.clear();
+            words.resize(n, 0);
+            let mut bytes = Vec::new();
+            encode_split(words, streams, split_compressor, compressed, &mut bytes)?;
+            // A state has at most two chunk lengths; a few more entries cover every caller.
+            if zero_split.len() == 4 {
+                zero_split.remove(0);
+            }
+            zero_split.push((n, bytes));
+            zero_split.len() - 1
+        }
+    };
+    Ok(&zero_split[at].1)
+}
+
+/// Decodes residual words that are all zero (a delta codec's): `out` is the prediction itself.
+fn apply_zero_residual(
+    codec: CodecId,
+    p: Option<&[f32]>,
+    p2: Option<&[f32]>,
+    mu_q8: u16,
+    out: &mut [f32],
+) -> Result<(), FormatError> {
+    let mismatch = || FormatError::invalid_input("codec and bases do not match");
+    let p = p.ok_or_else(mismatch)?;
+    if codec.residual() == CodecId::Pred2 && mu_q8 != 0 {
+        let p2 = p2.ok_or_else(mismatch)?;
+        for ((o, p), p2) in out.iter_mut().zip(p).zip(p2) {
+            *o = f32::from_bits(pred2_predict(p.to_bits(), p2.to_bits(), mu_q8));
+        }
+    } else {
+        // Copies the bits (NaN payloads included): the prediction of xor, zigzag and μ = 0.
+        out.copy_from_slice(p);
+    }
+    Ok(())
+}
+
 /// Appends the split-stream encoding of the residual words `fill` writes into this thread's
 /// scratch buffer, after the pred2 prefix `mu_q8` when given.
 fn encode_split_scratch(
@@ -991,6 +1068,18 @@ pub fn encode_chunk(
     };
     if codec.is_split() {
         let prefix = (codec.residual() == CodecId::Pred2).then_some(mu_q8);
+        if residual_is_zero(codec, cur, prev, prev2, mu_q8) {
+            // An unchanged chunk (frozen weights): the bytes the general path would store,
+            // without its residual, split and compression passes.
+            return SCRATCH.with(|s| -> Result<usize, FormatError> {
+                let mut s = s.borrow_mut();
+                if let Some(mu_q8) = prefix {
+                    out.extend_from_slice(&mu_q8.to_le_bytes());
+                }
+                out.extend_from_slice(zero_split_encoding(&mut s, n)?);
+                Ok(out.len() - start)
+            });
+        }
         encode_split_scratch(prefix, out, |words| {
             words.resize(n, 0);
             residual_words(codec, cur, prev, prev2, mu_q8, words)
@@ -1112,6 +1201,11 @@ pub fn decode_chunk(
     if codec.is_split() {
         return SCRATCH.with(|s| -> Result<(), FormatError> {
             let mut s = s.borrow_mut();
+            if codec != CodecId::KeySplit && frame == zero_split_encoding(&mut s, n)? {
+                // The stored bytes are this writer's encoding of n zero words (an unchanged
+                // chunk): undo the residual of zeros without decompressing and joining them.
+                return apply_zero_residual(codec, p, p2, q, out);
+            }
             let Scratch {
                 decompressor,
                 streams,
@@ -1505,6 +1599,89 @@ mod tests {
 
     /// The residual pass gives the same bits on every path this CPU runs (the AVX2 variant is
     /// the same source compiled for other instructions), across block-sized and odd lengths.
+    /// An unchanged chunk takes the fast paths (no residual, split or compression pass; decoded
+    /// by copying the prediction) and stores exactly the bytes the general path stores; a chunk
+    /// changed anywhere, even in its last element, takes the general path.
+    #[test]
+    fn unchanged_chunks_store_the_general_paths_bytes() {
+        let mut state = xorshift(0x9E37_79B9_7F4A_7C15);
+        let mut next = move || state() as u32;
+        for n in [1, 3, 4, 5, 4095, 4096, 4097, 70_001] {
+            // Any bit patterns: NaN payloads and -0.0 must come back as they were.
+            let base: Vec<f32> = (0..n).map(|_| f32::from_bits(next())).collect();
+            let other: Vec<f32> = base
+                .iter()
+                .map(|v| f32::from_bits(v.to_bits() ^ (next() & 0xFF) ^ 1))
+                .collect();
+            let mut last_moved = base.clone();
+            last_moved[n - 1] = f32::from_bits(base[n - 1].to_bits() ^ 1);
+            // (what, θ_t, θ_{t−1}, θ_{t−2})
+            type Case<'a> = (&'a str, &'a [f32], &'a [f32], &'a [f32]);
+            let cases: [Case<'_>; 4] = [
+                ("unchanged", &base, &base, &base),
+                ("unchanged since t-1", &base, &base, &other),
+                ("last element moved", &last_moved, &base, &base),
+                ("every element moved", &other, &base, &base),
+            ];
+            for codec in [
+                CodecId::XorPrevSplit,
+                CodecId::ZigzagDeltaPrevSplit,
+                CodecId::Pred2Split,
+            ] {
+                for (what, cur, prev, prev2) in cases {
+                    let mut stored = Vec::new();
+                    encode_chunk(codec, cur, Some(prev), Some(prev2), 1, &mut stored).unwrap();
+                    // The general path: residual words, split, compression.
+                    let pred2 = codec.residual() == CodecId::Pred2;
+                    let mu_q8 = if pred2 {
+                        estimate_mu_q8(cur, prev, prev2)
+                    } else {
+                        0
+                    };
+                    let mut general = Vec::new();
+                    encode_split_scratch(pred2.then_some(mu_q8), &mut general, |words| {
+                        words.resize(n, 0);
+                        residual_words(codec, cur, Some(prev), Some(prev2), mu_q8, words)
+                    })
+                    .unwrap();
+                    assert_eq!(stored, general, "{codec} {what} n {n}");
+                    let mut out = vec![0f32; n];
+                    decode_chunk(codec, &stored, Some(prev), Some(prev2), &mut out).unwrap();
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&out), bits(cur), "{codec} {what} n {n}");
+                }
+            }
+            // Zero words under a pred2 μ > 0 whose bases differ decode to the prediction
+            // (SPEC.md's formula), not to a copy of θ_{t−1}.
+            let mut zero = Vec::new();
+            encode_chunk(
+                CodecId::XorPrevSplit,
+                &base,
+                Some(&base),
+                None,
+                1,
+                &mut zero,
+            )
+            .unwrap();
+            let mut stored = 230u16.to_le_bytes().to_vec();
+            stored.extend_from_slice(&zero);
+            let mut out = vec![0f32; n];
+            decode_chunk(
+                CodecId::Pred2Split,
+                &stored,
+                Some(&base),
+                Some(&other),
+                &mut out,
+            )
+            .unwrap();
+            for ((o, p), p2) in out.iter().zip(&base).zip(&other) {
+                let d1 = i64::from(p.to_bits().wrapping_sub(p2.to_bits()) as i32);
+                let want = p.to_bits().wrapping_add(((d1 * 230) >> 8) as u32);
+                assert_eq!(o.to_bits(), want, "n {n}");
+            }
+        }
+    }
+
     #[test]
     fn residual_pass_is_the_same_on_every_path() {
         let mut state = xorshift(0x2545_F491_4F6C_DD1D);
