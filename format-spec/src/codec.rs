@@ -1598,8 +1598,6 @@ mod tests {
         }
     }
 
-    /// The residual pass gives the same bits on every path this CPU runs (the AVX2 variant is
-    /// the same source compiled for other instructions), across block-sized and odd lengths.
     /// An unchanged chunk takes the fast paths (no residual, split or compression pass; decoded
     /// by copying the prediction) and stores exactly the bytes the general path stores; a chunk
     /// changed anywhere, even in its last element, takes the general path.
@@ -1683,6 +1681,8 @@ mod tests {
         }
     }
 
+    /// The residual pass gives the same bits on every path this CPU runs (the AVX2 variant is
+    /// the same source compiled for other instructions), across block-sized and odd lengths.
     #[test]
     fn residual_pass_is_the_same_on_every_path() {
         let mut state = xorshift(0x2545_F491_4F6C_DD1D);

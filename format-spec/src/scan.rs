@@ -76,6 +76,12 @@ fn probe_record_with(bytes: &[u8], offset: u64, crc: PayloadCrc) -> Probe<'_> {
     }
     let record_end = start + total as usize;
     if bytes[payload_end..record_end].iter().any(|&b| b != 0) {
+        // A damaged payload is reported before anything else, deferred check or not.
+        if crc == PayloadCrc::Deferred
+            && let Err(e) = check_payload_crc(&header, payload, offset)
+        {
+            return Probe::Bad(e);
+        }
         return Probe::Bad(FormatError::corrupt(
             offset,
             "record",
@@ -140,6 +146,10 @@ pub(crate) fn read_indexed_record_with<'a>(
                 || header.kind != entry.kind
                 || header.step != entry.step
             {
+                // As in `probe_record_with`: a damaged payload is reported first.
+                if crc == PayloadCrc::Deferred {
+                    check_payload_crc(&header, payload, entry.record_offset)?;
+                }
                 return Err(FormatError::corrupt(
                     entry.record_offset,
                     "record",

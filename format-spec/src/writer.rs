@@ -228,7 +228,7 @@ fn encode_standalone(
     encode_chunk(key_codec, cur, None, None, level, &mut key)?;
     // Raw fallback when compression saves less than 5 %.
     if (key.len() as u64) * 20 >= (cur.len() as u64 * 4) * 19 {
-        // The raw bytes fit in the key attempt's buffer (it holds at least 95 % of them).
+        // The key attempt's buffer already holds at least 95 % of the raw size.
         key.clear();
         encode_chunk(CodecId::Raw, cur, None, None, level, &mut key)?;
         return Ok((CodecId::Raw, key));

@@ -109,6 +109,35 @@ fn a_flipped_step_payload_byte_fails_its_state_with_the_payload_checksum() {
                     i - payload.start
                 );
             }
+            // Nonzero padding after the payload: "corrupt", unless the payload is damaged too,
+            // which is reported first.
+            if payload.end % 8 != 0 {
+                for damaged_payload in [false, true] {
+                    let mut b = bytes.clone();
+                    b[payload.end] = 0x01;
+                    if damaged_payload {
+                        b[payload.start] ^= 0x10;
+                    }
+                    std::fs::write(&path, &b).unwrap();
+                    let err = Reader::open(&path).unwrap().state(step).unwrap_err();
+                    let payload_crc = matches!(
+                        err,
+                        FormatError::ChecksumMismatch {
+                            what: "record payload",
+                            ..
+                        }
+                    );
+                    let padding = matches!(&err, FormatError::Corrupt { reason, .. } if reason.contains("padding"));
+                    assert!(
+                        if damaged_payload {
+                            payload_crc
+                        } else {
+                            padding
+                        },
+                        "{name}: step {step}, padding set, payload damaged {damaged_payload}: {err:?}"
+                    );
+                }
+            }
         }
     }
 }
