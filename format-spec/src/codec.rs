@@ -987,8 +987,9 @@ fn zero_split_encoding(s: &mut Scratch, n: usize) -> Result<&[u8], FormatError> 
             words.resize(n, 0);
             let mut bytes = Vec::new();
             encode_split(words, streams, split_compressor, compressed, &mut bytes)?;
-            // A state has at most two chunk lengths; a few more entries cover every caller.
-            if zero_split.len() == 4 {
+            // A state has at most two chunk lengths; 16 entries (about 90 bytes each) cover a
+            // thread that reads several recordings in turn without rebuilding them.
+            if zero_split.len() == 16 {
                 zero_split.remove(0);
             }
             zero_split.push((n, bytes));

@@ -981,6 +981,8 @@ impl Writer {
         let parts: Vec<(ChunkEntry, Vec<u8>)> =
             chunks.into_iter().map(|c| (c.entry, c.bytes)).collect();
         let payload = encode_resume_payload(buffers.len() as u64, &parts, descriptor_json);
+        // The payload holds a copy: the chunk buffers go back to the steps' pool.
+        self.spare.give(parts.into_iter().map(|(_, bytes)| bytes));
         let (offset, total) = self.write_record(RecordKind::Resume, 0, step, &payload)?;
         self.push_plain_entry(RecordKind::Resume, offset, total, step);
         if self.options.fsync != FsyncPolicy::Never {
