@@ -25,7 +25,7 @@ struct Scratch {
     words: Vec<u32>,
     streams: [Vec<u8>; SPLIT_STREAMS],
     /// The split encoding of `n` zero words, per `n` met (a state's chunk length and its last
-    /// chunk's): what an unchanged chunk stores ([`ZeroSplit`]).
+    /// chunk's): what an unchanged chunk stores ([`zero_split_encoding`]).
     zero_split: Vec<(usize, Vec<u8>)>,
 }
 
@@ -999,6 +999,17 @@ fn zero_split_encoding(s: &mut Scratch, n: usize) -> Result<&[u8], FormatError> 
     Ok(&zero_split[at].1)
 }
 
+/// Whether a split chunk's stream table declares class-0 words only (streams lead1, lead2, lead3
+/// and low empty), as the encoding of zero words does: a check of 4 table fields that keeps
+/// the decoder from building that encoding (and a compressor) for chunks that cannot be it.
+fn only_class_zero(stored: &[u8]) -> bool {
+    (2..SPLIT_STREAMS).all(|k| {
+        stored
+            .get(k * SPLIT_DESCRIPTOR_BYTES + 1..k * SPLIT_DESCRIPTOR_BYTES + 5)
+            .is_some_and(|raw_len| raw_len == [0; 4])
+    })
+}
+
 /// Decodes residual words that are all zero (a delta codec's): `out` is the prediction itself.
 fn apply_zero_residual(
     codec: CodecId,
@@ -1203,7 +1214,10 @@ pub fn decode_chunk(
     if codec.is_split() {
         return SCRATCH.with(|s| -> Result<(), FormatError> {
             let mut s = s.borrow_mut();
-            if codec != CodecId::KeySplit && frame == zero_split_encoding(&mut s, n)? {
+            if codec != CodecId::KeySplit
+                && only_class_zero(frame)
+                && frame == zero_split_encoding(&mut s, n)?
+            {
                 // The stored bytes are this writer's encoding of n zero words (an unchanged
                 // chunk): undo the residual of zeros without decompressing and joining them.
                 return apply_zero_residual(codec, p, p2, q, out);

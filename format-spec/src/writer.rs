@@ -72,23 +72,24 @@ impl SpareBuffers {
         }
     }
 
+    /// The pool; a panic elsewhere cannot leave a list of buffers inconsistent, so a poisoned
+    /// lock is used as it is.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.buffers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// An empty buffer, with the capacity of a recycled one when there is one.
     fn take(&self) -> Vec<u8> {
-        let mut spare = self
-            .buffers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut buf = spare.pop().unwrap_or_default();
+        let mut buf = self.lock().pop().unwrap_or_default();
         buf.clear();
         buf
     }
 
     /// Keeps `bufs` for reuse, up to `max_kept` in all.
     fn give(&self, bufs: impl IntoIterator<Item = Vec<u8>>) {
-        let mut spare = self
-            .buffers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut spare = self.lock();
         for b in bufs {
             if spare.len() >= self.max_kept {
                 break;
