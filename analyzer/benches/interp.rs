@@ -21,7 +21,7 @@ mod common;
 use common::{RecCli, arg, cpu_settings, median};
 
 fn main() -> anyhow::Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(&std::env::var("CARGO_MANIFEST_DIR")?).join("..");
     std::env::set_current_dir(&root)?;
     let model = arg("--model", "small-cnn");
     let points: usize = arg("--points", "30").parse()?;

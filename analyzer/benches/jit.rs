@@ -62,7 +62,7 @@ fn record_args(
 }
 
 fn main() -> anyhow::Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(&std::env::var("CARGO_MANIFEST_DIR")?).join("..");
     std::env::set_current_dir(&root)?;
     let steps = arg("--steps", "300");
     let points: usize = arg("--points", "30").parse()?;

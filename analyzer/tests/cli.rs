@@ -196,7 +196,9 @@ fn slurm_array_shards_as_separate_processes_equal_one_run() {
         "--config {} --phases geometry,interp,floors,barriers",
         cfg.display()
     );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cluster/slurm-analyze.sh");
+    let script =
+        Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("../examples/cluster/slurm-analyze.sh");
     let sharded = dir.path().join("sharded");
     let children: Vec<_> = (0..3)
         .map(|i| {
@@ -609,8 +611,13 @@ fn analyze_help_states_each_settings_default_as_the_code_has_it() {
 /// help.
 #[test]
 fn every_config_file_key_is_documented_with_its_default() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(
+            &std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+        )
+        .join("../README.md"),
+    )
+    .unwrap();
     let config_help = help_of(
         analyze_command()
             .get_arguments()

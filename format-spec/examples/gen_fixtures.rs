@@ -21,7 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let force = args.iter().any(|a| a == "--force");
     let root = match args.iter().position(|a| a == "--out") {
         Some(i) => PathBuf::from(args.get(i + 1).ok_or("--out needs a directory")?),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures"),
+        None => PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("fixtures"),
     };
     let v1 = root.join("v1");
     let bad = root.join("bad");

@@ -208,8 +208,10 @@ fn writer_rejects_bad_attachments() {
 fn a_reopened_1_0_file_stays_1_0() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.sgdw");
-    let golden =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/v1/delta_xor.sgdw");
+    let golden = std::path::Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("fixtures/v1/delta_xor.sgdw");
     std::fs::copy(golden, &path).unwrap();
     let (mut w, _) = Writer::reopen(&path, opts(), None).unwrap();
     let traj = sgd_trajectory(144, 9, 0.9, 0.01, 1);

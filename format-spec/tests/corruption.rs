@@ -13,7 +13,7 @@ use sgdwalk_format::{FormatError, Reader, verify};
 
 fn golden(name: &str) -> Vec<u8> {
     std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
+        Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
             .join("fixtures/v1")
             .join(name),
     )
@@ -145,9 +145,11 @@ fn a_flipped_step_payload_byte_fails_its_state_with_the_payload_checksum() {
 #[test]
 fn every_truncation_recovers_a_prefix_or_reports_truncated() {
     let bytes = golden("basic_pred2.sgdw");
-    let full =
-        Reader::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/v1/basic_pred2.sgdw"))
-            .unwrap();
+    let full = Reader::open(
+        &Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("fixtures/v1/basic_pred2.sgdw"),
+    )
+    .unwrap();
     let all_steps = full.steps().to_vec();
     let step_ends: Vec<(u64, u64)> = full
         .entries()

@@ -20,7 +20,8 @@ use sgdwalk_format::{DType, FormatError, Reader, verify};
 use sha2::{Digest, Sha256};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+        .join("fixtures")
 }
 
 fn names_in(dir: &Path) -> BTreeSet<String> {

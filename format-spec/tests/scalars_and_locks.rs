@@ -14,7 +14,7 @@ use sgdwalk_format::testkit::synth::nan_and_absent_scalars;
 use sgdwalk_format::*;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
         .join("fixtures/v1")
         .join(name)
 }

@@ -231,7 +231,12 @@ fn a_write_error_mid_run_stops_with_a_clear_error_and_keeps_complete_steps() {
 fn fashion_mnist_dir() -> PathBuf {
     let dir = std::env::var_os("SGDWALK_DATA_DIR")
         .map_or_else(
-            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../data"),
+            || {
+                Path::new(
+                    &std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+                )
+                .join("../data")
+            },
             PathBuf::from,
         )
         .join("fashion-mnist");

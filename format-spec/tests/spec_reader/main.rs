@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use reader::*;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+        .join("fixtures")
 }
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {
