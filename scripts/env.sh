@@ -11,3 +11,14 @@ export SGDWALK_QUERY_PYTHON="${SGDWALK_QUERY_PYTHON:-$SGDWALK_CACHE/venv-q/bin/p
 # PyTorch 2.11.0 (+ numpy, safetensors, zstandard, xxhash): TorchScript/safetensors export, fixtures,
 # and the PyTorch cross-check of torchscript recordings.
 export SGDWALK_TORCH_PYTHON="${SGDWALK_TORCH_PYTHON:-$SGDWALK_CACHE/venv-torch/bin/python}"
+# Cargo judges freshness by file times, and the target dir is shared: after another clone built
+# there, this clone's crates can look fresh, and its tests would run the other clone's binaries
+# (its code, its paths). A clone that takes the target dir over from another marks its own
+# files as changed, so cargo rebuilds sgdwalk's crates; dependencies stay cached.
+_sgdwalk_clone="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+mkdir -p "$CARGO_TARGET_DIR"
+if [ "$(cat "$CARGO_TARGET_DIR/.sgdwalk-clone" 2>/dev/null)" != "$_sgdwalk_clone" ]; then
+  (cd "$_sgdwalk_clone" && git ls-files -z 2>/dev/null | xargs -0 -r touch -c --)
+  echo "$_sgdwalk_clone" > "$CARGO_TARGET_DIR/.sgdwalk-clone"
+fi
+unset _sgdwalk_clone
