@@ -682,6 +682,117 @@ fn ring_snapshot_path_records_the_host_paths_states_bit_for_bit() {
     );
 }
 
+/// Device residuals (`--device-residual`, CPU tensors standing in for the device) record the
+/// same recording as the host path, state for state and bit for bit, with the delta steps coded
+/// from them; a run killed and resumed with them agrees too, and the flag is refused where the
+/// device has nothing to compute into (the host path, byte-plane codecs).
+#[test]
+fn device_residuals_record_the_host_paths_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, device) = (dir.path().join("host.walk"), dir.path().join("dev.walk"));
+    let common = [
+        "--optimizer",
+        "momentum",
+        "--epochs",
+        "3",
+        "--encode-threads",
+        "2",
+    ];
+    run(&synthetic_args(
+        &host,
+        &[&common[..], &["--snapshot-path", "host"]].concat(),
+    ));
+    let dev_flags = [
+        &common[..],
+        &[
+            "--snapshot-path",
+            "ring",
+            "--snapshot-ring",
+            "2",
+            "--device-residual",
+        ],
+    ]
+    .concat();
+    let d = run(&synthetic_args(&device, &dev_flags));
+    let (mut rh, mut rd) = (Reader::open(&host).unwrap(), Reader::open(&device).unwrap());
+    let steps = rh.steps().to_vec();
+    assert_eq!(rd.steps(), steps.as_slice());
+    for &t in &steps {
+        assert_eq!(
+            bits(&rd.state(t).unwrap()),
+            bits(&rh.state(t).unwrap()),
+            "step {t}"
+        );
+    }
+    assert_eq!(contents(&device), contents(&host));
+    assert!(sgdwalk_format::verify(&device).unwrap().is_clean());
+    // Every step but a keyframe (every 8th, K = 8) is a delta the device computed.
+    assert!(!d.device_residual_refused, "{d:?}");
+    assert_eq!(
+        d.device_residual_steps,
+        d.steps_recorded - d.keyframes,
+        "{d:?}"
+    );
+    assert!(d.device_residual_steps > 20, "{d:?}");
+    let mut pred2_chunks = 0;
+    for &t in &steps {
+        for c in rd.chunk_table(t).unwrap() {
+            pred2_chunks += usize::from(c.codec == sgdwalk_format::CodecId::Pred2Split);
+        }
+    }
+    assert!(
+        pred2_chunks > 10,
+        "momentum steps take pred2: {pred2_chunks}"
+    );
+    let text = d.to_string();
+    assert!(
+        text.contains(&format!(
+            "device residuals: {} of {} steps coded from them",
+            d.device_residual_steps, d.steps_recorded
+        )),
+        "{text}"
+    );
+    // Each ring buffer holds the state and 4.25 bytes per padded chunk word after it; the
+    // device holds two bases (pred2) besides.
+    let n = run_description(rd.header(), &device)
+        .unwrap()
+        .layout
+        .len_elements() as u64;
+    let chunk = u64::from(rd.header().codec.chunk_len_elements);
+    let padded = n.div_ceil(chunk) * chunk;
+    let tail = padded / 4 + 4 * padded + 4 + 16 * n.div_ceil(chunk);
+    assert_eq!(d.snapshot_ring_device_bytes, 2 * (4 * n + tail) + 2 * 4 * n);
+
+    // Killed two thirds in and resumed with device residuals: the same recording.
+    let bytes = std::fs::read(&host).unwrap();
+    let killed = dir.path().join("killed.walk");
+    std::fs::write(&killed, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let mut a = synthetic_args(&killed, &dev_flags);
+    a.resume = true;
+    let resumed = run(&a);
+    assert!(resumed.device_residual_steps > 0, "{resumed:?}");
+    assert_eq!(contents(&killed), contents(&host));
+
+    for (extra, what) in [
+        (&["--snapshot-path", "host"][..], "snapshot ring"),
+        (
+            &["--snapshot-path", "ring", "--split-streams", "false"][..],
+            "split streams",
+        ),
+    ] {
+        let out = dir.path().join("refused.walk");
+        let err = synthetic_args(&out, &[extra, &["--device-residual"]].concat())
+            .validate()
+            .expect_err(what)
+            .to_string();
+        assert!(
+            err.contains("device-residual") && err.contains(what),
+            "{err}"
+        );
+        assert!(!out.exists());
+    }
+}
+
 /// Split streams (the default) record the same states, bit for bit, as `--split-streams false`
 /// (byte planes in one zstd frame), with the split-stream codecs (format 1.3's SPLIT_STREAMS
 /// bit set, every delta chunk a split codec); a resumed plain recording stays plain (the

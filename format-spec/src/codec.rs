@@ -277,6 +277,26 @@ pub fn residual_planes(
     Ok(())
 }
 
+/// Writes the split streams (SPEC.md §5.2) of `codec`'s residual words for `cur` against its
+/// bases into `streams`: the host reference of what a device computes for
+/// [`encode_split_streams`]. `codec` names the residual (a split codec or its byte-plane twin);
+/// `mu_q8` is pred2's coefficient (ignored by the other codecs).
+pub fn residual_streams(
+    codec: CodecId,
+    cur: &[f32],
+    prev: Option<&[f32]>,
+    prev2: Option<&[f32]>,
+    mu_q8: u16,
+    streams: &mut [Vec<u8>; SPLIT_STREAMS],
+) -> Result<(), FormatError> {
+    check_split_len(cur.len())?;
+    let mut words = Vec::with_capacity(cur.len());
+    with_residual_words!(codec.residual(), cur, prev, prev2, mu_q8, |w| words
+        .extend(w));
+    split_into_streams(&words, streams);
+    Ok(())
+}
+
 /// Order-0 entropy of `bytes` in bits per byte (0 for an empty slice); long slices are
 /// estimated on every 8th byte, which the codec's raw-or-zstd choice does not need finer.
 pub fn byte_entropy_bits(bytes: &[u8]) -> f64 {
@@ -826,6 +846,22 @@ fn encode_split(
 ) -> Result<(), FormatError> {
     check_split_len(words.len())?;
     split_into_streams(words, streams);
+    encode_streams(
+        std::array::from_fn(|k| streams[k].as_slice()),
+        compressor,
+        compressed,
+        out,
+    )
+}
+
+/// Appends the stream table and the stored data of 6 split streams (SPEC.md §5.2), each raw or
+/// one zstd frame as its sampled entropy pays.
+fn encode_streams(
+    streams: [&[u8]; SPLIT_STREAMS],
+    compressor: &mut Option<zstd::bulk::Compressor<'static>>,
+    compressed: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<(), FormatError> {
     let table_at = out.len();
     out.resize(table_at + SPLIT_STREAMS * SPLIT_DESCRIPTOR_BYTES, 0);
     for (k, stream) in streams.iter().enumerate() {
@@ -838,7 +874,7 @@ fn encode_split(
             };
             compressed.clear();
             compressed.reserve(zstd::zstd_safe::compress_bound(stream.len()));
-            ctx.compress_to_buffer(stream.as_slice(), compressed)
+            ctx.compress_to_buffer(stream, compressed)
                 .map_err(|e| zstd_err("compress", e))?;
             if compressed.len() < stream.len() {
                 mode = STREAM_ZSTD;
@@ -856,6 +892,93 @@ fn encode_split(
         d[0] = mode;
         d[1..5].copy_from_slice(&raw_len.to_le_bytes());
         d[5..9].copy_from_slice(&stored_len.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// Encodes one chunk of `n` words from its split streams (SPEC.md §5.2) computed elsewhere, e.g.
+/// on a device, and appends the stored bytes to `out` (the `mu_q8` prefix first for
+/// pred2_split); returns the number of bytes appended. The streams' lengths are checked against
+/// their classes, so a malformed set is refused here rather than stored; whether they hold the
+/// chunk's residual is the caller's to check ([`decode_chunk`] and compare, as the writer does
+/// on a sample).
+pub fn encode_split_streams(
+    codec: CodecId,
+    mu_q8: u16,
+    streams: [&[u8]; SPLIT_STREAMS],
+    n: usize,
+    out: &mut Vec<u8>,
+) -> Result<usize, FormatError> {
+    if !codec.is_split() {
+        return Err(FormatError::invalid_input(format!(
+            "split streams given for codec {codec:?}, which stores no split streams"
+        )));
+    }
+    check_split_len(n)?;
+    check_stream_lengths(&streams, n)?;
+    let start = out.len();
+    if codec.residual() == CodecId::Pred2 {
+        out.extend_from_slice(&mu_q8.to_le_bytes());
+    }
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let Scratch {
+            split_compressor,
+            compressed,
+            ..
+        } = &mut *s;
+        encode_streams(streams, split_compressor, compressed, out)
+    })?;
+    Ok(out.len() - start)
+}
+
+/// Checks split streams of `n` words against their classes: the class stream's length and zero
+/// padding bits, each leading-byte stream's length against its class's count, the low stream's
+/// against the low bytes those counts need.
+fn check_stream_lengths(streams: &[&[u8]; SPLIT_STREAMS], n: usize) -> Result<(), FormatError> {
+    let bad =
+        |what: String| FormatError::invalid_input(format!("split streams of {n} words: {what}"));
+    let classes = streams[0];
+    if classes.len() != n.div_ceil(4) {
+        return Err(bad(format!(
+            "{} class bytes, expected {}",
+            classes.len(),
+            n.div_ceil(4)
+        )));
+    }
+    let padding_words = classes.len() * 4 - n;
+    if let Some(&last) = classes.last()
+        && padding_words > 0
+        && last >> (2 * (4 - padding_words)) != 0
+    {
+        return Err(bad("nonzero padding bits in the last class byte".into()));
+    }
+    let mut counts = [0usize; 4];
+    for block in classes.chunks(BLOCK_WORDS / 4) {
+        let packed: u64 = block
+            .iter()
+            .map(|&p| GROUP_SHAPES[usize::from(p)].per_class)
+            .sum();
+        for (c, add) in counts.iter_mut().zip(unpack_counts(packed)) {
+            *c += add;
+        }
+    }
+    // The padding words read as class 0.
+    counts[0] -= padding_words;
+    for (k, &count) in counts.iter().enumerate() {
+        if streams[1 + k].len() != count {
+            return Err(bad(format!(
+                "lead{k} holds {} bytes for {count} words of class {k}",
+                streams[1 + k].len()
+            )));
+        }
+    }
+    let low = counts[1] + 2 * counts[2] + 3 * counts[3];
+    if streams[5].len() != low {
+        return Err(bad(format!(
+            "low holds {} bytes, the classes need {low}",
+            streams[5].len()
+        )));
     }
     Ok(())
 }

@@ -201,6 +201,18 @@ pub enum FormatError {
         /// What is wrong.
         reason: Box<str>,
     },
+    /// A residual computed elsewhere ([`crate::PrecomputedResidual`]) was refused: malformed
+    /// streams, or a sampled chunk that does not decode to the state given with it. Nothing of
+    /// the step was written; writing it again without the residual encodes it on the host.
+    #[error("step {step} chunk {chunk}: the precomputed residual was refused: {reason}")]
+    PrecomputedResidual {
+        /// Step being written.
+        step: u64,
+        /// Chunk index within the state.
+        chunk: u32,
+        /// What is wrong.
+        reason: Box<str>,
+    },
     /// A delta codec was asked to encode or decode without the base state(s) it needs.
     #[error("codec {codec} needs {needed} previous state(s)")]
     MissingBase {
@@ -301,6 +313,7 @@ impl FormatError {
             E::SizeCap { .. } => "size_cap",
             E::InvalidLayout { .. } => "invalid_layout",
             E::InvalidInput { .. } => "invalid_input",
+            E::PrecomputedResidual { .. } => "precomputed_residual",
             E::MissingBase { .. } => "missing_base",
             E::WriterPoisoned { .. } => "writer_poisoned",
         }

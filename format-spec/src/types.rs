@@ -714,6 +714,31 @@ pub struct WriterOptions {
     pub overlap_writes: bool,
 }
 
+/// A step's residual computed elsewhere (on the training device), as the split streams of each
+/// chunk ([`Writer::write_step_with_residual`]): what the writer would compute from θ_t and its
+/// bases, so that it only entropy-codes the streams.
+#[derive(Clone, Debug)]
+pub struct PrecomputedResidual<'a> {
+    /// The split delta codec the residual was computed with (`xor_prev_split`,
+    /// `zigzag_delta_prev_split` or `pred2_split`).
+    pub codec: CodecId,
+    /// The step of θ_{t−1}, the state the residual was taken against.
+    pub base_step: u64,
+    /// The step of θ_{t−2} (pred2_split only).
+    pub base2_step: Option<u64>,
+    /// One entry per chunk, in chunk order.
+    pub chunks: Vec<PrecomputedChunk<'a>>,
+}
+
+/// One chunk of a [`PrecomputedResidual`].
+#[derive(Clone, Copy, Debug)]
+pub struct PrecomputedChunk<'a> {
+    /// pred2's coefficient the residual was computed with (ignored by the other codecs).
+    pub mu_q8: u16,
+    /// The 6 streams of SPEC.md §5.2: classes, lead0 … lead3, low.
+    pub streams: [&'a [u8]; crate::codec::SPLIT_STREAMS],
+}
+
 /// What one `write_step` stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepWriteStats {
@@ -727,6 +752,9 @@ pub struct StepWriteStats {
     /// write when writes overlap; the rest of the call is serial: the file write (unless
     /// overlapped), syncs, and advancing the bases.
     pub encode_time: std::time::Duration,
+    /// Whether the step's chunks were coded from a [`PrecomputedResidual`] (false when none
+    /// was given or it did not fit the step: a keyframe, other bases, another codec).
+    pub precomputed: bool,
 }
 
 /// What `finish` produced.

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use crate::codec::{chunk_hash, encode_chunk, shuffle_u32, zstd_bytes};
+use crate::codec::{
+    chunk_hash, decode_chunk, encode_chunk, encode_split_streams, shuffle_u32, zstd_bytes,
+};
 use crate::consts::*;
 use crate::error::FormatError;
 use crate::reader::Reader;
@@ -252,6 +254,30 @@ fn finish_chunk(
         },
         bytes,
         standalone_len,
+    }
+}
+
+/// Decodes one chunk coded from a precomputed residual and compares it with the state it
+/// stands for, bit for bit: a device that computed another residual than the host would is
+/// caught at the first step that samples a wrong chunk, not when the recording is read.
+fn verify_chunk(
+    codec: CodecId,
+    stored: &[u8],
+    cur: &[f32],
+    prev: &[f32],
+    prev2: Option<&[f32]>,
+) -> Result<(), String> {
+    let mut decoded = vec![0f32; cur.len()];
+    decode_chunk(codec, stored, Some(prev), prev2, &mut decoded)
+        .map_err(|e| format!("its stored bytes do not decode: {e}"))?;
+    let got = bytemuck::cast_slice::<f32, u32>(&decoded);
+    let want = bytemuck::cast_slice::<f32, u32>(cur);
+    match got.iter().zip(want).position(|(a, b)| a != b) {
+        None => Ok(()),
+        Some(at) => Err(format!(
+            "element {at} decodes to bits {:#010x}, the state holds {:#010x}",
+            got[at], want[at]
+        )),
     }
 }
 
@@ -668,6 +694,23 @@ impl Writer {
     /// Encodes and appends step `input.step`. Steps must strictly increase; gaps are allowed
     /// (the step after a gap is a keyframe).
     pub fn write_step(&mut self, input: &StepInput<'_>) -> Result<StepWriteStats, FormatError> {
+        self.write_step_with_residual(input, None)
+    }
+
+    /// [`Self::write_step`], with the step's residual computed elsewhere (on the training
+    /// device): where it fits the step (a delta step whose bases are `residual.base_step` and
+    /// `base2_step`, coded with `residual.codec`), the chunks are coded from its streams and
+    /// the residual and split passes are skipped; otherwise it is ignored and the step is
+    /// encoded from `input.state` ([`StepWriteStats::precomputed`] says which). The stored
+    /// bytes decode to `input.state` either way: each chunk's hash is taken from the state, and
+    /// one chunk per step (in turn) is decoded and compared with it. A residual that fails that
+    /// check, or whose streams are malformed, is refused with
+    /// [`FormatError::PrecomputedResidual`] before anything is written.
+    pub fn write_step_with_residual(
+        &mut self,
+        input: &StepInput<'_>,
+        residual: Option<&PrecomputedResidual<'_>>,
+    ) -> Result<StepWriteStats, FormatError> {
         self.check_usable()?;
         let step = input.step;
         if step == NO_STEP {
@@ -705,8 +748,9 @@ impl Writer {
             )));
         }
         let forced = self.is_keyframe_next(step);
+        let residual = residual.filter(|r| !forced && self.residual_fits(r));
         let encode_started = std::time::Instant::now();
-        let chunks = self.encode_state_writing_pending(input.state, forced)?;
+        let chunks = self.encode_state_writing_pending(input.state, forced, step, residual)?;
         let encode_time = encode_started.elapsed();
         let keyframe = forced || chunks.iter().all(|c| c.entry.codec.is_standalone());
         let chain_start = if keyframe { step } else { self.chain_start };
@@ -804,7 +848,30 @@ impl Writer {
             stored_bytes: total,
             keyframe,
             encode_time,
+            precomputed: residual.is_some(),
         })
+    }
+
+    /// Whether a precomputed residual is the one this delta step (not a keyframe, so it follows
+    /// `last_step`) would compute: the same codec against the same bases, one entry per chunk.
+    fn residual_fits(&self, r: &PrecomputedResidual<'_>) -> bool {
+        let codec = &self.header.codec;
+        let chunks = self
+            .header
+            .state_len_elements
+            .div_ceil(u64::from(codec.chunk_len_elements));
+        // prev2, when present, is θ_{last−1}: a gap starts a new chain.
+        let prev2_step = self
+            .prev2
+            .as_ref()
+            .and_then(|_| self.last_step?.checked_sub(1));
+        let expected = codec.delta_codec.effective(prev2_step.is_some()).split();
+        codec.split_streams
+            && self.prev.is_some()
+            && self.last_step == Some(r.base_step)
+            && r.codec == expected
+            && (r.codec.residual() != CodecId::Pred2 || r.base2_step == prev2_step)
+            && r.chunks.len() as u64 == chunks
     }
 
     /// Copies `state` into `base` (a state-sized buffer once the first step is past), in
@@ -841,6 +908,8 @@ impl Writer {
         &mut self,
         state: &[f32],
         forced: bool,
+        step: u64,
+        residual: Option<&PrecomputedResidual<'_>>,
     ) -> Result<Vec<EncodedChunk>, FormatError> {
         // Small records (or none): starting a thread costs more than the write it would hide.
         let Some(previous) = self
@@ -848,12 +917,12 @@ impl Writer {
             .take_if(|p| p.payload_len_bytes() >= OVERLAP_MIN_PAYLOAD_BYTES)
         else {
             self.write_pending()?;
-            return self.encode_state(state, forced);
+            return self.encode_state(state, forced, step, residual);
         };
         let (chunks, written) = std::thread::scope(|s| {
             let file = &self.file;
             let writing = s.spawn(move || previous.write_to(file).map(|()| previous));
-            let chunks = self.encode_state(state, forced);
+            let chunks = self.encode_state(state, forced, step, residual);
             (chunks, writing.join())
         });
         let written = written
@@ -867,8 +936,15 @@ impl Writer {
         chunks
     }
 
-    /// Encodes all chunks of a state in parallel.
-    fn encode_state(&self, state: &[f32], forced: bool) -> Result<Vec<EncodedChunk>, FormatError> {
+    /// Encodes all chunks of a state in parallel, delta chunks from `residual`'s streams when
+    /// given (it fits the step: [`Self::residual_fits`]).
+    fn encode_state(
+        &self,
+        state: &[f32],
+        forced: bool,
+        step: u64,
+        residual: Option<&PrecomputedResidual<'_>>,
+    ) -> Result<Vec<EncodedChunk>, FormatError> {
         let cl = self.header.codec.chunk_len_elements as usize;
         let level = self.header.codec.zstd_level;
         let delta_codec = self.header.codec.delta_codec;
@@ -877,6 +953,7 @@ impl Writer {
         let prev2 = if forced { None } else { self.prev2.as_deref() };
         let standalone_len = &self.standalone_len;
         let spare = &self.spare;
+        let chunk_count = state.len().div_ceil(cl).max(1) as u64;
         let encode_one = |(i, cur): (usize, &[f32])| -> Result<EncodedChunk, FormatError> {
             let range = i * cl..i * cl + cur.len();
             let Some(p) = prev.map(|p| &p[range.clone()]) else {
@@ -888,7 +965,23 @@ impl Writer {
             let codec = delta_codec.effective(p2.is_some());
             let codec = if split { codec.split() } else { codec };
             let mut delta = spare.take();
-            encode_chunk(codec, cur, Some(p), p2, level, &mut delta)?;
+            match residual.map(|r| &r.chunks[i]) {
+                Some(pre) => {
+                    let refused = |reason: String| FormatError::PrecomputedResidual {
+                        step,
+                        chunk: i as u32,
+                        reason: reason.into(),
+                    };
+                    encode_split_streams(codec, pre.mu_q8, pre.streams, cur.len(), &mut delta)
+                        .map_err(|e| refused(e.to_string()))?;
+                    if i as u64 == step % chunk_count {
+                        verify_chunk(codec, &delta, cur, p, p2).map_err(refused)?;
+                    }
+                }
+                None => {
+                    encode_chunk(codec, cur, Some(p), p2, level, &mut delta)?;
+                }
+            }
             check_chunk_len(delta.len())?;
             // A delta that is not clearly smaller than the chunk's last standalone size
             // may not pay: encode standalone too and keep it if the delta exceeds 0.9 × it.

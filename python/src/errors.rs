@@ -140,6 +140,7 @@ fn location(e: &Rust) -> (Option<u64>, Option<u64>, Option<String>) {
         Rust::ChainHashMismatch { path: p, step, .. } => (None, Some(*step), path(p)),
         Rust::StepNotFound { step } => (None, Some(*step), None),
         Rust::NotIncreasing { step, .. } => (None, Some(*step), None),
+        Rust::PrecomputedResidual { step, .. } => (None, Some(*step), None),
         Rust::NotARecording { path: p, .. }
         | Rust::NotAFile { path: p }
         | Rust::NewerVersion { path: p, .. }
@@ -170,8 +171,8 @@ pub fn to_py(e: Rust) -> PyErr {
         "locked" => LockedError::new_err(msg),
         "io" => FormatIOError::new_err(msg),
         "writer_poisoned" => WriterPoisonedError::new_err(msg),
-        // not_increasing, size_cap, invalid_layout, invalid_input, missing_base, and kinds a
-        // later format crate adds.
+        // not_increasing, size_cap, invalid_layout, invalid_input, missing_base,
+        // precomputed_residual, and kinds a later format crate adds.
         _ => InvalidInputError::new_err(msg),
     };
     let (offset, step, path) = location(&e);

@@ -64,7 +64,7 @@ fn main() -> anyhow::Result<()> {
     argv.extend(["--out".into(), out.display().to_string()]);
     // Benches run from the package folder; the data lives at the workspace root (when the
     // binary runs elsewhere, e.g. carried to a GPU box, paths are taken as given).
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR")?).join("..");
     if root.join("data").is_dir() {
         std::env::set_current_dir(&root)?;
     }
@@ -115,7 +115,6 @@ fn main() -> anyhow::Result<()> {
         last = Some(b);
     }
     let b = last.ok_or_else(|| anyhow::anyhow!("no repeats"))?;
-    let steps = b.steps_recorded.max(1) as f64;
     println!(
         "steps/s recording off  (median, whole run): {:.1}",
         median(off_t)
@@ -136,6 +135,13 @@ fn main() -> anyhow::Result<()> {
         "fixed cost of recording outside the loop (setup, closing snapshot, drain; median): {:.3} s",
         median(extra_secs)
     );
+    print_breakdown(&b);
+    Ok(())
+}
+
+/// Where the last recorded run's time went, per recorded step and in total.
+fn print_breakdown(b: &sgdwalk_recorder::RecordSummary) {
+    let steps = b.steps_recorded.max(1) as f64;
     let per_step = |secs: f64| 1e3 * secs / steps;
     println!(
         "last recorded run ({} steps, snapshots via {}, {} ring buffers = {:.1} MB on the device, {} encode threads), per recorded step:",
@@ -145,6 +151,18 @@ fn main() -> anyhow::Result<()> {
         b.snapshot_ring_device_bytes as f64 * 1e-6,
         b.encode_threads
     );
+    if b.device_residual_steps > 0 || b.device_residual_refused {
+        println!(
+            "  device residuals: {} of {} steps coded from them{} (their kernels run on the training stream: in the loop time, not in snapshot)",
+            b.device_residual_steps,
+            b.steps_recorded,
+            if b.device_residual_refused {
+                ", one refused"
+            } else {
+                ""
+            }
+        );
+    }
     println!(
         "  training thread: snapshot {:.2} ms, blocked {:.2} ms | copy thread: copy {:.2} ms | writer: encode+write {:.2} ms (encode {:.2}, serial rest {:.2}) | loop {:.2} ms, wall {:.2} ms per step",
         per_step(b.training_snapshot_secs),
@@ -181,5 +199,4 @@ fn main() -> anyhow::Result<()> {
         b.compression_ratio,
         b.file_bytes as f64 / steps
     );
-    Ok(())
 }

@@ -3,8 +3,10 @@
 //! updates) goes through the snapshot ring with CPU tensors standing in for device buffers, the
 //! copy stage, the encoder and the writer into a temporary file, as fast as the pipeline takes
 //! it. Prints sustained GB/s of raw state for 1, 2 and all encode threads (medians of repeats),
-//! where the time went, the host path for comparison, and what a host-side residual pass costs
-//! (the work a device-side residual would take off the host).
+//! where the time went, the host path for comparison, the ring with device residuals (CPU
+//! tensors computing what the device would; the writer's encode+write is what the host keeps),
+//! and per step what the host's encode costs with and without the residual and split passes a
+//! device residual takes off it.
 //!
 //!   cargo bench -p sgdwalk-recorder --bench pipeline
 //!   cargo bench -p sgdwalk-recorder --bench pipeline -- --test        (smoke: tiny, seconds)
@@ -21,13 +23,15 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use sgdwalk_format::codec::residual_planes;
+use sgdwalk_format::codec::{
+    SPLIT_STREAMS, encode_chunk, encode_split_streams, estimate_mu_q8, residual_streams,
+};
 use sgdwalk_format::testkit::synth::sgd_trajectory;
 use sgdwalk_format::{
     CodecId, CodecSettings, FsyncPolicy, Header, StepScalars, Writer, WriterOptions,
 };
-use sgdwalk_recorder::planes::xor_residual_planes;
-use sgdwalk_recorder::sink::{Record, RingOptions, Sink, Snapshot};
+use sgdwalk_recorder::device_residual::{DeviceResidual, TailLayout};
+use sgdwalk_recorder::sink::{Record, ResidualOptions, RingOptions, Sink, Snapshot};
 use tch::Tensor;
 
 struct Opts {
@@ -131,19 +135,34 @@ struct Pass {
     stored_bytes: u64,
 }
 
-fn pass(states: &[Tensor], path: &Path, threads: usize, opts: &Opts, ring: bool) -> Pass {
+/// How snapshots go: host vectors, the ring, or the ring with device residuals.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Host,
+    Ring,
+    RingResidual,
+}
+
+fn pass(states: &[Tensor], path: &Path, threads: usize, opts: &Opts, how: Route) -> Pass {
     let n = states[0].numel();
     let w = writer(path, n, threads, opts);
+    let codec = w.header().codec.clone();
+    let ring = how != Route::Host;
     let ring_opts = ring.then_some(RingOptions {
         slots: opts.ring,
         state_len: n,
         device: tch::Device::Cpu,
+        residual: (how == Route::RingResidual).then_some(ResidualOptions {
+            delta_codec: codec.delta_codec,
+            keyframe_interval: codec.keyframe_interval,
+            chunk_len: codec.chunk_len_elements as usize,
+        }),
     });
     let mut sink = Sink::start_with_ring(w, 8, path.to_path_buf(), false, ring_opts).expect("sink");
     let started = Instant::now();
     for (t, s) in states.iter().enumerate() {
         let state = if ring {
-            sink.snapshot_into_ring(|buf| {
+            sink.snapshot_into_ring(t as u64, |buf| {
                 buf.shallow_clone().f_copy_(s)?;
                 Ok(())
             })
@@ -224,16 +243,31 @@ fn main() {
         "ratio"
     );
     let mut last_stored = 0u64;
-    let mut rows = vec![("ring", 1usize), ("ring", 2), ("ring", 0), ("host", 0)];
+    let mut rows = vec![
+        ("ring", 1usize),
+        ("ring", 2),
+        ("ring", 0),
+        ("host", 0),
+        ("ring+dr", 1),
+        ("ring+dr", 0),
+    ];
     if cores <= 2 {
         // "all" is 2 here: keep the row (it says so) but do not run 2 twice.
-        rows.retain(|r| *r != ("ring", 2));
+        rows.retain(|r| r.1 != 2);
+    }
+    if !opts.split_streams {
+        // Device residuals are split streams.
+        rows.retain(|r| r.0 != "ring+dr");
     }
     for (which, threads) in rows {
-        let ring = which == "ring";
+        let how = match which {
+            "ring" => Route::Ring,
+            "ring+dr" => Route::RingResidual,
+            _ => Route::Host,
+        };
         let mut all = Vec::new();
         for _ in 0..opts.repeats {
-            all.push(pass(&states, &path, threads, &opts, ring));
+            all.push(pass(&states, &path, threads, &opts, how));
         }
         let m = |f: fn(&Pass) -> f64| median(all.iter().map(f).collect());
         let wall = m(|p| p.wall);
@@ -257,7 +291,7 @@ fn main() {
         );
     }
     println!(
-        "(medians of {} repeats; snapshot = producer filling ring buffers or host vectors, copy = copy stage (CPU stand-in: a memcpy), blocked = producer waiting for a ring buffer or queue slot)",
+        "(medians of {} repeats; snapshot = producer filling ring buffers or host vectors, with device residuals (ring+dr) also computing them in CPU tensor ops, which a GPU does on the training stream; copy = copy stage (CPU stand-in: a memcpy); blocked = producer waiting for a ring buffer or queue slot)",
         opts.repeats
     );
 
@@ -287,37 +321,93 @@ fn main() {
         last_stored as f64 / write_secs * 1e-9
     );
 
-    // The host-side residual pass a device-side residual would save (one thread).
-    let cur = Vec::<f32>::try_from(&states[opts.steps - 1]).expect("host");
-    let prev = Vec::<f32>::try_from(&states[opts.steps - 2]).expect("host");
-    let mut planes = vec![0u8; cur.len() * 4];
-    let mut host_t = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        residual_planes(CodecId::XorPrev, &cur, Some(&prev), None, 0, &mut planes)
-            .expect("residual");
-        host_t.push(t.elapsed().as_secs_f64());
-    }
-    let host_s = median(host_t);
-    let mut tensor_t = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        let p = xor_residual_planes(&states[opts.steps - 1], &states[opts.steps - 2])
-            .expect("tensor residual");
-        drop(p);
-        tensor_t.push(t.elapsed().as_secs_f64());
-    }
-    let tensor_s = median(tensor_t);
-    println!(
-        "host residual pass (XOR + byte-plane shuffle, 1 thread): {:.1} ms per step = {:.2} GB/s of raw state",
-        host_s * 1e3,
-        raw_step / host_s * 1e-9
-    );
-    println!(
-        "same as libtorch CPU tensor ops ({} libtorch threads): {:.1} ms per step = {:.2} GB/s",
-        tch::get_num_threads(),
-        tensor_s * 1e3,
-        raw_step / tensor_s * 1e-9
-    );
+    host_encode_costs(&states, raw_step);
     println!("load after: {}", uptime());
+}
+
+/// Per step on one thread: the host's pred2_split encode, the same from streams a device
+/// computed (what the writer keeps with device residuals), and the device pass in CPU ops.
+fn host_encode_costs(states: &[Tensor], raw_step: f64) {
+    let steps = states.len();
+    let host = |t: usize| Vec::<f32>::try_from(&states[t]).expect("host");
+    let (cur, prev, prev2) = (host(steps - 1), host(steps - 2), host(steps - 3));
+    let cl = CodecSettings::default().chunk_len_elements as usize;
+    let ranges: Vec<_> = (0..cur.len())
+        .step_by(cl)
+        .map(|a| a..(a + cl).min(cur.len()))
+        .collect();
+    let mut out = Vec::new();
+    let mut full_t = Vec::new();
+    let mut entropy_t = Vec::new();
+    let mut streams: Vec<(u16, [Vec<u8>; SPLIT_STREAMS])> = Vec::new();
+    for r in &ranges {
+        let mu = estimate_mu_q8(&cur[r.clone()], &prev[r.clone()], &prev2[r.clone()]);
+        let mut s: [Vec<u8>; SPLIT_STREAMS] = Default::default();
+        residual_streams(
+            CodecId::Pred2Split,
+            &cur[r.clone()],
+            Some(&prev[r.clone()]),
+            Some(&prev2[r.clone()]),
+            mu,
+            &mut s,
+        )
+        .expect("streams");
+        streams.push((mu, s));
+    }
+    for _ in 0..5 {
+        let t = Instant::now();
+        for r in &ranges {
+            out.clear();
+            encode_chunk(
+                CodecId::Pred2Split,
+                &cur[r.clone()],
+                Some(&prev[r.clone()]),
+                Some(&prev2[r.clone()]),
+                1,
+                &mut out,
+            )
+            .expect("encode");
+        }
+        full_t.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for (r, (mu, s)) in ranges.iter().zip(&streams) {
+            out.clear();
+            let s = std::array::from_fn(|k| s[k].as_slice());
+            encode_split_streams(CodecId::Pred2Split, *mu, s, r.len(), &mut out).expect("encode");
+        }
+        entropy_t.push(t.elapsed().as_secs_f64());
+    }
+    let (full_s, entropy_s) = (median(full_t), median(entropy_t));
+    println!(
+        "\nhost encode per step, pred2_split, 1 thread: {:.1} ms ({:.2} GB/s of raw state); from device streams {:.1} ms ({:.2} GB/s), {:.0}% of it",
+        full_s * 1e3,
+        raw_step / full_s * 1e-9,
+        entropy_s * 1e3,
+        raw_step / entropy_s * 1e-9,
+        100.0 * entropy_s / full_s
+    );
+    let layout = TailLayout::new(cur.len(), cl).expect("layout");
+    let mut device =
+        DeviceResidual::new(layout, CodecId::Pred2, 32, tch::Device::Cpu).expect("bases");
+    let tail = Tensor::zeros(
+        [layout.len_f32() as i64],
+        (tch::Kind::Float, tch::Device::Cpu),
+    );
+    let mut pass_t = Vec::new();
+    for (t, s) in states.iter().enumerate().take(steps.min(8)) {
+        let started = Instant::now();
+        let tag = device.compute(t as u64, s, &tail).expect("device pass");
+        if tag.is_some() {
+            pass_t.push(started.elapsed().as_secs_f64());
+        }
+    }
+    if !pass_t.is_empty() {
+        let pass_s = median(pass_t);
+        println!(
+            "device pass in libtorch CPU ops ({} threads): {:.1} ms per step ({:.2} GB/s of raw state; on a GPU, scripts/gpu-check measures it)",
+            tch::get_num_threads(),
+            pass_s * 1e3,
+            raw_step / pass_s * 1e-9,
+        );
+    }
 }

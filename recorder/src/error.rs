@@ -24,7 +24,7 @@ pub enum RecordError {
     CannotResume { path: PathBuf, reason: String },
     /// --resume with a flag whose value differs from the recorded setting.
     #[error(
-        "cannot resume {}: --{flag} {given} differs from the recording's {recorded}; a resumed run takes every setting from the recording: leave out --{flag} (only --data-dir, --device, --threads, --encode-threads, --fsync, --queue, --snapshot-path, --snapshot-ring, --quiet and --json may differ)",
+        "cannot resume {}: --{flag} {given} differs from the recording's {recorded}; a resumed run takes every setting from the recording: leave out --{flag} (only --data-dir, --device, --threads, --encode-threads, --fsync, --queue, --snapshot-path, --snapshot-ring, --device-residual, --quiet and --json may differ)",
         path.display()
     )]
     ResumeConflict {
@@ -64,7 +64,7 @@ pub enum RecordError {
     /// The writer thread stopped unexpectedly.
     #[error("the writer thread stopped: {reason}")]
     WriterGone { reason: String },
-    /// Snapshot tensors that do not fit together (a residual of states of different shapes).
+    /// Snapshot tensors that do not fit together, or a device residual that cannot be used.
     #[error("snapshot: {reason}")]
     Snapshot { reason: String },
     /// An error reported by libtorch.

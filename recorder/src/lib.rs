@@ -8,9 +8,9 @@
 //! has no samples. So d_t = θ_{t+1} − θ_t is exactly the update applied, by construction.
 
 pub mod config;
+pub mod device_residual;
 pub mod error;
 pub mod optim;
-pub mod planes;
 pub mod policy;
 pub mod resume;
 pub mod sink;
@@ -127,6 +127,10 @@ pub struct RecordSummary {
     /// again in host memory).
     pub snapshot_ring_buffers: usize,
     pub snapshot_ring_device_bytes: u64,
+    /// Steps coded from residuals computed on the device (`--device-residual`), and whether
+    /// one was refused (which turned the device pass off for the rest of the run).
+    pub device_residual_steps: u64,
+    pub device_residual_refused: bool,
     /// Threads encoding chunks (`--encode-threads`; 0 = one per core).
     pub encode_threads: u32,
     /// Where recording time went: the training thread taking snapshots (on CUDA: queueing the
@@ -193,6 +197,19 @@ impl std::fmt::Display for RecordSummary {
                 self.writer_encode_write_secs,
                 self.writer_encode_secs,
             )?;
+            if self.device_residual_steps > 0 || self.device_residual_refused {
+                writeln!(
+                    f,
+                    "device residuals: {} of {} steps coded from them{}",
+                    self.device_residual_steps,
+                    self.steps_recorded,
+                    if self.device_residual_refused {
+                        "; one was refused and turned them off (see the warning above)"
+                    } else {
+                        ""
+                    }
+                )?;
+            }
         } else {
             writeln!(
                 f,
@@ -347,24 +364,22 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
     let started_over = resume.as_ref().is_some_and(|r| r.start_over.is_some());
     let mut trainer = Trainer::new(desc.clone(), data, cfg.device, module)?;
     let start = open_output(cfg, &desc, resume.as_ref(), &mut trainer)?;
-    let ring = cfg
-        .snapshot_path
-        .uses_ring(cfg.device)
-        .then(|| sink::RingOptions {
-            slots: cfg.snapshot_ring,
-            state_len: desc.layout.len_elements(),
-            device: cfg.device,
-        });
+    let ring = ring_options(cfg, &desc, start.writer.header())?;
     if let Some(r) = &ring
         && cfg.progress
     {
         eprintln!(
-            "snapshot ring: {} buffers of {:.1} MB: {:.1} MB on {} and {:.1} MB of {} host memory",
+            "snapshot ring: {} buffers of {:.1} MB{}: {:.1} MB on {} and {:.1} MB of {} host memory",
             r.slots,
-            r.state_len as f64 * 4e-6,
-            r.device_bytes() as f64 * 1e-6,
+            r.slot_len()? as f64 * 4e-6,
+            if r.residual.is_some() {
+                " (state and device residual)"
+            } else {
+                ""
+            },
+            r.device_bytes()? as f64 * 1e-6,
             device_name(cfg.device),
-            r.device_bytes() as f64 * 1e-6,
+            r.host_bytes()? as f64 * 1e-6,
             if cfg.device == tch::Device::Cpu {
                 "(CPU stand-in)"
             } else {
@@ -404,7 +419,7 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
     let closing_in_file = ctx.resumed_at == Some(t);
     if !matches!(cfg.policy, policy::RecordPolicy::Nothing) && !closing_in_file {
         first_step.get_or_insert(t);
-        let state = trainer.snapshot(&mut sink)?;
+        let state = trainer.snapshot(&mut sink, t)?;
         sink.send(Record::Step {
             step: t,
             state,
@@ -447,7 +462,9 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
         updates_per_sec: updates as f64 / ctx.loop_started.elapsed().as_secs_f64().max(1e-9),
         snapshot_path: if ring.is_some() { "ring" } else { "host" }.into(),
         snapshot_ring_buffers: ring.map_or(0, |r| r.slots),
-        snapshot_ring_device_bytes: ring.map_or(0, |r| r.device_bytes()),
+        snapshot_ring_device_bytes: ring.map_or(Ok(0), |r| r.device_bytes())?,
+        device_residual_steps: counters.device_residual_steps.load(Ordering::Relaxed),
+        device_residual_refused: counters.device_residual_refused.load(Ordering::Relaxed) > 0,
         encode_threads: cfg.encode_threads,
         training_snapshot_secs: counters.snapshot_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
         writer_copy_secs: counters.copy_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
@@ -460,6 +477,43 @@ pub fn record(cfg: &RecordConfig, stop: &StopFlag) -> Result<RecordSummary, Reco
         finish_secs: loop_ended.elapsed().as_secs_f64(),
         epochs: walked.epochs,
     })
+}
+
+/// The snapshot ring, if snapshots take it, and with `--device-residual` what the device
+/// computes: the recording's codec settings (a resumed run keeps the recorded ones).
+fn ring_options(
+    cfg: &RecordConfig,
+    desc: &RunDescription,
+    header: &Header,
+) -> Result<Option<sink::RingOptions>, RecordError> {
+    let uses_ring = cfg.snapshot_path.uses_ring(cfg.device);
+    let residual = if cfg.device_residual {
+        let refuse = |reason: &str| RecordError::InvalidSetting {
+            flag: "device-residual",
+            reason: reason.into(),
+        };
+        if !uses_ring {
+            return Err(refuse(
+                "needs the snapshot ring (--snapshot-path ring, or auto on CUDA)",
+            ));
+        }
+        if !header.codec.split_streams {
+            return Err(refuse("needs split streams (--split-streams true)"));
+        }
+        Some(sink::ResidualOptions {
+            delta_codec: header.codec.delta_codec,
+            keyframe_interval: header.codec.keyframe_interval,
+            chunk_len: header.codec.chunk_len_elements as usize,
+        })
+    } else {
+        None
+    };
+    Ok(uses_ring.then_some(sink::RingOptions {
+        slots: cfg.snapshot_ring,
+        state_len: desc.layout.len_elements(),
+        device: cfg.device,
+        residual,
+    }))
 }
 
 /// A new run: refuses an existing output unless `--overwrite`, loads the data and describes
@@ -688,7 +742,7 @@ fn apply_and_record(
     let recorded = policy.records(t, spe);
     let already_in_file = ctx.resumed_at == Some(t);
     let snapshot = if recorded && !already_in_file {
-        Some(trainer.snapshot(sink)?)
+        Some(trainer.snapshot(sink, t)?)
     } else {
         None
     };

@@ -29,6 +29,7 @@ pub const MAY_DIFFER: &[&str] = &[
     "queue",
     "snapshot_path",
     "snapshot_ring",
+    "device_residual",
     "quiet",
     "json",
 ];

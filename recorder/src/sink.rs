@@ -9,18 +9,27 @@
 //! has passed the mark (the training stream never waits for it), waits for that copy, hands the
 //! device buffer back to training and the host buffer to the writer, which encodes straight from
 //! it and hands it back. Training waits only when every ring buffer is in flight.
+//!
+//! With device residuals ([`ResidualOptions`]), each ring buffer also holds, after the state,
+//! the split streams of its residual against the previous snapshot, computed on the training
+//! stream ([`crate::device_residual`]); they cross to the host in the same copy and the writer
+//! codes them instead of computing them. A residual the writer refuses turns the device pass off
+//! for the rest of the run, and that step and the later ones are encoded on the host.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
-use sgdwalk_format::{EpochRecord, StepInput, StepScalars, WriteSummary, Writer};
+use sgdwalk_format::{
+    CodecId, EpochRecord, FormatError, StepInput, StepScalars, WriteSummary, Writer,
+};
 use sgdwalk_workload::copy::{Copier, HostBuffer, Marker};
 use tch::{Device, Tensor};
 
+use crate::device_residual::{DeviceResidual, ResidualTag, TailLayout};
 use crate::error::RecordError;
 
 /// A state snapshot: on the host already, a device tensor (flat f32) the copy thread copies to
@@ -30,14 +39,19 @@ pub enum Snapshot {
     Device(Tensor),
     /// A ring buffer holding the state, filled on the training stream up to its mark.
     Ring(RingSlot),
-    /// A pinned host buffer the copy thread filled from a ring buffer (copy stage to writer).
-    Pinned(HostBuffer),
+    /// A pinned host buffer the copy thread filled from a ring buffer (copy stage to writer),
+    /// and what its device residual is, if it holds one after the state.
+    Pinned {
+        host: HostBuffer,
+        residual: Option<ResidualTag>,
+    },
 }
 
 /// A device buffer of the snapshot ring and the mark of its fill on the training stream.
 pub struct RingSlot {
     buffer: Tensor,
     filled: Marker,
+    residual: Option<ResidualTag>,
 }
 
 /// The snapshot ring: `slots` device buffers of `state_len` f32 on `device`, and as many
@@ -47,12 +61,46 @@ pub struct RingOptions {
     pub slots: usize,
     pub state_len: usize,
     pub device: Device,
+    /// Compute each snapshot's residual on the device ([`crate::device_residual`]).
+    pub residual: Option<ResidualOptions>,
+}
+
+/// How the device computes residuals: the recording's codec settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResidualOptions {
+    /// The recording's delta codec (pred2, xor or zigzag; written as its split variant).
+    pub delta_codec: CodecId,
+    pub keyframe_interval: u32,
+    pub chunk_len: usize,
 }
 
 impl RingOptions {
-    /// Bytes of device memory the ring holds (the same again in host buffers).
-    pub fn device_bytes(&self) -> u64 {
-        self.slots as u64 * self.state_len as u64 * 4
+    /// The layout of the residual streams after each buffer's state, with device residuals.
+    pub fn tail_layout(&self) -> Result<Option<TailLayout>, RecordError> {
+        self.residual
+            .map(|r| TailLayout::new(self.state_len, r.chunk_len))
+            .transpose()
+    }
+
+    /// f32 words of each ring buffer: the state, and the residual streams after it.
+    pub fn slot_len(&self) -> Result<usize, RecordError> {
+        Ok(self.state_len + self.tail_layout()?.map_or(0, |l| l.len_f32()))
+    }
+
+    /// Bytes of device memory the ring holds (the same again in host buffers), and with device
+    /// residuals the bases they are taken against (one state, two for pred2).
+    pub fn device_bytes(&self) -> Result<u64, RecordError> {
+        let bases = match self.residual {
+            Some(r) if r.delta_codec.residual() == CodecId::Pred2 => 2,
+            Some(_) => 1,
+            None => 0,
+        };
+        Ok(self.host_bytes()? + bases * self.state_len as u64 * 4)
+    }
+
+    /// Bytes of host memory the ring holds (pinned on CUDA).
+    pub fn host_bytes(&self) -> Result<u64, RecordError> {
+        Ok(self.slots as u64 * self.slot_len()? as u64 * 4)
     }
 }
 
@@ -60,6 +108,9 @@ impl RingOptions {
 struct TrainingRing {
     copier: Arc<Copier>,
     free: Receiver<RingSlot>,
+    state_len: usize,
+    /// The device's bases, with device residuals.
+    residual: Option<DeviceResidual>,
 }
 
 /// One message to the writer thread.
@@ -99,6 +150,13 @@ pub struct SinkCounters {
     /// Training thread: nanoseconds blocked on a full queue or waiting for a free ring buffer
     /// (back-pressure).
     pub blocked_nanos: AtomicU64,
+    /// Writer thread: steps coded from device residuals.
+    pub device_residual_steps: AtomicU64,
+    /// Writer thread: device residuals refused (at most 1: the first turns the pass off).
+    pub device_residual_refused: AtomicU64,
+    /// Set by the writer when it refuses a device residual: the training thread computes none
+    /// after it.
+    pub device_residual_off: AtomicBool,
 }
 
 fn add_nanos(counter: &AtomicU64, since: Instant) {
@@ -147,17 +205,30 @@ impl Sink {
         let mut training_ring = None;
         let mut copy_ring = None;
         let mut host_return = None;
+        let mut tail_layout = None;
         if let Some(opts) = ring {
             let copier = Arc::new(Copier::new(opts.device)?);
             let slots = opts.slots.max(1);
+            let slot_len = opts.slot_len()?;
+            tail_layout = opts.tail_layout()?;
+            let residual = match (opts.residual, tail_layout) {
+                (Some(r), Some(layout)) => Some(DeviceResidual::new(
+                    layout,
+                    r.delta_codec,
+                    r.keyframe_interval,
+                    opts.device,
+                )?),
+                _ => None,
+            };
             let (free_tx, free_rx) = crossbeam_channel::bounded(slots);
             let (host_free_tx, host_free_rx) = crossbeam_channel::bounded(slots);
             for _ in 0..slots {
                 let slot = RingSlot {
-                    buffer: copier.device_buffer(opts.state_len)?,
+                    buffer: copier.device_buffer(slot_len)?,
                     filled: Marker::new(),
+                    residual: None,
                 };
-                let host = copier.host_buffer(opts.state_len)?;
+                let host = copier.host_buffer(slot_len)?;
                 // Cannot block: the channels hold `slots` each.
                 let _ = free_tx.send(slot);
                 let _ = host_free_tx.send(host);
@@ -165,6 +236,8 @@ impl Sink {
             training_ring = Some(TrainingRing {
                 copier: Arc::clone(&copier),
                 free: free_rx,
+                state_len: opts.state_len,
+                residual,
             });
             copy_ring = Some(CopyRing {
                 copier,
@@ -187,7 +260,7 @@ impl Sink {
         let c = Arc::clone(&counters);
         let handle = std::thread::Builder::new()
             .name("sgdwalk-writer".into())
-            .spawn(move || writer_loop(writer, writer_rx, host_return, &c))
+            .spawn(move || writer_loop(writer, writer_rx, host_return, tail_layout, &c))
             .map_err(spawn_err)?;
         Ok(Sink {
             tx: Some(tx),
@@ -205,10 +278,12 @@ impl Sink {
     }
 
     /// Takes a free ring buffer (waiting while every one is in flight), lets `fill` write the
-    /// flat state into it on the training stream, and marks the fill there. Without a ring, or
-    /// when the pipeline has stopped, returns the pipeline's error.
+    /// flat state of step `step` into it on the training stream, computes the state's residual
+    /// there with device residuals, and marks the buffer. Without a ring, or when the pipeline
+    /// has stopped, returns the pipeline's error.
     pub fn snapshot_into_ring(
         &mut self,
+        step: u64,
         fill: impl FnOnce(&Tensor) -> Result<(), RecordError>,
     ) -> Result<Snapshot, RecordError> {
         let waited = Instant::now();
@@ -226,8 +301,16 @@ impl Sink {
             return Err(self.join_error());
         };
         let started = Instant::now();
-        fill(&slot.buffer)?;
-        if let Some(ring) = &self.ring {
+        slot.residual = None;
+        if let Some(ring) = &mut self.ring {
+            let n = ring.state_len as i64;
+            let state = slot.buffer.f_narrow(0, 0, n)?;
+            fill(&state)?;
+            let off = self.counters.device_residual_off.load(Ordering::Relaxed);
+            if let Some(residual) = ring.residual.as_mut().filter(|_| !off) {
+                let tail = slot.buffer.f_narrow(0, n, slot.buffer.numel() as i64 - n)?;
+                slot.residual = residual.compute(step, &state, &tail)?;
+            }
             ring.copier.mark(&mut slot.filled)?;
         }
         add_nanos(&self.counters.snapshot_nanos, started);
@@ -334,9 +417,10 @@ fn copy_loop(
                     // Waits here, not on the training stream; then the device buffer is free.
                     host.wait()?;
                     add_nanos(&counters.copy_nanos, started);
+                    let residual = slot.residual;
                     // Training may have stopped waiting (it then reports the pipeline's error).
                     let _ = ring.free.send(slot);
-                    Snapshot::Pinned(host)
+                    Snapshot::Pinned { host, residual }
                 }
                 (Snapshot::Device(t), _) => {
                     let started = Instant::now();
@@ -359,8 +443,10 @@ fn writer_loop(
     mut writer: Writer,
     rx: Receiver<Record>,
     host_return: Option<Sender<HostBuffer>>,
+    tail_layout: Option<TailLayout>,
     counters: &SinkCounters,
 ) -> Result<WriteSummary, RecordError> {
+    let state_len = writer.header().state_len_elements as usize;
     for record in rx {
         match record {
             Record::Step {
@@ -372,13 +458,17 @@ fn writer_loop(
             } => {
                 // On the host already (CPU training, or the copy stage moved it).
                 let mut pinned = None;
+                let mut tag = None;
                 let owned;
                 let values: &[f32] = match state {
                     Snapshot::Host(v) => {
                         owned = v;
                         &owned
                     }
-                    Snapshot::Pinned(host) => pinned.insert(host).wait()?,
+                    Snapshot::Pinned { host, residual } => {
+                        tag = residual;
+                        pinned.insert(host).wait()?
+                    }
                     Snapshot::Device(t) => {
                         owned = sgdwalk_workload::state::to_host(&t)?;
                         &owned
@@ -390,17 +480,34 @@ fn writer_loop(
                         });
                     }
                 };
+                // A ring buffer holds the state, then its residual's streams.
+                let (values, tail) = values.split_at(state_len.min(values.len()));
+                let input = StepInput {
+                    step,
+                    state: values,
+                    sample_ids: &sample_ids,
+                    augmentation: &augmentation,
+                    scalars,
+                };
                 let write_started = Instant::now();
-                let stats = writer
-                    .write_step(&StepInput {
-                        step,
-                        state: values,
-                        sample_ids: &sample_ids,
-                        augmentation: &augmentation,
-                        scalars,
-                    })
-                    .map_err(|source| RecordError::Write { step, source })?;
+                let stats = match (tag, tail_layout) {
+                    (Some(tag), Some(layout)) => write_with_device_residual(
+                        &mut writer,
+                        &input,
+                        tag,
+                        &layout,
+                        tail,
+                        counters,
+                    ),
+                    _ => writer.write_step(&input),
+                }
+                .map_err(|source| RecordError::Write { step, source })?;
                 add_nanos(&counters.write_nanos, write_started);
+                if stats.precomputed {
+                    counters
+                        .device_residual_steps
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 counters
                     .encode_nanos
                     .fetch_add(stats.encode_time.as_nanos() as u64, Ordering::Relaxed);
@@ -437,4 +544,134 @@ fn writer_loop(
     writer
         .finish()
         .map_err(|source| RecordError::Finish { source })
+}
+
+/// Writes a step from its device residual; a residual the writer refuses (or whose counts do
+/// not fit the layout) turns the device pass off, and the step is encoded on the host.
+fn write_with_device_residual(
+    writer: &mut Writer,
+    input: &StepInput<'_>,
+    tag: ResidualTag,
+    layout: &TailLayout,
+    tail: &[f32],
+    counters: &SinkCounters,
+) -> Result<sgdwalk_format::StepWriteStats, FormatError> {
+    let refused = match tag.precomputed(layout, bytemuck::cast_slice(tail)) {
+        Ok(residual) => match writer.write_step_with_residual(input, Some(&residual)) {
+            Err(e @ FormatError::PrecomputedResidual { .. }) => e.to_string(),
+            written => return written,
+        },
+        Err(e) => format!("step {}: {e}", input.step),
+    };
+    if !counters.device_residual_off.swap(true, Ordering::Relaxed) {
+        counters
+            .device_residual_refused
+            .fetch_add(1, Ordering::Relaxed);
+        eprintln!(
+            "sgdwalk-record: warning: {refused}; device residuals are off for the rest of the run, steps are encoded on the host"
+        );
+    }
+    writer.write_step(input)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use sgdwalk_format::testkit::synth::sgd_trajectory;
+    use sgdwalk_format::{CodecSettings, FsyncPolicy, Header, Reader, WriterOptions};
+
+    use super::*;
+
+    /// A device residual that does not decode to its state (a flipped low byte in the chunk
+    /// the writer samples) is refused: the step is encoded on the host instead, the pass is
+    /// turned off, and the recording reads back exactly.
+    #[test]
+    fn a_refused_device_residual_falls_back_to_the_host_and_turns_the_pass_off() {
+        let (n, chunk) = (3000usize, 1024usize);
+        let traj = sgd_trajectory(n, 4, 0.9, 0.01, 7);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.walk");
+        let layout = Header::contiguous_layout(&[("w", &[n as u64])]).unwrap();
+        let codec = CodecSettings {
+            chunk_len_elements: chunk as u32,
+            split_streams: true,
+            ..CodecSettings::default()
+        };
+        let header = Header::new([1; 16], 0, layout, 0, "{}".into(), codec).unwrap();
+        let options = WriterOptions {
+            fsync: FsyncPolicy::Never,
+            threads: 1,
+            overlap_writes: false,
+        };
+        let mut writer = Writer::create(&path, header, options).unwrap();
+        let tail_layout = TailLayout::new(n, chunk).unwrap();
+        let mut device = DeviceResidual::new(tail_layout, CodecId::Pred2, 32, Device::Cpu).unwrap();
+        let counters = SinkCounters::default();
+        let tail = Tensor::f_zeros(
+            [tail_layout.len_f32() as i64],
+            (tch::Kind::Float, Device::Cpu),
+        )
+        .unwrap();
+        let mut written = Vec::new();
+        for (t, state) in traj.iter().enumerate() {
+            let step = t as u64;
+            // As the training thread does: no device pass once the writer turned it off.
+            let tag = if counters.device_residual_off.load(Ordering::Relaxed) {
+                None
+            } else {
+                device
+                    .compute(step, &Tensor::from_slice(state), &tail)
+                    .unwrap()
+            };
+            let mut tail_words = Vec::<f32>::try_from(&tail).unwrap();
+            if step == 2 {
+                // Step 2 samples chunk 2 mod 3 = 2. The low bytes follow the class streams
+                // (a quarter byte per padded word) and the leading bytes (one per padded word),
+                // 3 bytes of room per word, so chunk 2's start 3 · 2 · 1024 bytes in.
+                let padded = 3 * chunk;
+                let low2 = padded / 4 + padded + 3 * 2 * chunk;
+                let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut tail_words);
+                bytes[low2 + 5] ^= 0x40;
+            }
+            let input = StepInput {
+                step,
+                state,
+                sample_ids: &[],
+                augmentation: &[],
+                scalars: StepScalars::absent(),
+            };
+            let stats = match tag {
+                Some(tag) => write_with_device_residual(
+                    &mut writer,
+                    &input,
+                    tag,
+                    &tail_layout,
+                    &tail_words,
+                    &counters,
+                )
+                .unwrap(),
+                None => writer.write_step(&input).unwrap(),
+            };
+            written.push((tag.is_some(), stats.precomputed));
+        }
+        writer.finish().unwrap();
+        assert_eq!(
+            written,
+            [(false, false), (true, true), (true, false), (false, false)],
+            "step 1 from the device, step 2 refused, step 3 after the pass was turned off"
+        );
+        assert!(counters.device_residual_off.load(Ordering::Relaxed));
+        assert_eq!(counters.device_residual_refused.load(Ordering::Relaxed), 1);
+        let mut r = Reader::open(&path).unwrap();
+        for (t, want) in traj.iter().enumerate() {
+            let got = r.state(t as u64).unwrap();
+            assert!(
+                got.iter()
+                    .zip(want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "step {t}"
+            );
+        }
+    }
 }

@@ -190,9 +190,10 @@ impl Trainer {
     pub fn snapshot(
         &self,
         sink: &mut crate::sink::Sink,
+        step: u64,
     ) -> Result<crate::sink::Snapshot, RecordError> {
         if sink.has_ring() {
-            return sink.snapshot_into_ring(|buffer| Ok(self.model.concat_into(buffer)?));
+            return sink.snapshot_into_ring(step, |buffer| Ok(self.model.concat_into(buffer)?));
         }
         let started = std::time::Instant::now();
         let state = self.model.flatten()?;
