@@ -14,7 +14,8 @@ export SGDWALK_TORCH_PYTHON="${SGDWALK_TORCH_PYTHON:-$SGDWALK_CACHE/venv-torch/b
 # Cargo judges freshness by file times, and the target dir is shared: after another clone built
 # there, this clone's crates can look fresh, and its tests would run the other clone's binaries
 # (its code, its paths). A clone that takes the target dir over from another marks its own
-# files as changed, so cargo rebuilds sgdwalk's crates; dependencies stay cached.
+# files as changed, so cargo rebuilds sgdwalk's crates; dependencies stay cached. (Two clones
+# building at the same moment can still mix: give one its own CARGO_TARGET_DIR.)
 _sgdwalk_clone="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 mkdir -p "$CARGO_TARGET_DIR"
 if [ "$(cat "$CARGO_TARGET_DIR/.sgdwalk-clone" 2>/dev/null)" != "$_sgdwalk_clone" ]; then

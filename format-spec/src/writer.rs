@@ -54,6 +54,10 @@ pub struct Writer {
     pending: Option<PendingRecord>,
     /// The byte buffers of written step records, for the next steps' chunks.
     spare: SpareBuffers,
+    /// Counts the steps coded from precomputed residuals: each decodes chunk
+    /// `verify_next mod chunk_count` to check it, so every chunk is checked in turn (the short
+    /// last chunk first), whatever the keyframe interval.
+    verify_next: u64,
 }
 
 /// Byte buffers of written step records, reused for the chunks the next steps encode: a fresh
@@ -398,6 +402,7 @@ impl Writer {
             presence: prologue.scalar_presence(),
             pending: None,
             spare: SpareBuffers::for_chunks(chunk_count),
+            verify_next: chunk_count.saturating_sub(1) as u64,
         })
     }
 
@@ -489,7 +494,8 @@ impl Writer {
             last_step,
         };
         let pool = Self::make_pool(&options)?;
-        let spare = SpareBuffers::for_chunks(header.chunk_count() as usize);
+        let header_chunk_count = header.chunk_count();
+        let spare = SpareBuffers::for_chunks(header_chunk_count as usize);
         let writer = Writer {
             path: path.to_path_buf(),
             file,
@@ -510,6 +516,7 @@ impl Writer {
             presence,
             pending: None,
             spare,
+            verify_next: header_chunk_count.saturating_sub(1),
         };
         Ok((writer, report))
     }
@@ -702,8 +709,9 @@ impl Writer {
     /// `base2_step`, coded with `residual.codec`), the chunks are coded from its streams and
     /// the residual and split passes are skipped; otherwise it is ignored and the step is
     /// encoded from `input.state` ([`StepWriteStats::precomputed`] says which). The stored
-    /// bytes decode to `input.state` either way: each chunk's hash is taken from the state, and
-    /// one chunk per step (in turn) is decoded and compared with it. A residual that fails that
+    /// bytes decode to `input.state` either way: each chunk's hash is taken from the state (a
+    /// reader detects any chunk that decodes to something else), and one chunk per such step,
+    /// every chunk in turn, is decoded and compared with it here. A residual that fails that
     /// check, or whose streams are malformed, is refused with
     /// [`FormatError::PrecomputedResidual`] before anything is written.
     pub fn write_step_with_residual(
@@ -750,7 +758,12 @@ impl Writer {
         let forced = self.is_keyframe_next(step);
         let residual = residual.filter(|r| !forced && self.residual_fits(r));
         let encode_started = std::time::Instant::now();
-        let chunks = self.encode_state_writing_pending(input.state, forced, step, residual)?;
+        let verify = residual.map(|_| self.verify_next);
+        let chunks =
+            self.encode_state_writing_pending(input.state, forced, step, residual, verify)?;
+        if residual.is_some() {
+            self.verify_next = self.verify_next.wrapping_add(1);
+        }
         let encode_time = encode_started.elapsed();
         let keyframe = forced || chunks.iter().all(|c| c.entry.codec.is_standalone());
         let chain_start = if keyframe { step } else { self.chain_start };
@@ -856,10 +869,6 @@ impl Writer {
     /// `last_step`) would compute: the same codec against the same bases, one entry per chunk.
     fn residual_fits(&self, r: &PrecomputedResidual<'_>) -> bool {
         let codec = &self.header.codec;
-        let chunks = self
-            .header
-            .state_len_elements
-            .div_ceil(u64::from(codec.chunk_len_elements));
         // prev2, when present, is θ_{last−1}: a gap starts a new chain.
         let prev2_step = self
             .prev2
@@ -871,7 +880,7 @@ impl Writer {
             && self.last_step == Some(r.base_step)
             && r.codec == expected
             && (r.codec.residual() != CodecId::Pred2 || r.base2_step == prev2_step)
-            && r.chunks.len() as u64 == chunks
+            && r.chunks.len() as u64 == self.header.chunk_count()
     }
 
     /// Copies `state` into `base` (a state-sized buffer once the first step is past), in
@@ -910,6 +919,7 @@ impl Writer {
         forced: bool,
         step: u64,
         residual: Option<&PrecomputedResidual<'_>>,
+        verify: Option<u64>,
     ) -> Result<Vec<EncodedChunk>, FormatError> {
         // Small records (or none): starting a thread costs more than the write it would hide.
         let Some(previous) = self
@@ -917,12 +927,12 @@ impl Writer {
             .take_if(|p| p.payload_len_bytes() >= OVERLAP_MIN_PAYLOAD_BYTES)
         else {
             self.write_pending()?;
-            return self.encode_state(state, forced, step, residual);
+            return self.encode_state(state, forced, step, residual, verify);
         };
         let (chunks, written) = std::thread::scope(|s| {
             let file = &self.file;
             let writing = s.spawn(move || previous.write_to(file).map(|()| previous));
-            let chunks = self.encode_state(state, forced, step, residual);
+            let chunks = self.encode_state(state, forced, step, residual, verify);
             (chunks, writing.join())
         });
         let written = written
@@ -937,13 +947,15 @@ impl Writer {
     }
 
     /// Encodes all chunks of a state in parallel, delta chunks from `residual`'s streams when
-    /// given (it fits the step: [`Self::residual_fits`]).
+    /// given (it fits the step: [`Self::residual_fits`]), decoding chunk `verify mod chunk
+    /// count` of those to check it.
     fn encode_state(
         &self,
         state: &[f32],
         forced: bool,
         step: u64,
         residual: Option<&PrecomputedResidual<'_>>,
+        verify: Option<u64>,
     ) -> Result<Vec<EncodedChunk>, FormatError> {
         let cl = self.header.codec.chunk_len_elements as usize;
         let level = self.header.codec.zstd_level;
@@ -974,7 +986,7 @@ impl Writer {
                     };
                     encode_split_streams(codec, pre.mu_q8, pre.streams, cur.len(), &mut delta)
                         .map_err(|e| refused(e.to_string()))?;
-                    if i as u64 == step % chunk_count {
+                    if verify.map(|v| v % chunk_count) == Some(i as u64) {
                         verify_chunk(codec, &delta, cur, p, p2).map_err(refused)?;
                     }
                 }

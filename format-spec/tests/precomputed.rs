@@ -343,9 +343,10 @@ fn a_wrong_residual_is_refused_at_the_sampled_chunk_or_caught_by_the_reader() {
     w.write_step(&input(1, &traj[1])).unwrap();
     let len_before = std::fs::metadata(&path).unwrap().len();
 
-    // Step 2 checks chunk 2 mod 4 = 2: a flipped low byte there is refused, naming it.
+    // The first step coded from a residual checks the last chunk (3 of 4): a flipped low
+    // byte there is refused, naming it.
     let mut chunks = host_residual(&traj, 2, chunk as usize, codec);
-    chunks[2].1[5][7] ^= 0x10;
+    chunks[3].1[5][7] ^= 0x10;
     let err = w
         .write_step_with_residual(&input(2, &traj[2]), Some(&precomputed(codec, 2, &chunks)))
         .expect_err("the sampled chunk does not decode to the state");
@@ -354,7 +355,7 @@ fn a_wrong_residual_is_refused_at_the_sampled_chunk_or_caught_by_the_reader() {
             err,
             FormatError::PrecomputedResidual {
                 step: 2,
-                chunk: 2,
+                chunk: 3,
                 ..
             }
         ),
@@ -381,8 +382,9 @@ fn a_wrong_residual_is_refused_at_the_sampled_chunk_or_caught_by_the_reader() {
     assert_eq!(std::fs::metadata(&path).unwrap().len(), len_before);
     w.write_step(&input(2, &traj[2])).unwrap();
 
-    // Step 3 checks chunk 3: a flipped byte in chunk 1 passes the writer (its hash is the
-    // state's), and the reader reports it instead of returning a wrong state.
+    // Refused steps do not count: step 3 checks chunk 3 again. A flipped byte in chunk 1 passes
+    // the writer (its hash is the state's), and the reader reports it instead of returning a
+    // wrong state.
     let mut chunks = host_residual(&traj, 3, chunk as usize, codec);
     chunks[1].1[5][7] ^= 0x10;
     let stats = w
@@ -396,4 +398,42 @@ fn a_wrong_residual_is_refused_at_the_sampled_chunk_or_caught_by_the_reader() {
         .state(3)
         .expect_err("chunk 1 of step 3 holds another state");
     assert_eq!(err.kind_name(), "chain_hash_mismatch", "{err}");
+}
+
+/// The writer checks every chunk in turn, counting the steps it codes from residuals: with the
+/// keyframe interval equal to the chunk count (so a step-number rule would only ever pick
+/// chunk 0 at a keyframe) a chunk 0 that is always wrong is refused on the second such step.
+#[test]
+fn every_chunk_is_checked_in_turn_whatever_the_keyframe_interval() {
+    let (n, chunk, k) = (4096u64, 1024u32, 4u64);
+    let traj = sgd_trajectory(n as usize, 4, 0.0, 0.01, 31);
+    let codec = CodecId::ZigzagDeltaPrevSplit;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.sgdw");
+    let header = header(n, chunk, k as u32, CodecId::ZigzagDeltaPrev);
+    let mut w = Writer::create(&path, header, opts(1)).unwrap();
+    w.write_step(&input(0, &traj[0])).unwrap();
+    let mut outcomes = Vec::new();
+    for t in 1..4u64 {
+        let mut chunks = host_residual(&traj, t as usize, chunk as usize, codec);
+        chunks[0].1[5][3] ^= 0x01;
+        let r = precomputed(codec, t, &chunks);
+        match w.write_step_with_residual(&input(t, &traj[t as usize]), Some(&r)) {
+            Ok(stats) => outcomes.push(format!("{t}: taken {}", stats.precomputed)),
+            Err(FormatError::PrecomputedResidual { step, chunk, .. }) => {
+                outcomes.push(format!("{t}: refused step {step} chunk {chunk}"));
+                w.write_step(&input(t, &traj[t as usize])).unwrap();
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(
+        outcomes,
+        [
+            "1: taken true",
+            "2: refused step 2 chunk 0",
+            "3: refused step 3 chunk 0"
+        ],
+        "step 1 checks chunk 3, step 2 chunk 0, and step 3 chunk 0 again (a refused step does not count)"
+    );
 }

@@ -62,11 +62,13 @@ fn main() -> anyhow::Result<()> {
     .map(String::from)
     .to_vec();
     argv.extend(["--out".into(), out.display().to_string()]);
-    // Benches run from the package folder; the data lives at the workspace root (when the
-    // binary runs elsewhere, e.g. carried to a GPU box, paths are taken as given).
-    let root = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR")?).join("..");
-    if root.join("data").is_dir() {
-        std::env::set_current_dir(&root)?;
+    // Benches run from the package folder; the data lives at the workspace root. Run outside
+    // cargo (carried to a GPU box, as scripts/gpu-check runs it), paths are taken as given.
+    if let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
+        let root = std::path::Path::new(&dir).join("..");
+        if root.join("data").is_dir() {
+            std::env::set_current_dir(&root)?;
+        }
     }
     argv.extend(user);
     // libtorch's own default, before any run sets it.

@@ -268,8 +268,10 @@ pub struct RecordArgs {
     /// Compute each step's residual and its split streams on the training device, after the
     /// snapshot, so the host only entropy-codes them (the ring path with split streams only).
     /// Off by default until GPU measurements show it pays: it costs device time on the training
-    /// stream and 4.25 bytes per parameter more in each ring buffer (device and host) and in
-    /// each copy, and saves the host the residual and split passes, about 40% of its encode.
+    /// stream, 4.25 bytes per parameter more in each ring buffer (device and host) and in each
+    /// copy, and about 80 bytes per parameter of transient device memory during the pass; it
+    /// saves the host the residual and split passes, about half of its encode. A pass that
+    /// fails on the device (out of memory) turns it off with a warning.
     /// Each chunk's hash is still taken from the state and one chunk per step is decoded and
     /// compared with it; a residual that fails turns the device pass off with a warning.
     #[arg(long)]

@@ -178,6 +178,9 @@ pub struct DeviceResidual {
     prev2: Option<Tensor>,
     prev_step: Option<u64>,
     prev2_step: Option<u64>,
+    /// 1, 4, 16, 64 on the device: made once, as a copy from pageable host memory waits for
+    /// the device stream.
+    class_weights: Tensor,
 }
 
 impl DeviceResidual {
@@ -207,6 +210,7 @@ impl DeviceResidual {
             prev2: (delta_codec == CodecId::Pred2).then(base).transpose()?,
             prev_step: None,
             prev2_step: None,
+            class_weights: Tensor::f_from_slice(&[1_i64, 4, 16, 64])?.f_to_device(device)?,
         })
     }
 
@@ -240,7 +244,12 @@ impl DeviceResidual {
                 && !(step - 1).is_multiple_of(self.keyframe_interval);
             let codec = self.delta_codec.effective(has_prev2).split();
             let prev2 = if has_prev2 { self.prev2.as_ref() } else { None };
-            split_residual(&self.layout, codec, state, &self.prev, prev2, tail)?;
+            let bases = Bases {
+                prev: &self.prev,
+                prev2,
+                class_weights: &self.class_weights,
+            };
+            split_residual(&self.layout, codec, state, &bases, tail)?;
             Some(ResidualTag {
                 codec,
                 base_step: step - 1,
@@ -321,19 +330,25 @@ fn pad(layout: &TailLayout, t: &Tensor) -> Result<Tensor, RecordError> {
     Ok(Tensor::f_cat(&[t, &zeros], 0)?)
 }
 
+/// What [`split_residual`] takes besides the state: the bases and a constant, on the device.
+struct Bases<'a> {
+    prev: &'a Tensor,
+    prev2: Option<&'a Tensor>,
+    class_weights: &'a Tensor,
+}
+
 /// The residual words of `codec` for `state` against its bases, split per chunk into `tail`.
 fn split_residual(
     layout: &TailLayout,
     codec: CodecId,
     state: &Tensor,
-    prev: &Tensor,
-    prev2: Option<&Tensor>,
+    bases: &Bases<'_>,
     tail: &Tensor,
 ) -> Result<(), RecordError> {
     let (chunks, cl) = (layout.chunks as i64, layout.chunk_len as i64);
     let device = state.device();
-    let (c, p) = (bits(state)?, bits(prev)?);
-    let (words, mu) = match (codec.residual(), prev2) {
+    let (c, p) = (bits(state)?, bits(bases.prev)?);
+    let (words, mu) = match (codec.residual(), bases.prev2) {
         (CodecId::XorPrev, _) => (c.f_bitwise_xor_tensor(&p)?, None),
         (CodecId::ZigzagDeltaPrev, _) => (zigzag(&c.f_sub(&p)?)?, None),
         (CodecId::Pred2, Some(prev2)) => {
@@ -363,10 +378,9 @@ fn split_residual(
     let bytes = tail.f_view_dtype(Kind::Uint8)?;
 
     // Classes, 4 words a byte, least significant bits first.
-    let weights = Tensor::f_from_slice(&[1_i64, 4, 16, 64])?.f_to_device(device)?;
     let packed = class
         .f_view([chunks, cl / 4, 4])?
-        .f_mul(&weights)?
+        .f_mul(bases.class_weights)?
         .f_sum_dim_intlist(2, false, Kind::Int64)?
         .f_to_kind(Kind::Uint8)?
         .f_reshape([chunks * cl / 4])?;

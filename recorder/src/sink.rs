@@ -152,10 +152,11 @@ pub struct SinkCounters {
     pub blocked_nanos: AtomicU64,
     /// Writer thread: steps coded from device residuals.
     pub device_residual_steps: AtomicU64,
-    /// Writer thread: device residuals refused (at most 1: the first turns the pass off).
+    /// Device residuals refused by the writer or failed on the device (at most 1: the first
+    /// turns the pass off).
     pub device_residual_refused: AtomicU64,
-    /// Set by the writer when it refuses a device residual: the training thread computes none
-    /// after it.
+    /// Set when a device residual is refused or its pass fails: the training thread computes
+    /// none after it, and the writer uses none still in flight.
     pub device_residual_off: AtomicBool,
 }
 
@@ -306,10 +307,24 @@ impl Sink {
             let n = ring.state_len as i64;
             let state = slot.buffer.f_narrow(0, 0, n)?;
             fill(&state)?;
-            let off = self.counters.device_residual_off.load(Ordering::Relaxed);
-            if let Some(residual) = ring.residual.as_mut().filter(|_| !off) {
+            if self.counters.device_residual_off.load(Ordering::Relaxed) {
+                // Turned off: the bases go back to the device's allocator.
+                ring.residual = None;
+            }
+            if let Some(residual) = ring.residual.as_mut() {
                 let tail = slot.buffer.f_narrow(0, n, slot.buffer.numel() as i64 - n)?;
-                slot.residual = residual.compute(step, &state, &tail)?;
+                match residual.compute(step, &state, &tail) {
+                    Ok(tag) => slot.residual = tag,
+                    Err(e) => {
+                        // Out of device memory, say: the state is in the buffer, and the run
+                        // goes on with the host encoding it.
+                        ring.residual = None;
+                        turn_device_residuals_off(
+                            &self.counters,
+                            &format!("step {step}: the device residual pass failed: {e}"),
+                        );
+                    }
+                }
             }
             ring.copier.mark(&mut slot.filled)?;
         }
@@ -490,6 +505,8 @@ fn writer_loop(
                     scalars,
                 };
                 let write_started = Instant::now();
+                // Residuals still in flight when the pass was turned off are not used either.
+                let tag = tag.filter(|_| !counters.device_residual_off.load(Ordering::Relaxed));
                 let stats = match (tag, tail_layout) {
                     (Some(tag), Some(layout)) => write_with_device_residual(
                         &mut writer,
@@ -563,15 +580,20 @@ fn write_with_device_residual(
         },
         Err(e) => format!("step {}: {e}", input.step),
     };
+    turn_device_residuals_off(counters, &refused);
+    writer.write_step(input)
+}
+
+/// Turns device residuals off for the rest of the run (the first time, with a warning).
+fn turn_device_residuals_off(counters: &SinkCounters, why: &str) {
     if !counters.device_residual_off.swap(true, Ordering::Relaxed) {
         counters
             .device_residual_refused
             .fetch_add(1, Ordering::Relaxed);
         eprintln!(
-            "sgdwalk-record: warning: {refused}; device residuals are off for the rest of the run, steps are encoded on the host"
+            "sgdwalk-record: warning: {why}; device residuals are off for the rest of the run, steps are encoded on the host"
         );
     }
-    writer.write_step(input)
 }
 
 #[cfg(test)]
@@ -626,13 +648,13 @@ mod tests {
             };
             let mut tail_words = Vec::<f32>::try_from(&tail).unwrap();
             if step == 2 {
-                // Step 2 samples chunk 2 mod 3 = 2. The low bytes follow the class streams
-                // (a quarter byte per padded word) and the leading bytes (one per padded word),
-                // 3 bytes of room per word, so chunk 2's start 3 · 2 · 1024 bytes in.
+                // Step 1 checked the last chunk, step 2 checks chunk 0, whose low bytes start
+                // after the class streams (a quarter byte per padded word) and the leading
+                // bytes (one per padded word).
                 let padded = 3 * chunk;
-                let low2 = padded / 4 + padded + 3 * 2 * chunk;
+                let low0 = padded / 4 + padded;
                 let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut tail_words);
-                bytes[low2 + 5] ^= 0x40;
+                bytes[low0 + 5] ^= 0x40;
             }
             let input = StepInput {
                 step,
