@@ -296,16 +296,21 @@ fn region(bytes: &Tensor, at: usize, len: usize) -> Result<Tensor, RecordError> 
     Ok(bytes.f_narrow(0, at as i64, len as i64)?)
 }
 
-/// pred2's μ per chunk (`[chunks]` i64, round(256 μ) in 0..=256) by least squares of d0 on d1
-/// over every 16th word of each chunk, outliers left out, as the host encoder estimates it.
-fn estimate_mu(layout: &TailLayout, d0: &Tensor, d1: &Tensor) -> Result<Tensor, RecordError> {
-    let (chunks, cl) = (layout.chunks as i64, layout.chunk_len as i64);
-    let sampled = |d: &Tensor| -> Result<Tensor, RecordError> {
-        Ok(pad(layout, d)?
-            .f_view([chunks, cl / 16, 16])?
-            .f_select(2, 0)?)
+/// pred2's μ per chunk (`[chunks]` i64, round(256 μ) in 0..=256) by least squares of
+/// d0 = i32(c − p) on d1 over every 16th word of each chunk, outliers left out, as the host
+/// encoder estimates it. Only the sampled words are read (a chunk starts on a multiple of 16).
+fn estimate_mu(
+    layout: &TailLayout,
+    c: &Tensor,
+    p: &Tensor,
+    d1: &Tensor,
+) -> Result<Tensor, RecordError> {
+    let (chunks, per_chunk) = (layout.chunks as i64, (layout.chunk_len / 16) as i64);
+    let sampled = |t: &Tensor| -> Result<Tensor, RecordError> {
+        let every_16th = t.f_slice(0, 0, layout.state_len as i64, 16)?;
+        Ok(pad_to(&every_16th, chunks * per_chunk)?.f_view([chunks, per_chunk])?)
     };
-    let (x, y) = (sampled(d0)?, sampled(d1)?);
+    let (x, y) = (signed(&sampled(c)?.f_sub(&sampled(p)?)?)?, sampled(d1)?);
     let inlier = x
         .f_abs()?
         .f_lt(MU_OUTLIER)?
@@ -322,7 +327,12 @@ fn estimate_mu(layout: &TailLayout, d0: &Tensor, d1: &Tensor) -> Result<Tensor, 
 
 /// `t` (`[state_len]`) padded with zeros to whole chunks.
 fn pad(layout: &TailLayout, t: &Tensor) -> Result<Tensor, RecordError> {
-    let extra = (layout.padded() - layout.state_len) as i64;
+    pad_to(t, layout.padded() as i64)
+}
+
+/// A 1-D `t` padded with zeros to `len` elements.
+fn pad_to(t: &Tensor, len: i64) -> Result<Tensor, RecordError> {
+    let extra = len - t.size1()?;
     if extra == 0 {
         return Ok(t.shallow_clone());
     }
@@ -353,7 +363,7 @@ fn split_residual(
         (CodecId::ZigzagDeltaPrev, _) => (zigzag(&c.f_sub(&p)?)?, None),
         (CodecId::Pred2, Some(prev2)) => {
             let d1 = signed(&p.f_sub(&bits(prev2)?)?)?;
-            let mu = estimate_mu(layout, &signed(&c.f_sub(&p)?)?, &d1)?;
+            let mu = estimate_mu(layout, &c, &p, &d1)?;
             let mu_per_word = mu
                 .f_view([chunks, 1])?
                 .f_expand([chunks, cl], false)?
