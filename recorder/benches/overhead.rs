@@ -155,7 +155,7 @@ fn print_breakdown(b: &sgdwalk_recorder::RecordSummary) {
     );
     if b.device_residual_steps > 0 || b.device_residual_refused {
         println!(
-            "  device residuals: {} of {} steps coded from them{} (their kernels run on the training stream: in the loop time, not in snapshot)",
+            "  device residuals: {} of {} steps coded from them{} (on CUDA the pass runs on the training stream and shows in the loop time; on the CPU it is in snapshot)",
             b.device_residual_steps,
             b.steps_recorded,
             if b.device_residual_refused {
