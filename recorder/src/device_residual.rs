@@ -398,16 +398,20 @@ fn split_residual(
     classes.f_copy_(&packed)?;
 
     // Leading bytes: a word's place is its chunk's start, its class's start in the chunk and
-    // its rank among the chunk's words of its class (prefix sums per class).
-    let mut rank = class.f_zeros_like()?;
-    let mut counts = Vec::with_capacity(4);
-    for k in 0..4_i64 {
-        let is_k = class.f_eq(k)?;
-        let running = is_k.f_cumsum(1, Kind::Int64)?;
-        counts.push(running.f_select(1, cl - 1)?);
-        rank = rank.f_add(&running.f_sub_scalar(1)?.f_mul(&is_k)?)?;
-    }
-    let counts = Tensor::f_stack(&counts, 1)?;
+    // its rank among the chunk's words of its class: one prefix sum over the chunk of each
+    // word's class as one-hot in i32 lanes (a chunk holds at most 2^24 words), read back at
+    // the word's class.
+    let one_hot = class
+        .f_unsqueeze(2)?
+        .f_eq_tensor(&Tensor::f_arange(4, (Kind::Int64, device))?)?;
+    let running = one_hot.f_cumsum(1, Kind::Int)?;
+    let counts = running.f_select(1, cl - 1)?.f_to_kind(Kind::Int64)?;
+    let rank = running
+        .f_gather(2, &class.f_unsqueeze(2)?, false)?
+        .f_squeeze_dim(2)?
+        .f_to_kind(Kind::Int64)?
+        .f_sub_scalar(1)?;
+    drop((one_hot, running));
     let class_start = counts.f_cumsum(1, Kind::Int64)?.f_sub(&counts)?;
     let chunk_start = Tensor::f_arange_start_step(0, chunks * cl, cl, (Kind::Int64, device))?
         .f_view([chunks, 1])?;
@@ -423,13 +427,15 @@ fn split_residual(
 
     // Low bytes: byte j of a word of class k > j goes after the low bytes of the words before
     // it in its chunk; other words write byte j to the scratch word.
-    let low_start = class.f_cumsum(1, Kind::Int64)?.f_sub(&class)?;
-    let chunk_low = chunk_start.f_mul_scalar(3)?;
+    let low_at = chunk_start
+        .f_mul_scalar(3)?
+        .f_add(&class.f_cumsum(1, Kind::Int64)?.f_sub(&class)?)?;
     let scratch = (3 * layout.padded()) as i64;
     let mut low = region(&bytes, layout.low_at(), 3 * layout.padded() + 1)?;
     for j in 0..3_i64 {
-        let at = chunk_low.f_add(&low_start)?.f_add_scalar(j)?;
-        let at = at.f_where_self(&class.f_gt(j)?, &at.f_full_like(scratch)?)?;
+        let at = low_at
+            .f_add_scalar(j)?
+            .f_where_scalarother(&class.f_gt(j)?, scratch)?;
         let byte = w
             .f_bitwise_right_shift_tensor_scalar(8 * j)?
             .f_bitwise_and(0xFF)?
