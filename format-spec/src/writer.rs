@@ -212,6 +212,17 @@ impl std::fmt::Debug for Writer {
     }
 }
 
+/// What one step's encode takes: θ_t, whether it is a forced keyframe, and the residual
+/// computed elsewhere with the chunk to check, if any.
+#[derive(Clone, Copy)]
+struct StepEncode<'a> {
+    state: &'a [f32],
+    forced: bool,
+    step: u64,
+    residual: Option<&'a PrecomputedResidual<'a>>,
+    verify: Option<u64>,
+}
+
 /// A chunk decision made by the encoder.
 struct EncodedChunk {
     entry: ChunkEntry,
@@ -759,8 +770,13 @@ impl Writer {
         let residual = residual.filter(|r| !forced && self.residual_fits(r));
         let encode_started = std::time::Instant::now();
         let verify = residual.map(|_| self.verify_next);
-        let chunks =
-            self.encode_state_writing_pending(input.state, forced, step, residual, verify)?;
+        let chunks = self.encode_state_writing_pending(StepEncode {
+            state: input.state,
+            forced,
+            step,
+            residual,
+            verify,
+        })?;
         if residual.is_some() {
             self.verify_next = self.verify_next.wrapping_add(1);
         }
@@ -915,11 +931,7 @@ impl Writer {
     /// meanwhile on a second thread.
     fn encode_state_writing_pending(
         &mut self,
-        state: &[f32],
-        forced: bool,
-        step: u64,
-        residual: Option<&PrecomputedResidual<'_>>,
-        verify: Option<u64>,
+        job: StepEncode<'_>,
     ) -> Result<Vec<EncodedChunk>, FormatError> {
         // Small records (or none): starting a thread costs more than the write it would hide.
         let Some(previous) = self
@@ -927,12 +939,12 @@ impl Writer {
             .take_if(|p| p.payload_len_bytes() >= OVERLAP_MIN_PAYLOAD_BYTES)
         else {
             self.write_pending()?;
-            return self.encode_state(state, forced, step, residual, verify);
+            return self.encode_state(job);
         };
         let (chunks, written) = std::thread::scope(|s| {
             let file = &self.file;
             let writing = s.spawn(move || previous.write_to(file).map(|()| previous));
-            let chunks = self.encode_state(state, forced, step, residual, verify);
+            let chunks = self.encode_state(job);
             (chunks, writing.join())
         });
         let written = written
@@ -949,14 +961,14 @@ impl Writer {
     /// Encodes all chunks of a state in parallel, delta chunks from `residual`'s streams when
     /// given (it fits the step: [`Self::residual_fits`]), decoding chunk `verify mod chunk
     /// count` of those to check it.
-    fn encode_state(
-        &self,
-        state: &[f32],
-        forced: bool,
-        step: u64,
-        residual: Option<&PrecomputedResidual<'_>>,
-        verify: Option<u64>,
-    ) -> Result<Vec<EncodedChunk>, FormatError> {
+    fn encode_state(&self, job: StepEncode<'_>) -> Result<Vec<EncodedChunk>, FormatError> {
+        let StepEncode {
+            state,
+            forced,
+            step,
+            residual,
+            verify,
+        } = job;
         let cl = self.header.codec.chunk_len_elements as usize;
         let level = self.header.codec.zstd_level;
         let delta_codec = self.header.codec.delta_codec;
