@@ -689,48 +689,9 @@ fn join_streams_blocks(
     n: usize,
     mut emit: impl FnMut(usize, &[u32]) -> Result<(), FormatError>,
 ) -> Result<(), FormatError> {
-    let corrupt = |what: String| FormatError::invalid_input(format!("split chunk: {what}"));
+    let block_counts = checked_block_counts(&streams, n)?;
     let [class, l0, l1, l2, l3, low] = streams;
-    check_len("class stream", class.len(), n.div_ceil(4))?;
-    // Each block's class counts (the join needs them before it reads the block's bytes), and
-    // the totals.
-    let block_counts: Vec<u64> = class
-        .chunks(BLOCK_WORDS / 4)
-        .map(|groups| {
-            groups
-                .iter()
-                .map(|&p| GROUP_SHAPES[usize::from(p)].per_class)
-                .sum()
-        })
-        .collect();
-    let mut per_class = [0usize; 4];
-    for &packed in &block_counts {
-        for (total, k) in per_class.iter_mut().zip(unpack_counts(packed)) {
-            *total += k;
-        }
-    }
-    // The padding classes of the last byte must be zero (class 0); take them off the count.
-    let pad = class.len() * 4 - n;
-    if pad > 0 && class[class.len() - 1] >> (2 * (4 - pad)) != 0 {
-        return Err(corrupt("nonzero padding in the class stream".into()));
-    }
-    per_class[0] -= pad;
     let leads = [l0, l1, l2, l3];
-    for (c, (s, &want)) in leads.iter().zip(&per_class).enumerate() {
-        if s.len() != want {
-            return Err(corrupt(format!(
-                "leading-byte stream of class {c} holds {} bytes for {want} words",
-                s.len()
-            )));
-        }
-    }
-    let low_want = per_class[1] + 2 * per_class[2] + 3 * per_class[3];
-    if low.len() != low_want {
-        return Err(corrupt(format!(
-            "low-byte stream holds {} bytes, the classes need {low_want}",
-            low.len()
-        )));
-    }
     // Per block: the path joins from the streams, or from copies of the block's bytes in
     // fixed-size buffers. The lengths match the classes, so the join reads only what is there
     // (the bytes past a class's count are read and dropped).
@@ -915,7 +876,7 @@ pub fn encode_split_streams(
         )));
     }
     check_split_len(n)?;
-    check_stream_lengths(&streams, n)?;
+    checked_block_counts(&streams, n)?;
     let start = out.len();
     if codec.residual() == CodecId::Pred2 {
         out.extend_from_slice(&mu_q8.to_le_bytes());
@@ -932,55 +893,55 @@ pub fn encode_split_streams(
     Ok(out.len() - start)
 }
 
-/// Checks split streams of `n` words against their classes: the class stream's length and zero
-/// padding bits, each leading-byte stream's length against its class's count, the low stream's
-/// against the low bytes those counts need.
-fn check_stream_lengths(streams: &[&[u8]; SPLIT_STREAMS], n: usize) -> Result<(), FormatError> {
-    let bad =
-        |what: String| FormatError::invalid_input(format!("split streams of {n} words: {what}"));
-    let classes = streams[0];
-    if classes.len() != n.div_ceil(4) {
-        return Err(bad(format!(
-            "{} class bytes, expected {}",
-            classes.len(),
-            n.div_ceil(4)
-        )));
-    }
-    let padding_words = classes.len() * 4 - n;
-    if let Some(&last) = classes.last()
-        && padding_words > 0
-        && last >> (2 * (4 - padding_words)) != 0
-    {
-        return Err(bad("nonzero padding bits in the last class byte".into()));
-    }
-    let mut counts = [0usize; 4];
-    for block in classes.chunks(BLOCK_WORDS / 4) {
-        let packed: u64 = block
-            .iter()
-            .map(|&p| GROUP_SHAPES[usize::from(p)].per_class)
-            .sum();
-        for (c, add) in counts.iter_mut().zip(unpack_counts(packed)) {
-            *c += add;
+/// Checks split streams of `n` words against their classes (SPEC.md §5.2): the class stream's
+/// length and zero padding bits, each leading-byte stream's length against its class's count,
+/// the low stream's against the low bytes those counts need. Returns each block's packed class
+/// counts ([`GroupShape::per_class`] summed), which the join needs before it reads a block.
+fn checked_block_counts(
+    streams: &[&[u8]; SPLIT_STREAMS],
+    n: usize,
+) -> Result<Vec<u64>, FormatError> {
+    let corrupt = |what: String| FormatError::invalid_input(format!("split chunk: {what}"));
+    let [class, l0, l1, l2, l3, low] = *streams;
+    check_len("class stream", class.len(), n.div_ceil(4))?;
+    let block_counts: Vec<u64> = class
+        .chunks(BLOCK_WORDS / 4)
+        .map(|groups| {
+            groups
+                .iter()
+                .map(|&p| GROUP_SHAPES[usize::from(p)].per_class)
+                .sum()
+        })
+        .collect();
+    let mut per_class = [0usize; 4];
+    for &packed in &block_counts {
+        for (total, k) in per_class.iter_mut().zip(unpack_counts(packed)) {
+            *total += k;
         }
     }
-    // The padding words read as class 0.
-    counts[0] -= padding_words;
-    for (k, &count) in counts.iter().enumerate() {
-        if streams[1 + k].len() != count {
-            return Err(bad(format!(
-                "lead{k} holds {} bytes for {count} words of class {k}",
-                streams[1 + k].len()
+    // The padding classes of the last byte must be zero (class 0); take them off the count.
+    let pad = class.len() * 4 - n;
+    if pad > 0 && class[class.len() - 1] >> (2 * (4 - pad)) != 0 {
+        return Err(corrupt("nonzero padding in the class stream".into()));
+    }
+    per_class[0] -= pad;
+    let leads = [l0, l1, l2, l3];
+    for (c, (s, &want)) in leads.iter().zip(&per_class).enumerate() {
+        if s.len() != want {
+            return Err(corrupt(format!(
+                "leading-byte stream of class {c} holds {} bytes for {want} words",
+                s.len()
             )));
         }
     }
-    let low = counts[1] + 2 * counts[2] + 3 * counts[3];
-    if streams[5].len() != low {
-        return Err(bad(format!(
-            "low holds {} bytes, the classes need {low}",
-            streams[5].len()
+    let low_want = per_class[1] + 2 * per_class[2] + 3 * per_class[3];
+    if low.len() != low_want {
+        return Err(corrupt(format!(
+            "low-byte stream holds {} bytes, the classes need {low_want}",
+            low.len()
         )));
     }
-    Ok(())
+    Ok(block_counts)
 }
 
 /// Decodes the split streams of one chunk of `words.len()` words (SPEC.md §5.2).

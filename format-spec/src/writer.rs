@@ -213,14 +213,13 @@ impl std::fmt::Debug for Writer {
 }
 
 /// What one step's encode takes: θ_t, whether it is a forced keyframe, and the residual
-/// computed elsewhere with the chunk to check, if any.
+/// computed elsewhere with the index of the chunk to check, if any.
 #[derive(Clone, Copy)]
 struct StepEncode<'a> {
     state: &'a [f32],
     forced: bool,
     step: u64,
-    residual: Option<&'a PrecomputedResidual<'a>>,
-    verify: Option<u64>,
+    residual: Option<(&'a PrecomputedResidual<'a>, usize)>,
 }
 
 /// A chunk decision made by the encoder.
@@ -769,13 +768,12 @@ impl Writer {
         let forced = self.is_keyframe_next(step);
         let residual = residual.filter(|r| !forced && self.residual_fits(r));
         let encode_started = std::time::Instant::now();
-        let verify = residual.map(|_| self.verify_next);
+        let check = (self.verify_next % self.header.chunk_count().max(1)) as usize;
         let chunks = self.encode_state_writing_pending(StepEncode {
             state: input.state,
             forced,
             step,
-            residual,
-            verify,
+            residual: residual.map(|r| (r, check)),
         })?;
         if residual.is_some() {
             self.verify_next = self.verify_next.wrapping_add(1);
@@ -959,15 +957,14 @@ impl Writer {
     }
 
     /// Encodes all chunks of a state in parallel, delta chunks from `residual`'s streams when
-    /// given (it fits the step: [`Self::residual_fits`]), decoding chunk `verify mod chunk
-    /// count` of those to check it.
+    /// given (it fits the step: [`Self::residual_fits`]), decoding the chunk given with it to
+    /// check it.
     fn encode_state(&self, job: StepEncode<'_>) -> Result<Vec<EncodedChunk>, FormatError> {
         let StepEncode {
             state,
             forced,
             step,
             residual,
-            verify,
         } = job;
         let cl = self.header.codec.chunk_len_elements as usize;
         let level = self.header.codec.zstd_level;
@@ -977,7 +974,6 @@ impl Writer {
         let prev2 = if forced { None } else { self.prev2.as_deref() };
         let standalone_len = &self.standalone_len;
         let spare = &self.spare;
-        let chunk_count = state.len().div_ceil(cl).max(1) as u64;
         let encode_one = |(i, cur): (usize, &[f32])| -> Result<EncodedChunk, FormatError> {
             let range = i * cl..i * cl + cur.len();
             let Some(p) = prev.map(|p| &p[range.clone()]) else {
@@ -989,8 +985,8 @@ impl Writer {
             let codec = delta_codec.effective(p2.is_some());
             let codec = if split { codec.split() } else { codec };
             let mut delta = spare.take();
-            match residual.map(|r| &r.chunks[i]) {
-                Some(pre) => {
+            match residual.map(|(r, check)| (&r.chunks[i], check == i)) {
+                Some((pre, check)) => {
                     let refused = |reason: String| FormatError::PrecomputedResidual {
                         step,
                         chunk: i as u32,
@@ -998,7 +994,7 @@ impl Writer {
                     };
                     encode_split_streams(codec, pre.mu_q8, pre.streams, cur.len(), &mut delta)
                         .map_err(|e| refused(e.to_string()))?;
-                    if verify.map(|v| v % chunk_count) == Some(i as u64) {
+                    if check {
                         verify_chunk(codec, &delta, cur, p, p2).map_err(refused)?;
                     }
                 }

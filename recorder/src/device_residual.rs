@@ -214,17 +214,6 @@ impl DeviceResidual {
         })
     }
 
-    /// The layout of the tail this pass writes.
-    pub fn layout(&self) -> TailLayout {
-        self.layout
-    }
-
-    /// Device memory of the bases.
-    pub fn device_bytes(&self) -> u64 {
-        let states = 1 + u64::from(self.prev2.is_some());
-        states * self.layout.state_len as u64 * 4
-    }
-
     /// Step `step`'s state is in `state` (f32 `[state_len]`): writes its residual's streams
     /// into `tail` (f32 `[layout.len_f32()]`, same device) when the step has one (a delta step
     /// that follows the last state seen), and keeps the state as the next base. Enqueued on the
