@@ -19,7 +19,7 @@ mod writer;
 
 pub use consts::*;
 pub use error::FormatError;
-pub use lock::LockHolder;
+pub use lock::{LockHolder, REOPEN_LOCK_WAIT};
 pub use reader::Reader;
 pub use report::{
     CodecUsage, HeaderJson, InspectJson, InspectReport, StepRange, VerifyReport, human_duration,

@@ -5,6 +5,7 @@
 
 use std::fs::{File, TryLockError};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::error::FormatError;
 
@@ -41,9 +42,30 @@ pub(crate) fn try_shared(file: &File, path: &Path) -> Result<(), FormatError> {
     conflict(file.try_lock_shared(), file, path)
 }
 
-/// Takes an exclusive lock without waiting.
-pub(crate) fn try_exclusive(file: &File, path: &Path) -> Result<(), FormatError> {
-    conflict(file.try_lock(), file, path)
+/// How long a writer continuing a file keeps trying for its exclusive lock before it fails as
+/// locked (SPEC.md §9). A reader polling a live recording holds it for milliseconds at a time,
+/// so a resume started between two polls would otherwise fail by chance; a second writer, or a
+/// reader that keeps the file open, holds it for good and still fails, only later.
+pub const REOPEN_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Takes an exclusive lock, retrying while it is held for up to `wait` (pauses of 1 ms,
+/// doubling to 16 ms), then failing as locked, naming the holders.
+pub(crate) fn exclusive_within(
+    file: &File,
+    path: &Path,
+    wait: Duration,
+) -> Result<(), FormatError> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match file.try_lock() {
+            Err(TryLockError::WouldBlock) if start.elapsed() < wait => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(16));
+            }
+            res => return conflict(res, file, path),
+        }
+    }
 }
 
 /// Converts the exclusive lock this file description holds into a shared one. One `flock`

@@ -478,8 +478,8 @@ impl Writer {
             .map_err(|e| FormatError::io(path, e))?;
         // Exclusive while truncating (no reader may have the cut bytes mapped, no other writer
         // may run), then shared for the writer's life: readers keep opening the file, another
-        // writer's exclusive attempt keeps failing.
-        crate::lock::try_exclusive(&file, path)?;
+        // writer's exclusive attempt keeps failing. Waits a little for readers that only poll.
+        crate::lock::exclusive_within(&file, path, crate::lock::REOPEN_LOCK_WAIT)?;
         let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
         if len != observed_len {
             // Another writer appended between our read and our lock (and has stopped since).

@@ -279,3 +279,59 @@ fn a_writer_holds_its_lock_until_dropped_and_readers_still_open() {
     drop(w);
     assert_scalars(&path, 0..3);
 }
+
+/// A reader that only polls a live recording (open, read, close) does not make a resume fail
+/// by chance: the continuing writer retries its exclusive lock for `REOPEN_LOCK_WAIT`. A
+/// reader that keeps the file open past that still makes it fail, naming the holder.
+#[test]
+fn a_resume_waits_for_a_polling_reader_and_fails_on_one_that_stays() {
+    // Long for a poll, short against the wait: the reopen starts while it is held.
+    const POLL_HOLD: std::time::Duration = std::time::Duration::from_millis(200);
+    assert!(REOPEN_LOCK_WAIT >= 5 * POLL_HOLD);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.sgdw");
+    let mut w = Writer::create(&path, header(), opts()).unwrap();
+    write(&mut w, 0, scalars(0));
+    write(&mut w, 1, scalars(1));
+    drop(w);
+
+    // Held across the start of the reopen, let go well within the wait.
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let reader = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let r = Reader::open(&path).unwrap();
+            opened_tx.send(()).unwrap();
+            std::thread::sleep(POLL_HOLD);
+            drop(r);
+        })
+    };
+    opened_rx.recv().unwrap();
+    let (mut w, report) = Writer::reopen(&path, opts(), None).unwrap();
+    reader.join().unwrap();
+    assert_eq!(report.complete_steps, 2);
+    write(&mut w, 2, scalars(2));
+    w.finish().unwrap();
+    assert_scalars(&path, 0..3);
+
+    // Held for good: the reopen fails as locked and the file is untouched.
+    let before = std::fs::read(&path).unwrap();
+    let r = Reader::open(&path).unwrap();
+    let e = Writer::reopen(&path, opts(), None).map(|_| ()).unwrap_err();
+    match &e {
+        FormatError::Locked { path: p, holders } => {
+            assert_eq!(&**p, path.as_path());
+            if cfg!(target_os = "linux") {
+                assert!(
+                    holders
+                        .iter()
+                        .any(|h| h.pid == std::process::id() && !h.exclusive),
+                    "{holders:?}"
+                );
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(r);
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}

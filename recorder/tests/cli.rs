@@ -65,10 +65,13 @@ fn wait_for_steps(path: &Path, steps: usize, child: &mut Child) {
         {
             return;
         }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the recorder exited before step {steps}"
-        );
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                std::io::Read::read_to_string(&mut e, &mut stderr).unwrap();
+            }
+            panic!("the recorder exited ({status}) before step {steps}:\n{stderr}");
+        }
         assert!(
             start.elapsed() < Duration::from_secs(120),
             "no progress in 120 s"
