@@ -227,6 +227,10 @@ fn slurm_array_shards_as_separate_processes_equal_one_run() {
         "-o".into(),
         whole.display().to_string(),
         "--quiet".into(),
+        // As each shard: libtorch's reductions may split differently on more threads, and
+        // this test is about sharding, not thread counts.
+        "--threads".into(),
+        "1".into(),
     ];
     argv.extend(extra.split(' ').map(String::from));
     let out = Command::new(BIN).args(&argv).output().unwrap();
