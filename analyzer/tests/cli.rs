@@ -49,6 +49,13 @@ fn default_args() -> sgdwalk_recorder::RecordArgs {
     .a
 }
 
+/// A file of the workspace (read at run time: the target dir may be shared between clones).
+fn workspace_path(rel: &str) -> std::path::PathBuf {
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel)
+}
+
 fn run(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
     (
@@ -196,9 +203,7 @@ fn slurm_array_shards_as_separate_processes_equal_one_run() {
         "--config {} --phases geometry,interp,floors,barriers",
         cfg.display()
     );
-    let script =
-        Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
-            .join("../examples/cluster/slurm-analyze.sh");
+    let script = workspace_path("examples/cluster/slurm-analyze.sh");
     let sharded = dir.path().join("sharded");
     let children: Vec<_> = (0..3)
         .map(|i| {
@@ -615,13 +620,7 @@ fn analyze_help_states_each_settings_default_as_the_code_has_it() {
 /// help.
 #[test]
 fn every_config_file_key_is_documented_with_its_default() {
-    let readme = std::fs::read_to_string(
-        std::path::Path::new(
-            &std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-        )
-        .join("../README.md"),
-    )
-    .unwrap();
+    let readme = std::fs::read_to_string(workspace_path("README.md")).unwrap();
     let config_help = help_of(
         analyze_command()
             .get_arguments()

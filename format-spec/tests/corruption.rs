@@ -7,17 +7,18 @@
     reason = "test helpers fail the test on setup errors"
 )]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sgdwalk_format::{FormatError, Reader, verify};
 
+fn golden_path(name: &str) -> PathBuf {
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+        .join("fixtures/v1")
+        .join(name)
+}
+
 fn golden(name: &str) -> Vec<u8> {
-    std::fs::read(
-        Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
-            .join("fixtures/v1")
-            .join(name),
-    )
-    .unwrap()
+    std::fs::read(golden_path(name)).unwrap()
 }
 
 /// Open, read everything, verify: the first error, if any.
@@ -145,11 +146,7 @@ fn a_flipped_step_payload_byte_fails_its_state_with_the_payload_checksum() {
 #[test]
 fn every_truncation_recovers_a_prefix_or_reports_truncated() {
     let bytes = golden("basic_pred2.sgdw");
-    let full = Reader::open(
-        &Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
-            .join("fixtures/v1/basic_pred2.sgdw"),
-    )
-    .unwrap();
+    let full = Reader::open(&golden_path("basic_pred2.sgdw")).unwrap();
     let all_steps = full.steps().to_vec();
     let step_ends: Vec<(u64, u64)> = full
         .entries()

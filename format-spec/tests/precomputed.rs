@@ -60,12 +60,7 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
 
 /// The streams the host computes for each chunk of step `t` with `codec` (μ from the host's
 /// own estimate, so the stored bytes can be compared with the host path's).
-fn host_residual(
-    traj: &[Vec<f32>],
-    t: usize,
-    chunk: usize,
-    codec: CodecId,
-) -> Vec<(u16, [Vec<u8>; SPLIT_STREAMS])> {
+fn host_residual(traj: &[Vec<f32>], t: usize, chunk: usize, codec: CodecId) -> Vec<(u16, Streams)> {
     let (cur, prev) = (&traj[t], &traj[t - 1]);
     (0..cur.len().div_ceil(chunk))
         .map(|c| {
@@ -74,7 +69,7 @@ fn host_residual(
             let mu = prev2.map_or(0, |p2| {
                 estimate_mu_q8(&cur[r.clone()], &prev[r.clone()], p2)
             });
-            let mut streams: [Vec<u8>; SPLIT_STREAMS] = Default::default();
+            let mut streams: Streams = Default::default();
             residual_streams(
                 codec,
                 &cur[r.clone()],
@@ -92,7 +87,7 @@ fn host_residual(
 fn precomputed<'a>(
     codec: CodecId,
     t: u64,
-    chunks: &'a [(u16, [Vec<u8>; SPLIT_STREAMS])],
+    chunks: &'a [(u16, Streams)],
 ) -> PrecomputedResidual<'a> {
     PrecomputedResidual {
         codec,
@@ -127,7 +122,7 @@ fn split_streams_from_elsewhere_store_the_host_paths_bytes() {
             let mu = estimate_mu_q8(cur, prev, prev2);
             let mut want = Vec::new();
             encode_chunk(codec, cur, Some(prev), Some(prev2), 1, &mut want).unwrap();
-            let mut streams: [Vec<u8>; SPLIT_STREAMS] = Default::default();
+            let mut streams: Streams = Default::default();
             residual_streams(codec, cur, Some(prev), Some(prev2), mu, &mut streams).unwrap();
             let mut got = vec![9u8; 3];
             let n = encode_split_streams(
@@ -148,10 +143,10 @@ fn split_streams_from_elsewhere_store_the_host_paths_bytes() {
 fn malformed_split_streams_are_refused() {
     let traj = sgd_trajectory(1001, 2, 0.0, 0.01, 5);
     let codec = CodecId::XorPrevSplit;
-    let mut streams: [Vec<u8>; SPLIT_STREAMS] = Default::default();
+    let mut streams: Streams = Default::default();
     residual_streams(codec, &traj[1], Some(&traj[0]), None, 0, &mut streams).unwrap();
     let n = traj[1].len();
-    let encode = |s: &[Vec<u8>; SPLIT_STREAMS], n: usize| {
+    let encode = |s: &Streams, n: usize| {
         encode_split_streams(
             codec,
             0,

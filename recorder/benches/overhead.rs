@@ -153,16 +153,9 @@ fn print_breakdown(b: &sgdwalk_recorder::RecordSummary) {
         b.snapshot_ring_device_bytes as f64 * 1e-6,
         b.encode_threads
     );
-    if b.device_residual_steps > 0 || b.device_residual_refused {
+    if let Some(line) = b.device_residual_line() {
         println!(
-            "  device residuals: {} of {} steps coded from them{} (on CUDA the pass runs on the training stream and shows in the loop time; on the CPU it is in snapshot)",
-            b.device_residual_steps,
-            b.steps_recorded,
-            if b.device_residual_refused {
-                ", one refused"
-            } else {
-                ""
-            }
+            "  {line} (on CUDA the pass runs on the training stream and shows in the loop time; on the CPU it is in snapshot)"
         );
     }
     println!(

@@ -146,17 +146,13 @@ enum Route {
 fn pass(states: &[Tensor], path: &Path, threads: usize, opts: &Opts, how: Route) -> Pass {
     let n = states[0].numel();
     let w = writer(path, n, threads, opts);
-    let codec = w.header().codec.clone();
     let ring = how != Route::Host;
     let ring_opts = ring.then_some(RingOptions {
         slots: opts.ring,
         state_len: n,
         device: tch::Device::Cpu,
-        residual: (how == Route::RingResidual).then_some(ResidualOptions {
-            delta_codec: codec.delta_codec,
-            keyframe_interval: codec.keyframe_interval,
-            chunk_len: codec.chunk_len_elements as usize,
-        }),
+        residual: (how == Route::RingResidual)
+            .then(|| ResidualOptions::for_codec(&w.header().codec)),
     });
     let mut sink = Sink::start_with_ring(w, 8, path.to_path_buf(), false, ring_opts).expect("sink");
     let started = Instant::now();
@@ -231,7 +227,7 @@ fn main() {
     let raw_total = raw_step * opts.steps as f64;
 
     println!(
-        "\n{:<6} {:>8} {:>9} {:>9} {:>10} {:>9} {:>13} {:>10} {:>8}",
+        "\n{:<7} {:>8} {:>9} {:>9} {:>10} {:>9} {:>13} {:>10} {:>8}",
         "path",
         "threads",
         "GB/s raw",
@@ -278,7 +274,7 @@ fn main() {
             threads.to_string()
         };
         println!(
-            "{:<6} {:>8} {:>9.3} {:>9.2} {:>10.2} {:>9.2} {:>13.2} {:>10.2} {:>8.2}",
+            "{:<7} {:>8} {:>9.3} {:>9.2} {:>10.2} {:>9.2} {:>13.2} {:>10.2} {:>8.2}",
             which,
             label,
             raw_total / wall * 1e-9,

@@ -411,6 +411,27 @@ pub struct RecordConfig {
     pub progress: bool,
 }
 
+/// What `--device-residual` needs: the snapshot ring to compute into, and split streams (what
+/// the device computes).
+pub(crate) fn check_device_residual(
+    uses_ring: bool,
+    split_streams: bool,
+) -> Result<(), RecordError> {
+    if !uses_ring {
+        return Err(invalid(
+            "device-residual",
+            "needs the snapshot ring (--snapshot-path ring, or auto on CUDA)",
+        ));
+    }
+    if !split_streams {
+        return Err(invalid(
+            "device-residual",
+            "needs split streams (--split-streams true)",
+        ));
+    }
+    Ok(())
+}
+
 fn invalid(flag: &'static str, reason: impl Into<String>) -> RecordError {
     RecordError::InvalidSetting {
         flag,
@@ -593,17 +614,8 @@ impl RecordArgs {
             ));
         }
         // Checked before the output is created (a resumed run checks the recorded codec again).
-        if self.device_residual && !self.snapshot_path.uses_ring(device) {
-            return Err(invalid(
-                "device-residual",
-                "needs the snapshot ring (--snapshot-path ring, or auto on CUDA)",
-            ));
-        }
-        if self.device_residual && !self.split_streams {
-            return Err(invalid(
-                "device-residual",
-                "needs split streams (--split-streams true)",
-            ));
+        if self.device_residual {
+            check_device_residual(self.snapshot_path.uses_ring(device), self.split_streams)?;
         }
         if self.eval_batch_size == 0 {
             return Err(invalid("eval-batch-size", "0 (must be at least 1)"));

@@ -63,7 +63,8 @@ impl TailLayout {
     fn leads_at(&self) -> usize {
         self.padded() / 4
     }
-    fn low_at(&self) -> usize {
+    /// Where the low bytes start in the bytes after the state.
+    pub(crate) fn low_at(&self) -> usize {
         self.leads_at() + self.padded()
     }
     fn scratch_at(&self) -> usize {
@@ -542,12 +543,10 @@ mod tests {
             keyframe_interval != 4,
             "step 4 is a keyframe at K = 4"
         );
-        let mut host_bytes = vec![0u8; layout.len_bytes()];
         let words = Vec::<f32>::try_from(&tail).unwrap();
-        for (dst, w) in host_bytes.chunks_exact_mut(4).zip(&words) {
-            dst.copy_from_slice(&w.to_bits().to_le_bytes());
-        }
-        let pre = tag.precomputed(&layout, &host_bytes).unwrap();
+        let pre = tag
+            .precomputed(&layout, bytemuck::cast_slice(&words))
+            .unwrap();
         assert_eq!(pre.chunks.len(), n.div_ceil(chunk_len));
         for (c, chunk) in pre.chunks.iter().enumerate() {
             let r = c * chunk_len..(c * chunk_len + chunk_len).min(n);
@@ -626,12 +625,8 @@ mod tests {
         dr.compute(3, &Tensor::from_slice(&c), &tail)
             .unwrap()
             .unwrap();
-        let bytes: Vec<u8> = Vec::<f32>::try_from(&tail)
-            .unwrap()
-            .iter()
-            .flat_map(|v| v.to_bits().to_le_bytes())
-            .collect();
-        for chunk in layout.chunks(&bytes).unwrap() {
+        let words = Vec::<f32>::try_from(&tail).unwrap();
+        for chunk in layout.chunks(bytemuck::cast_slice(&words)).unwrap() {
             assert_eq!(chunk.mu_q8, 230, "round(0.9 · 256)");
             // pred2 predicts p + floor(1000 · 230 / 256) = p + 898, 2 short of c: every word is
             // zigzag(2) = 4, class 0.

@@ -151,6 +151,25 @@ pub struct RecordSummary {
     pub epochs: Vec<EpochSummary>,
 }
 
+impl RecordSummary {
+    /// How many steps were coded from device residuals, and whether one was refused; `None`
+    /// when the run computed none.
+    pub fn device_residual_line(&self) -> Option<String> {
+        (self.device_residual_steps > 0 || self.device_residual_refused).then(|| {
+            format!(
+                "device residuals: {} of {} steps coded from them{}",
+                self.device_residual_steps,
+                self.steps_recorded,
+                if self.device_residual_refused {
+                    "; one was refused and turned them off (see the warning above)"
+                } else {
+                    ""
+                }
+            )
+        })
+    }
+}
+
 impl std::fmt::Display for RecordSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "recording: {}", self.out)?;
@@ -197,18 +216,8 @@ impl std::fmt::Display for RecordSummary {
                 self.writer_encode_write_secs,
                 self.writer_encode_secs,
             )?;
-            if self.device_residual_steps > 0 || self.device_residual_refused {
-                writeln!(
-                    f,
-                    "device residuals: {} of {} steps coded from them{}",
-                    self.device_residual_steps,
-                    self.steps_recorded,
-                    if self.device_residual_refused {
-                        "; one was refused and turned them off (see the warning above)"
-                    } else {
-                        ""
-                    }
-                )?;
+            if let Some(line) = self.device_residual_line() {
+                writeln!(f, "{line}")?;
             }
         } else {
             writeln!(
@@ -488,23 +497,8 @@ fn ring_options(
 ) -> Result<Option<sink::RingOptions>, RecordError> {
     let uses_ring = cfg.snapshot_path.uses_ring(cfg.device);
     let residual = if cfg.device_residual {
-        let refuse = |reason: &str| RecordError::InvalidSetting {
-            flag: "device-residual",
-            reason: reason.into(),
-        };
-        if !uses_ring {
-            return Err(refuse(
-                "needs the snapshot ring (--snapshot-path ring, or auto on CUDA)",
-            ));
-        }
-        if !header.codec.split_streams {
-            return Err(refuse("needs split streams (--split-streams true)"));
-        }
-        Some(sink::ResidualOptions {
-            delta_codec: header.codec.delta_codec,
-            keyframe_interval: header.codec.keyframe_interval,
-            chunk_len: header.codec.chunk_len_elements as usize,
-        })
+        config::check_device_residual(uses_ring, header.codec.split_streams)?;
+        Some(sink::ResidualOptions::for_codec(&header.codec))
     } else {
         None
     };

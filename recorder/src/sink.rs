@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use sgdwalk_format::{
-    CodecId, EpochRecord, FormatError, StepInput, StepScalars, WriteSummary, Writer,
+    CodecId, CodecSettings, EpochRecord, FormatError, StepInput, StepScalars, WriteSummary, Writer,
 };
 use sgdwalk_workload::copy::{Copier, HostBuffer, Marker};
 use tch::{Device, Tensor};
@@ -72,6 +72,17 @@ pub struct ResidualOptions {
     pub delta_codec: CodecId,
     pub keyframe_interval: u32,
     pub chunk_len: usize,
+}
+
+impl ResidualOptions {
+    /// What the device computes for a recording coded with `codec`.
+    pub fn for_codec(codec: &CodecSettings) -> Self {
+        ResidualOptions {
+            delta_codec: codec.delta_codec,
+            keyframe_interval: codec.keyframe_interval,
+            chunk_len: codec.chunk_len_elements as usize,
+        }
+    }
 }
 
 impl RingOptions {
@@ -648,13 +659,10 @@ mod tests {
             };
             let mut tail_words = Vec::<f32>::try_from(&tail).unwrap();
             if step == 2 {
-                // Step 1 checked the last chunk, step 2 checks chunk 0, whose low bytes start
-                // after the class streams (a quarter byte per padded word) and the leading
-                // bytes (one per padded word).
-                let padded = 3 * chunk;
-                let low0 = padded / 4 + padded;
+                // Step 1 checked the last chunk, step 2 checks chunk 0: flip one of its low
+                // bytes.
                 let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut tail_words);
-                bytes[low0 + 5] ^= 0x40;
+                bytes[tail_layout.low_at() + 5] ^= 0x40;
             }
             let input = StepInput {
                 step,

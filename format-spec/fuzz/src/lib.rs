@@ -7,7 +7,9 @@ use sgdwalk_format::{Reader, Writer, WriterOptions, inspect, verify};
 
 /// Exercises every read path on `bytes`. Returns whether the file opened.
 pub fn check(bytes: &[u8]) -> bool {
-    let Ok(mut file) = tempfile::NamedTempFile::new() else { return false };
+    let Ok(mut file) = tempfile::NamedTempFile::new() else {
+        return false;
+    };
     if file.write_all(bytes).is_err() {
         return false;
     }
@@ -31,7 +33,11 @@ pub fn check(bytes: &[u8]) -> bool {
     let _ = verify(&path);
     let _ = inspect(&path);
     if opened {
-        let opts = WriterOptions { fsync: sgdwalk_format::FsyncPolicy::Never, threads: 1, overlap_writes: false };
+        let opts = WriterOptions {
+            fsync: sgdwalk_format::FsyncPolicy::Never,
+            threads: 1,
+            overlap_writes: false,
+        };
         let _ = Writer::reopen(&path, opts, None);
     }
     opened

@@ -54,7 +54,9 @@ fn main() {
         }
         i += 1;
     }
-    let fixtures = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")).join("../fixtures");
+    let fixtures =
+        Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("../fixtures");
     let mut seeds = Vec::new();
     collect(&fixtures, &mut seeds);
     let seeds: Vec<Vec<u8>> = seeds
