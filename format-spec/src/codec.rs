@@ -259,8 +259,8 @@ macro_rules! with_residual_words {
 
 /// Writes the residual words of `codec` for `cur` against its bases into 4 byte planes
 /// (`planes.len() == 4 · cur.len()`, plane k = byte k of every little-endian word). `mu_q8` is
-/// pred2's coefficient (ignored by the other codecs). This is the host reference of what a
-/// device computes before the planes cross to the host (see [`encode_planes`]).
+/// pred2's coefficient (ignored by the other codecs). The byte-plane codecs' first pass (see
+/// [`encode_planes`]); a device computes split streams instead ([`residual_streams`]).
 pub fn residual_planes(
     codec: CodecId,
     cur: &[f32],
@@ -1194,8 +1194,8 @@ pub fn encode_chunk(
     Ok(out.len() - start)
 }
 
-/// Encodes the residual planes of one chunk of `n` elements (as [`residual_planes`] writes them,
-/// possibly computed elsewhere, e.g. on a device) and appends the stored bytes to `out`; returns
+/// Encodes the residual planes of one chunk of `n` elements (as [`residual_planes`] writes them)
+/// and appends the stored bytes to `out`; returns
 /// the number of bytes appended. `mu_q8` is the pred2 coefficient the planes were computed with.
 /// Not for [`CodecId::Raw`], whose stored bytes are the words themselves.
 pub fn encode_planes(
