@@ -715,7 +715,7 @@ pub struct WriterOptions {
 }
 
 /// A step's residual computed elsewhere (on the training device), as the split streams of each
-/// chunk ([`Writer::write_step_with_residual`]): what the writer would compute from θ_t and its
+/// chunk ([`crate::Writer::write_step_with_residual`]): what the writer would compute from θ_t and its
 /// bases, so that it only entropy-codes the streams.
 #[derive(Clone, Debug)]
 pub struct PrecomputedResidual<'a> {
